@@ -1,0 +1,142 @@
+"""Keel checkpoints: a Hugging Face ``save_pretrained`` folder plus a ``keel.json`` manifest.
+
+The folder loads with plain transformers (``AutoModelForCausalLM.from_pretrained(dir)``); the
+manifest records where it came from: stage, base model, parent checkpoints, the full resolved
+config, data fingerprints, final metrics, package versions and time. Writes go to a temporary
+sibling folder and are renamed into place, so a crash never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from align.errors import CheckpointError
+
+MANIFEST_NAME = "keel.json"
+FORMAT_VERSION = 1
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "adapter_model.safetensors")
+
+
+class Manifest(BaseModel):
+    # Newer Keel versions may add fields; older readers keep them rather than fail.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    keel_format: int
+    stage: str
+    model_kind: Literal["policy", "reward", "value"] = "policy"
+    base_model: str
+    parents: list[str] = []
+    config: dict[str, Any] = {}
+    data: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    versions: dict[str, str] = {}
+    created_at: str
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("keel", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read and validate a checkpoint's manifest and check that its files are present."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a Keel checkpoint: no {MANIFEST_NAME}")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt: {e}") from None
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        fields = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise CheckpointError(f"{path} is invalid: {fields}") from None
+    if manifest.keel_format > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format {manifest.keel_format}; this Keel reads up to {FORMAT_VERSION}")
+    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+        raise CheckpointError(f"checkpoint {folder} has no weights (expected one of {', '.join(_WEIGHT_FILES)})")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise CheckpointError(f"checkpoint {folder} has no config.json")
+    return manifest
+
+
+def save_checkpoint(
+    model,
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    stage: str,
+    base_model: str,
+    parents: list[str] | None = None,
+    config: dict[str, Any] | None = None,
+    data: list[dict[str, Any]] | None = None,
+    metrics: dict[str, Any] | None = None,
+    model_kind: str = "policy",
+    merge_lora: bool = True,
+) -> Path:
+    """Write model + tokenizer + manifest to ``out_dir`` atomically and return the folder."""
+    out_dir = Path(out_dir)
+    try:
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            if merge_lora:
+                model = model.merge_and_unload()
+            else:
+                # Adapters alone: point them at the Keel reference of their base so they resolve anywhere.
+                for peft_cfg in model.peft_config.values():
+                    peft_cfg.base_model_name_or_path = base_model
+    except ImportError:
+        pass
+    manifest = Manifest(
+        keel_format=FORMAT_VERSION,
+        stage=stage,
+        model_kind=model_kind,
+        base_model=base_model,
+        parents=[str(p) for p in (parents or [])],
+        config=config or {},
+        data=data or [],
+        metrics=_jsonable(metrics or {}),
+        versions=package_versions(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.model_dump(), indent=2, default=str))
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

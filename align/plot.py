@@ -1,0 +1,49 @@
+"""``python -m align plot RUN_DIR``: PNG curves of every metric in a run's metrics.jsonl."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from align.errors import KeelError
+from align.training import read_metrics
+
+_SKIP = {"step", "epoch", "time"}
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in records:
+        for k, v in r.items():
+            if k in _SKIP or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                continue
+            series[k].append((r.get("step", 0), v))
+    if not series:
+        raise KeelError(f"{run_dir}: metrics.jsonl has no numeric metrics to plot")
+    out_dir = Path(out) if out else run_dir / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted(series)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        xs, ys = zip(*series[name])
+        ax.plot(xs, ys, marker="." if len(xs) < 50 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    path = out_dir / "metrics.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]

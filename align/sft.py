@@ -1,0 +1,68 @@
+"""Stage 1, supervised fine-tuning, on TRL's SFTTrainer (full or LoRA).
+
+Data: prompt-completion or messages rows (GSM8K worked solutions, the chosen side of preference
+pairs, Constitutional-AI revisions, any TRL file). With prompt-completion rows the loss covers the
+completion only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
+from align.data import load_data
+from align.models import load_policy
+from align.training import MetricsLogger, METRICS_FILE, prepare_run_dir, trainer_arguments, write_checkpoint
+
+
+class SFTStageConfig(StageConfig):
+    stage: Literal["sft"] = "sft"
+    output_dir: str = "runs/sft"
+    data: DataConfig
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    completion_only_loss: bool = True
+    packing: bool = False
+
+
+def training_dtype(dtype: str) -> str:
+    # Master weights stay fp32; bf16 comes from the trainer's autocast (training.bf16).
+    return "float32" if dtype == "auto" else dtype
+
+
+def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    last = prepare_run_dir(cfg, resume)
+    set_seed(cfg.seed)
+    data = load_data(cfg.data, accept=("prompt_completion", "messages", "text"),
+                     reshape_map={"preference": "prompt_completion"})
+    model, tokenizer, source = load_policy(cfg.model, device="cpu", dtype=training_dtype(cfg.dtype),
+                                           padding_side="right")
+    model.train()
+    args = SFTConfig(
+        **trainer_arguments(cfg, cfg.training, has_eval=data.eval is not None),
+        max_length=cfg.training.max_length,
+        completion_only_loss=cfg.completion_only_loss,
+        packing=cfg.packing,
+        pad_token=tokenizer.pad_token,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
+        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+    )
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    metrics = {"train_loss": result.training_loss, "global_step": result.global_step}
+    if data.eval is not None:
+        metrics.update(trainer.evaluate())
+    return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
+                            merge_lora=cfg.lora.merge_on_save)
+

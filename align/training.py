@@ -1,0 +1,160 @@
+"""What every trainer shares: run folders, resume, seeds, metrics.jsonl, TensorBoard, the final checkpoint.
+
+Trainers are TRL's (SFT, reward, DPO, KTO, GRPO) or Keel's own PPO; each stage module turns its
+config into trainer arguments with ``trainer_arguments`` and finishes with ``write_checkpoint``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainerCallback
+
+from align.checkpoint import save_checkpoint
+from align.config import StageConfig, TrainingSettings
+from align.errors import KeelError
+from align.models import ModelSource
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every logged dict to ``metrics.jsonl`` as one JSON line with step, epoch and time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
+        record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str, bool)) or v is None})
+        append_metrics(self.path, record)
+
+
+def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise KeelError(f"no {METRICS_FILE} at {path}")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return out
+
+
+def last_trainer_checkpoint(output_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(get_last_checkpoint(str(output_dir))) if output_dir.is_dir() and get_last_checkpoint(str(output_dir)) else None
+
+
+def prepare_run_dir(cfg: StageConfig, resume: bool) -> Path | None:
+    """Create the run folder; return the trainer checkpoint to resume from, if resuming.
+
+    A folder that already holds a run is never overwritten by accident: continue it with
+    ``--resume`` or choose another ``--output_dir``.
+    """
+    out = Path(cfg.output_dir)
+    last = last_trainer_checkpoint(out)
+    if resume:
+        if last is None:
+            raise KeelError(f"--resume: {out} holds no checkpoint-N folder to resume from")
+        step = int(last.name.rsplit("-", 1)[-1])
+        _truncate_metrics(out / METRICS_FILE, step)
+    elif last is not None or (out / "model").exists() or (out / METRICS_FILE).exists():
+        raise KeelError(f"{out} already holds a run; pass --resume to continue it, or set --output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return last
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from, so no step appears twice."""
+    if not path.is_file():
+        return
+    keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+
+
+def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments for a TRL ``XConfig`` (all of them subclass TrainingArguments)."""
+    import torch
+
+    report_to = []
+    if training.tensorboard:
+        if not tensorboard_available():
+            raise KeelError("training.tensorboard is true but tensorboard is not installed (pip install tensorboard)")
+        report_to = ["tensorboard"]
+    evaluate_periodically = has_eval and training.eval_steps is not None
+    kwargs = dict(
+        output_dir=cfg.output_dir,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        num_train_epochs=training.num_train_epochs,
+        max_steps=training.max_steps,
+        per_device_train_batch_size=training.per_device_train_batch_size,
+        per_device_eval_batch_size=training.per_device_eval_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler_type,
+        warmup_ratio=training.warmup_ratio,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        bf16=training.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported()),
+        gradient_checkpointing=training.gradient_checkpointing,
+        logging_steps=training.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=training.save_total_limit,
+        eval_strategy="steps" if evaluate_periodically else "no",
+        eval_steps=training.eval_steps if evaluate_periodically else None,
+        dataloader_num_workers=training.dataloader_num_workers,
+        report_to=report_to,
+        logging_dir=str(Path(cfg.output_dir) / "tensorboard"),
+        disable_tqdm=False,
+    )
+    kwargs.update(training.extra)
+    return kwargs
+
+
+def lineage(source: ModelSource) -> tuple[str, list[str]]:
+    """(base model, parent checkpoints) of a model we start training from."""
+    if source.manifest is not None:
+        return source.manifest.base_model, [source.path]
+    return source.ref, []
+
+
+def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, data_fingerprints: list[dict],
+                     metrics: dict[str, Any], model_kind: str = "policy", merge_lora: bool = True) -> Path:
+    """Save the trained model as a Keel checkpoint in ``output_dir/model`` (main process only)."""
+    out = Path(cfg.output_dir) / "model"
+    base, parents = lineage(source)
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        save_checkpoint(model, tokenizer, out, stage=cfg.stage, base_model=base, parents=parents,
+                        config=cfg.model_dump(mode="json"), data=data_fingerprints, metrics=metrics,
+                        model_kind=model_kind, merge_lora=merge_lora)
+    trainer.accelerator.wait_for_everyone()
+    return out
