@@ -62,12 +62,13 @@ class TrainingSettings(Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     lr_scheduler_type: str = "linear"
-    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_steps: float = Field(0, ge=0, description="steps, or a fraction of all steps when below 1")
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_length: int = Field(512, ge=8)
-    # On a CPU, bf16 autocast without gradient checkpointing measured fastest (see README).
-    bf16: bool = True
+    # None = auto: bf16 autocast on a GPU that supports it and on CPUs with native bf16
+    # (avx512_bf16 / AMX); elsewhere emulated bf16 measured 2x slower than fp32 (README).
+    bf16: bool | None = None
     gradient_checkpointing: bool = False
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="None: evaluate once at the end")

@@ -14,7 +14,8 @@ from pydantic import Field
 from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
 from align.data import load_data
 from align.models import load_policy
-from align.training import MetricsLogger, METRICS_FILE, prepare_run_dir, trainer_arguments, write_checkpoint
+from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
+                            trainer_arguments, write_checkpoint)
 
 
 class SFTStageConfig(StageConfig):
@@ -43,7 +44,8 @@ def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
     model, tokenizer, source = load_policy(cfg.model, device="cpu", dtype=training_dtype(cfg.dtype),
                                            padding_side="right")
     model.train()
-    args = SFTConfig(
+    args = build_trainer_config(
+        SFTConfig,
         **trainer_arguments(cfg, cfg.training, has_eval=data.eval is not None),
         max_length=cfg.training.max_length,
         completion_only_loss=cfg.completion_only_loss,
@@ -60,9 +62,7 @@ def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
         callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
     )
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    metrics = {"train_loss": result.training_loss, "global_step": result.global_step}
-    if data.eval is not None:
-        metrics.update(trainer.evaluate())
+    metrics = final_metrics(trainer, result, has_eval=data.eval is not None)
     return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
                             merge_lora=cfg.lora.merge_on_save)
 

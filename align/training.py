@@ -97,6 +97,25 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
 
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(setting: bool | None) -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        supported = torch.cuda.is_bf16_supported()
+        if setting and not supported:
+            raise KeelError("training.bf16 is true but this GPU does not support bf16")
+        return supported if setting is None else setting
+    return cpu_has_native_bf16() if setting is None else setting
+
+
 def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for a TRL ``XConfig`` (all of them subclass TrainingArguments)."""
     import torch
@@ -118,11 +137,12 @@ def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bo
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         learning_rate=training.learning_rate,
         lr_scheduler_type=training.lr_scheduler_type,
-        warmup_ratio=training.warmup_ratio,
+        warmup_steps=training.warmup_steps,
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
-        bf16=training.bf16 and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported()),
-        gradient_checkpointing=training.gradient_checkpointing,
+        bf16=use_bf16(training.bf16),
+        activation_checkpointing=training.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
         logging_steps=training.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -132,11 +152,31 @@ def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bo
         eval_steps=training.eval_steps if evaluate_periodically else None,
         dataloader_num_workers=training.dataloader_num_workers,
         report_to=report_to,
-        logging_dir=str(Path(cfg.output_dir) / "tensorboard"),
         disable_tqdm=False,
     )
     kwargs.update(training.extra)
     return kwargs
+
+
+def build_trainer_config(config_cls, **kwargs):
+    """Instantiate a TRL ``XConfig``; its validation errors become a ``ConfigError``."""
+    from align.errors import ConfigError
+
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{config_cls.__name__} rejected the training settings: {e}") from None
+
+
+def final_metrics(trainer, result, has_eval: bool) -> dict[str, Any]:
+    """Training loss plus the eval metrics at the last step (evaluating once more only if needed)."""
+    metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step}
+    if has_eval:
+        last_eval = next((h for h in reversed(trainer.state.log_history)
+                          if "eval_loss" in h and h.get("step") == result.global_step), None)
+        evaluated = last_eval or trainer.evaluate()
+        metrics.update({k: v for k, v in evaluated.items() if k.startswith("eval_")})
+    return metrics
 
 
 def lineage(source: ModelSource) -> tuple[str, list[str]]:

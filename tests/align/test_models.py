@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from align.errors import CheckpointError, ModelNotFoundError
+from align.models import load_policy, load_reward_model, load_tokenizer, load_value_model, pick_dtype, resolve_model
+
+
+def test_unresolvable_reference_lists_every_attempt(tmp_path):
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model(str(tmp_path / "no-such-model"))
+    msg = str(e.value)
+    assert "no-such-model" in msg and "embedded name" in msg and "local folder" in msg and "hub id" in msg
+    with pytest.raises(ModelNotFoundError, match="hub id"):
+        resolve_model("nobody/definitely-not-a-model")
+
+
+def test_folder_kinds(tmp_path, tiny_model_dir):
+    assert resolve_model(tiny_model_dir).kind == "folder"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="has none of"):
+        resolve_model(tmp_path / "empty")
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        resolve_model(tmp_path / "file.bin")
+
+
+def test_tokenizer_pad_is_not_the_turn_end(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    assert tok.eos_token == "<|im_end|>"
+    assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id != tok.eos_token_id
+
+
+def test_policy_reward_and_value_roles(tiny_model_dir):
+    model, tok, src = load_policy(str(tiny_model_dir))
+    assert not model.training and model.dtype == torch.float32 and tok.padding_side == "left"
+    batch = tok(["hello there", "hi"], return_tensors="pt", padding=True)
+    for loader in (load_reward_model, load_value_model):
+        rm, rtok, _ = loader(str(tiny_model_dir))
+        assert rm.config.num_labels == 1 and rm.config.pad_token_id == rtok.pad_token_id
+        scores = rm(**rtok(["hello there", "hi"], return_tensors="pt", padding=True)).logits
+        assert scores.shape == (2, 1)
+    assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_dtype_choice():
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
+
+
+def test_corrupt_weights_give_a_clear_error(tmp_path, tiny_model_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="cannot load .* weights of"):
+        load_policy(str(broken))
+
+
+@pytest.mark.integration
+def test_embedded_default_answers_a_chat_message(embedded_dir):
+    from align.generate import chat_reply
+
+    src = resolve_model("smollm2-135m")
+    assert src.kind == "embedded" and (embedded_dir / "model.safetensors").is_file()
+    model, tok, _ = load_policy(src)
+    reply = chat_reply(model, tok, [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=20)
+    assert "Paris" in reply
