@@ -50,7 +50,6 @@ def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
         max_length=cfg.training.max_length,
         completion_only_loss=cfg.completion_only_loss,
         packing=cfg.packing,
-        pad_token=tokenizer.pad_token,
     )
     trainer = SFTTrainer(
         model=model,
