@@ -92,6 +92,7 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     model_kind: str = "policy",
     merge_lora: bool = True,
+    state_dict: dict | None = None,
 ) -> Path:
     """Write model + tokenizer + manifest to ``out_dir`` atomically and return the folder."""
     out_dir = Path(out_dir)
@@ -122,7 +123,7 @@ def save_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.model_dump(), indent=2, default=str))
         old = None

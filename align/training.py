@@ -191,10 +191,15 @@ def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, 
     """Save the trained model as a Keel checkpoint in ``output_dir/model`` (main process only)."""
     out = Path(cfg.output_dir) / "model"
     base, parents = lineage(source)
+    state_dict = None
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        # Parameters are sharded: gather them on every rank before the main one writes.
+        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model)
         save_checkpoint(model, tokenizer, out, stage=cfg.stage, base_model=base, parents=parents,
                         config=cfg.model_dump(mode="json"), data=data_fingerprints, metrics=metrics,
-                        model_kind=model_kind, merge_lora=merge_lora)
+                        model_kind=model_kind, merge_lora=merge_lora, state_dict=state_dict)
     trainer.accelerator.wait_for_everyone()
     return out
