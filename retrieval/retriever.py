@@ -1,0 +1,293 @@
+"""A knowledge base on disk and the ``Retriever`` that builds, updates and searches it.
+
+An index folder holds three files:
+  manifest.json    embedding model, dimension, metric, index type and parameters, chunking, counts
+  index.faiss      the FAISS index (``faiss.write_index``; no pickle anywhere)
+  docstore.sqlite  documents and chunks: text, source, heading, character offsets, vector
+
+Opening checks the manifest against the configured embedding model and the three files against
+each other; any mismatch or damage is a ``RetrievalError`` that names the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from retrieval.chunking import Chunk, chunk_document
+from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
+from retrieval.errors import RetrievalError
+from retrieval.index import VectorIndex, choose_index_type
+from retrieval.loaders import Document, expand_paths, load_file
+from retrieval.store import DocStore
+
+FORMAT_VERSION = 1
+MANIFEST, INDEX_FILE, DOCSTORE = "manifest.json", "index.faiss", "docstore.sqlite"
+
+
+@dataclass
+class Hit:
+    id: int
+    score: float
+    text: str
+    source: str
+    title: str
+    heading: str
+    start: int
+    end: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AddReport:
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    chunks: int = 0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def mmr(query: np.ndarray, candidates: np.ndarray, k: int, lambda_: float) -> list[int]:
+    """Maximal marginal relevance: pick k of the candidates, trading relevance for novelty."""
+    relevance = candidates @ query
+    chosen: list[int] = []
+    rest = list(range(len(candidates)))
+    while rest and len(chosen) < k:
+        if chosen:
+            redundancy = (candidates[rest] @ candidates[chosen].T).max(axis=1)
+        else:
+            redundancy = np.zeros(len(rest))
+        best = int(np.argmax(lambda_ * relevance[rest] - (1 - lambda_) * redundancy))
+        chosen.append(rest.pop(best))
+    return chosen
+
+
+class Retriever:
+    def __init__(self, folder: Path, manifest: dict, index: VectorIndex, store: DocStore, embedder: Embedder):
+        self.folder, self.manifest, self.index, self.store, self.embedder = folder, manifest, index, store, embedder
+
+    # ------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, folder: str | Path, embedding_model: str = DEFAULT_EMBEDDER, index_type: str = "auto",
+               chunk_tokens: int = 200, overlap: int = 40, index_params: dict | None = None,
+               overwrite: bool = False, embedder: Embedder | None = None) -> "Retriever":
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()):
+            if not overwrite:
+                raise RetrievalError(f"{folder} is not empty; pass --overwrite to replace it")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        embedder = embedder or Embedder(embedding_model)
+        if chunk_tokens > embedder.max_tokens - 2:
+            raise RetrievalError(f"chunk_tokens={chunk_tokens} exceeds what {embedding_model} reads "
+                                 f"({embedder.max_tokens - 2} tokens)")
+        manifest = {
+            "keel_retrieval_format": FORMAT_VERSION, "embedding_model": embedding_model, "dim": embedder.dim,
+            "metric": "inner_product", "normalized": True, "index_type": index_type,
+            "index_params": index_params or {}, "chunk_tokens": chunk_tokens, "overlap": overlap,
+            "counts": {"files": 0, "documents": 0, "chunks": 0, "index_vectors": 0, "tombstones": 0},
+            "created_at": _now(), "updated_at": _now(),
+        }
+        store = DocStore(folder / DOCSTORE, create=True)
+        return cls(folder, manifest, None, store, embedder)  # the index is made on the first add
+
+    @classmethod
+    def open(cls, folder: str | Path, embedding_model: str | None = None, embedder: Embedder | None = None) -> "Retriever":
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not folder.is_dir():
+            raise RetrievalError(f"index folder {folder} does not exist")
+        if not path.is_file():
+            raise RetrievalError(f"{folder} is not a Keel index: no {MANIFEST}")
+        try:
+            manifest = json.loads(path.read_text())
+            dim, kind = int(manifest["dim"]), manifest["index_type"]
+            manifest["embedding_model"], manifest["counts"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise RetrievalError(f"{path} is damaged: {e}") from None
+        if manifest.get("keel_retrieval_format", 0) > FORMAT_VERSION:
+            raise RetrievalError(f"{path} is from a newer Keel (format {manifest['keel_retrieval_format']})")
+        if embedding_model and embedding_model != manifest["embedding_model"]:
+            raise RetrievalError(f"{folder} was built with embedding model {manifest['embedding_model']!r}, "
+                                 f"not {embedding_model!r}; rebuild it or use the same model")
+        store = DocStore(folder / DOCSTORE)
+        index = None
+        if manifest["counts"]["index_vectors"]:
+            index = VectorIndex.load(folder / INDEX_FILE, kind, dim, manifest["index_params"])
+        embedder = embedder or Embedder(manifest["embedding_model"])
+        if embedder.dim != dim:
+            raise RetrievalError(f"embedding model {manifest['embedding_model']!r} gives {embedder.dim}-d vectors; "
+                                 f"{path} says {dim}")
+        kb = cls(folder, manifest, index, store, embedder)
+        kb._check_consistency()
+        return kb
+
+    def _check_consistency(self) -> None:
+        counts = self.store.counts()
+        expected = counts["chunks"] + self.manifest["counts"].get("tombstones", 0)
+        actual = self.index.ntotal if self.index else 0
+        if actual != expected:
+            raise RetrievalError(f"{self.folder}: {INDEX_FILE} holds {actual} vectors but {DOCSTORE} expects "
+                                 f"{expected}; run `python -m retrieval rebuild {self.folder}`")
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------ writes
+    def add(self, paths: Iterable[str | Path], progress: bool = False) -> AddReport:
+        """Add files and folders; a file whose content changed replaces its old chunks."""
+        files = expand_paths(list(paths))
+        known = self.store.file_hashes()
+        report = AddReport()
+        batches: list[tuple[str, str, list[Document]]] = []
+        for f in files:
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            key = str(f.resolve())
+            if known.get(key) == digest:
+                report.unchanged += 1
+                continue
+            batches.append((key, digest, load_file(f)))
+            report.replaced += key in known
+            report.added += key not in known
+        self._write(batches, report, progress)
+        return report
+
+    def add_documents(self, docs: list[Document], file: str, progress: bool = False) -> AddReport:
+        """Add in-memory documents under one synthetic file key (replacing that key's old ones)."""
+        digest = hashlib.sha256("\0".join(d.source + d.text for d in docs).encode()).hexdigest()
+        report = AddReport()
+        known = self.store.file_hashes()
+        if known.get(file) == digest:
+            report.unchanged = 1
+            return report
+        report.replaced, report.added = int(file in known), int(file not in known)
+        self._write([(file, digest, docs)], report, progress)
+        return report
+
+    def _write(self, batches, report: AddReport, progress: bool) -> None:
+        if not batches:
+            return
+        chunked = [(key, digest, [(d.source, d.title, self._chunk(d)) for d in docs]) for key, digest, docs in batches]
+        texts = [c.text for _, _, docs in chunked for _, _, chunks in docs for c in chunks]
+        vectors = self.embedder.encode(texts, progress=progress)
+        report.chunks = len(texts)
+        old_ids = self.store.chunk_ids_of_files([key for key, _, _ in chunked])
+        db = self.store.db
+        try:
+            with db:  # one transaction: all files or none
+                self.store.delete_files([key for key, _, _ in chunked])
+                new_ids, row = [], 0
+                for key, digest, docs in chunked:
+                    n = sum(len(c) for _, _, c in docs)
+                    new_ids += self.store.insert(key, digest, docs, vectors[row:row + n])
+                    row += n
+                self._update_index(old_ids, np.array(new_ids, dtype="int64"), vectors)
+        except Exception:
+            # The SQLite transaction rolled back; reload the index so memory matches disk again.
+            self.index = (VectorIndex.load(self.folder / INDEX_FILE, self.manifest["index_type"], self.manifest["dim"],
+                                           self.manifest["index_params"])
+                          if (self.folder / INDEX_FILE).is_file() else None)
+            raise
+
+    def _chunk(self, doc: Document) -> list[Chunk]:
+        return chunk_document(doc, self.embedder.tokenizer, self.manifest["chunk_tokens"], self.manifest["overlap"])
+
+    def remove(self, paths: Iterable[str | Path]) -> int:
+        """Remove documents by file path (as added); returns how many files were removed."""
+        known = self.store.file_hashes()
+        keys = []
+        for p in paths:
+            key = str(Path(p).resolve()) if str(Path(p).resolve()) in known else str(p)
+            if key in known and key not in keys:
+                keys.append(key)
+        if not keys:
+            return 0
+        ids = self.store.chunk_ids_of_files(keys)
+        with self.store.db:
+            self.store.delete_files(keys)
+            self._update_index(ids, np.zeros(0, dtype="int64"), np.zeros((0, self.manifest["dim"]), dtype="float32"))
+        return len(keys)
+
+    def _update_index(self, old_ids: list[int], new_ids: np.ndarray, vectors: np.ndarray) -> None:
+        counts = self.manifest["counts"]
+        if self.index is None:
+            if not len(new_ids):
+                return
+            kind = choose_index_type(self.manifest["index_type"], len(new_ids))
+            self.manifest["index_type"] = kind
+            self.index = VectorIndex.create(kind, self.manifest["dim"], vectors, self.manifest["index_params"])
+            self.manifest["index_params"] = self.index.params
+        if not self.index.remove(old_ids):
+            counts["tombstones"] = counts.get("tombstones", 0) + len(old_ids)
+        self.index.add(new_ids, vectors)
+        self._save()
+
+    def _save(self) -> None:
+        """Index file first, then the manifest; the caller's SQLite transaction commits last."""
+        self.index.save(self.folder / INDEX_FILE)
+        counts = self.manifest["counts"]
+        counts.update(self.store.counts())
+        counts["index_vectors"] = self.index.ntotal
+        self.manifest["updated_at"] = _now()
+        tmp = self.folder / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=2))
+        os.replace(tmp, self.folder / MANIFEST)
+
+    def rebuild(self, index_type: str | None = None, index_params: dict | None = None) -> None:
+        """A fresh index from the stored vectors: another type, new IVF centroids, or HNSW without tombstones."""
+        ids, vectors = self.store.all_vectors(self.manifest["dim"])
+        kind = choose_index_type(index_type or self.manifest["index_type"], len(ids))
+        self.manifest["counts"]["tombstones"] = 0
+        self.manifest["index_type"] = kind
+        self.manifest["index_params"] = index_params or {}
+        if not len(ids):
+            self.index = None
+            (self.folder / INDEX_FILE).unlink(missing_ok=True)
+            self.manifest["counts"]["index_vectors"] = 0
+            (self.folder / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+            return
+        self.index = VectorIndex.create(kind, self.manifest["dim"], vectors, index_params)
+        self.manifest["index_params"] = self.index.params
+        self.index.add(ids, vectors)
+        self._save()
+
+    # ------------------------------------------------------------ search
+    def search(self, query: str, k: int = 5, mmr_lambda: float | None = None, min_score: float | None = None,
+               fetch_k: int | None = None) -> list[Hit]:
+        return self.search_batch([query], k, mmr_lambda, min_score, fetch_k)[0]
+
+    def search_batch(self, queries: list[str], k: int = 5, mmr_lambda: float | None = None,
+                     min_score: float | None = None, fetch_k: int | None = None) -> list[list[Hit]]:
+        if self.index is None or not queries:
+            return [[] for _ in queries]
+        q = self.embedder.encode(list(queries))
+        tombstones = self.manifest["counts"].get("tombstones", 0)
+        fetch = (fetch_k or (max(4 * k, 20) if mmr_lambda is not None else k)) + tombstones
+        scores, ids = self.index.search(q, fetch)
+        rows = self.store.get(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        results = []
+        for qi in range(len(queries)):
+            hits = [Hit(score=float(s), **rows[int(i)]) for s, i in zip(scores[qi], ids[qi])
+                    if i >= 0 and int(i) in rows]  # ids missing from the docstore are HNSW tombstones
+            if min_score is not None:
+                hits = [h for h in hits if h.score >= min_score]
+            if mmr_lambda is not None and len(hits) > k:
+                cand = self.store.vectors([h.id for h in hits], self.manifest["dim"])
+                hits = [hits[j] for j in mmr(q[qi], cand, k, mmr_lambda)]
+            results.append(hits[:k])
+        return results
+
+    def info(self) -> dict:
+        return {"folder": str(self.folder), **self.manifest}

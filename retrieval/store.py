@@ -1,0 +1,112 @@
+"""The SQLite docstore: documents, chunks (text, source, heading, offsets) and their vectors.
+
+Vectors are kept beside the text so that MMR can compare candidates and ``rebuild`` can make a
+new FAISS index (another type, or HNSW without tombstones) without embedding anything again.
+"""
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.chunking import Chunk
+from retrieval.errors import RetrievalError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    source TEXT PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, title TEXT, n_chunks INTEGER NOT NULL,
+    added_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS documents_file ON documents(file);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, title TEXT, heading TEXT,
+    start INTEGER NOT NULL, end INTEGER NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
+"""
+
+
+class DocStore:
+    def __init__(self, path: Path, create: bool = False):
+        if not create and not path.is_file():
+            raise RetrievalError(f"docstore {path} is missing")
+        try:
+            self.db = sqlite3.connect(str(path), check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            if create:
+                self.db.executescript(_SCHEMA)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self.db.commit()
+            ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise RetrievalError(f"docstore {path} is damaged: {e}") from None
+        if ok != "ok" or version is None:
+            raise RetrievalError(f"docstore {path} is damaged: {ok if ok != 'ok' else 'no schema version'}")
+        if int(version[0]) > SCHEMA_VERSION:
+            raise RetrievalError(f"docstore {path} has schema {version[0]}; this Keel reads up to {SCHEMA_VERSION}")
+        self.path = path
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- reads
+    def file_hashes(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT file, sha256 FROM documents GROUP BY file"))
+
+    def chunk_ids_of_files(self, files: list[str]) -> list[int]:
+        ids: list[int] = []
+        for f in files:
+            ids += [r[0] for r in self.db.execute(
+                "SELECT c.id FROM chunks c JOIN documents d ON c.source = d.source WHERE d.file = ?", (f,))]
+        return ids
+
+    def counts(self) -> dict[str, int]:
+        docs = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        files = self.db.execute("SELECT COUNT(DISTINCT file) FROM documents").fetchone()[0]
+        return {"files": files, "documents": docs, "chunks": chunks}
+
+    def get(self, ids: list[int]) -> dict[int, dict]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"SELECT id, source, title, heading, start, end, text FROM chunks WHERE id IN ({marks})", list(ids))
+        keys = ("id", "source", "title", "heading", "start", "end", "text")
+        return {r[0]: dict(zip(keys, r)) for r in rows}
+
+    def vectors(self, ids: list[int], dim: int) -> np.ndarray:
+        marks = ",".join("?" * len(ids))
+        found = dict(self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", list(ids)))
+        return np.stack([np.frombuffer(found[i], dtype="float32", count=dim) for i in ids])
+
+    def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
+        if not rows:
+            return np.zeros(0, dtype="int64"), np.zeros((0, dim), dtype="float32")
+        ids = np.array([r[0] for r in rows], dtype="int64")
+        return ids, np.stack([np.frombuffer(r[1], dtype="float32", count=dim) for r in rows])
+
+    # ---- writes (the caller commits or rolls back)
+    def delete_files(self, files: list[str]) -> None:
+        for f in files:
+            self.db.execute("DELETE FROM chunks WHERE source IN (SELECT source FROM documents WHERE file = ?)", (f,))
+            self.db.execute("DELETE FROM documents WHERE file = ?", (f,))
+
+    def insert(self, file: str, sha256: str, docs: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray) -> list[int]:
+        """Insert documents ``(source, title, chunks)`` of one file; returns the new chunk ids in order."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        ids, row = [], 0
+        for source, title, chunks in docs:
+            self.db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?)",
+                            (source, file, sha256, title, len(chunks), now))
+            for c in chunks:
+                cur = self.db.execute(
+                    "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (c.source, c.title, c.heading, c.start, c.end, c.text, vectors[row].astype("float32").tobytes()))
+                ids.append(cur.lastrowid)
+                row += 1
+        return ids

@@ -1,0 +1,147 @@
+import json
+
+import numpy as np
+import pytest
+
+from retrieval.cli import main
+from retrieval.errors import RetrievalError
+from retrieval.evaluate import evaluate
+from retrieval.index import VectorIndex
+from retrieval.retriever import Retriever, mmr
+
+DOCS = {
+    "boats.md": "# Boats\n\nA keel is the structural backbone along the bottom of a ship's hull.",
+    "cooking.md": "# Cooking\n\nTo bake bread, knead flour, water, yeast and salt, then let the dough rise.",
+    "space.txt": "The Moon orbits the Earth about once every 27 days, always showing the same face.",
+}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    d = tmp_path / "docs"
+    d.mkdir()
+    for name, text in DOCS.items():
+        (d / name).write_text(text)
+    return d
+
+
+def test_build_search_and_round_trip(tmp_path, corpus, embedder):
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    rep = kb.add([corpus])
+    assert (rep.added, rep.chunks) == (3, 3)
+    hit = kb.search("how do I make bread dough?", k=1)[0]
+    assert hit.source.endswith("cooking.md") and hit.heading == "Cooking" and 0 < hit.score <= 1
+    assert hit.text == DOCS["cooking.md"][hit.start:hit.end]
+    before = [(h.id, round(h.score, 5)) for h in kb.search("lunar orbit", k=3)]
+    kb.close()
+    again = Retriever.open(tmp_path / "idx", embedding_model="all-MiniLM-L6-v2", embedder=embedder)
+    assert [(h.id, round(h.score, 5)) for h in again.search("lunar orbit", k=3)] == before
+    batch = again.search_batch(["lunar orbit", "ship hull"], k=1)
+    assert batch[0][0].source.endswith("space.txt") and batch[1][0].source.endswith("boats.md")
+    assert again.search("lunar orbit", k=3, min_score=0.99) == []
+    assert set(again.info()["counts"].items()) >= {("files", 3), ("chunks", 3), ("index_vectors", 3)}
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_add_changed_file_replaces_and_remove_deletes(tmp_path, corpus, embedder, index_type):
+    kb = Retriever.create(tmp_path / "idx", index_type=index_type, embedder=embedder)
+    kb.add([corpus])
+    assert kb.add([corpus]).unchanged == 3
+    (corpus / "space.txt").write_text("Mars has two small moons named Phobos and Deimos.")
+    rep = kb.add([corpus / "space.txt"])
+    assert (rep.replaced, rep.added) == (1, 0)
+    hits = kb.search("moons of Mars", k=3)
+    assert hits[0].text.startswith("Mars") and not any("27 days" in h.text for h in hits)
+    assert kb.remove([corpus / "cooking.md"]) == 1
+    assert not any(h.source.endswith("cooking.md") for h in kb.search("bread dough", k=5))
+    reopened = Retriever.open(tmp_path / "idx", embedder=embedder)
+    assert reopened.info()["counts"]["chunks"] == 2
+    if index_type == "hnsw":  # HNSW cannot delete: tombstones until rebuild
+        assert reopened.manifest["counts"]["tombstones"] == 2
+        reopened.rebuild()
+        assert reopened.manifest["counts"]["tombstones"] == 0 and reopened.index.ntotal == 2
+    assert len(reopened.search("anything", k=5)) == 2
+
+
+def test_damaged_or_mismatched_index_gives_clear_errors(tmp_path, corpus, embedder):
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([corpus])
+    kb.close()
+    idx = tmp_path / "idx"
+    with pytest.raises(RetrievalError, match="built with embedding model 'all-MiniLM-L6-v2', not 'other-model'"):
+        Retriever.open(idx, embedding_model="other-model", embedder=embedder)
+    good = (idx / "index.faiss").read_bytes()
+    (idx / "index.faiss").write_bytes(good[:50])
+    with pytest.raises(RetrievalError, match="index.faiss is damaged"):
+        Retriever.open(idx, embedder=embedder)
+    (idx / "index.faiss").write_bytes(good)
+    manifest = json.loads((idx / "manifest.json").read_text())
+    (idx / "manifest.json").write_text("{not json")
+    with pytest.raises(RetrievalError, match="manifest.json is damaged"):
+        Retriever.open(idx, embedder=embedder)
+    (idx / "manifest.json").write_text(json.dumps(manifest))
+    # The index and docstore out of step (e.g. a crash between their writes): say how to fix it.
+    kb = Retriever.open(idx, embedder=embedder)
+    kb.index.remove([1])
+    kb.index.save(idx / "index.faiss")
+    kb.close()
+    with pytest.raises(RetrievalError, match="rebuild"):
+        Retriever.open(idx, embedder=embedder)
+    (idx / "docstore.sqlite").write_bytes(b"garbage" * 100)
+    for f in idx.glob("docstore.sqlite-*"):
+        f.unlink()
+    with pytest.raises(RetrievalError, match="docstore.sqlite is damaged"):
+        Retriever.open(idx, embedder=embedder)
+    with pytest.raises(RetrievalError, match="does not exist"):
+        Retriever.open(tmp_path / "missing", embedder=embedder)
+    with pytest.raises(RetrievalError, match="not empty"):
+        Retriever.create(idx, embedder=embedder)
+
+
+def _clustered(n, dim=64, centers=200, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim))
+    x = c[rng.integers(0, centers, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+
+
+@pytest.mark.parametrize("kind,min_recall", [("ivf-flat", 0.95), ("hnsw", 0.85), ("ivf-pq", 0.5)])
+def test_approximate_indexes_agree_with_exact(kind, min_recall):
+    x, q = _clustered(20_000), _clustered(100, seed=1)
+    ids = np.arange(100, 100 + len(x))
+    exact = VectorIndex.create("flat", 64, x)
+    exact.add(ids, x)
+    approx = VectorIndex.create(kind, 64, x)
+    approx.add(ids, x)
+    _, truth = exact.search(q, 10)
+    _, got = approx.search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])
+    assert recall >= min_recall, recall
+    brute = np.argsort(-(q @ x.T), axis=1)[:, :10] + 100
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, brute)]) > 0.99
+
+
+def test_mmr_prefers_novel_candidates():
+    q = np.array([1.0, 0.0])
+    cands = np.array([[1.0, 0.0], [0.99, 0.14], [0.7, 0.71]])
+    assert mmr(q, cands, 2, lambda_=1.0) == [0, 1]
+    assert mmr(q, cands, 2, lambda_=0.3) == [0, 2]
+
+
+def test_eval_and_cli(tmp_path, corpus, capsys):
+    assert main(["build", str(corpus), "--out", str(tmp_path / "idx")]) == 0
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("\n".join(json.dumps(r) for r in [
+        {"query": "bread dough yeast", "relevant": ["cooking.md"]},
+        {"query": "ship hull backbone", "relevant": ["boats.md"]},
+        {"query": "how often does the moon orbit", "relevant": ["space.txt"]}]))
+    kb = Retriever.open(tmp_path / "idx")
+    report = evaluate(kb, [json.loads(l) for l in queries.read_text().splitlines()], k=2)
+    assert report["recall@2"] == 1.0 and report["mrr"] == 1.0
+    assert main(["eval", str(tmp_path / "idx"), str(queries), "-k", "2", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["mrr"] == 1.0
+    assert main(["search", str(tmp_path / "idx"), "yeast", "--json", "-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("["):])[0]["source"].endswith("cooking.md")
+    assert main(["search", str(tmp_path / "nope"), "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
