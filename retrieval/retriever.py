@@ -274,13 +274,20 @@ class Retriever:
             return [[] for _ in queries]
         q = self.embedder.encode(list(queries))
         tombstones = self.manifest["counts"].get("tombstones", 0)
-        fetch = (fetch_k or (max(4 * k, 20) if mmr_lambda is not None else k)) + tombstones
+        # PQ scores are approximate: fetch more and re-rank exactly with the stored vectors.
+        rerank = self.manifest["index_type"] == "ivf-pq"
+        fetch = (fetch_k or (max(4 * k, 20) if (mmr_lambda is not None or rerank) else k)) + tombstones
         scores, ids = self.index.search(q, fetch)
         rows = self.store.get(sorted({int(i) for i in ids.ravel() if i >= 0}))
         results = []
         for qi in range(len(queries)):
             hits = [Hit(score=float(s), **rows[int(i)]) for s, i in zip(scores[qi], ids[qi])
                     if i >= 0 and int(i) in rows]  # ids missing from the docstore are HNSW tombstones
+            if rerank and hits:
+                exact = self.store.vectors([h.id for h in hits], self.manifest["dim"]) @ q[qi]
+                for h, score in zip(hits, exact):
+                    h.score = float(score)
+                hits.sort(key=lambda h: -h.score)
             if min_score is not None:
                 hits = [h for h in hits if h.score >= min_score]
             if mmr_lambda is not None and len(hits) > k:

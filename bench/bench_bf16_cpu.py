@@ -1,6 +1,6 @@
 """fp32 vs bf16 autocast for one SmolLM2-135M forward+backward on this CPU, same run.
 
-    python bench/bf16_cpu.py [--batch 8] [--tokens 200] [--repeats 2]
+    python bench/bench_bf16_cpu.py [--batch 8] [--tokens 200] [--repeats 2]
 """
 import argparse
 import time

@@ -4,7 +4,7 @@
    cache) vs a later load from the cached fp32 safetensors folder. Each load runs in a fresh process.
 2. SFT training throughput on CPU: full fine-tuning vs LoRA, same data, steps and batch.
 
-    python bench/foundation.py [--steps 6] [--batch 4]
+    python bench/bench_foundation.py [--steps 6] [--batch 4]
 """
 from __future__ import annotations
 

@@ -1,0 +1,236 @@
+"""The ReAct loop: Thought -> Action -> Observation, until a Final Answer (Yao et al. 2022).
+
+Two formats:
+  - ``text``: the model writes ``Thought/Action/Action Input`` into one growing assistant message;
+    generation stops at ``Observation:`` so the model cannot invent a tool result, the tool's
+    output is appended as the observation and generation continues. Works with any chat model.
+  - ``native``: tools are passed to the chat template and the model answers with
+    ``<tool_call>`` blocks; results come back as ``tool`` messages. ``auto`` picks native when the
+    tokenizer's template knows about tools.
+Every step is an ``Event``; a run is a ``Trace``, plain data that serialises to JSON.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Literal, Protocol
+
+from agents.parsing import ParseError, has_labels as _has_labels, parse_react, parse_tool_calls
+from agents.tools import ToolRegistry
+
+EventType = Literal["thought", "tool_call", "observation", "final_answer", "error"]
+STOP_SEQUENCES = ["\nObservation:", "Observation:"]
+
+
+@dataclass
+class Event:
+    type: EventType
+    content: str
+    step: int
+    tool: str | None = None
+    args: dict | str | None = None
+    ok: bool | None = None
+    duration_s: float = 0.0
+
+
+@dataclass
+class Trace:
+    question: str
+    events: list[Event] = field(default_factory=list)
+    answer: str | None = None
+    steps: int = 0
+    tokens: int = 0
+    stopped: str = ""  # final_answer | max_steps | token_budget
+    format: str = "text"
+    transcript: str = ""  # the text-format scratchpad, for training data
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trace":
+        return cls(**{**d, "events": [Event(**e) for e in d.get("events", [])]})
+
+    @property
+    def tool_calls(self) -> list[Event]:
+        return [e for e in self.events if e.type == "tool_call"]
+
+    @property
+    def tool_errors(self) -> int:
+        return sum(1 for e in self.events if e.type == "observation" and e.ok is False)
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: int
+
+
+class LLM(Protocol):
+    supports_native_tools: bool
+
+    def generate(self, messages: list[dict], *, stop: list[str], max_new_tokens: int,
+                 continue_final: bool = False, tools: list[dict] | None = None) -> Generation: ...
+
+
+class TransformersLLM:
+    """Greedy (or sampled) generation from a loaded policy with stop strings."""
+
+    def __init__(self, model, tokenizer, temperature: float = 0.0):
+        self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
+        template = tokenizer.chat_template or ""
+        self.supports_native_tools = "tools" in template if isinstance(template, str) else False
+
+    def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None) -> Generation:
+        import torch
+
+        enc = self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=not continue_final, continue_final_message=continue_final,
+            return_tensors="pt", return_dict=True)
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                      eos_token_id=self.tokenizer.eos_token_id, stop_strings=stop or None, tokenizer=self.tokenizer)
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new = out[0, enc["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        for s in stop or []:
+            if s in text:
+                text = text[: text.index(s)]
+        return Generation(text, int(new.shape[0]))
+
+
+def react_system_prompt(tools: ToolRegistry, preamble: str | None = None) -> str:
+    lines = [preamble or "You are a helpful assistant. Use a tool when it helps; answer from its results.", "",
+             "Tools:"]
+    lines += [f"- {t.signature()}" for t in tools]
+    lines += ["", "Answer in this format:", "Thought: what to do next",
+              f"Action: one of [{', '.join(tools.names())}]", "Action Input: a JSON object of arguments",
+              "Observation: the tool's result (given to you)", "... (Thought/Action/Observation can repeat)",
+              "Thought: I know the answer", "Final Answer: the answer to the question"]
+    return "\n".join(lines)
+
+
+class ReActAgent:
+    def __init__(self, llm: LLM, tools: ToolRegistry, *, max_steps: int = 6, max_new_tokens: int = 256,
+                 token_budget: int = 2048, format: Literal["auto", "text", "native"] = "auto",
+                 system_prompt: str | None = None, plain_answer_is_final: bool = True):
+        self.llm, self.tools = llm, tools
+        # A model that answers in plain prose (no ReAct labels at all) has answered; small chat
+        # models do this often. Turn off to make the format strict (training, evaluation of format).
+        self.plain_answer_is_final = plain_answer_is_final
+        self.max_steps, self.max_new_tokens, self.token_budget = max_steps, max_new_tokens, token_budget
+        self.format = ("native" if getattr(llm, "supports_native_tools", False) else "text") if format == "auto" else format
+        self.system_prompt = system_prompt
+
+    def run(self, question: str, history: list[dict] | None = None) -> Trace:
+        trace = Trace(question=question, format=self.format)
+        for _ in self.stream(question, history, trace):
+            pass
+        return trace
+
+    def stream(self, question: str, history: list[dict] | None = None, trace: Trace | None = None) -> Iterator[Event]:
+        """Run the loop, yielding each event as it happens; ``trace`` collects them."""
+        trace = trace if trace is not None else Trace(question=question, format=self.format)
+        loop = self._text_loop if self.format == "text" else self._native_loop
+        for event in loop(question, history or [], trace):
+            trace.events.append(event)
+            if event.type == "final_answer":
+                trace.answer = event.content
+                trace.stopped = "final_answer"
+            yield event
+        if not trace.stopped:
+            trace.stopped = "token_budget" if trace.tokens >= self.token_budget else "max_steps"
+
+    def _budget(self, trace: Trace) -> int:
+        return min(self.max_new_tokens, self.token_budget - trace.tokens)
+
+    def _call_tool(self, name: str, args, step: int) -> Event:
+        tool = self.tools.get(name)
+        started = time.perf_counter()
+        if tool is None:
+            return Event("observation", f"Error: unknown tool {name!r}. Available tools: {', '.join(self.tools.names())}.",
+                         step, tool=name, ok=False)
+        result = tool.run(args)
+        return Event("observation", result.text, step, tool=tool.name, ok=result.ok,
+                     duration_s=round(time.perf_counter() - started, 4))
+
+    def _text_loop(self, question, history, trace) -> Iterator[Event]:
+        system = {"role": "system", "content": react_system_prompt(self.tools, self.system_prompt)}
+        base = [system, *history, {"role": "user", "content": question}]
+        scratch = ""
+        for step in range(1, self.max_steps + 1):
+            if self._budget(trace) <= 0:
+                return
+            trace.steps = step
+            # Each step starts with "Thought:" already written, which keeps small models in the format.
+            messages = base + [{"role": "assistant", "content": scratch + "Thought:"}]
+            gen = self.llm.generate(messages, stop=STOP_SEQUENCES, max_new_tokens=self._budget(trace),
+                                    continue_final=True)
+            trace.tokens += gen.tokens
+            text = "Thought:" + (gen.text if gen.text.startswith((" ", "\n")) else " " + gen.text)
+            try:
+                parsed = parse_react(text)
+            except ParseError as e:
+                if self.plain_answer_is_final and step == 1 and not _has_labels(gen.text) and gen.text.strip():
+                    trace.transcript = scratch + text.rstrip()
+                    yield Event("final_answer", gen.text.strip(), step)
+                    return
+                yield Event("error", str(e), step)
+                scratch += text.rstrip() + f"\nObservation: {e}\n"
+                trace.transcript = scratch
+                continue
+            if parsed.thought:
+                yield Event("thought", parsed.thought, step)
+            if parsed.final_answer is not None:
+                scratch += parsed.consumed
+                trace.transcript = scratch
+                yield Event("final_answer", parsed.final_answer, step)
+                return
+            args = parsed.action_input
+            yield Event("tool_call", json.dumps(args) if not isinstance(args, str) else args, step,
+                        tool=parsed.action, args=args)
+            obs = self._call_tool(parsed.action, args, step)
+            yield obs
+            scratch += parsed.consumed + f"\nObservation: {obs.content}\n"
+            trace.transcript = scratch
+
+    def _native_loop(self, question, history, trace) -> Iterator[Event]:
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages += [*history, {"role": "user", "content": question}]
+        schemas = [t.json_schema() for t in self.tools]
+        for step in range(1, self.max_steps + 1):
+            if self._budget(trace) <= 0:
+                return
+            trace.steps = step
+            gen = self.llm.generate(messages, stop=["</tool_call>\n\n"], max_new_tokens=self._budget(trace),
+                                    tools=schemas)
+            trace.tokens += gen.tokens
+            try:
+                calls = parse_tool_calls(gen.text)
+            except ParseError as e:
+                yield Event("error", str(e), step)
+                messages.append({"role": "assistant", "content": gen.text})
+                messages.append({"role": "user", "content": f"Your tool call could not be read: {e}"})
+                continue
+            thought = gen.text.split("<tool_call>")[0].strip()
+            if not calls:
+                yield Event("final_answer", gen.text.strip(), step)
+                return
+            if thought:
+                yield Event("thought", thought, step)
+            messages.append({"role": "assistant", "content": thought, "tool_calls": [
+                {"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]})
+            for name, args in calls:
+                yield Event("tool_call", json.dumps(args), step, tool=name, args=args)
+                obs = self._call_tool(name, args, step)
+                yield obs
+                messages.append({"role": "tool", "name": name, "content": obs.content})

@@ -1,0 +1,111 @@
+"""Arithmetic for the agent, by walking Python's AST: never ``eval`` or ``exec``.
+
+Only number literals, + - * / // % **, unary signs, parentheses and a few named functions are
+allowed. Limits keep a hostile or confused model from hanging the process: input length, the size
+of exponents and of intermediate results.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import operator
+
+MAX_INPUT_CHARS = 500
+MAX_EXPONENT = 1000
+MAX_ABS_RESULT = 1e300
+MAX_INT_DIGITS = 400
+
+
+class CalculatorError(ValueError):
+    """The expression is not allowed or cannot be computed; the message is shown to the model."""
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max, "floor": math.floor,
+          "ceil": math.ceil, "log": math.log, "exp": math.exp}
+_CONSTS = {"pi": math.pi, "e": math.e}
+
+
+def _check(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CalculatorError("only numbers are allowed")
+    if isinstance(value, int) and abs(value) >= 10 ** MAX_INT_DIGITS:
+        raise CalculatorError("result too large")
+    if isinstance(value, float) and (math.isnan(value) or abs(value) > MAX_ABS_RESULT):
+        raise CalculatorError("result too large or undefined")
+    return value
+
+
+def _eval(node):
+    if isinstance(node, ast.Expression):
+        return _eval(node.body)
+    if isinstance(node, ast.Constant):
+        return _check(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow):
+            if abs(right) > MAX_EXPONENT:
+                raise CalculatorError(f"exponent {right} is too large (limit {MAX_EXPONENT})")
+            if abs(left) > 1 and abs(right) * math.log10(abs(left)) > MAX_INT_DIGITS:
+                raise CalculatorError("result too large")
+        try:
+            return _check(_BINOPS[type(node.op)](left, right))
+        except ZeroDivisionError:
+            raise CalculatorError("division by zero") from None
+        except OverflowError:
+            raise CalculatorError("result too large") from None
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _check(_UNARY[type(node.op)](_eval(node.operand)))
+    if isinstance(node, ast.Name) and node.id in _CONSTS:
+        return _CONSTS[node.id]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
+            and not node.keywords and len(node.args) <= 4):
+        args = [_eval(a) for a in node.args]
+        try:
+            return _check(_FUNCS[node.func.id](*args))
+        except (ValueError, TypeError, OverflowError) as e:
+            raise CalculatorError(f"{node.func.id}: {e}") from None
+    raise CalculatorError(f"not allowed: {type(node).__name__}" +
+                          (f" {node.id!r}" if isinstance(node, ast.Name) else ""))
+
+
+def normalise(expression: str) -> str:
+    """Accept what people and models write: 1,000 / 3 x 4 / 2^3 / $5 / 50%."""
+    expr = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**").replace("$", "")
+    expr = expr.replace("−", "-")
+    import re
+
+    expr = re.sub(r"(?<=\d),(?=\d{3}\b)", "", expr)
+    expr = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", expr)
+    expr = re.sub(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d(.])", r"(\1/100)", expr)  # 50% of ..., not 7 % 4
+    return expr.rstrip("=").strip()
+
+
+def calculate(expression: str):
+    if not isinstance(expression, str):
+        raise CalculatorError("expression must be a string")
+    if len(expression) > MAX_INPUT_CHARS:
+        raise CalculatorError(f"expression longer than {MAX_INPUT_CHARS} characters")
+    expr = normalise(expression)
+    if not expr:
+        raise CalculatorError("empty expression")
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        raise CalculatorError(f"cannot parse {expression!r} as arithmetic") from None
+    except (ValueError, RecursionError, MemoryError):
+        raise CalculatorError("expression too deeply nested") from None
+    try:
+        return _eval(tree)
+    except RecursionError:
+        raise CalculatorError("expression too deeply nested") from None
+
+
+def format_number(value) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)

@@ -1,0 +1,71 @@
+"""``python -m agents {run,eval,make-data}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from align.errors import KeelError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m agents", description="Keel's ReAct agent")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="answer one question with the agent and print its trace")
+    r.add_argument("question")
+    r.add_argument("--checkpoint", default="smollm2-135m")
+    r.add_argument("--index", help="retrieval index folder for the search tool ('default' for the built-in one)")
+    r.add_argument("--max-steps", type=int, default=6)
+    r.add_argument("--json", action="store_true", help="print the trace as JSON")
+    e = sub.add_parser("eval", help="success rate, mean steps, tool-error rate")
+    e.add_argument("--checkpoint", default="smollm2-135m")
+    e.add_argument("--tasks", choices=["arith", "gsm8k"], default="arith")
+    e.add_argument("--n", type=int, default=200)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-steps", type=int, default=6)
+    e.add_argument("--out", help="write the JSON report here")
+    d = sub.add_parser("make-data", help="GSM8K worked solutions -> ReAct trajectories (TRL prompt-completion)")
+    d.add_argument("src", help="GSM8K JSONL file")
+    d.add_argument("--out", required=True)
+    d.add_argument("--limit", type=int)
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "make-data":
+            from agents.trajectories import convert_file
+
+            print(json.dumps(convert_file(Path(a.src), Path(a.out), a.limit)))
+        elif a.cmd == "run":
+            from agents.agent import ReActAgent, TransformersLLM
+            from agents.tools import default_tools
+            from align.models import load_policy
+
+            retriever = None
+            if a.index:
+                from retrieval import Retriever
+                from retrieval.default_kb import open_default_index
+
+                retriever = open_default_index() if a.index == "default" else Retriever.open(a.index)
+            model, tok, _ = load_policy(a.checkpoint)
+            agent = ReActAgent(TransformersLLM(model, tok), default_tools(retriever), max_steps=a.max_steps)
+            trace = agent.run(a.question)
+            if a.json:
+                print(trace.to_json())
+            else:
+                for ev in trace.events:
+                    label = ev.type + (f" [{ev.tool}]" if ev.tool else "")
+                    print(f"{ev.step}. {label}: {ev.content}")
+                print(f"-> {trace.answer!r} ({trace.stopped}, {trace.steps} steps, {trace.tokens} tokens)")
+        elif a.cmd == "eval":
+            from agents.evaluate import arith_tasks, build_agent, evaluate, gsm8k_tasks
+
+            tasks = arith_tasks(a.n, a.seed) if a.tasks == "arith" else gsm8k_tasks(a.n)
+            report = evaluate(build_agent(a.checkpoint, a.max_steps), tasks)
+            report.update(checkpoint=a.checkpoint, task_set=a.tasks)
+            print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=2))
+            if a.out:
+                Path(a.out).write_text(json.dumps(report, indent=2))
+    except KeelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,86 @@
+"""``python -m agents eval``: success rate, mean steps and tool-error rate on held-out problems.
+
+Tasks: ``arith`` (seeded multi-digit arithmetic, answers exact) and ``gsm8k`` (held-out GSM8K
+rows, by default ``data/gsm8k/heldout.jsonl``: the last 200 rows of the training split, which the
+shipped SFT configs never read).
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+from agents.agent import ReActAgent, TransformersLLM
+from agents.tools import default_tools
+from align.data import parse_gsm8k
+
+REPO = Path(__file__).resolve().parent.parent
+HELDOUT_GSM8K = REPO / "data" / "gsm8k" / "heldout.jsonl"
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def arith_tasks(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    tasks = []
+    for _ in range(n):
+        a, b = rng.randint(12, 999), rng.randint(12, 999)
+        op = rng.choice(["+", "-", "*"])
+        value = {"+": a + b, "-": a - b, "*": a * b}[op]
+        tasks.append({"question": f"What is {a} {op} {b}?", "answer": str(value)})
+    return tasks
+
+
+def gsm8k_tasks(n: int, path: Path = HELDOUT_GSM8K) -> list[dict]:
+    rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()][:n]
+    return [{"question": (p := parse_gsm8k(r)).question, "answer": p.final} for r in rows]
+
+
+def extract_number(text: str | None) -> float | None:
+    """The last number in an answer: ``"$1,200."`` -> 1200.0."""
+    if not text:
+        return None
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def is_correct(answer: str | None, expected: str) -> bool:
+    got = extract_number(answer)
+    return got is not None and abs(got - float(expected)) < 1e-6 * max(1.0, abs(float(expected)))
+
+
+def evaluate(agent: ReActAgent, tasks: list[dict], progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    correct = steps = tool_calls = tool_errors = answered = parse_errors = 0
+    records = []
+    started = time.perf_counter()
+    for task in tqdm(tasks, disable=not progress, desc="agent eval"):
+        trace = agent.run(task["question"])
+        ok = is_correct(trace.answer, task["answer"])
+        correct += ok
+        answered += trace.answer is not None
+        steps += trace.steps
+        tool_calls += len(trace.tool_calls)
+        tool_errors += trace.tool_errors
+        parse_errors += sum(1 for e in trace.events if e.type == "error")
+        records.append({"question": task["question"], "expected": task["answer"], "answer": trace.answer,
+                        "correct": ok, "steps": trace.steps, "tool_calls": len(trace.tool_calls)})
+    n = len(tasks)
+    return {"tasks": n, "success_rate": correct / n, "answered_rate": answered / n, "mean_steps": steps / n,
+            "tool_calls_per_task": tool_calls / n, "tool_error_rate": tool_errors / tool_calls if tool_calls else 0.0,
+            "parse_errors_per_task": parse_errors / n, "seconds": time.perf_counter() - started, "records": records}
+
+
+def build_agent(checkpoint: str, max_steps: int = 6, max_new_tokens: int = 128) -> ReActAgent:
+    from align.models import load_policy
+
+    model, tok, _ = load_policy(checkpoint)
+    return ReActAgent(TransformersLLM(model, tok), default_tools(), max_steps=max_steps,
+                      max_new_tokens=max_new_tokens, format="text")

@@ -1,0 +1,180 @@
+"""Tools: typed objects with a name, a description and a pydantic argument schema.
+
+    registry = ToolRegistry([calculator_tool()])
+
+    @registry.tool
+    def word_count(text: str) -> int:
+        "Count the words in a text."
+        return len(text.split())
+
+A tool's ``run`` validates the arguments against the schema and returns the observation text;
+bad arguments and tool failures become error observations for the model, never exceptions.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Callable
+
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from agents.calculator import CalculatorError, calculate, format_number
+
+MAX_OBSERVATION_CHARS = 2000
+
+
+class ToolError(Exception):
+    """Raised by a tool for a failure the model should read and correct."""
+
+
+@dataclass
+class ToolResult:
+    ok: bool
+    text: str
+
+
+class Tool:
+    def __init__(self, name: str, description: str, args_schema: type[BaseModel], fn: Callable[..., Any]):
+        if not name.isidentifier():
+            raise ValueError(f"tool name {name!r} must be an identifier")
+        self.name, self.description, self.args_schema, self.fn = name, description.strip(), args_schema, fn
+
+    def json_schema(self) -> dict:
+        """OpenAI-style function schema, as chat templates with tool support expect."""
+        params = self.args_schema.model_json_schema()
+        params.pop("title", None)
+        for prop in params.get("properties", {}).values():
+            prop.pop("title", None)
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": params}}
+
+    def signature(self) -> str:
+        props = self.args_schema.model_json_schema().get("properties", {})
+        args = ", ".join(f'"{k}": {v.get("type", "any")}' for k, v in props.items())
+        return f"{self.name}: {self.description} Arguments: {{{args}}}"
+
+    def coerce(self, args: Any) -> dict:
+        """A bare value stands for the tool's only argument (``"2+2"`` -> ``{"expression": "2+2"}``)."""
+        fields = list(self.args_schema.model_fields)
+        required = [f for f, info in self.args_schema.model_fields.items() if info.is_required()]
+        if not isinstance(args, dict):
+            if len(required) == 1:
+                return {required[0]: args}
+            raise ToolError(f"{self.name} takes a JSON object with keys {fields}")
+        if len(fields) == 1 and fields[0] not in args and len(args) == 1:
+            return {fields[0]: next(iter(args.values()))}
+        return args
+
+    def run(self, args: Any) -> ToolResult:
+        try:
+            parsed = self.args_schema.model_validate(self.coerce(args))
+            out = self.fn(**parsed.model_dump())
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'input'}: {x['msg']}" for x in e.errors())
+            return ToolResult(False, f"Error: invalid arguments for {self.name}: {problems}")
+        except (ToolError, CalculatorError) as e:
+            return ToolResult(False, f"Error: {e}")
+        except Exception as e:  # noqa: BLE001 - a tool bug must not end the conversation
+            return ToolResult(False, f"Error: {self.name} failed: {type(e).__name__}: {e}")
+        text = out if isinstance(out, str) else json.dumps(out, default=str)
+        if len(text) > MAX_OBSERVATION_CHARS:
+            text = text[:MAX_OBSERVATION_CHARS] + " …[truncated]"
+        return ToolResult(True, text)
+
+
+def tool_from_function(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> Tool:
+    sig = inspect.signature(fn)
+    fields = {}
+    for pname, p in sig.parameters.items():
+        if p.annotation is inspect.Parameter.empty:
+            raise TypeError(f"tool {fn.__name__}: parameter {pname!r} needs a type annotation")
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[pname] = (p.annotation, Field(default))
+    schema = create_model(f"{fn.__name__}_args", __config__={"extra": "forbid"}, **fields)
+    desc = description or inspect.getdoc(fn) or ""
+    if not desc:
+        raise TypeError(f"tool {fn.__name__} needs a description (a docstring)")
+    return Tool(name or fn.__name__, desc, schema, fn)
+
+
+class ToolRegistry:
+    def __init__(self, tools: list[Tool] | None = None):
+        self.tools: dict[str, Tool] = {}
+        for t in tools or []:
+            self.add(t)
+
+    def add(self, tool: Tool) -> Tool:
+        if tool.name in self.tools:
+            raise ValueError(f"a tool named {tool.name!r} is already registered")
+        self.tools[tool.name] = tool
+        return tool
+
+    def tool(self, fn: Callable | None = None, *, name: str | None = None, description: str | None = None):
+        """Decorator: register a typed function as a tool."""
+        def wrap(f):
+            self.add(tool_from_function(f, name, description))
+            return f
+        return wrap(fn) if fn is not None else wrap
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name) or self.tools.get(name.strip().lower())
+
+    def __iter__(self):
+        return iter(self.tools.values())
+
+    def __len__(self):
+        return len(self.tools)
+
+    def names(self) -> list[str]:
+        return list(self.tools)
+
+
+# ---------------------------------------------------------------- built-in tools
+class CalculatorArgs(BaseModel):
+    model_config = {"extra": "forbid"}
+    expression: str = Field(description="arithmetic expression, e.g. (48 + 24) / 3")
+
+
+def calculator_tool() -> Tool:
+    return Tool("calculator", "Evaluate an arithmetic expression (+ - * / // % **, sqrt, round).",
+                CalculatorArgs, lambda expression: format_number(calculate(expression)))
+
+
+class DateArgs(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+def date_tool(today: Callable[[], date] = date.today) -> Tool:
+    return Tool("current_date", "Today's date (ISO format) and weekday.", DateArgs,
+                lambda: f"{today().isoformat()} ({today().strftime('%A')})")
+
+
+class SearchArgs(BaseModel):
+    model_config = {"extra": "forbid"}
+    query: str = Field(description="what to look for")
+    k: int = Field(3, ge=1, le=10, description="number of passages")
+
+
+def search_tool(retriever, max_chars: int = 500) -> Tool:
+    """Passages from a ``retrieval.Retriever``, each with its source, for the model to cite."""
+    def run(query: str, k: int = 3) -> str:
+        hits = retriever.search(query, k=k)
+        if not hits:
+            return "No passages found."
+        parts = []
+        for i, h in enumerate(hits, 1):
+            text = " ".join(h.text.split())[:max_chars]
+            where = h.source + (f" § {h.heading}" if h.heading else "")
+            parts.append(f"[{i}] ({where}) {text}")
+        return "\n".join(parts)
+
+    return Tool("search", "Search the knowledge base (documentation, Python reference) for passages.", SearchArgs, run)
+
+
+def default_tools(retriever=None) -> ToolRegistry:
+    tools = [calculator_tool(), date_tool()]
+    if retriever is not None:
+        tools.insert(0, search_tool(retriever))
+    return ToolRegistry(tools)

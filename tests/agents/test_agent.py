@@ -1,0 +1,124 @@
+import json
+from datetime import date
+
+import pytest
+
+from agents.agent import STOP_SEQUENCES, Generation, ReActAgent, Trace
+from agents.tools import ToolRegistry, calculator_tool, date_tool, default_tools, search_tool
+
+
+class ScriptedLLM:
+    """Replays canned model outputs and records what the agent asked for."""
+
+    def __init__(self, outputs, native=False):
+        self.outputs, self.calls, self.supports_native_tools = list(outputs), [], native
+
+    def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None):
+        self.calls.append({"messages": messages, "stop": stop, "continue_final": continue_final, "tools": tools})
+        text = self.outputs.pop(0)
+        return Generation(text, len(text.split()))
+
+
+def test_loop_drives_tool_calls_to_a_final_answer():
+    llm = ScriptedLLM([
+        ' I need 48/2.\nAction: calculator\nAction Input: {"expression": "48/2"}',
+        " Now add.\nAction: calculator\nAction Input: {expression: 48+24}",
+        " I know it.\nFinal Answer: 72",
+    ])
+    trace = ReActAgent(llm, default_tools()).run("How many clips?")
+    assert trace.answer == "72" and trace.stopped == "final_answer" and trace.steps == 3
+    assert [e.type for e in trace.events] == ["thought", "tool_call", "observation", "thought", "tool_call",
+                                              "observation", "thought", "final_answer"]
+    assert [e.content for e in trace.events if e.type == "observation"] == ["24", "72"]
+    # The model can never write its own observation, and sees the real one on the next step.
+    assert all(c["stop"] == STOP_SEQUENCES and c["continue_final"] for c in llm.calls)
+    last_scratch = llm.calls[2]["messages"][-1]["content"]
+    assert "Observation: 24\n" in last_scratch and "Observation: 72\n" in last_scratch
+    assert "calculator:" in llm.calls[0]["messages"][0]["content"]
+    assert trace.transcript.endswith("Final Answer: 72")
+
+
+def test_parse_failure_and_tool_errors_become_observations():
+    llm = ScriptedLLM([
+        " hmm\nAction: calculator",  # no Action Input
+        ' try\nAction: calculator\nAction Input: {"expression": "1/0"}',
+        ' try\nAction: weather\nAction Input: {"city": "Oslo"}',
+        ' fine\nAction: calculator\nAction Input: {"expr": "1+1", "extra": 1}',
+        " give up\nFinal Answer: unknown",
+    ])
+    trace = ReActAgent(llm, default_tools()).run("q")
+    obs = [e for e in trace.events if e.type in ("observation", "error")]
+    assert obs[0].type == "error" and "Action Input" in obs[0].content
+    assert obs[1].ok is False and "division by zero" in obs[1].content
+    assert obs[2].ok is False and "unknown tool 'weather'" in obs[2].content
+    assert obs[3].ok is False and "invalid arguments for calculator" in obs[3].content
+    assert trace.tool_errors == 3 and trace.answer == "unknown"
+    assert "Observation: 'Action: calculator' has no 'Action Input:'" in llm.calls[1]["messages"][-1]["content"]
+
+
+def test_limits_end_the_loop():
+    looping = ' again\nAction: calculator\nAction Input: {"expression": "1+1"}'
+    trace = ReActAgent(ScriptedLLM([looping] * 10), default_tools(), max_steps=3).run("q")
+    assert trace.stopped == "max_steps" and trace.steps == 3 and trace.answer is None
+    trace = ReActAgent(ScriptedLLM([looping] * 10), default_tools(), token_budget=10).run("q")
+    assert trace.stopped == "token_budget" and trace.steps < 10
+
+
+def test_plain_prose_is_an_answer_unless_strict():
+    assert ReActAgent(ScriptedLLM([" Paris is the capital."]), default_tools()).run("q").answer == "Paris is the capital."
+    strict = ReActAgent(ScriptedLLM([" Paris.", " ok\nFinal Answer: Paris"]), default_tools(), plain_answer_is_final=False)
+    trace = strict.run("q")
+    assert trace.events[0].type == "error" and trace.answer == "Paris"
+
+
+def test_trace_round_trips_through_json():
+    llm = ScriptedLLM([' x\nAction: calculator\nAction Input: {"expression": "2*3"}', " y\nFinal Answer: 6"])
+    trace = ReActAgent(llm, default_tools()).run("q")
+    again = Trace.from_dict(json.loads(trace.to_json()))
+    assert again == trace and again.tool_calls[0].args == {"expression": "2*3"}
+
+
+def test_native_tool_call_format():
+    llm = ScriptedLLM(['<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>',
+                       "The answer is 42."], native=True)
+    trace = ReActAgent(llm, default_tools()).run("6 times 7?")
+    assert trace.format == "native" and trace.answer == "The answer is 42."
+    assert llm.calls[0]["tools"][0]["function"]["name"] == "calculator"
+    assert llm.calls[1]["messages"][-1] == {"role": "tool", "name": "calculator", "content": "42"}
+
+
+def test_user_tools_by_decorator_and_builtins():
+    reg = ToolRegistry([calculator_tool(), date_tool(lambda: date(2026, 11, 27))])
+
+    @reg.tool
+    def word_count(text: str, min_len: int = 1) -> int:
+        """Count the words in a text."""
+        return sum(len(w) >= min_len for w in text.split())
+
+    assert reg.get("word_count").run({"text": "a bb ccc", "min_len": 2}).text == "2"
+    assert reg.get("word_count").run("one two").text == "2"  # a bare value fills the only required field
+    assert reg.get("current_date").run({}).text == "2026-11-27 (Friday)"
+    schema = reg.get("word_count").json_schema()["function"]
+    assert schema["parameters"]["required"] == ["text"] and schema["description"] == "Count the words in a text."
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add(calculator_tool())
+
+    @reg.tool
+    def broken(x: int) -> str:
+        """Always fails."""
+        raise RuntimeError("boom")
+
+    assert reg.get("broken").run({"x": 1}).text == "Error: broken failed: RuntimeError: boom"
+
+
+def test_search_tool_cites_sources():
+    class FakeHit:
+        def __init__(self, text, source, heading):
+            self.text, self.source, self.heading = text, source, heading
+
+    class FakeRetriever:
+        def search(self, query, k):
+            return [FakeHit("Keel resumes with --resume.", "README.md", "Run folders")][:k]
+
+    out = search_tool(FakeRetriever()).run({"query": "resume"}).text
+    assert out == "[1] (README.md § Run folders) Keel resumes with --resume."
