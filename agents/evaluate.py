@@ -55,14 +55,19 @@ def is_correct(answer: str | None, expected: str) -> bool:
     return got is not None and abs(got - float(expected)) < 1e-6 * max(1.0, abs(float(expected)))
 
 
-def evaluate(agent: ReActAgent, tasks: list[dict], progress: bool = True) -> dict:
+def evaluate(agent: ReActAgent, tasks: list[dict], progress: bool = True, workers: int = 1) -> dict:
+    """Run every task; with ``workers`` > 1 tasks run in threads (pair with a ``BatchedLLM``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     correct = steps = tool_calls = tool_errors = answered = parse_errors = 0
     records = []
     started = time.perf_counter()
-    for task in tqdm(tasks, disable=not progress, desc="agent eval"):
-        trace = agent.run(task["question"])
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        traces = list(tqdm(pool.map(lambda t: agent.run(t["question"]), tasks), total=len(tasks),
+                           disable=not progress, desc="agent eval"))
+    for task, trace in zip(tasks, traces):
         ok = is_correct(trace.answer, task["answer"])
         correct += ok
         answered += trace.answer is not None
@@ -78,9 +83,10 @@ def evaluate(agent: ReActAgent, tasks: list[dict], progress: bool = True) -> dic
             "parse_errors_per_task": parse_errors / n, "seconds": time.perf_counter() - started, "records": records}
 
 
-def build_agent(checkpoint: str, max_steps: int = 6, max_new_tokens: int = 128) -> ReActAgent:
+def build_agent(checkpoint: str, max_steps: int = 6, max_new_tokens: int = 128, batch: int = 8) -> ReActAgent:
+    from agents.batching import BatchedLLM
     from align.models import load_policy
 
     model, tok, _ = load_policy(checkpoint)
-    return ReActAgent(TransformersLLM(model, tok), default_tools(), max_steps=max_steps,
-                      max_new_tokens=max_new_tokens, format="text")
+    llm = BatchedLLM(model, tok, max_batch=batch) if batch > 1 else TransformersLLM(model, tok)
+    return ReActAgent(llm, default_tools(), max_steps=max_steps, max_new_tokens=max_new_tokens, format="text")
