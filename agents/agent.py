@@ -88,16 +88,13 @@ class TransformersLLM:
     def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None) -> Generation:
         import torch
 
+        from align.generate import generation_kwargs
+
         enc = self.tokenizer.apply_chat_template(
             messages, tools=tools, add_generation_prompt=not continue_final, continue_final_message=continue_final,
             return_tensors="pt", return_dict=True)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                      eos_token_id=self.tokenizer.eos_token_id, stop_strings=stop or None, tokenizer=self.tokenizer)
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = generation_kwargs(self.tokenizer, max_new_tokens, self.temperature, stop=stop)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[0, enc["input_ids"].shape[1]:]

@@ -56,15 +56,12 @@ class BatchedLLM:
     def _run(self, prompts: list[str], stop: list[str], max_new_tokens: int, limits: list[int]) -> list[Generation]:
         import torch
 
+        from align.generate import generation_kwargs
+
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      stop_strings=stop or None, tokenizer=tok)
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = generation_kwargs(tok, max_new_tokens, self.temperature, stop=stop)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         width = enc["input_ids"].shape[1]

@@ -12,9 +12,13 @@ def _inputs(tokenizer, messages: list[dict[str, str]], device):
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def _generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 0.95,
+                      stop: list[str] | None = None) -> dict:
+    """``model.generate`` arguments: greedy at temperature 0, else sampled; optional stop strings."""
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id)
+    if stop:
+        kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
@@ -26,7 +30,7 @@ def _generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p
 def chat_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 256,
                temperature: float = 0.0, top_p: float = 0.95) -> str:
     enc = _inputs(tokenizer, messages, model.device)
-    out = model.generate(**enc, **_generation_kwargs(tokenizer, max_new_tokens, temperature, top_p))
+    out = model.generate(**enc, **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p))
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -42,7 +46,7 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], max_new_token
 
     enc = _inputs(tokenizer, messages, model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
-    kwargs = dict(**enc, **_generation_kwargs(tokenizer, max_new_tokens, temperature, top_p), streamer=streamer,
+    kwargs = dict(**enc, **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p), streamer=streamer,
                   stopping_criteria=StoppingCriteriaList([_Stop()]))
     errors: list[BaseException] = []
 
