@@ -19,6 +19,22 @@ def _print_hits(hits, as_json: bool) -> None:
         print(f"{rank}. {h.score:.3f}  {where}\n   {snippet}")
 
 
+def _index_params(pairs: list[str]) -> dict:
+    from retrieval.errors import RetrievalError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in ("nlist", "nprobe", "m", "M", "ef_construction", "ef_search"):
+            raise RetrievalError(f"--index-param {pair!r}: expected KEY=VALUE with KEY one of "
+                                 "nlist, nprobe, m, M, ef_construction, ef_search")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise RetrievalError(f"--index-param {pair!r}: value must be an integer") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m retrieval", description="FAISS retrieval over your documents")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -30,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--chunk-tokens", type=int, default=200)
     b.add_argument("--overlap", type=int, default=40)
     b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--index-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="index parameter: nlist, nprobe, m (IVF-PQ), M, ef_construction, ef_search (HNSW)")
     a = sub.add_parser("add", help="add or update documents (a changed file replaces its chunks)")
     a.add_argument("index")
     a.add_argument("docs", nargs="+")
@@ -48,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     rb = sub.add_parser("rebuild", help="rebuild the FAISS index from stored vectors")
     rb.add_argument("index")
     rb.add_argument("--index-type", choices=["auto", "flat", "ivf-flat", "ivf-pq", "hnsw"])
+    rb.add_argument("--index-param", action="append", default=[], metavar="KEY=VALUE")
     e = sub.add_parser("eval", help="recall@k and MRR on a query file")
     e.add_argument("index")
     e.add_argument("queries", help='JSONL: {"query": ..., "relevant": [source ids]}')
@@ -65,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "build":
             kb = Retriever.create(args.out, args.model, args.index_type, args.chunk_tokens, args.overlap,
-                                  overwrite=args.overwrite)
+                                  index_params=_index_params(args.index_param), overwrite=args.overwrite)
             rep = kb.add(args.docs, progress=True)
             print(f"indexed {rep.added} files, {rep.chunks} chunks into {args.out} ({kb.manifest['index_type']})")
         elif args.cmd == "add":
@@ -79,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(open_kb(args.index).info(), indent=2))
         elif args.cmd == "rebuild":
             kb = open_kb(args.index)
-            kb.rebuild(args.index_type)
+            kb.rebuild(args.index_type, _index_params(args.index_param) or None)
             print(f"rebuilt {args.index}: {kb.manifest['index_type']}, {kb.manifest['counts']['index_vectors']} vectors")
         elif args.cmd == "eval":
             from retrieval.evaluate import evaluate, read_queries

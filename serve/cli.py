@@ -20,11 +20,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--concurrency", type=int, default=1, help="generations running at once; others queue")
     p.add_argument("--auth", help="USER:PASSWORD required to open the app")
+    p.add_argument("--index", default="default",
+                   help="retrieval index for the search tool: a folder, 'default' (Keel docs + Python reference), or 'none'")
+    p.add_argument("--no-agent", action="store_true", help="plain chat, streamed token by token, without tools")
+    p.add_argument("--max-steps", type=int, default=4, help="agent steps per answer")
     a = p.parse_args(argv)
     from serve.chat import ChatModel, ChatSettings, build_app
 
     try:
-        chat = ChatModel(a.checkpoint, ChatSettings(a.max_new_tokens, a.temperature, a.concurrency))
+        retriever = None
+        if not a.no_agent and a.index != "none":
+            from retrieval import Retriever
+            from retrieval.default_kb import open_default_index
+
+            retriever = open_default_index() if a.index == "default" else Retriever.open(a.index)
+        settings = ChatSettings(a.max_new_tokens, a.temperature, a.concurrency, agent=not a.no_agent,
+                                max_steps=a.max_steps)
+        chat = ChatModel(a.checkpoint, settings, retriever=retriever)
     except KeelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -145,3 +145,19 @@ def test_eval_and_cli(tmp_path, corpus, capsys):
     assert json.loads(out[out.index("["):])[0]["source"].endswith("cooking.md")
     assert main(["search", str(tmp_path / "nope"), "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["rebuild", str(tmp_path / "idx"), "--index-type", "hnsw", "--index-param", "ef_search=16"]) == 0
+    assert Retriever.open(tmp_path / "idx").manifest["index_params"]["ef_search"] == 16
+    assert main(["rebuild", str(tmp_path / "idx"), "--index-param", "bogus=1"]) == 2
+    assert "bogus=1" in capsys.readouterr().err
+
+
+def test_ivf_pq_search_reranks_with_exact_scores(tmp_path, embedder):
+    docs = tmp_path / "many.jsonl"
+    docs.write_text("\n".join(json.dumps({"id": i, "text": f"Note {i}: topic {i % 7} about item {i * 13 % 101}."})
+                              for i in range(300)))
+    kb = Retriever.create(tmp_path / "idx", index_type="ivf-pq", index_params={"nlist": 4, "m": 8}, embedder=embedder)
+    kb.add([docs])
+    hits = kb.search("topic 3 about item 42", k=5)
+    exact = embedder.encode([h.text for h in hits]) @ embedder.encode(["topic 3 about item 42"])[0]
+    assert np.allclose([h.score for h in hits], exact, atol=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)

@@ -1,10 +1,13 @@
 import urllib.request
 
-from serve.chat import ChatModel, build_app, message_text, to_chat_messages
+from serve.chat import ChatModel, ChatSettings, build_app, message_text, to_chat_messages
+from tests.agents.test_agent import ScriptedLLM
+from agents.tools import ToolRegistry, calculator_tool, search_tool
 
 
-def test_gradio_content_parts_become_plain_messages():
+def test_gradio_content_parts_become_plain_messages_and_steps_are_left_out():
     history = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+               {"role": "assistant", "content": "`calculator` {}", "metadata": {"title": "🛠️ calculator"}},
                {"role": "assistant", "content": "hello"}]
     msgs = to_chat_messages(history, [{"type": "text", "text": "again"}], "be brief")
     assert msgs == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
@@ -12,15 +15,39 @@ def test_gradio_content_parts_become_plain_messages():
     assert message_text(None) == "" and message_text({"text": "x"}) == "x"
 
 
-def test_respond_streams_a_growing_answer(tiny_model_dir):
-    chat = ChatModel(str(tiny_model_dir))
-    chat.settings.max_new_tokens = 8
+def test_plain_chat_streams_a_growing_answer(tiny_model_dir):
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(max_new_tokens=8, agent=False))
     chunks = list(chat.respond("hello", [], "sys"))
     assert chunks and all(b.startswith(a) for a, b in zip(chunks, chunks[1:]))
 
 
+class FakeHit:
+    text, source, heading = "Resume with --resume.", "README.md", "Run folders"
+
+
+class FakeRetriever:
+    def search(self, query, k):
+        return [FakeHit()]
+
+
+def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_model_dir):
+    llm = ScriptedLLM([' look it up\nAction: search\nAction Input: {"query": "resume"}',
+                       ' compute\nAction: calculator\nAction Input: {"expression": "6*7"}',
+                       " done\nFinal Answer: Use --resume; and 42."])
+    tools = ToolRegistry([search_tool(FakeRetriever()), calculator_tool()])
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=tools)
+    updates = list(chat.respond("how?", [], None))
+    final = updates[-1]
+    titles = [m.get("metadata", {}).get("title") for m in final]
+    assert titles == ["💭 Thought", "🛠️ search", "💭 Thought", "🛠️ calculator", "💭 Thought", None]
+    calc = final[3]
+    assert calc["metadata"]["status"] == "done" and "**Observation**:\n42" in calc["content"]
+    assert final[-1]["content"] == "Use --resume; and 42.\n\n**Sources:** README.md § Run folders"
+    assert len(updates) > 3  # streamed step by step
+
+
 def test_app_serves_on_loopback(tiny_model_dir):
-    demo = build_app(ChatModel(str(tiny_model_dir)))
+    demo = build_app(ChatModel(str(tiny_model_dir), ChatSettings(agent=False)))
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True)
     try:
         assert demo.server_name == "127.0.0.1"
