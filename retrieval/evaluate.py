@@ -5,10 +5,10 @@ when its source equals a listed id, or is a path ending in ``/`` + the id (``doc
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from retrieval.errors import RetrievalError
+from retrieval.loaders import jsonl_rows
 from retrieval.retriever import Retriever
 
 
@@ -16,13 +16,7 @@ def read_queries(path: Path) -> list[dict]:
     if not path.is_file():
         raise RetrievalError(f"query file not found: {path}")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RetrievalError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
+    for lineno, row in jsonl_rows(path):
         if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(row.get("relevant"), list):
             raise RetrievalError(f"{path} line {lineno}: expected {{'query': str, 'relevant': [source ids]}}")
         out.append(row)

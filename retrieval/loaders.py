@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import html.parser
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,20 +114,28 @@ def pdf_document(path: Path) -> Document:
     return Document(str(path), meta_title.strip() or path.stem, text, headings)
 
 
+def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) per non-blank line; bad JSON is a ``RetrievalError`` naming the line."""
+    from align.data import iter_jsonl
+
+    try:
+        for lineno, row in iter_jsonl(path):
+            if isinstance(row, Exception):
+                raise RetrievalError(f"{path} line {lineno}: {row}")
+            yield lineno, row
+    except RetrievalError:
+        raise
+    except Exception as e:  # noqa: BLE001 - DataError for an unreadable file
+        raise RetrievalError(str(e)) from None
+
+
 def jsonl_documents(path: Path) -> Iterator[Document]:
     """One document per line: ``{"text": ..., "title"?: ..., "id"?: ...}``."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RetrievalError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise RetrievalError(f"{path} line {lineno}: expected an object with a string 'text' field")
-            doc_id = str(row.get("id", lineno))
-            yield markdown_document(f"{path}#{doc_id}", row["text"], str(row.get("title") or f"{path.stem} #{doc_id}"))
+    for lineno, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise RetrievalError(f"{path} line {lineno}: expected an object with a string 'text' field")
+        doc_id = str(row.get("id", lineno))
+        yield markdown_document(f"{path}#{doc_id}", row["text"], str(row.get("title") or f"{path.stem} #{doc_id}"))
 
 
 def load_file(path: Path) -> list[Document]:
