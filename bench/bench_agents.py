@@ -1,0 +1,53 @@
+"""Agent success rates: the embedded default model against a tool-use SFT checkpoint, same run.
+
+    python -m agents make-data data/gsm8k/train_sample.jsonl --out runs/data/gsm8k_react.jsonl
+    python -m align sft --config configs/sft-tools.yaml
+    python bench/bench_agents.py --checkpoint runs/sft-tools --n 200
+
+Tasks: 200 seeded arithmetic problems and the 200 held-out GSM8K problems in
+data/gsm8k/heldout.jsonl (never read by the SFT configs). Greedy decoding, text ReAct format, the
+same step limits for both models, eight tasks batched at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from agents.evaluate import arith_tasks, build_agent, evaluate, gsm8k_tasks
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default="runs/sft-tools")
+    p.add_argument("--baseline", default="smollm2-135m")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--tasks", default="arith,gsm8k")
+    p.add_argument("--max-steps", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    a = p.parse_args()
+    results = []
+    for model in (a.baseline, a.checkpoint):
+        agent = build_agent(model, a.max_steps, a.max_new_tokens, batch=8)
+        for task_set in a.tasks.split(","):
+            tasks = arith_tasks(a.n, seed=0) if task_set == "arith" else gsm8k_tasks(a.n)
+            report = evaluate(agent, tasks, workers=8)
+            row = {"model": model, "task_set": task_set, **{k: v for k, v in report.items() if k != "records"}}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            (REPO / "bench" / "results").mkdir(exist_ok=True)
+            (REPO / "bench" / "results" / f"agents-{Path(model).name}-{task_set}.json").write_text(
+                json.dumps(report, indent=2))
+    (REPO / "bench" / "results" / "agents.json").write_text(json.dumps(results, indent=2))
+    print("\n| model | tasks | success | answered | mean steps | tool calls/task | tool-error rate | format errors/task | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['model']} | {r['task_set']} ({r['tasks']}) | {r['success_rate']:.3f} | "
+              f"{r['answered_rate']:.3f} | {r['mean_steps']:.2f} | {r['tool_calls_per_task']:.2f} | "
+              f"{r['tool_error_rate']:.3f} | {r['parse_errors_per_task']:.2f} | {r['seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
