@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
 from agents.agent import Generation
 
 
 class BatchedLLM:
-    def __init__(self, model, tokenizer, max_batch: int = 8, max_wait_s: float = 0.02, temperature: float = 0.0):
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_wait_s: float = 0.5, temperature: float = 0.0):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_wait_s, self.temperature = max_batch, max_wait_s, temperature
         template = tokenizer.chat_template or ""
@@ -34,11 +35,14 @@ class BatchedLLM:
     def _serve(self) -> None:
         while True:
             batch = [self._queue.get()]
-            try:
-                while len(batch) < self.max_batch:
-                    batch.append(self._queue.get(timeout=self.max_wait_s))
-            except queue.Empty:
-                pass
+            # Wait a little for the others: one decode step costs far more than the wait, and agents
+            # that drifted apart by a step would otherwise run in batches of one.
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
             # One generate call needs one set of stop strings; group requests that share theirs.
             groups: dict[tuple, list] = {}
             for item in batch:

@@ -8,7 +8,8 @@ from pathlib import Path
 from align.errors import KeelError
 from align.training import read_metrics
 
-_SKIP = {"step", "epoch", "time"}
+_SKIP = {"step", "epoch", "time", "total_flos"}
+_SKIP_SUFFIXES = ("_runtime", "_per_second")  # trainer bookkeeping, not learning curves
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
@@ -22,7 +23,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in records:
         for k, v in r.items():
-            if k in _SKIP or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if k in _SKIP or k.endswith(_SKIP_SUFFIXES) or isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or not math.isfinite(v):
                 continue
             series[k].append((r.get("step", 0), v))
     if not series:
@@ -41,8 +43,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle(run_dir.name)
-    fig.tight_layout()
+    fig.suptitle(run_dir.resolve().name)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = out_dir / "metrics.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
