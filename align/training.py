@@ -60,7 +60,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def last_trainer_checkpoint(output_dir: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
-    return Path(get_last_checkpoint(str(output_dir))) if output_dir.is_dir() and get_last_checkpoint(str(output_dir)) else None
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    return Path(last) if last else None
 
 
 def prepare_run_dir(cfg: StageConfig, resume: bool) -> Path | None:
