@@ -19,7 +19,9 @@ from typing import Iterator, Literal, Protocol
 from agents.parsing import ParseError, has_labels as _has_labels, parse_react, parse_tool_calls
 from agents.tools import ToolRegistry
 
-EventType = Literal["thought", "tool_call", "observation", "final_answer", "error"]
+# "token" events carry the text of the step being generated so far (for live display); they are
+# not kept in the trace.
+EventType = Literal["thought", "tool_call", "observation", "final_answer", "error", "token"]
 STOP_SEQUENCES = ["\nObservation:", "Observation:"]
 
 
@@ -76,6 +78,8 @@ class LLM(Protocol):
     def generate(self, messages: list[dict], *, stop: list[str], max_new_tokens: int,
                  continue_final: bool = False, tools: list[dict] | None = None) -> Generation: ...
 
+    # Optional: ``stream_generate`` (same arguments) yields text pieces and then one Generation.
+
 
 class TransformersLLM:
     """Greedy (or sampled) generation from a loaded policy with stop strings."""
@@ -85,24 +89,43 @@ class TransformersLLM:
         template = tokenizer.chat_template or ""
         self.supports_native_tools = "tools" in template if isinstance(template, str) else False
 
+    def _encode(self, messages, continue_final, tools) -> dict:
+        enc = self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=not continue_final, continue_final_message=continue_final,
+            return_tensors="pt", return_dict=True)
+        return {k: v.to(self.model.device) for k, v in enc.items()}
+
+    def stream_generate(self, messages, *, stop, max_new_tokens, continue_final=False,
+                        tools=None) -> Iterator["str | Generation"]:
+        from align.generate import StreamStats, generation_kwargs, stream_generate
+
+        stats = StreamStats()
+        text = ""
+        for piece in stream_generate(self.model, self.tokenizer, self._encode(messages, continue_final, tools),
+                                     generation_kwargs(self.tokenizer, max_new_tokens, self.temperature, stop=stop),
+                                     stats=stats):
+            text += piece
+            yield piece
+        yield Generation(_cut_at_stop(text, stop), stats.new_tokens)
+
     def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None) -> Generation:
         import torch
 
         from align.generate import generation_kwargs
 
-        enc = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=not continue_final, continue_final_message=continue_final,
-            return_tensors="pt", return_dict=True)
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        enc = self._encode(messages, continue_final, tools)
         kwargs = generation_kwargs(self.tokenizer, max_new_tokens, self.temperature, stop=stop)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[0, enc["input_ids"].shape[1]:]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        for s in stop or []:
-            if s in text:
-                text = text[: text.index(s)]
-        return Generation(text, int(new.shape[0]))
+        return Generation(_cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stop), int(new.shape[0]))
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> str:
+    for s in stop or []:
+        if s in text:
+            text = text[: text.index(s)]
+    return text
 
 
 def react_system_prompt(tools: ToolRegistry, preamble: str | None = None) -> str:
@@ -119,7 +142,7 @@ def react_system_prompt(tools: ToolRegistry, preamble: str | None = None) -> str
 class ReActAgent:
     def __init__(self, llm: LLM, tools: ToolRegistry, *, max_steps: int = 6, max_new_tokens: int = 256,
                  token_budget: int = 2048, format: Literal["auto", "text", "native"] = "auto",
-                 system_prompt: str | None = None, plain_answer_is_final: bool = True):
+                 system_prompt: str | None = None, plain_answer_is_final: bool = True, stream_tokens: bool = False):
         self.llm, self.tools = llm, tools
         # A model that answers in plain prose (no ReAct labels at all) has answered; small chat
         # models do this often. Turn off to make the format strict (training, evaluation of format).
@@ -127,6 +150,7 @@ class ReActAgent:
         self.max_steps, self.max_new_tokens, self.token_budget = max_steps, max_new_tokens, token_budget
         self.format = ("native" if getattr(llm, "supports_native_tools", False) else "text") if format == "auto" else format
         self.system_prompt = system_prompt
+        self.stream_tokens = stream_tokens and hasattr(llm, "stream_generate")
 
     def run(self, question: str, history: list[dict] | None = None) -> Trace:
         trace = Trace(question=question, format=self.format)
@@ -139,6 +163,9 @@ class ReActAgent:
         trace = trace if trace is not None else Trace(question=question, format=self.format)
         loop = self._text_loop if self.format == "text" else self._native_loop
         for event in loop(question, history or [], trace):
+            if event.type == "token":
+                yield event
+                continue
             trace.events.append(event)
             if event.type == "final_answer":
                 trace.answer = event.content
@@ -146,6 +173,19 @@ class ReActAgent:
             yield event
         if not trace.stopped:
             trace.stopped = "token_budget" if trace.tokens >= self.token_budget else "max_steps"
+
+    def _generate(self, messages, step: int, **kwargs) -> Iterator[Event]:
+        """Call the model; with ``stream_tokens`` yield "token" events on the way. Returns the Generation."""
+        if not self.stream_tokens:
+            return self.llm.generate(messages, **kwargs)
+        text, gen = "", None
+        for item in self.llm.stream_generate(messages, **kwargs):
+            if isinstance(item, Generation):
+                gen = item
+            else:
+                text += item
+                yield Event("token", text, step)
+        return gen if gen is not None else Generation(text, 0)
 
     def _budget(self, trace: Trace) -> int:
         return min(self.max_new_tokens, self.token_budget - trace.tokens)
@@ -170,8 +210,8 @@ class ReActAgent:
             trace.steps = step
             # Each step starts with "Thought:" already written, which keeps small models in the format.
             messages = base + [{"role": "assistant", "content": scratch + "Thought:"}]
-            gen = self.llm.generate(messages, stop=STOP_SEQUENCES, max_new_tokens=self._budget(trace),
-                                    continue_final=True)
+            gen = yield from self._generate(messages, step, stop=STOP_SEQUENCES,
+                                            max_new_tokens=self._budget(trace), continue_final=True)
             trace.tokens += gen.tokens
             text = "Thought:" + (gen.text if gen.text.startswith((" ", "\n")) else " " + gen.text)
             try:
@@ -208,8 +248,8 @@ class ReActAgent:
             if self._budget(trace) <= 0:
                 return
             trace.steps = step
-            gen = self.llm.generate(messages, stop=["</tool_call>\n\n"], max_new_tokens=self._budget(trace),
-                                    tools=schemas)
+            gen = yield from self._generate(messages, step, stop=["</tool_call>\n\n"],
+                                            max_new_tokens=self._budget(trace), tools=schemas)
             trace.tokens += gen.tokens
             try:
                 calls = parse_tool_calls(gen.text)

@@ -38,16 +38,37 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], max_new_token
                  temperature: float = 0.0, top_p: float = 0.95,
                  stop_event: threading.Event | None = None) -> Iterator[str]:
     """Yield text pieces as they are generated; ``stop_event`` ends generation early."""
+    enc = _inputs(tokenizer, messages, model.device)
+    yield from stream_generate(model, tokenizer, enc, generation_kwargs(tokenizer, max_new_tokens, temperature, top_p),
+                               stop_event=stop_event)
+
+
+class StreamStats:
+    """Filled in by ``stream_generate``: how many new tokens the model produced."""
+    new_tokens: int = 0
+
+
+def stream_generate(model, tokenizer, enc: dict, gen_kwargs: dict, stop_event: threading.Event | None = None,
+                    stats: StreamStats | None = None) -> Iterator[str]:
+    """Run ``model.generate`` in a thread and yield decoded text pieces as they arrive.
+
+    Closing the iterator early (a user pressed Stop, the consumer went away) stops generation at
+    the next token, so an abandoned request does not keep the model busy.
+    """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    abandoned = threading.Event()
+    prompt_len = enc["input_ids"].shape[1]
 
     class _Stop(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            return bool(stop_event is not None and stop_event.is_set())
+            if stats is not None:
+                stats.new_tokens = int(input_ids.shape[1] - prompt_len)
+            return abandoned.is_set() or bool(stop_event is not None and stop_event.is_set())
 
-    enc = _inputs(tokenizer, messages, model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
-    kwargs = dict(**enc, **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p), streamer=streamer,
-                  stopping_criteria=StoppingCriteriaList([_Stop()]))
+    criteria = StoppingCriteriaList([_Stop(), *gen_kwargs.pop("stopping_criteria", [])])
+    kwargs = dict(**enc, **gen_kwargs, streamer=streamer, stopping_criteria=criteria)
     errors: list[BaseException] = []
 
     def run():
@@ -60,9 +81,12 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], max_new_token
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    for piece in streamer:
-        if piece:
-            yield piece
+    try:
+        for piece in streamer:
+            if piece:
+                yield piece
+    finally:
+        abandoned.set()
     thread.join()
     if errors:
         raise errors[0]

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from agents.agent import LLM, ReActAgent, TransformersLLM
+from agents.agent import LLM, ReActAgent, Trace, TransformersLLM
 from agents.tools import ToolRegistry, default_tools
 from align.generate import stream_reply
 from align.models import ModelSource, load_policy
@@ -64,18 +64,31 @@ class ChatSettings:
 
 
 class ChatModel:
-    """Loads the model once; every request reuses it (and the tools)."""
+    """Loads the model once; every request reuses it (and the tools). ``switch`` swaps in another checkpoint."""
 
     def __init__(self, model_ref: str, settings: ChatSettings | None = None, retriever=None,
                  llm: LLM | None = None, tools: ToolRegistry | None = None):
         self.settings = settings or ChatSettings()
+        self._fixed_llm = llm
         self.model, self.tokenizer, self.source = load_policy(model_ref)
         self.llm = llm or TransformersLLM(self.model, self.tokenizer, self.settings.temperature)
         self.tools = tools or default_tools(retriever)
 
-    def respond(self, message: Any, history: list[dict], system_prompt: str | None = None) -> Iterator[Any]:
+    @property
+    def checkpoint_id(self) -> str:
+        return self.source.path or self.source.ref
+
+    def switch(self, model_ref: str) -> None:
+        """Load another checkpoint, then replace the current one (requests in flight finish on the old one)."""
+        model, tokenizer, source = load_policy(model_ref)
+        llm = self._fixed_llm or TransformersLLM(model, tokenizer, self.settings.temperature)
+        self.model, self.tokenizer, self.source, self.llm = model, tokenizer, source, llm
+
+    def respond(self, message: Any, history: list[dict], system_prompt: str | None = None,
+                turn: dict | None = None) -> Iterator[Any]:
+        """Stream one turn. ``turn`` (optional) receives ``answer`` (without sources) and ``trace``."""
         if self.settings.agent:
-            yield from self.respond_agent(message, history, system_prompt)
+            yield from self.respond_agent(message, history, system_prompt, turn)
             return
         messages = to_chat_messages(history, message, system_prompt)
         answer = ""
@@ -83,14 +96,26 @@ class ChatModel:
                                   temperature=self.settings.temperature):
             answer += piece
             yield answer
+        if turn is not None:
+            turn.update(answer=answer.strip(), trace=None)
 
-    def respond_agent(self, message: Any, history: list[dict], system_prompt: str | None = None) -> Iterator[list[dict]]:
-        """Yield the growing list of assistant messages for this turn: steps, then the answer."""
+    def respond_agent(self, message: Any, history: list[dict], system_prompt: str | None = None,
+                      turn: dict | None = None) -> Iterator[list[dict]]:
+        """Yield the growing list of assistant messages for this turn: steps, then the answer.
+
+        While the model writes a step its text streams into a "Thinking" message; once it writes
+        ``Final Answer:`` the answer itself streams token by token.
+        """
         agent = ReActAgent(self.llm, self.tools, max_steps=self.settings.max_steps,
-                           max_new_tokens=self.settings.max_new_tokens, system_prompt=system_prompt or None)
+                           max_new_tokens=self.settings.max_new_tokens, system_prompt=system_prompt or None,
+                           stream_tokens=True)
         shown: list[dict] = []
         sources: list[str] = []
-        for ev in agent.stream(message_text(message), plain_history(history)):
+        trace = Trace(question=message_text(message), format=agent.format)
+        for ev in agent.stream(message_text(message), plain_history(history), trace):
+            if ev.type == "token":
+                yield _snapshot(shown) + [_draft(ev.content)]
+                continue
             if ev.type == "thought":
                 shown.append({"role": "assistant", "content": ev.content, "metadata": {"title": "💭 Thought"}})
             elif ev.type == "tool_call":
@@ -110,12 +135,35 @@ class ChatModel:
                 shown.append({"role": "assistant", "content": ev.content,
                               "metadata": {"title": "⚠️ Could not read the model's step"}})
             elif ev.type == "final_answer":
-                answer = ev.content + ("\n\n**Sources:** " + "; ".join(sources) if sources else "")
+                answer = ev.content + (SOURCES_MARK + "; ".join(sources) if sources else "")
                 shown.append({"role": "assistant", "content": answer})
-            yield [dict(m, metadata=dict(m.get("metadata", {}))) for m in shown]
+            yield _snapshot(shown)
         if not shown or (shown[-1].get("metadata") or {}).get("title"):
-            shown.append({"role": "assistant", "content": "I could not finish within the step limit."})
-            yield shown
+            shown.append({"role": "assistant", "content": NO_ANSWER})
+            yield _snapshot(shown)
+        if turn is not None:
+            turn.update(answer=trace.answer.strip() if trace.answer else None, trace=trace.to_dict())
+
+
+SOURCES_MARK = "\n\n**Sources:** "
+NO_ANSWER = "I could not finish within the step limit."
+
+
+def _snapshot(shown: list[dict]) -> list[dict]:
+    return [dict(m, metadata=dict(m.get("metadata", {}))) for m in shown]
+
+
+def _draft(text: str) -> dict:
+    """The step being generated, for display: the answer once it starts, else the raw thinking."""
+    for stop in ("\nObservation", "Observation:"):
+        text = text.split(stop)[0]
+    if "Final Answer:" in text:
+        return {"role": "assistant", "content": text.split("Final Answer:", 1)[1].strip()}
+    return {"role": "assistant", "content": text.strip() or "…", "metadata": {"title": "💭 Thinking…", "status": "pending"}}
+
+
+def strip_sources(text: str) -> str:
+    return text.split(SOURCES_MARK, 1)[0].strip()
 
 
 def model_card(source: ModelSource) -> dict[str, Any]:
@@ -126,19 +174,28 @@ def model_card(source: ModelSource) -> dict[str, Any]:
     return card
 
 
-def build_app(chat: ChatModel):
-    import gradio as gr
+def answered_turn(history: list[dict], index: int) -> tuple[list[dict], str, int] | None:
+    """For the assistant message at ``index`` (any message of a grouped turn): the chat before
+    that turn (ending with the user's message), the turn's final answer (sources removed) and
+    the index of that answer message. None when the turn has no final answer."""
+    if not (0 <= index < len(history)) or history[index].get("role") != "assistant":
+        return None
+    start = index
+    while start > 0 and history[start - 1].get("role") == "assistant":
+        start -= 1
+    end = index
+    while end + 1 < len(history) and history[end + 1].get("role") == "assistant":
+        end += 1
+    answers = [i for i in range(start, end + 1) if not (history[i].get("metadata") or {}).get("title")]
+    if not answers or start == 0:
+        return None
+    text = strip_sources(message_text(history[answers[-1]].get("content")))
+    if not text or text == NO_ANSWER:
+        return None
+    return history[:start], text, answers[-1]
 
-    with gr.Blocks(title="Keel") as demo:
-        gr.Markdown(f"## Keel chat · `{chat.source.display_name}`"
-                    + (f" · tools: {', '.join(chat.tools.names())}" if chat.settings.agent else ""))
-        with gr.Accordion("Model", open=False):
-            gr.JSON(model_card(chat.source), label="checkpoint manifest")
-        system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, render=False)
-        gr.ChatInterface(
-            chat.respond,
-            additional_inputs=[system],
-            additional_inputs_accordion=gr.Accordion("System prompt", open=False),
-            concurrency_limit=chat.settings.concurrency_limit,
-        )
-    return demo
+
+def prompt_messages(before: list[dict], system_prompt: str | None) -> list[dict[str, str]]:
+    """What an answer replied to, as chat messages: system prompt, earlier turns, the user's message."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt and system_prompt.strip() else []
+    return system + plain_history(before)

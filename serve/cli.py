@@ -1,49 +1,113 @@
-"""``python -m serve [--checkpoint REF] [--host 127.0.0.1] [--port 7860]``: start the chat app."""
+"""``python -m serve``: start the chat app. ``python -m serve export-feedback``: feedback -> TRL datasets."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from align.config import Strict, load_config
 from align.errors import KeelError
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve", description="Keel chat app")
-    p.add_argument("--checkpoint", default="smollm2-135m",
-                   help="model reference: embedded name, Keel checkpoint or run folder, HF folder or hub id")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--concurrency", type=int, default=1, help="generations running at once; others queue")
+class ServeConfig(Strict):
+    checkpoint: str = "smollm2-135m"
+    index: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    agent: bool = True
+    max_steps: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    concurrency: int = 1
+    feedback_db: str = "runs/feedback.db"
+    system_prompt: str = "You are a helpful, honest and harmless assistant."
+    auth: str | None = None
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serve", description="Keel chat app. Subcommand: export-feedback.")
+    p.add_argument("--config", help="YAML file (configs/serve.yaml); flags below override it")
+    p.add_argument("--checkpoint", help="model: embedded name, Keel checkpoint or run folder, HF folder or hub id")
+    p.add_argument("--index", help="retrieval index for the search tool: a folder, 'default' or 'none'")
+    p.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--concurrency", type=int, help="generations running at once; others queue")
     p.add_argument("--auth", help="USER:PASSWORD required to open the app")
-    p.add_argument("--index", default="default",
-                   help="retrieval index for the search tool: a folder, 'default' (Keel docs + Python reference), or 'none'")
     p.add_argument("--no-agent", action="store_true", help="plain chat, streamed token by token, without tools")
-    p.add_argument("--max-steps", type=int, default=4, help="agent steps per answer")
+    p.add_argument("--max-steps", type=int, help="agent steps per answer")
+    p.add_argument("--feedback-db", help="SQLite feedback database (default runs/feedback.db; 'none' turns it off)")
+    p.add_argument("--system-prompt")
+    return p
+
+
+def serve_config(argv: list[str] | None) -> ServeConfig:
+    a = _serve_parser().parse_args(argv)
+    overrides = []
+    for key in ("checkpoint", "index", "host", "port", "max_new_tokens", "temperature", "concurrency", "auth",
+                "max_steps", "feedback_db", "system_prompt"):
+        value = getattr(a, key)
+        if value is not None:
+            overrides += [f"--{key}", str(value)]
+    if a.no_agent:
+        overrides += ["--agent", "false"]
+    return load_config(ServeConfig, a.config, overrides)
+
+
+def export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m serve export-feedback",
+                                description="Write the app's feedback as TRL datasets: kto.jsonl (prompt, completion, "
+                                            "label) and preference.jsonl (prompt, chosen, rejected)")
+    p.add_argument("--db", default="runs/feedback.db")
+    p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
-    from serve.chat import ChatModel, ChatSettings, build_app
+    from serve.feedback import export_feedback
 
+    summary = export_feedback(a.db, a.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        retriever = None
-        if not a.no_agent and a.index != "none":
-            from retrieval import Retriever
-            from retrieval.default_kb import open_default_index
-
-            retriever = open_default_index() if a.index == "default" else Retriever.open(a.index)
-        settings = ChatSettings(a.max_new_tokens, a.temperature, a.concurrency, agent=not a.no_agent,
-                                max_steps=a.max_steps)
-        chat = ChatModel(a.checkpoint, settings, retriever=retriever)
+        if argv and argv[0] == "export-feedback":
+            return export_main(argv[1:])
+        cfg = serve_config(argv)
+        auth = None
+        if cfg.auth:
+            auth = tuple(cfg.auth.split(":", 1))
+            if len(auth) != 2:
+                raise KeelError("--auth must be USER:PASSWORD")
+        demo = create_app(cfg)
     except KeelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    auth = tuple(a.auth.split(":", 1)) if a.auth else None
-    if a.auth and len(auth) != 2:
-        print("error: --auth must be USER:PASSWORD", file=sys.stderr)
-        return 2
-    build_app(chat).queue(default_concurrency_limit=a.concurrency).launch(
-        server_name=a.host, server_port=a.port, auth=auth, show_error=True)
+    demo.queue(default_concurrency_limit=cfg.concurrency).launch(
+        server_name=cfg.host, server_port=cfg.port, auth=auth, show_error=True)
     return 0
+
+
+def create_app(cfg: ServeConfig):
+    """Load the model, the retriever and the feedback store once, and build the app."""
+    from serve.app import build_app
+    from serve.chat import ChatModel, ChatSettings
+    from serve.feedback import FeedbackStore
+
+    retriever = None
+    if cfg.agent and cfg.index != "none":
+        from retrieval import Retriever
+        from retrieval.default_kb import open_default_index
+
+        retriever = open_default_index() if cfg.index == "default" else Retriever.open(cfg.index)
+    settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent,
+                            max_steps=cfg.max_steps)
+    chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
+    store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
+    if store is not None:
+        print(f"feedback -> {store.path} (export: python -m serve export-feedback --db {store.path} --out DIR)")
+    return build_app(chat, store, cfg.system_prompt)

@@ -1,6 +1,7 @@
 import urllib.request
 
-from serve.chat import ChatModel, ChatSettings, build_app, message_text, to_chat_messages
+from serve.app import build_app
+from serve.chat import ChatModel, ChatSettings, answered_turn, message_text, to_chat_messages
 from tests.agents.test_agent import ScriptedLLM
 from agents.tools import ToolRegistry, calculator_tool, search_tool
 
@@ -36,7 +37,8 @@ def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_mo
                        " done\nFinal Answer: Use --resume; and 42."])
     tools = ToolRegistry([search_tool(FakeRetriever()), calculator_tool()])
     chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=tools)
-    updates = list(chat.respond("how?", [], None))
+    turn = {}
+    updates = list(chat.respond("how?", [], None, turn=turn))
     final = updates[-1]
     titles = [m.get("metadata", {}).get("title") for m in final]
     assert titles == ["💭 Thought", "🛠️ search", "💭 Thought", "🛠️ calculator", "💭 Thought", None]
@@ -44,6 +46,36 @@ def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_mo
     assert calc["metadata"]["status"] == "done" and "**Observation**:\n42" in calc["content"]
     assert final[-1]["content"] == "Use --resume; and 42.\n\n**Sources:** README.md § Run folders"
     assert len(updates) > 3  # streamed step by step
+    assert turn["answer"] == "Use --resume; and 42." and len(turn["trace"]["events"]) == 8
+
+
+def test_answer_streams_token_by_token_through_the_agent(tiny_model_dir):
+    from agents.agent import Generation
+
+    class StreamingLLM(ScriptedLLM):
+        def stream_generate(self, messages, **kw):
+            gen = self.generate(messages, **kw)
+            for i in range(0, len(gen.text), 4):
+                yield gen.text[i:i + 4]
+            yield gen
+
+    llm = StreamingLLM([" easy\nFinal Answer: The answer is forty-two."])
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([calculator_tool()]))
+    updates = list(chat.respond("q", [], None))
+    answers = [u[-1]["content"] for u in updates if not u[-1].get("metadata")]
+    assert len(answers) >= 5 and answers[-1] == "The answer is forty-two."
+    assert all(answers[-1].startswith(a) for a in answers[:-2] if a)  # grows piece by piece
+    assert any((u[-1].get("metadata") or {}).get("title") == "💭 Thinking…" for u in updates)
+
+
+def test_answered_turn_finds_the_answer_of_a_grouped_turn():
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": "step", "metadata": {"title": "🛠️ calculator"}},
+               {"role": "assistant", "content": "42\n\n**Sources:** a.md"},
+               {"role": "user", "content": "q2"}, {"role": "assistant", "content": "x"}]
+    before, text, idx = answered_turn(history, 1)  # a like on the tool step rates the turn's answer
+    assert before == history[:1] and text == "42" and idx == 2
+    assert answered_turn(history, 4)[1] == "x" and answered_turn(history, 0) is None
 
 
 def test_app_serves_on_loopback(tiny_model_dir):
