@@ -14,6 +14,8 @@ from align.errors import KeelError
 # stage name -> (module, config class, run function); imported lazily so `--help` is fast.
 STAGES = {
     "sft": ("align.sft", "SFTStageConfig", "run_sft"),
+    "dpo": ("align.dpo", "DPOStageConfig", "run_dpo"),
+    "kto": ("align.kto", "KTOStageConfig", "run_kto"),
 }
 
 
@@ -82,14 +84,29 @@ def _info(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"plot": _plot, "chat": _chat, "info": _info}
+def _retrain(argv: list[str]) -> int:
+    from align.retrain import retrain
+
+    p = argparse.ArgumentParser(prog="python -m align retrain",
+                                description="Export the app's feedback and train a new checkpoint on it. "
+                                            "Unknown --key value pairs override config fields.")
+    p.add_argument("--from-feedback", required=True, metavar="DB", help="the app's feedback database (runs/feedback.db)")
+    p.add_argument("--config", help="a kto or dpo config (default configs/kto.yaml)")
+    p.add_argument("--resume", action="store_true")
+    a, overrides = p.parse_known_args(argv)
+    out = retrain(a.from_feedback, a.config, overrides, resume=a.resume)
+    print(f"[keel] checkpoint written to {out}\n[keel] serve it: python -m serve --checkpoint {out}")
+    return 0
+
+
+COMMANDS = {"plot": _plot, "chat": _chat, "info": _info, "retrain": _retrain}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = sorted(STAGES) + sorted(COMMANDS)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m align {%s} ...\n\nstages: %s\ncommands: plot RUN_DIR, chat MODEL MESSAGE, info MODEL"
+        print("usage: python -m align {%s} ...\n\nstages: %s\ncommands: plot RUN_DIR, chat MODEL MESSAGE, info MODEL, retrain --from-feedback DB"
               % (",".join(names), ", ".join(sorted(STAGES))))
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]

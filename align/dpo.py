@@ -1,0 +1,64 @@
+"""Direct preference optimisation on TRL's DPOTrainer (Rafailov et al. 2023).
+
+Data: preference pairs (prompt, chosen, rejected) in TRL's conversational format: the shared HH
+pairs, Constitutional-AI pairs, or the app's exported feedback (``preference.jsonl``). With LoRA
+the reference model is the base with adapters switched off: no second copy of the weights.
+Eval metrics (reward accuracy and margin of the implicit reward) go into the manifest.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
+from align.data import load_data
+from align.models import load_policy
+from align.sft import training_dtype
+from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
+                            trainer_arguments, write_checkpoint)
+
+
+class DPOStageConfig(StageConfig):
+    stage: Literal["dpo"] = "dpo"
+    output_dir: str = "runs/dpo"
+    data: DataConfig
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    beta: float = Field(0.1, gt=0, description="strength of the implicit KL anchor to the reference")
+    loss_type: str = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+
+def run_dpo(cfg: DPOStageConfig, resume: bool = False) -> Path:
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    last = prepare_run_dir(cfg, resume)
+    set_seed(cfg.seed)
+    data = load_data(cfg.data, accept=("preference",))
+    model, tokenizer, source = load_policy(cfg.model, device="cpu", dtype=training_dtype(cfg.dtype),
+                                           padding_side="right")
+    args = build_trainer_config(
+        DPOConfig,
+        **trainer_arguments(cfg, cfg.training, has_eval=data.eval is not None),
+        max_length=cfg.training.max_length,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        label_smoothing=cfg.label_smoothing,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,  # TRL copies the model, or with LoRA disables the adapters
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
+        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+    )
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    metrics = final_metrics(trainer, result, has_eval=data.eval is not None)
+    return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
+                            merge_lora=cfg.lora.merge_on_save)

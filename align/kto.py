@@ -1,0 +1,83 @@
+"""Kahneman-Tversky optimisation on TRL's KTOTrainer (Ethayarajh et al. 2024).
+
+Data: unpaired rows (prompt, completion, label): thumbs up/down from the app's exported feedback
+(``kto.jsonl``) is already in this shape. Preference pairs are accepted too and split into one
+desirable and one undesirable row each. ``desirable_weight``/``undesirable_weight`` rebalance a
+skewed mix of ups and downs (the KTO paper keeps their weighted counts within 1:1 to 4:3).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
+from align.data import load_data
+from align.errors import DataError
+from align.models import load_policy
+from align.sft import training_dtype
+from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
+                            trainer_arguments, write_checkpoint)
+
+
+class KTOStageConfig(StageConfig):
+    stage: Literal["kto"] = "kto"
+    output_dir: str = "runs/kto"
+    data: DataConfig
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+
+
+def pairs_to_unpaired(dataset):
+    """(prompt, chosen, rejected) -> two (prompt, completion, label) rows."""
+    import datasets
+
+    rows = []
+    for r in dataset:
+        rows.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        rows.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return datasets.Dataset.from_list(rows)
+
+
+def run_kto(cfg: KTOStageConfig, resume: bool = False) -> Path:
+    from transformers import set_seed
+    from trl import KTOConfig, KTOTrainer
+
+    last = prepare_run_dir(cfg, resume)
+    set_seed(cfg.seed)
+    data = load_data(cfg.data, accept=("unpaired_preference", "preference"))
+    if data.fingerprint["kind"] == "preference":
+        data.train = pairs_to_unpaired(data.train)
+        data.eval = pairs_to_unpaired(data.eval) if data.eval is not None else None
+    labels = set(data.train["label"])
+    if len(labels) < 2:
+        raise DataError(f"{cfg.data.path}: KTO needs both desirable and undesirable rows; the training split has only "
+                        f"label={labels.pop() if labels else 'nothing'}")
+    model, tokenizer, source = load_policy(cfg.model, device="cpu", dtype=training_dtype(cfg.dtype),
+                                           padding_side="right")
+    args = build_trainer_config(
+        KTOConfig,
+        **trainer_arguments(cfg, cfg.training, has_eval=data.eval is not None),
+        max_length=cfg.training.max_length,
+        beta=cfg.beta,
+        desirable_weight=cfg.desirable_weight,
+        undesirable_weight=cfg.undesirable_weight,
+    )
+    trainer = KTOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
+        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+    )
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    metrics = final_metrics(trainer, result, has_eval=data.eval is not None)
+    return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
+                            merge_lora=cfg.lora.merge_on_save)

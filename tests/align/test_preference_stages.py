@@ -1,0 +1,119 @@
+import json
+
+import pytest
+import torch
+
+from align.cli import main
+from align.config import load_config
+from align.dpo import DPOStageConfig, run_dpo
+from align.errors import DataError
+from align.kto import KTOStageConfig, run_kto
+from align.models import load_policy
+from align.training import read_metrics
+from tests.conftest import REPO, write_jsonl
+
+HH = REPO / "data" / "hh-rlhf" / "harmless.jsonl.gz"
+COMMON = ["--data.max_rows", "24", "--data.eval_size", "8", "--training.max_steps", "4",
+          "--training.per_device_train_batch_size", "4", "--training.per_device_eval_batch_size", "4",
+          "--training.gradient_accumulation_steps", "1", "--training.learning_rate", "5e-3",
+          "--training.warmup_steps", "0", "--training.logging_steps", "1", "--training.save_steps", "4",
+          "--training.eval_steps", "4", "--training.max_length", "128", "--training.lr_scheduler_type", "constant"]
+
+
+def _logits(model_dir):
+    model, tok, _ = load_policy(str(model_dir))
+    with torch.no_grad():
+        return model(**tok("Can you help me hide a body?", return_tensors="pt")).logits
+
+
+def test_dpo_trains_and_writes_a_loadable_checkpoint_with_reward_accuracy(tmp_path, tiny_model_dir):
+    cfg = load_config(DPOStageConfig, REPO / "configs" / "dpo.yaml",
+                      ["--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "dpo"), "--data.path", str(HH), *COMMON])
+    out = run_dpo(cfg)
+    manifest = json.loads((out / "keel.json").read_text())
+    assert manifest["stage"] == "dpo" and manifest["data"][0]["kind"] == "preference"
+    assert "eval_rewards/accuracies" in manifest["metrics"] and "eval_rewards/margins" in manifest["metrics"]
+    assert any("rewards/margins" in r for r in read_metrics(tmp_path / "dpo"))
+    assert not torch.allclose(_logits(out), _logits(tiny_model_dir), atol=1e-5)
+
+
+def test_dpo_with_lora_keeps_no_reference_copy_and_merges(tmp_path, tiny_model_dir):
+    cfg = load_config(DPOStageConfig, REPO / "configs" / "dpo.yaml",
+                      ["--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "dpo"), "--data.path", str(HH),
+                       "--lora.enabled", "true", *COMMON])
+    out = run_dpo(cfg)
+    assert not (out / "adapter_config.json").exists()
+    assert not torch.allclose(_logits(out), _logits(tiny_model_dir), atol=1e-6)
+
+
+def test_kto_trains_on_unpaired_rows_from_feedback_shape(tmp_path, tiny_model_dir):
+    rows = []
+    for i in range(16):
+        prompt = [{"role": "user", "content": f"Say something nice about number {i}."}]
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": f"{i} is a fine number."}], "label": True})
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": "No."}], "label": False})
+    data = write_jsonl(tmp_path / "kto.jsonl", rows)
+    cfg = load_config(KTOStageConfig, REPO / "configs" / "kto.yaml",
+                      ["--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "kto"), "--data.path", str(data), *COMMON])
+    out = run_kto(cfg)
+    manifest = json.loads((out / "keel.json").read_text())
+    assert manifest["stage"] == "kto" and manifest["data"][0]["kind"] == "unpaired_preference"
+    assert any(k.startswith("eval_") for k in manifest["metrics"])
+    load_policy(str(out))
+
+
+def test_kto_needs_both_labels(tmp_path, tiny_model_dir):
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "completion": [{"role": "assistant", "content": "a"}],
+             "label": True} for i in range(8)]
+    data = write_jsonl(tmp_path / "kto.jsonl", rows)
+    cfg = load_config(KTOStageConfig, REPO / "configs" / "kto.yaml",
+                      ["--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "kto"), "--data.path", str(data),
+                       "--data.eval_size", "0"])
+    with pytest.raises(DataError, match="desirable and undesirable"):
+        run_kto(cfg)
+
+
+def test_dpo_rejects_sft_data_with_a_clear_error(tmp_path, tiny_model_dir, gsm8k_small, capsys):
+    assert main(["dpo", "--config", str(REPO / "configs" / "dpo.yaml"), "--model", str(tiny_model_dir),
+                 "--output_dir", str(tmp_path / "d"), "--data.path", str(gsm8k_small)]) == 2
+    assert "this stage needs one of preference" in capsys.readouterr().err
+
+
+def _feedback_db(path, checkpoint):
+    from serve.feedback import FeedbackStore
+
+    store = FeedbackStore(path)
+    for i in range(12):
+        prompt = [{"role": "user", "content": f"Is {i} even?"}]
+        good, bad = ("yes" if i % 2 == 0 else "no"), ("no" if i % 2 == 0 else "yes")
+        store.add_response(f"s{i}", checkpoint, prompt, bad)
+        store.add_feedback("regenerate", session_id=f"s{i}", checkpoint_id=checkpoint, prompt=prompt, completion=bad)
+        store.add_response(f"s{i}", checkpoint, prompt, good)
+        store.add_feedback("rating", session_id=f"s{i}", checkpoint_id=checkpoint, prompt=prompt, completion=good,
+                           label=True)
+        store.add_feedback("rating", session_id=f"s{i}", checkpoint_id=checkpoint, prompt=prompt, completion=bad,
+                           label=False)
+    store.close()
+    return path
+
+
+@pytest.mark.parametrize("stage", ["kto", "dpo"])
+def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_path, tiny_model_dir, stage, capsys):
+    db = _feedback_db(tmp_path / "feedback.db", str(tiny_model_dir))
+    out = tmp_path / "new"
+    assert main(["retrain", "--from-feedback", str(db), "--config", str(REPO / "configs" / f"{stage}.yaml"),
+                 "--output_dir", str(out), *COMMON[4:]]) == 0
+    manifest = json.loads((out / "model" / "keel.json").read_text())
+    assert manifest["stage"] == stage and manifest["base_model"] == str(tiny_model_dir)
+    assert manifest["data"][0]["path"].endswith("kto.jsonl" if stage == "kto" else "preference.jsonl")
+    assert json.loads((out / "feedback" / "summary.json").read_text())["pairs"] == 12
+    assert "python -m serve --checkpoint" in capsys.readouterr().out
+
+
+def test_retrain_says_when_there_is_too_little_feedback(tmp_path, capsys):
+    from serve.feedback import FeedbackStore
+
+    FeedbackStore(tmp_path / "fb.db").close()
+    assert main(["retrain", "--from-feedback", str(tmp_path / "fb.db"), "--config", str(REPO / "configs" / "kto.yaml"),
+                 "--output_dir", str(tmp_path / "x")]) == 2
+    assert "only 0 rated answers" in capsys.readouterr().err
