@@ -16,6 +16,7 @@ STAGES = {
     "sft": ("align.sft", "SFTStageConfig", "run_sft"),
     "dpo": ("align.dpo", "DPOStageConfig", "run_dpo"),
     "kto": ("align.kto", "KTOStageConfig", "run_kto"),
+    "rm": ("align.rm", "RMStageConfig", "run_rm"),
 }
 
 
@@ -84,6 +85,41 @@ def _info(argv: list[str]) -> int:
     return 0
 
 
+def _rm_eval(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from align.config import DataConfig
+    from align.data import load_data
+    from align.rewards import EnsembleScorer, load_reward
+    from align.rm import ensemble_combinations, evaluate_pairs, format_table
+
+    p = argparse.ArgumentParser(prog="python -m align rm-eval",
+                                description="Pairwise accuracy, margin and calibration of a reward model (or ensemble) "
+                                            "on a preference file")
+    p.add_argument("checkpoint", help="reward checkpoint, or an ensemble folder (keel-ensemble.json)")
+    p.add_argument("data", help="preference data: HH JSONL(.gz), TRL pairs, the app's preference.jsonl")
+    p.add_argument("--max-rows", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", help="JSON file (default: CHECKPOINT/rm-eval-DATANAME.json)")
+    a = p.parse_args(argv)
+    data = load_data(DataConfig(path=a.data, eval_size=0, max_rows=a.max_rows), accept=("preference",))
+    scorer = load_reward(a.checkpoint, batch_size=a.batch_size)
+    max_length = getattr(scorer, "max_length", None) or 1024
+    metrics = evaluate_pairs(scorer, data.train, max_length)
+    if isinstance(scorer, EnsembleScorer):
+        metrics["combiners"] = ensemble_combinations(scorer, data.train)
+    metrics.update(reward=scorer.name, data=a.data)
+    print(format_table(metrics))
+    if "combiners" in metrics:
+        print("\nensemble accuracy by combiner: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["combiners"].items()))
+    name = Path(a.data).name.split(".")[0]
+    out = Path(a.out) if a.out else Path(a.checkpoint) / f"rm-eval-{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2))
+    print(f"[keel] metrics written to {out}")
+    return 0
+
+
 def _retrain(argv: list[str]) -> int:
     from align.retrain import retrain
 
@@ -99,14 +135,14 @@ def _retrain(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"plot": _plot, "chat": _chat, "info": _info, "retrain": _retrain}
+COMMANDS = {"plot": _plot, "chat": _chat, "info": _info, "retrain": _retrain, "rm-eval": _rm_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = sorted(STAGES) + sorted(COMMANDS)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m align {%s} ...\n\nstages: %s\ncommands: plot RUN_DIR, chat MODEL MESSAGE, info MODEL, retrain --from-feedback DB"
+        print("usage: python -m align {%s} ...\n\nstages: %s\ncommands: plot RUN_DIR, chat MODEL MESSAGE, info MODEL, retrain --from-feedback DB, rm-eval CHECKPOINT DATA"
               % (",".join(names), ", ".join(sorted(STAGES))))
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]

@@ -27,8 +27,9 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
 
     def add_user(message: str, history: list[dict]):
         if not (message or "").strip():
-            return gr.update(), history
-        return "", (history or []) + [{"role": "user", "content": message}]
+            return gr.update(), history, gr.update()
+        # Send stays disabled until the answer is complete (or stopped): one question at a time.
+        return "", (history or []) + [{"role": "user", "content": message}], gr.update(interactive=False)
 
     def answer(history: list[dict], system: str, request: gr.Request):
         """Stream the answer to the last user message; record it once it is complete."""
@@ -129,13 +130,19 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
 
         limit = chat.settings.concurrency_limit
         runs = []
+        enable_send = dict(fn=lambda: gr.update(interactive=True), inputs=None, outputs=send, queue=False)
         for trigger in (box.submit, send.click):
-            runs.append(trigger(add_user, [box, chatbot], [box, chatbot], queue=False)
-                        .then(answer, [chatbot, system], chatbot, concurrency_limit=limit, concurrency_id="generate"))
+            run = (trigger(add_user, [box, chatbot], [box, chatbot, send], queue=False)
+                   .then(answer, [chatbot, system], chatbot, concurrency_limit=limit, concurrency_id="generate"))
+            run.then(**enable_send)
+            runs.append(run)
         for trigger in (regenerate.click, chatbot.retry):
-            runs.append(trigger(drop_last_turn, [chatbot, system], chatbot, queue=False)
-                        .then(answer, [chatbot, system], chatbot, concurrency_limit=limit, concurrency_id="generate"))
-        stop.click(None, None, None, cancels=runs, queue=False)
+            run = (trigger(drop_last_turn, [chatbot, system], chatbot, queue=False)
+                   .then(lambda: gr.update(interactive=False), None, send, queue=False)
+                   .then(answer, [chatbot, system], chatbot, concurrency_limit=limit, concurrency_id="generate"))
+            run.then(**enable_send)
+            runs.append(run)
+        stop.click(None, None, None, cancels=runs, queue=False).then(**enable_send)
         clear.click(lambda: ([], None, ""), None, [chatbot, last_feedback, feedback_status], queue=False)
         chatbot.like(on_like, [chatbot, system], [last_feedback, feedback_status])
         chatbot.edit(on_edit, [chatbot, system], [last_feedback, feedback_status])
