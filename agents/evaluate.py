@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from pathlib import Path
 
+from align.verifiers import extract_number, is_correct  # noqa: F401 - shared with GRPO rewards
 from agents.agent import ReActAgent, TransformersLLM
 from agents.tools import default_tools
 from align.data import parse_gsm8k
 
 REPO = Path(__file__).resolve().parent.parent
 HELDOUT_GSM8K = REPO / "data" / "gsm8k" / "heldout.jsonl"
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def arith_tasks(n: int, seed: int = 0) -> list[dict]:
@@ -35,24 +34,6 @@ def arith_tasks(n: int, seed: int = 0) -> list[dict]:
 def gsm8k_tasks(n: int, path: Path = HELDOUT_GSM8K) -> list[dict]:
     rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()][:n]
     return [{"question": (p := parse_gsm8k(r)).question, "answer": p.final} for r in rows]
-
-
-def extract_number(text: str | None) -> float | None:
-    """The last number in an answer: ``"$1,200."`` -> 1200.0."""
-    if not text:
-        return None
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
-
-
-def is_correct(answer: str | None, expected: str) -> bool:
-    got = extract_number(answer)
-    return got is not None and abs(got - float(expected)) < 1e-6 * max(1.0, abs(float(expected)))
 
 
 def evaluate(agent: ReActAgent, tasks: list[dict], progress: bool = True, workers: int = 1) -> dict:

@@ -15,6 +15,7 @@ from pydantic import Field
 from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
 from align.data import load_data
 from align.models import load_policy
+from align.monitor import MonitorSettings, monitor_callback
 from align.sft import training_dtype
 from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
                             trainer_arguments, write_checkpoint)
@@ -29,6 +30,7 @@ class DPOStageConfig(StageConfig):
     beta: float = Field(0.1, gt=0, description="strength of the implicit KL anchor to the reference")
     loss_type: str = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    monitor: MonitorSettings | None = Field(None, description="reward over-optimisation monitor (proxy and gold RMs)")
 
 
 def run_dpo(cfg: DPOStageConfig, resume: bool = False) -> Path:
@@ -58,6 +60,10 @@ def run_dpo(cfg: DPOStageConfig, resume: bool = False) -> Path:
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
         callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
     )
+    monitor = monitor_callback(cfg.monitor, tokenizer, data.eval if data.eval is not None else data.train)
+    if monitor is not None:
+        monitor.trainer = trainer
+        trainer.add_callback(monitor)
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     metrics = final_metrics(trainer, result, has_eval=data.eval is not None)
     return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,

@@ -8,7 +8,7 @@ from pathlib import Path
 from align.errors import KeelError
 from align.training import read_metrics
 
-_SKIP = {"step", "epoch", "time", "total_flos"}
+_SKIP = {"step", "epoch", "time", "total_flos", "monitor/alert"}
 _SKIP_SUFFIXES = ("_runtime", "_per_second")  # trainer bookkeeping, not learning curves
 
 
@@ -48,4 +48,33 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     path = out_dir / "metrics.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return [path]
+    paths = [path]
+    checks = [r for r in records if "monitor/gold" in r and "monitor/sqrt_kl" in r]
+    if checks:
+        paths.append(plot_overoptimisation(checks, out_dir / "overoptimisation.png", run_dir.resolve().name))
+    return paths
+
+
+def plot_overoptimisation(checks: list[dict], path: Path, title: str) -> Path:
+    """Gold and proxy reward against sqrt(KL(policy || reference)), as in Gao et al. 2022."""
+    import matplotlib.pyplot as plt
+
+    d = [r["monitor/sqrt_kl"] for r in checks]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(d, [r["monitor/proxy"] for r in checks], marker="o", label="proxy reward (optimised)")
+    ax.plot(d, [r["monitor/gold"] for r in checks], marker="s", label="gold reward")
+    alerts = [r for r in checks if r.get("monitor/alert")]
+    if alerts:
+        ax.axvline(alerts[0]["monitor/sqrt_kl"], color="red", ls="--", alpha=0.6,
+                   label=f"gold falls while proxy rises (step {alerts[0]['step']})")
+    for r in checks[:: max(1, len(checks) // 6)]:
+        ax.annotate(f"{r['step']}", (r["monitor/sqrt_kl"], r["monitor/gold"]), fontsize=7, alpha=0.6)
+    ax.set_xlabel("sqrt(KL(policy || reference))  [nats^0.5]")
+    ax.set_ylabel("mean reward on monitor prompts")
+    ax.set_title(f"{title}: reward over-optimisation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
