@@ -17,6 +17,7 @@ STAGES = {
     "dpo": ("align.dpo", "DPOStageConfig", "run_dpo"),
     "kto": ("align.kto", "KTOStageConfig", "run_kto"),
     "rm": ("align.rm", "RMStageConfig", "run_rm"),
+    "grpo": ("align.grpo", "GRPOStageConfig", "run_grpo"),
 }
 
 

@@ -8,9 +8,11 @@ Part 1, same run, same loaded model (embedded SmolLM2-135M, fp32, greedy, CPU):
   app: the Gradio app in plain-chat mode on 127.0.0.1, called through ``gradio_client`` over
   HTTP with streaming; time to first token is until the first non-empty streamed answer.
 Part 2: N headless chromium pages (Playwright, Debian's chromium) each send T messages to the
-agent-backed app with the default knowledge base, wait for the answer and click thumbs-up; the
-app queues generations (concurrency 1). Reports latency p50/p95 per message, errors, and
-whether every thumbs-up is a row in the feedback database and in the export.
+agent-backed app with the default knowledge base, wait for the answer (Send is enabled again)
+and click thumbs-up. Baseline: the default app, one generation at a time with token streaming
+(others queue); against it, ``--batch --concurrency N``, where concurrent users' agent steps
+share one batched ``generate``. Reports latency p50/p95 per message, errors, and whether every
+thumbs-up clicked is a row in the feedback database and in the export.
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ async def users(url: str, n_users: int, turns: int, chromium: str) -> dict:
     from playwright.async_api import async_playwright
 
     latencies, errors = [], []
+    likes = [0]
 
     async def user(browser, u):
         page = await browser.new_page()
@@ -102,6 +105,7 @@ async def users(url: str, n_users: int, turns: int, chromium: str) -> dict:
                                 && !document.querySelector('#send').disabled""", arg=[t + 1], timeout=600_000)
                 latencies.append(time.perf_counter() - start)
                 await page.get_by_role("button", name="Like").last.click()
+                likes[0] += 1
                 await page.wait_for_function(
                     "([prev]) => { const s = document.querySelector('#feedback-status').innerText;"
                     " return s.includes('Saved') && s !== prev; }", arg=[before], timeout=60_000)
@@ -116,7 +120,7 @@ async def users(url: str, n_users: int, turns: int, chromium: str) -> dict:
         await asyncio.gather(*(user(browser, u) for u in range(n_users)))
         wall = time.perf_counter() - started
         await browser.close()
-    return {"latencies": latencies, "errors": errors, "wall_s": wall}
+    return {"latencies": latencies, "errors": errors, "wall_s": wall, "likes": likes[0]}
 
 
 def main() -> None:
@@ -157,32 +161,43 @@ def main() -> None:
     print(json.dumps(results["streaming"], indent=2), flush=True)
 
     if not a.skip_users:
-        from retrieval.default_kb import open_default_index
         from agents.tools import default_tools
+        from retrieval.default_kb import open_default_index
 
-        chat.settings.agent = True
-        chat.tools = default_tools(open_default_index())
-        with tempfile.TemporaryDirectory() as tmp:
-            store = FeedbackStore(Path(tmp) / "feedback.db")
-            demo = build_app(chat, store)
-            demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=None,
-                                                           prevent_thread_lock=True, quiet=True)
-            try:
-                run = asyncio.run(users(demo.local_url, a.users, a.turns, a.chromium))
-            finally:
-                demo.close()
-            rows = FeedbackStore(Path(tmp) / "feedback.db").feedback("rating")
-            summary = export_feedback(Path(tmp) / "feedback.db", Path(tmp) / "export")
+        tools = default_tools(open_default_index())
+        results["concurrent_users"] = {}
+        # baseline: one generation at a time, token streaming; then concurrent users batched.
+        for mode, settings in (("queued", ChatSettings(a.max_new_tokens, concurrency_limit=1)),
+                               ("batched", ChatSettings(a.max_new_tokens, concurrency_limit=a.users, batch=True))):
+            user_chat = ChatModel("smollm2-135m", settings, tools=tools)
+            with tempfile.TemporaryDirectory() as tmp:
+                store = FeedbackStore(Path(tmp) / "feedback.db")
+                demo = build_app(user_chat, store)
+                demo.queue(default_concurrency_limit=settings.concurrency_limit).launch(
+                    server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+                try:
+                    run = asyncio.run(users(demo.local_url, a.users, a.turns, a.chromium))
+                finally:
+                    demo.close()
+                rows = FeedbackStore(Path(tmp) / "feedback.db").feedback("rating")
+                summary = export_feedback(Path(tmp) / "feedback.db", Path(tmp) / "export")
             lat = run["latencies"]
-            results["concurrent_users"] = {
-                "users": a.users, "turns_each": a.turns, "messages": a.users * a.turns,
-                "answered": len(lat), "errors": len(run["errors"]), "error_samples": run["errors"][:5],
+            results["concurrent_users"][mode] = {
+                "users": a.users, "turns_each": a.turns, "messages": a.users * a.turns, "concurrency": settings.concurrency_limit,
+                "batch": settings.batch, "answered": len(lat), "errors": len(run["errors"]),
+                "error_samples": run["errors"][:5],
                 "latency_p50_s": pct(lat, 0.5) if lat else None, "latency_p95_s": pct(lat, 0.95) if lat else None,
-                "wall_s": run["wall_s"], "thumbs_up_clicked": len(lat) - sum("Like" in e for e in run["errors"]),
+                "wall_s": run["wall_s"], "thumbs_up_clicked": run["likes"],
                 "feedback_rows": len(rows), "exported_desirable": summary["unpaired_desirable"],
-                "lost_feedback_rows": a.users * a.turns - len(rows),
+                "lost_feedback_rows": run["likes"] - len(rows),
             }
-            print(json.dumps(results["concurrent_users"], indent=2), flush=True)
+            print(mode, json.dumps(results["concurrent_users"][mode], indent=2), flush=True)
+        q, b = results["concurrent_users"]["queued"], results["concurrent_users"]["batched"]
+        if q["latency_p50_s"] and b["latency_p50_s"]:
+            results["concurrent_users"]["ratio_batched_over_queued"] = {
+                "latency_p50": b["latency_p50_s"] / q["latency_p50_s"], "latency_p95": b["latency_p95_s"] / q["latency_p95_s"],
+                "wall": b["wall_s"] / q["wall_s"]}
+            print(json.dumps(results["concurrent_users"]["ratio_batched_over_queued"], indent=2), flush=True)
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / "serve.json").write_text(json.dumps(results, indent=2))
 

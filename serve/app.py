@@ -144,9 +144,10 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
             runs.append(run)
         stop.click(None, None, None, cancels=runs, queue=False).then(**enable_send)
         clear.click(lambda: ([], None, ""), None, [chatbot, last_feedback, feedback_status], queue=False)
-        chatbot.like(on_like, [chatbot, system], [last_feedback, feedback_status])
-        chatbot.edit(on_edit, [chatbot, system], [last_feedback, feedback_status])
-        comment_btn.click(on_comment, [comment, last_feedback], [comment, feedback_status])
+        # Feedback writes skip the queue: a thumbs-up must not wait behind other users' generations.
+        chatbot.like(on_like, [chatbot, system], [last_feedback, feedback_status], queue=False)
+        chatbot.edit(on_edit, [chatbot, system], [last_feedback, feedback_status], queue=False)
+        comment_btn.click(on_comment, [comment, last_feedback], [comment, feedback_status], queue=False)
         switch_btn.click(on_switch, switch_to, [card, switch_status, title], concurrency_id="generate")
     return demo
 

@@ -61,6 +61,9 @@ class ChatSettings:
     concurrency_limit: int = 1
     agent: bool = True
     max_steps: int = 4
+    # Batch the generations of concurrent users into one model call (agents.batching): several
+    # times the throughput on a CPU, but answers then arrive step by step rather than token by token.
+    batch: bool = False
 
 
 class ChatModel:
@@ -71,8 +74,16 @@ class ChatModel:
         self.settings = settings or ChatSettings()
         self._fixed_llm = llm
         self.model, self.tokenizer, self.source = load_policy(model_ref)
-        self.llm = llm or TransformersLLM(self.model, self.tokenizer, self.settings.temperature)
+        self.llm = llm or self._make_llm(self.model, self.tokenizer)
         self.tools = tools or default_tools(retriever)
+
+    def _make_llm(self, model, tokenizer) -> LLM:
+        if self.settings.batch:
+            from agents.batching import BatchedLLM
+
+            return BatchedLLM(model, tokenizer, max_batch=max(2, self.settings.concurrency_limit),
+                              temperature=self.settings.temperature)
+        return TransformersLLM(model, tokenizer, self.settings.temperature)
 
     @property
     def checkpoint_id(self) -> str:
@@ -81,7 +92,7 @@ class ChatModel:
     def switch(self, model_ref: str) -> None:
         """Load another checkpoint, then replace the current one (requests in flight finish on the old one)."""
         model, tokenizer, source = load_policy(model_ref)
-        llm = self._fixed_llm or TransformersLLM(model, tokenizer, self.settings.temperature)
+        llm = self._fixed_llm or self._make_llm(model, tokenizer)
         self.model, self.tokenizer, self.source, self.llm = model, tokenizer, source, llm
 
     def respond(self, message: Any, history: list[dict], system_prompt: str | None = None,
@@ -91,6 +102,12 @@ class ChatModel:
             yield from self.respond_agent(message, history, system_prompt, turn)
             return
         messages = to_chat_messages(history, message, system_prompt)
+        if self.settings.batch:
+            answer = self.llm.generate(messages, stop=[], max_new_tokens=self.settings.max_new_tokens).text.strip()
+            yield answer
+            if turn is not None:
+                turn.update(answer=answer, trace=None)
+            return
         answer = ""
         for piece in stream_reply(self.model, self.tokenizer, messages, max_new_tokens=self.settings.max_new_tokens,
                                   temperature=self.settings.temperature):

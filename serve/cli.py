@@ -22,6 +22,7 @@ class ServeConfig(Strict):
     max_new_tokens: int = 256
     temperature: float = 0.0
     concurrency: int = 1
+    batch: bool = False
     feedback_db: str = "runs/feedback.db"
     system_prompt: str = "You are a helpful, honest and harmless assistant."
     auth: str | None = None
@@ -37,6 +38,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--concurrency", type=int, help="generations running at once; others queue")
+    p.add_argument("--batch", action="store_true",
+                   help="batch concurrent users' generations into one model call (higher throughput; "
+                        "answers arrive step by step, not token by token)")
     p.add_argument("--auth", help="USER:PASSWORD required to open the app")
     p.add_argument("--no-agent", action="store_true", help="plain chat, streamed token by token, without tools")
     p.add_argument("--max-steps", type=int, help="agent steps per answer")
@@ -55,6 +59,8 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
             overrides += [f"--{key}", str(value)]
     if a.no_agent:
         overrides += ["--agent", "false"]
+    if a.batch:
+        overrides += ["--batch", "true"]
     return load_config(ServeConfig, a.config, overrides)
 
 
@@ -105,7 +111,7 @@ def create_app(cfg: ServeConfig):
 
         retriever = open_default_index() if cfg.index == "default" else Retriever.open(cfg.index)
     settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent,
-                            max_steps=cfg.max_steps)
+                            max_steps=cfg.max_steps, batch=cfg.batch)
     chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
     store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
     if store is not None:
