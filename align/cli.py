@@ -121,6 +121,53 @@ def _rm_eval(argv: list[str]) -> int:
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from align import evaluate as ev
+    from align.models import load_policy
+
+    p = argparse.ArgumentParser(prog="python -m align eval",
+                                description="GSM8K accuracy and win rate against the parent under a reward model")
+    p.add_argument("checkpoint", help="model reference: checkpoint, run folder, embedded name, folder or hub id")
+    p.add_argument("--suite", default="gsm8k", help="comma-separated: gsm8k, winrate")
+    p.add_argument("--n", type=int, default=200, help="problems (gsm8k) or prompts (winrate)")
+    p.add_argument("--gsm8k-data", default=str(ev.HELDOUT_GSM8K))
+    p.add_argument("--prompt-suffix", default=ev.GSM8K_SUFFIX, help="appended to each GSM8K question")
+    p.add_argument("--parent", help="winrate: the model to compare with (default: the manifest's parent)")
+    p.add_argument("--rm", help="winrate: reward checkpoint, ensemble folder, or module:function")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", help="JSON file (default CHECKPOINT/eval.json, or runs/eval-NAME.json for non-checkpoints)")
+    a = p.parse_args(argv)
+    suites = [s.strip() for s in a.suite.split(",") if s.strip()]
+    unknown = set(suites) - {"gsm8k", "winrate"}
+    if unknown:
+        raise KeelError(f"--suite: unknown {', '.join(sorted(unknown))}; choose gsm8k, winrate")
+    if "winrate" in suites and not a.rm:
+        raise KeelError("--suite winrate needs --rm (a reward checkpoint, ensemble folder or module:function)")
+    model, tok, source = load_policy(a.checkpoint)
+    results = []
+    for suite in suites:
+        if suite == "gsm8k":
+            results.append(ev.gsm8k_suite(model, tok, a.n, Path(a.gsm8k_data), a.max_new_tokens, a.batch_size,
+                                          a.prompt_suffix))
+        else:
+            parent = a.parent or ev.parent_of(source)
+            results.append(ev.winrate_suite(model, tok, parent, a.rm, a.n, min(a.max_new_tokens, 128), a.batch_size))
+    print(ev.format_results(results))
+    if a.out:
+        out = Path(a.out)
+    elif source.manifest is not None:
+        out = Path(source.path) / "eval.json"
+    else:
+        out = Path("runs") / f"eval-{Path(a.checkpoint).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoint": a.checkpoint, "results": results}, indent=2))
+    print(f"[keel] results written to {out}")
+    return 0
+
+
 def _retrain(argv: list[str]) -> int:
     from align.retrain import retrain
 
@@ -136,14 +183,14 @@ def _retrain(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"plot": _plot, "chat": _chat, "info": _info, "retrain": _retrain, "rm-eval": _rm_eval}
+COMMANDS = {"plot": _plot, "chat": _chat, "info": _info, "retrain": _retrain, "rm-eval": _rm_eval, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = sorted(STAGES) + sorted(COMMANDS)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m align {%s} ...\n\nstages: %s\ncommands: plot RUN_DIR, chat MODEL MESSAGE, info MODEL, retrain --from-feedback DB, rm-eval CHECKPOINT DATA"
+        print("usage: python -m align {%s} ...\n\nstages: %s\ncommands: plot RUN_DIR, chat MODEL MESSAGE, info MODEL, retrain --from-feedback DB, rm-eval CHECKPOINT DATA, eval CHECKPOINT --suite gsm8k,winrate"
               % (",".join(names), ", ".join(sorted(STAGES))))
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]

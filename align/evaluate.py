@@ -1,0 +1,126 @@
+"""``python -m align eval CHECKPOINT --suite gsm8k,winrate``: how good is a checkpoint, and better than its parent?
+
+- ``gsm8k``: accuracy on held-out GSM8K problems (default: the 200 in data/gsm8k/heldout.jsonl,
+  never read by the shipped training configs), greedy decoding, batched, the final number
+  extracted by ``align.verifiers`` (answer markers, commas, currency, units, negatives).
+- ``winrate``: the checkpoint and its parent (from the manifest, or ``--parent``) answer the same
+  prompts greedily; a reward model or ensemble (``--rm``) scores both; win rate counts ties as
+  half. KL(checkpoint || parent) is estimated on answers sampled from the checkpoint, so a win
+  bought by drifting far from the parent shows.
+Prints a table and writes JSON (``CHECKPOINT/eval.json`` unless ``--out``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from align.errors import ConfigError
+from align.verifiers import extract_number, is_correct
+
+REPO = Path(__file__).resolve().parent.parent
+HELDOUT_GSM8K = REPO / "data" / "gsm8k" / "heldout.jsonl"
+HH = REPO / "data" / "hh-rlhf" / "harmless.jsonl.gz"
+GSM8K_SUFFIX = "\nSolve it step by step, then end with 'Final Answer: <number>'."
+
+
+@torch.inference_mode()
+def generate_batch(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int = 8,
+                   progress: str | None = None) -> list[str]:
+    """Greedy answers to chat prompts, left-padded batches."""
+    from tqdm.auto import tqdm
+
+    from align.generate import generation_kwargs
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None):
+            chunk = list(prompts[start:start + batch_size])
+            enc = tokenizer.apply_chat_template(chunk, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True, padding=True)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            ids = model.generate(**enc, **generation_kwargs(tokenizer, max_new_tokens))
+            out += [t.strip() for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:],
+                                                              skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def gsm8k_suite(model, tokenizer, n: int, path: Path = HELDOUT_GSM8K, max_new_tokens: int = 256,
+                batch_size: int = 8, suffix: str = GSM8K_SUFFIX) -> dict[str, Any]:
+    from align.data import parse_gsm8k
+
+    rows = [json.loads(l) for l in Path(path).read_text(encoding="utf-8").splitlines() if l.strip()][:n]
+    problems = [parse_gsm8k(r) for r in rows]
+    prompts = [[{"role": "user", "content": p.question + suffix}] for p in problems]
+    started = time.perf_counter()
+    answers = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, progress="gsm8k")
+    records = [{"question": p.question, "expected": p.final, "answer": a, "extracted": extract_number(a),
+                "correct": is_correct(a, p.final)} for p, a in zip(problems, answers)]
+    correct = sum(r["correct"] for r in records)
+    return {"suite": "gsm8k", "problems": len(records), "accuracy": correct / max(1, len(records)),
+            "correct": correct, "no_number": sum(r["extracted"] is None for r in records),
+            "seconds": time.perf_counter() - started, "data": str(path), "records": records}
+
+
+def hh_prompts(n: int, path: Path = HH) -> list[list[dict]]:
+    from align.config import DataConfig
+    from align.data import load_data
+
+    data = load_data(DataConfig(path=str(path), eval_size=0))
+    # the last rows: the shipped configs hold these out as the eval split
+    rows = list(data.train)[-n:]
+    return [r["prompt"] for r in rows]
+
+
+def winrate_suite(model, tokenizer, parent_ref: str, rm_spec: str | dict, n: int, max_new_tokens: int = 96,
+                  batch_size: int = 8, prompts: Sequence[list[dict]] | None = None) -> dict[str, Any]:
+    from align.models import load_policy
+    from align.monitor import sample_and_kl
+    from align.rewards import load_reward
+
+    prompts = list(prompts) if prompts is not None else hh_prompts(n)
+    parent, _, _ = load_policy(parent_ref)
+    started = time.perf_counter()
+    ours = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, progress="checkpoint")
+    theirs = generate_batch(parent, tokenizer, prompts, max_new_tokens, batch_size, progress="parent")
+    rm = load_reward(rm_spec)
+    s_ours, s_theirs = rm(prompts, ours), rm(prompts, theirs)
+    wins = sum(a > b for a, b in zip(s_ours, s_theirs))
+    ties = sum(a == b for a, b in zip(s_ours, s_theirs))
+    kls = []
+    for start in range(0, len(prompts), batch_size):
+        _, kl = sample_and_kl(model, parent, tokenizer, prompts[start:start + batch_size], max_new_tokens, 1.0, seed=start)
+        kls.append(kl * len(prompts[start:start + batch_size]))
+    return {"suite": "winrate", "prompts": len(prompts), "parent": parent_ref, "rm": getattr(rm, "name", str(rm_spec)),
+            "win_rate": (wins + 0.5 * ties) / max(1, len(prompts)), "wins": wins, "ties": ties,
+            "mean_reward": sum(s_ours) / len(prompts), "parent_mean_reward": sum(s_theirs) / len(prompts),
+            "kl_to_parent": sum(kls) / len(prompts), "seconds": time.perf_counter() - started,
+            "records": [{"prompt": p[-1]["content"], "checkpoint": a, "parent": b, "score": x, "parent_score": y}
+                        for p, a, b, x, y in zip(prompts, ours, theirs, s_ours, s_theirs)]}
+
+
+def parent_of(source) -> str:
+    m = source.manifest
+    if m is None:
+        raise ConfigError(f"{source.ref} has no Keel manifest to name its parent; pass --parent")
+    return m.parents[0] if m.parents else m.base_model
+
+
+def format_results(results: list[dict[str, Any]]) -> str:
+    lines = ["| suite | n | result | detail |", "|---|---|---|---|"]
+    for r in results:
+        if r["suite"] == "gsm8k":
+            lines.append(f"| gsm8k | {r['problems']} | accuracy {r['accuracy']:.3f} | "
+                         f"{r['correct']} correct, {r['no_number']} without a number, {r['seconds']:.0f} s |")
+        else:
+            lines.append(f"| winrate vs {r['parent']} | {r['prompts']} | win rate {r['win_rate']:.3f} | "
+                         f"reward {r['mean_reward']:.3f} vs {r['parent_mean_reward']:.3f}, "
+                         f"KL to parent {r['kl_to_parent']:.2f} nats, {r['seconds']:.0f} s |")
+    return "\n".join(lines)
