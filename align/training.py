@@ -172,6 +172,8 @@ def build_trainer_config(config_cls, **kwargs):
 def final_metrics(trainer, result, has_eval: bool) -> dict[str, Any]:
     """Training loss plus the eval metrics at the last step (evaluating once more only if needed)."""
     metrics: dict[str, Any] = {"train_loss": result.training_loss, "global_step": result.global_step}
+    if getattr(result, "metrics", None) and "train_runtime" in result.metrics:
+        metrics["train_runtime"] = result.metrics["train_runtime"]
     if has_eval:
         last_eval = next((h for h in reversed(trainer.state.log_history)
                           if "eval_loss" in h and h.get("step") == result.global_step), None)
