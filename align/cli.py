@@ -18,6 +18,7 @@ STAGES = {
     "kto": ("align.kto", "KTOStageConfig", "run_kto"),
     "rm": ("align.rm", "RMStageConfig", "run_rm"),
     "grpo": ("align.grpo", "GRPOStageConfig", "run_grpo"),
+    "ppo": ("align.ppo", "PPOStageConfig", "run_ppo"),
 }
 
 

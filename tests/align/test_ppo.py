@@ -1,0 +1,126 @@
+import json
+import math
+
+import pytest
+import torch
+
+from align.config import load_config
+from align.ppo import (AdaptiveKLController, PPOStageConfig, gae, kl_estimate, masked_whiten, policy_loss,
+                       position_ids, response_mask, run_ppo, shaped_rewards, value_loss)
+from align.training import read_metrics
+from tests.conftest import REPO, write_jsonl
+
+
+def test_gae_matches_a_hand_computed_example():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7]])
+    adv, ret = gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=0.95)
+    # t=2: 1 - 0.7 = 0.3; t=1: (0.7 - 0.6) + 0.95*0.3 = 0.385; t=0: (0.6 - 0.5) + 0.95*0.385 = 0.46575
+    assert torch.allclose(adv, torch.tensor([[0.46575, 0.385, 0.3]]))
+    assert torch.allclose(ret, torch.tensor([[0.96575, 0.985, 1.0]]))
+    # gamma < 1 and a response that ended after two tokens: the padded step contributes nothing
+    adv2, _ = gae(torch.tensor([[0.0, 1.0, 5.0]]), values, torch.tensor([[1.0, 1.0, 0.0]]), gamma=0.9, lam=0.5)
+    a1 = 1.0 - 0.6                           # V after the last real token is 0
+    a0 = (0.9 * 0.6 - 0.5) + 0.9 * 0.5 * a1
+    assert torch.allclose(adv2, torch.tensor([[a0, a1, 0.0]]))
+
+
+def test_kl_estimators():
+    logp, logp_ref = torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -2.0])
+    assert torch.allclose(kl_estimate(logp, logp_ref, "k1"), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(kl_estimate(logp, logp_ref, "k3"), torch.tensor([math.exp(-1), 0.0]))
+    # both are unbiased for KL(p||q) on samples from p: check on two categorical distributions
+    p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.4, 0.4, 0.2])
+    true_kl = float((p * (p / q).log()).sum())
+    samples = torch.multinomial(p, 200000, replacement=True, generator=torch.Generator().manual_seed(0))
+    for est in ("k1", "k3"):
+        assert float(kl_estimate(p.log()[samples], q.log()[samples], est).mean()) == pytest.approx(true_kl, abs=0.01)
+
+
+def test_clipped_policy_and_value_losses_on_hand_made_tensors():
+    mask = torch.ones(1, 3)
+    logp_old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.5]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    loss, clip_frac, approx_kl = policy_loss(logp, logp_old, adv, mask, eps=0.2)
+    # token 1: min(1.5, 1.2) -> 1.2 (clipped); token 2: min(0.5, 0.8) -> 0.5; token 3: min(-1.5, -1.2) -> -1.5
+    assert loss.item() == pytest.approx(-(1.2 + 0.5 - 1.5) / 3)
+    assert clip_frac.item() == pytest.approx(1 / 3)
+    assert approx_kl.item() == pytest.approx(float(((torch.exp(logp) - 1) - logp).mean()))
+    v_loss, v_clip = value_loss(torch.tensor([[1.0, 0.1]]), torch.zeros(1, 2), torch.tensor([[1.0, 0.1]]),
+                                torch.ones(1, 2), eps=0.2)
+    # first: clipped to 0.2 -> (0.2-1)^2 = 0.64 beats 0; second: within the clip -> 0
+    assert v_loss.item() == pytest.approx(0.5 * (0.64 + 0.0) / 2) and v_clip.item() == pytest.approx(0.5)
+
+
+def test_shaped_reward_puts_the_score_on_the_last_real_token():
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    r = shaped_rewards(torch.tensor([2.0, -1.0]), kl * mask, mask, beta=0.5)
+    assert torch.allclose(r, torch.tensor([[-0.05, -0.1 + 2.0, 0.0], [-0.25, -0.25, -0.25 - 1.0]]))
+
+
+def test_adaptive_controller_moves_beta_toward_the_target():
+    ctl = AdaptiveKLController(beta=0.1, target=6.0, horizon=100)
+    assert ctl.update(kl=12.0, n_samples=10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # error clipped at +0.2
+    high = ctl.beta
+    assert ctl.update(kl=3.0, n_samples=10) < high                                    # below target: beta falls
+    ctl2 = AdaptiveKLController(beta=0.1, target=6.0, horizon=100)
+    assert ctl2.update(kl=6.0, n_samples=10) == pytest.approx(0.1)                     # on target: unchanged
+
+
+def test_response_mask_and_positions():
+    assert response_mask(torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8]]), eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert position_ids(torch.tensor([[0, 0, 1, 1, 1]])).tolist() == [[0, 0, 0, 1, 2]]
+    w = masked_whiten(torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1, 1, 1, 0]]))
+    assert w[0, :3].mean().abs() < 1e-5
+
+
+def the_word_reward(prompts, responses, **_):
+    return [1.0 if "the" in r.lower().split() else 0.0 for r in responses]
+
+
+def _cfg(model, data, out, reward, *extra):
+    return load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", [
+        "--model", str(model), "--output_dir", str(out), "--data.path", str(data), "--reward", reward,
+        "--updates", "3", "--ppo.batch_size", "4", "--ppo.mini_batch_size", "2", "--ppo.ppo_epochs", "2",
+        "--rollout.max_new_tokens", "8", "--save_steps", "2", "--ppo.learning_rate", "1e-4", *extra])
+
+
+PROMPTS = [{"prompt": [{"role": "user", "content": f"Tell me something about number {i}."}]} for i in range(12)]
+
+
+def test_tiny_ppo_run_logs_every_quantity_checkpoints_and_resumes(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    run = tmp_path / "ppo"
+    out = run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward"))
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    for key in ("score", "kl", "beta", "shaped_return", "entropy", "clip_frac", "value_loss", "approx_kl",
+                "response_length", "tokens_per_s", "policy_loss", "grad_norm"):
+        assert all(key in r and math.isfinite(r[key]) for r in recs), key
+    assert "samples" in recs[0]
+    manifest = json.loads((out / "keel.json").read_text())
+    assert manifest["stage"] == "ppo" and manifest["base_model"] == str(tiny_model_dir)
+    assert (run / "checkpoint-2").is_dir() and (run / "checkpoint-3").is_dir()
+    # resume: continue to 5 updates without repeating 1-3
+    run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--updates", "5"), resume=True)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
+
+
+def test_first_update_ratio_is_one_and_lora_reference_is_the_base(tmp_path, tiny_model_dir):
+    """Old log-probs (from the sampling logits) equal the training forward pass's at the start, and
+    with LoRA the reference is the adapters-off policy: KL starts at zero."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    run = tmp_path / "ppo"
+    run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--lora.enabled", "true",
+                 "--updates", "1", "--ppo.ppo_epochs", "1", "--ppo.mini_batch_size", "4"))
+    first = read_metrics(run)[0]
+    assert abs(first["kl"]) < 1e-3 and first["clip_frac"] == 0.0 and first["approx_kl"] < 1e-4
+
+
+def test_separate_value_model_and_rm_reward(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    out = run_ppo(_cfg(tiny_model_dir, data, tmp_path / "ppo", str(tiny_model_dir), "--value_model",
+                       str(tiny_model_dir), "--updates", "1", "--kl.adaptive", "false"))
+    assert json.loads((out / "keel.json").read_text())["metrics"]["beta"] == 0.05
