@@ -64,8 +64,10 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
             return None, "Feedback is off (no database)."
         index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
         found = answered_turn(history, int(index))
-        if found is None or not isinstance(data.liked, bool):
-            return None, "Nothing to rate here."
+        if not isinstance(data.liked, bool):
+            return None, "Rating removed from view (stored ratings are kept; the latest one counts)."
+        if found is None:
+            return None, "This turn has no final answer to rate (the agent stopped at its step limit)."
         before, text, _ = found
         fid = store.add_feedback("rating", session_id=_session(request), checkpoint_id=chat.checkpoint_id,
                                  prompt=prompt_messages(before, system), completion=text, label=data.liked,

@@ -124,3 +124,7 @@ def test_separate_value_model_and_rm_reward(tmp_path, tiny_model_dir):
     out = run_ppo(_cfg(tiny_model_dir, data, tmp_path / "ppo", str(tiny_model_dir), "--value_model",
                        str(tiny_model_dir), "--updates", "1", "--kl.adaptive", "false"))
     assert json.loads((out / "keel.json").read_text())["metrics"]["beta"] == 0.05
+
+
+def happy_reward(prompts, responses, **_):
+    return [1.0 if "happy" in r.lower() else 0.0 for r in responses]
