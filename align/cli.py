@@ -19,6 +19,7 @@ STAGES = {
     "rm": ("align.rm", "RMStageConfig", "run_rm"),
     "grpo": ("align.grpo", "GRPOStageConfig", "run_grpo"),
     "ppo": ("align.ppo", "PPOStageConfig", "run_ppo"),
+    "cai": ("align.cai", "CAIStageConfig", "run_cai"),
 }
 
 
@@ -42,7 +43,7 @@ def _stage(name: str, argv: list[str]) -> int:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
     out = getattr(module, fn_name)(cfg, resume=args.resume)
-    print(f"[keel] checkpoint written to {out}")
+    print(f"[keel] {'data' if name == 'cai' else 'checkpoint'} written to {out}")
     return 0
 
 

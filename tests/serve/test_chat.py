@@ -87,3 +87,17 @@ def test_app_serves_on_loopback(tiny_model_dir):
             assert r.status == 200 and b"Keel" in r.read()
     finally:
         demo.close()
+
+
+def test_batched_serving_answers_concurrent_users_through_one_model(tiny_model_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agents.batching import BatchedLLM
+
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(max_new_tokens=6, agent=False, batch=True, concurrency_limit=4))
+    assert isinstance(chat.llm, BatchedLLM)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda i: list(chat.respond(f"hello {i}", [], None))[-1], range(4)))
+    assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
+    chat.switch(str(tiny_model_dir))  # a switched model keeps the batching
+    assert isinstance(chat.llm, BatchedLLM)
