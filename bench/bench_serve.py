@@ -108,7 +108,8 @@ async def users(url: str, n_users: int, turns: int, chromium: str) -> dict:
                 likes[0] += 1
                 try:  # feedback skips the queue: the status changes within a second or two
                     await page.wait_for_function(
-                        "([prev]) => document.querySelector('#feedback-status').innerText !== prev",
+                        """([prev]) => { const s = document.querySelector('#feedback-status').innerText;
+                             return s !== prev && (s.includes('Saved') || s.includes('no final answer')); }""",
                         arg=[before], timeout=15_000)
                 except Exception:  # noqa: BLE001 - same text as before: classified below
                     pass
@@ -118,7 +119,7 @@ async def users(url: str, n_users: int, turns: int, chromium: str) -> dict:
                 elif "no final answer" in status:
                     unratable[0] += 1
                 else:
-                    errors.append(f"user {u} turn {t}: no feedback confirmation (status {status!r})")
+                    errors.append(f"user {u} turn {t}: no feedback confirmation within 15 s (status {status!r})")
             except Exception as e:  # noqa: BLE001 - counted and reported
                 errors.append(f"user {u} turn {t}: {type(e).__name__}: {e}"[:300])
         await page.close()

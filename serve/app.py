@@ -67,7 +67,7 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
         if not isinstance(data.liked, bool):
             return None, "Rating removed from view (stored ratings are kept; the latest one counts)."
         if found is None:
-            return None, "This turn has no final answer to rate (the agent stopped at its step limit)."
+            return None, f"Message {index}: this turn has no final answer to rate (the agent stopped at its step limit)."
         before, text, _ = found
         fid = store.add_feedback("rating", session_id=_session(request), checkpoint_id=chat.checkpoint_id,
                                  prompt=prompt_messages(before, system), completion=text, label=data.liked,
