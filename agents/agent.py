@@ -142,7 +142,8 @@ def react_system_prompt(tools: ToolRegistry, preamble: str | None = None) -> str
 class ReActAgent:
     def __init__(self, llm: LLM, tools: ToolRegistry, *, max_steps: int = 6, max_new_tokens: int = 256,
                  token_budget: int = 2048, format: Literal["auto", "text", "native"] = "auto",
-                 system_prompt: str | None = None, plain_answer_is_final: bool = True, stream_tokens: bool = False):
+                 system_prompt: str | None = None, plain_answer_is_final: bool = True, stream_tokens: bool = False,
+                 force_final_answer: bool = False):
         self.llm, self.tools = llm, tools
         # A model that answers in plain prose (no ReAct labels at all) has answered; small chat
         # models do this often. Turn off to make the format strict (training, evaluation of format).
@@ -151,6 +152,9 @@ class ReActAgent:
         self.format = ("native" if getattr(llm, "supports_native_tools", False) else "text") if format == "auto" else format
         self.system_prompt = system_prompt
         self.stream_tokens = stream_tokens and hasattr(llm, "stream_generate")
+        # At the step limit, ask once more for the answer from what the steps found (as smolagents
+        # does), rather than leave the user without one. Off for evaluation: it changes what counts.
+        self.force_final_answer = force_final_answer
 
     def run(self, question: str, history: list[dict] | None = None) -> Trace:
         trace = Trace(question=question, format=self.format)
@@ -169,7 +173,7 @@ class ReActAgent:
             trace.events.append(event)
             if event.type == "final_answer":
                 trace.answer = event.content
-                trace.stopped = "final_answer"
+                trace.stopped = "forced_answer" if event.tool == "forced" else "final_answer"
             yield event
         if not trace.stopped:
             trace.stopped = "token_budget" if trace.tokens >= self.token_budget else "max_steps"
@@ -239,6 +243,13 @@ class ReActAgent:
             yield obs
             scratch += parsed.consumed + f"\nObservation: {obs.content}\n"
             trace.transcript = scratch
+        if self.force_final_answer and self._budget(trace) > 0:
+            messages = base + [{"role": "assistant", "content": scratch + "Thought: I must answer now.\nFinal Answer:"}]
+            gen = yield from self._generate(messages, self.max_steps, stop=STOP_SEQUENCES + ["\nThought:"],
+                                            max_new_tokens=min(128, self._budget(trace)), continue_final=True)
+            trace.tokens += gen.tokens
+            if gen.text.strip():
+                yield Event("final_answer", gen.text.strip(), self.max_steps, tool="forced")
 
     def _native_loop(self, question, history, trace) -> Iterator[Event]:
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])

@@ -51,6 +51,15 @@ class RewardSpec(Strict):
         return "rm" if isinstance(self.rm, dict) else f"rm_{Path(str(self.rm)).parent.name or 'model'}"
 
 
+class ToolLoopSettings(Strict):
+    """Multi-turn tool RL: each completion is a ReAct episode with real tool calls (agents.rl)."""
+
+    tools: list[str] = Field(default_factory=lambda: ["calculator"], description="from: calculator, current_date, search")
+    index: str | None = Field(None, description="retrieval index for the search tool ('default' or a folder)")
+    max_steps: int = Field(4, ge=1)
+    tokens_per_step: int = Field(96, ge=8)
+
+
 class GRPOStageConfig(StageConfig):
     stage: Literal["grpo"] = "grpo"
     output_dir: str = "runs/grpo"
@@ -71,6 +80,27 @@ class GRPOStageConfig(StageConfig):
     use_vllm: bool | None = Field(None, description="None: vLLM when on a GPU and installed")
     reward_batch_size: int = Field(8, ge=1)
     monitor: MonitorSettings | None = None
+    tool_loop: ToolLoopSettings | None = None
+
+
+def _tool_rollout(settings: ToolLoopSettings):
+    from agents.rl import make_react_rollout
+    from agents.tools import ToolRegistry, default_tools
+
+    retriever = None
+    if "search" in settings.tools:
+        if settings.index is None:
+            raise ConfigError("tool_loop.index: the search tool needs a retrieval index ('default' or a folder)")
+        from retrieval import Retriever
+        from retrieval.default_kb import open_default_index
+
+        retriever = open_default_index() if settings.index == "default" else Retriever.open(settings.index)
+    available = default_tools(retriever)
+    unknown = [t for t in settings.tools if available.get(t) is None]
+    if unknown:
+        raise ConfigError(f"tool_loop.tools: unknown {', '.join(unknown)}; choose from {', '.join(available.names())}")
+    registry = ToolRegistry([available.get(t) for t in settings.tools])
+    return make_react_rollout(registry, settings.max_steps, settings.tokens_per_step)
 
 
 def grpo_rows(data, suffix: str):
@@ -133,6 +163,9 @@ def run_grpo(cfg: GRPOStageConfig, resume: bool = False) -> Path:
     from trl import GRPOConfig, GRPOTrainer
 
     effective_batch = cfg.training.per_device_train_batch_size * cfg.training.gradient_accumulation_steps
+    if cfg.tool_loop is not None and _use_vllm(cfg.use_vllm):
+        raise ConfigError("tool_loop runs the ReAct episodes with transformers generation; set use_vllm: false")
+    rollout_func = _tool_rollout(cfg.tool_loop) if cfg.tool_loop is not None else None
     if effective_batch % cfg.num_generations:
         raise ConfigError(f"training.per_device_train_batch_size x gradient_accumulation_steps ({effective_batch}) "
                           f"must be a multiple of num_generations ({cfg.num_generations})")
@@ -172,6 +205,7 @@ def run_grpo(cfg: GRPOStageConfig, resume: bool = False) -> Path:
         processing_class=tokenizer,
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
         callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+        rollout_func=rollout_func,
     )
     monitor = monitor_callback(cfg.monitor, tokenizer, evaluation if evaluation is not None else train,
                                default_proxy=weighted_sum(rewards),

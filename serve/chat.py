@@ -125,7 +125,7 @@ class ChatModel:
         """
         agent = ReActAgent(self.llm, self.tools, max_steps=self.settings.max_steps,
                            max_new_tokens=self.settings.max_new_tokens, system_prompt=system_prompt or None,
-                           stream_tokens=True)
+                           stream_tokens=True, force_final_answer=True)
         shown: list[dict] = []
         sources: list[str] = []
         trace = Trace(question=message_text(message), format=agent.format)

@@ -122,3 +122,11 @@ def test_search_tool_cites_sources():
 
     out = search_tool(FakeRetriever()).run({"query": "resume"}).text
     assert out == "[1] (README.md § Run folders) Keel resumes with --resume."
+
+
+def test_step_limit_can_force_a_final_answer_from_what_the_steps_found():
+    steps = [' compute\nAction: calculator\nAction Input: {"expression": "6*7"}'] * 2
+    trace = ReActAgent(ScriptedLLM(steps + [" 42"]), default_tools(), max_steps=2, force_final_answer=True).run("6*7?")
+    assert trace.answer == "42" and trace.stopped == "forced_answer" and trace.steps == 2
+    plain = ReActAgent(ScriptedLLM(list(steps)), default_tools(), max_steps=2).run("6*7?")
+    assert plain.answer is None and plain.stopped == "max_steps"

@@ -1,0 +1,149 @@
+"""Multi-turn tool RL: GRPO whose completions are whole ReAct episodes with real tool calls.
+
+``react_rollout`` is a TRL ``rollout_func`` (``GRPOTrainer(rollout_func=...)``, enabled in Keel by
+``tool_loop:`` in a GRPO config). For each prompt it runs the text ReAct loop of
+``agents.agent``: generate until the model writes ``Observation:``, run the tool it asked for,
+append the observation and continue, until a ``Final Answer``, EOS, the step limit or the
+completion budget. The completion GRPO trains on is the concatenation of the model's tokens and
+the observation tokens; ``env_mask`` marks the observation tokens 0 so that the loss only covers
+what the model wrote. Generation continues from token ids, never from re-tokenised text, so the
+ids the loss sees are exactly the ids the model sampled.
+
+Rewards over the episode text: ``final_answer_correct`` (the number after the last
+``Final Answer:`` equals the reference: a tool result copied without a final answer earns
+nothing) and ``tool_format`` (partial credit for a well-formed tool call followed by a final answer).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+
+from agents.agent import STOP_SEQUENCES, react_system_prompt
+from agents.parsing import ParseError, parse_react
+from agents.tools import ToolRegistry
+
+_FINAL = re.compile(r"Final Answer\s*:", re.I)
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, list):
+        return "\n".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    return str(completion or "")
+
+
+def final_answer_correct(prompts, completions, answer=None, **_) -> list[float]:
+    """1 when the episode ends with ``Final Answer: <reference number>``, else 0."""
+    from align.verifiers import is_correct
+
+    if answer is None:
+        raise ValueError("final_answer_correct needs the reference answers: an 'answer' column")
+    out = []
+    for c, a in zip(completions, answer):
+        text = _text(c)
+        finals = list(_FINAL.finditer(text))
+        out.append(float(bool(finals) and is_correct(text[finals[-1].end():], a)))
+    return out
+
+
+def tool_format(prompts, completions, **_) -> list[float]:
+    """0.5 for at least one tool call that got an observation, 0.5 more for reaching a final answer."""
+    out = []
+    for c in completions:
+        text = _text(c)
+        out.append(0.5 * bool(re.search(r"Action\s*:.*\n\s*Action Input\s*:.*\n?Observation:", text)) +
+                   0.5 * bool(_FINAL.search(text)))
+    return out
+
+
+def make_react_rollout(tools: ToolRegistry, max_steps: int = 4, tokens_per_step: int = 96,
+                       preamble: str | None = None):
+    """A TRL rollout function running the ReAct loop with ``tools`` (see the module docstring)."""
+
+    def rollout(prompts: Sequence[list[dict]], trainer) -> dict[str, list]:
+        tok = trainer.processing_class
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        args = trainer.args
+        return run_episodes(model, tok, prompts, tools, max_steps=max_steps, tokens_per_step=tokens_per_step,
+                            max_completion_length=args.max_completion_length, temperature=args.temperature,
+                            top_p=args.top_p, preamble=preamble)
+
+    return rollout
+
+
+@torch.no_grad()
+def run_episodes(model, tok, prompts: Sequence[list[dict]], tools: ToolRegistry, *, max_steps: int,
+                 tokens_per_step: int, max_completion_length: int, temperature: float = 1.0, top_p: float = 1.0,
+                 preamble: str | None = None) -> dict[str, list]:
+    from align.generate import generation_kwargs
+
+    system = react_system_prompt(tools, preamble)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    episodes = []
+    for p in prompts:
+        msgs = [{"role": "system", "content": system}] + [m for m in p if m.get("role") != "system"]
+        # "Thought:" is written for the model, as the agent does, which keeps small models in the format
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + "Thought:"
+        episodes.append({"prompt_ids": tok(text, add_special_tokens=False)["input_ids"], "completion_ids": [],
+                         "logprobs": [], "env_mask": [], "done": False})
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_steps):
+            active = [e for e in episodes if not e["done"]]
+            room = max_completion_length - max((len(e["completion_ids"]) for e in active), default=0)
+            if not active or room <= 0:
+                break
+            rows = [e["prompt_ids"] + e["completion_ids"] for e in active]
+            width = max(map(len, rows))
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                input_ids[i, width - len(r):] = torch.tensor(r)
+                attention[i, width - len(r):] = 1
+            kwargs = generation_kwargs(tok, min(tokens_per_step, room), temperature, top_p, stop=STOP_SEQUENCES)
+            kwargs["top_k"] = 0
+            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                                 **kwargs, output_logits=True, return_dict_in_generate=True)
+            new = out.sequences[:, width:].cpu()
+            logp = torch.log_softmax(torch.stack(out.logits, 1).float().cpu() / temperature, -1)
+            for i, e in enumerate(active):
+                toks = new[i].tolist()
+                n = len(toks)
+                for j, t in enumerate(toks):
+                    if t == eos:
+                        n = j + 1
+                        break
+                    if t == pad:
+                        n = j
+                        break
+                toks = toks[:n]
+                e["completion_ids"] += toks
+                e["logprobs"] += [float(logp[i, j, t]) for j, t in enumerate(toks)]
+                e["env_mask"] += [1] * len(toks)
+                step_text = tok.decode(toks, skip_special_tokens=True)
+                if (toks and toks[-1] == eos) or "Observation:" not in step_text:
+                    e["done"] = True
+                    continue
+                try:
+                    parsed = parse_react("Thought:" + step_text.split("Observation:")[0])
+                except ParseError as err:
+                    observation = f"Error: {err}"
+                else:
+                    if parsed.final_answer is not None:
+                        e["done"] = True
+                        continue
+                    tool = tools.get(parsed.action)
+                    observation = (tool.run(parsed.action_input).text if tool is not None else
+                                   f"Error: unknown tool {parsed.action!r}. Available tools: {', '.join(tools.names())}.")
+                env = tok(f" {observation}\nThought:", add_special_tokens=False)["input_ids"]
+                e["completion_ids"] += env
+                e["logprobs"] += [0.0] * len(env)
+                e["env_mask"] += [0] * len(env)
+    finally:
+        model.train(was_training)
+    for e in episodes:
+        for key in ("completion_ids", "logprobs", "env_mask"):
+            e[key] = e[key][:max_completion_length]
+    return {key: [e[key] for e in episodes] for key in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
