@@ -42,9 +42,9 @@ def main() -> None:
             "--output_dir", str(root / "rm"), "--data.path", str(cai / "pairs.jsonl"), "--data.eval_size", "0",
             "--training.max_steps", str(a.rm_steps), "--training.save_steps", "1000",
             "--training.eval_steps", "1000"]))
-        # the human pairs the shipped RM config holds out (its eval split) are the last rows; use the first ones here
-        human = load_data(DataConfig(path=str(REPO / "data" / "hh-rlhf" / "harmless.jsonl.gz"), eval_size=0,
-                                     max_rows=a.eval_pairs)).train
+        # the last rows: their prompts are not among the first --prompts rows that CAI answered
+        human = load_data(DataConfig(path=str(REPO / "data" / "hh-rlhf" / "harmless.jsonl.gz"), eval_size=0)).train
+        human = human.select(range(len(human) - a.eval_pairs, len(human)))
         result["rlaif_rm_on_human_pairs"] = evaluate_pairs(RewardModelScorer(str(rm), batch_size=16), human, 256)
         result["untrained_head_on_human_pairs"] = evaluate_pairs(RewardModelScorer("smollm2-135m", batch_size=16),
                                                                  human, 256)
