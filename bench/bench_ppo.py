@@ -76,7 +76,7 @@ def worker_trl(a) -> dict:
     from align.embedded import ensure_converted
 
     assert trl.__version__.startswith("1.12"), trl.__version__
-    path = str(ensure_converted())
+    path = str(ensure_converted("smollm2-135m"))
     tok = AutoTokenizer.from_pretrained(path)
     tok.pad_token = "<|endoftext|>"  # distinct from <|im_end|>, which ends turns (see docstring)
     tok.padding_side = "left"
