@@ -29,7 +29,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 import yaml
@@ -176,16 +176,9 @@ class Generator:
 
     @torch.inference_mode()
     def __call__(self, conversations: list[list[dict]]) -> list[str]:
-        from align.generate import generation_kwargs
+        from align.generate import encode_chats, generation_kwargs
 
-        side = self.tok.padding_side
-        self.tok.padding_side = "left"
-        try:
-            enc = self.tok.apply_chat_template(conversations, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True, padding=True)
-        finally:
-            self.tok.padding_side = side
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        enc = encode_chats(self.tok, conversations, self.model.device)
         out = self.model.generate(**enc, **generation_kwargs(self.tok, self.max_new_tokens, self.temperature))
         return [t.strip() for t in self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
 
@@ -204,14 +197,9 @@ class Judge:
     @torch.inference_mode()
     def prob_first(self, conversations: list[list[dict]]) -> list[float | None]:
         """P(the verdict is A) for each judging conversation."""
-        side = self.tok.padding_side
-        self.tok.padding_side = "left"
-        try:
-            enc = self.tok.apply_chat_template(conversations, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True, padding=True)
-        finally:
-            self.tok.padding_side = side
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        from align.generate import encode_chats
+
+        enc = encode_chats(self.tok, conversations, self.model.device)
         if self.mode == "logprob":
             logits = self.model(**enc, logits_to_keep=1).logits[:, -1].float()
             pair = torch.softmax(logits[:, self.letter_ids], -1)

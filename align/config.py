@@ -92,6 +92,14 @@ class StageConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
+class TRLStageConfig(StageConfig):
+    """A stage run by a TRL trainer: one data source, the shared training settings, optional LoRA."""
+
+    data: DataConfig
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
 C = TypeVar("C", bound=BaseModel)
 
 

@@ -12,21 +12,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
+from align.config import TRLStageConfig
 from align.data import load_data
 from align.models import load_policy
 from align.monitor import MonitorSettings, monitor_callback
 from align.sft import training_dtype
-from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
-                            trainer_arguments, write_checkpoint)
+from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
 
 
-class DPOStageConfig(StageConfig):
+class DPOStageConfig(TRLStageConfig):
     stage: Literal["dpo"] = "dpo"
     output_dir: str = "runs/dpo"
-    data: DataConfig
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
     beta: float = Field(0.1, gt=0, description="strength of the implicit KL anchor to the reference")
     loss_type: str = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
@@ -58,13 +54,10 @@ def run_dpo(cfg: DPOStageConfig, resume: bool = False) -> Path:
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+        callbacks=metrics_callbacks(cfg),
     )
     monitor = monitor_callback(cfg.monitor, tokenizer, data.eval if data.eval is not None else data.train)
     if monitor is not None:
         monitor.trainer = trainer
         trainer.add_callback(monitor)
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    metrics = final_metrics(trainer, result, has_eval=data.eval is not None)
-    return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
-                            merge_lora=cfg.lora.merge_on_save)
+    return train_and_save(trainer, cfg, last, tokenizer, source, [data.fingerprint], has_eval=data.eval is not None)

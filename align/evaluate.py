@@ -33,22 +33,13 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[dict]], max_new_toke
     """Greedy answers to chat prompts, left-padded batches."""
     from tqdm.auto import tqdm
 
-    from align.generate import generation_kwargs
+    from align.generate import encode_chats, generation_kwargs
 
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     out: list[str] = []
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None):
-            chunk = list(prompts[start:start + batch_size])
-            enc = tokenizer.apply_chat_template(chunk, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True, padding=True)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            ids = model.generate(**enc, **generation_kwargs(tokenizer, max_new_tokens))
-            out += [t.strip() for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:],
-                                                              skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
+    for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None):
+        enc = encode_chats(tokenizer, prompts[start:start + batch_size], model.device)
+        ids = model.generate(**enc, **generation_kwargs(tokenizer, max_new_tokens))
+        out += [t.strip() for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
     return out
 
 

@@ -12,6 +12,21 @@ def _inputs(tokenizer, messages: list[dict[str, str]], device):
     return {k: v.to(device) for k, v in enc.items()}
 
 
+def encode_chats(tokenizer, conversations, device, max_length: int | None = None) -> dict:
+    """A batch of chat prompts, generation prompt added, left-padded for ``generate``; with
+    ``max_length`` only the last tokens of each are kept (the end of a prompt matters most)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer.apply_chat_template(list(conversations), add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True, padding=True)
+    finally:
+        tokenizer.padding_side = side
+    if max_length is not None:
+        enc = {k: v[:, -max_length:] for k, v in enc.items()}
+    return {k: v.to(device) for k, v in enc.items()}
+
+
 def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 0.95,
                       stop: list[str] | None = None) -> dict:
     """``model.generate`` arguments: greedy at temperature 0, else sampled; optional stop strings."""

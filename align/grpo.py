@@ -20,15 +20,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from align.config import DataConfig, LoraSettings, StageConfig, Strict, TrainingSettings
+from align.config import Strict, TRLStageConfig
 from align.data import load_data
 from align.errors import ConfigError
 from align.models import load_policy
 from align.monitor import MonitorSettings, monitor_callback
 from align.rewards import load_reward
 from align.sft import training_dtype
-from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
-                            trainer_arguments, write_checkpoint)
+from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class RewardSpec(Strict):
@@ -60,14 +59,11 @@ class ToolLoopSettings(Strict):
     tokens_per_step: int = Field(96, ge=8)
 
 
-class GRPOStageConfig(StageConfig):
+class GRPOStageConfig(TRLStageConfig):
     stage: Literal["grpo"] = "grpo"
     output_dir: str = "runs/grpo"
-    data: DataConfig
     prompt_suffix: str = Field("", description="appended to each user prompt, e.g. an answer-format instruction")
     rewards: list[RewardSpec] = Field(min_length=1)
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
     num_generations: int = Field(4, ge=2, description="group size G")
     max_completion_length: int = Field(128, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -204,7 +200,7 @@ def run_grpo(cfg: GRPOStageConfig, resume: bool = False) -> Path:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+        callbacks=metrics_callbacks(cfg),
         rollout_func=rollout_func,
     )
     monitor = monitor_callback(cfg.monitor, tokenizer, evaluation if evaluation is not None else train,
@@ -213,8 +209,5 @@ def run_grpo(cfg: GRPOStageConfig, resume: bool = False) -> Path:
     if monitor is not None:
         monitor.trainer = trainer
         trainer.add_callback(monitor)
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    metrics = final_metrics(trainer, result, has_eval=evaluation is not None)
-    metrics["rewards"] = [{"name": n, "weight": w} for n, (_, w) in zip(names, rewards)]
-    return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
-                            merge_lora=cfg.lora.merge_on_save)
+    return train_and_save(trainer, cfg, last, tokenizer, source, [data.fingerprint], has_eval=evaluation is not None,
+                          extra_metrics={"rewards": [{"name": n, "weight": w} for n, (_, w) in zip(names, rewards)]})

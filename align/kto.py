@@ -12,21 +12,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
+from align.config import TRLStageConfig
 from align.data import load_data
 from align.errors import DataError
 from align.models import load_policy
 from align.sft import training_dtype
-from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
-                            trainer_arguments, write_checkpoint)
+from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
 
 
-class KTOStageConfig(StageConfig):
+class KTOStageConfig(TRLStageConfig):
     stage: Literal["kto"] = "kto"
     output_dir: str = "runs/kto"
-    data: DataConfig
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
     beta: float = Field(0.1, gt=0)
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
@@ -75,9 +71,6 @@ def run_kto(cfg: KTOStageConfig, resume: bool = False) -> Path:
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+        callbacks=metrics_callbacks(cfg),
     )
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    metrics = final_metrics(trainer, result, has_eval=data.eval is not None)
-    return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
-                            merge_lora=cfg.lora.merge_on_save)
+    return train_and_save(trainer, cfg, last, tokenizer, source, [data.fingerprint], has_eval=data.eval is not None)

@@ -86,16 +86,9 @@ def sample_and_kl(policy, reference, tokenizer, prompts: Sequence[list[dict]], m
     sum_t (log pi(y_t) - log pi_ref(y_t)) over the sampled tokens (k1: unbiased for samples from pi).
     ``reference`` is a model, or a context-manager factory that switches the policy into its
     reference (LoRA adapters off)."""
-    from align.generate import generation_kwargs
+    from align.generate import encode_chats, generation_kwargs
 
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer.apply_chat_template(list(prompts), add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True, padding=True)
-    finally:
-        tokenizer.padding_side = padding_side
-    enc = {k: v.to(policy.device) for k, v in enc.items()}
+    enc = encode_chats(tokenizer, prompts, policy.device)
     was_training = policy.training
     policy.eval()
     gen = torch.Generator(device="cpu").manual_seed(seed)

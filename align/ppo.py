@@ -53,7 +53,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import Field
 
 from align.config import DataConfig, LoraSettings, StageConfig, Strict
@@ -341,15 +340,9 @@ class PPOTrainer:
             yield [self.prompts[j] for j in order[i * b:(i + 1) * b]]
 
     def _encode(self, prompts):
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-        try:
-            enc = self.tokenizer.apply_chat_template(prompts, add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True, padding=True)
-        finally:
-            self.tokenizer.padding_side = side
-        keep = self.cfg.rollout.max_prompt_length  # the end of a long prompt matters most
-        return {k: v[:, -keep:].to(self.acc.device) for k, v in enc.items()}
+        from align.generate import encode_chats
+
+        return encode_chats(self.tokenizer, prompts, self.acc.device, self.cfg.rollout.max_prompt_length)
 
     # -- 1-3: rollout, evaluation, advantages ----------------------------------------------------
     @torch.no_grad()

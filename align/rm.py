@@ -20,13 +20,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from align.config import DataConfig, LoraSettings, StageConfig, Strict, TrainingSettings
+from align.config import Strict, TRLStageConfig
 from align.data import load_data
 from align.errors import DataError
 from align.rewards import ENSEMBLE_FILE, EnsembleScorer, RewardModelScorer, combine_scores, rm_input_ids
 from align.sft import training_dtype
-from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
-                            trainer_arguments, write_checkpoint)
+from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
 
 MARGIN_BUCKETS = (0.0, 0.5, 1.0, 2.0, 4.0, math.inf)
 
@@ -38,12 +37,9 @@ class EnsembleSettings(Strict):
     k: float = Field(1.0, ge=0, description="std multiplier for mean_minus_std")
 
 
-class RMStageConfig(StageConfig):
+class RMStageConfig(TRLStageConfig):
     stage: Literal["rm"] = "rm"
     output_dir: str = "runs/rm"
-    data: DataConfig
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
     center_rewards_coefficient: float | None = Field(
         None, description="adds c * mean((r_chosen + r_rejected)^2) to keep scores near zero")
     ensemble: EnsembleSettings = Field(default_factory=EnsembleSettings)
@@ -127,12 +123,10 @@ def _train_one(cfg: RMStageConfig, resume: bool, data, seed_offset: int = 0) -> 
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=cfg.lora.to_peft("SEQ_CLS") if cfg.lora.enabled else None,
-        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+        callbacks=metrics_callbacks(cfg),
     )
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    metrics = final_metrics(trainer, result, has_eval=evaluation is not None)
-    out = write_checkpoint(trainer, tokenizer, cfg, source, [fingerprint], metrics, model_kind="reward",
-                           merge_lora=cfg.lora.merge_on_save)
+    out = train_and_save(trainer, cfg, last, tokenizer, source, [fingerprint], has_eval=evaluation is not None,
+                         model_kind="reward")
     if data.eval is not None and trainer.is_world_process_zero():
         held_out = evaluate_pairs(RewardModelScorer(str(out), batch_size=cfg.training.per_device_eval_batch_size),
                                   data.eval, cfg.training.max_length)

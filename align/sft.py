@@ -9,21 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
 
-from align.config import DataConfig, LoraSettings, StageConfig, TrainingSettings
+from align.config import TRLStageConfig
 from align.data import load_data
 from align.models import load_policy
-from align.training import (METRICS_FILE, MetricsLogger, build_trainer_config, final_metrics, prepare_run_dir,
-                            trainer_arguments, write_checkpoint)
+from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
 
 
-class SFTStageConfig(StageConfig):
+class SFTStageConfig(TRLStageConfig):
     stage: Literal["sft"] = "sft"
     output_dir: str = "runs/sft"
-    data: DataConfig
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
     completion_only_loss: bool = True
     packing: bool = False
 
@@ -58,10 +53,7 @@ def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=[MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)],
+        callbacks=metrics_callbacks(cfg),
     )
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    metrics = final_metrics(trainer, result, has_eval=data.eval is not None)
-    return write_checkpoint(trainer, tokenizer, cfg, source, [data.fingerprint], metrics,
-                            merge_lora=cfg.lora.merge_on_save)
+    return train_and_save(trainer, cfg, last, tokenizer, source, [data.fingerprint], has_eval=data.eval is not None)
 

@@ -206,3 +206,17 @@ def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, 
                         model_kind=model_kind, merge_lora=merge_lora, state_dict=state_dict)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def metrics_callbacks(cfg: StageConfig) -> list:
+    return [MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)]
+
+
+def train_and_save(trainer, cfg, last: Path | None, tokenizer, source: ModelSource, data_fingerprints: list[dict],
+                   has_eval: bool, model_kind: str = "policy", extra_metrics: dict[str, Any] | None = None) -> Path:
+    """Train (resuming from ``last`` if given), collect the final metrics, write the Keel checkpoint."""
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    metrics = final_metrics(trainer, result, has_eval=has_eval)
+    metrics.update(extra_metrics or {})
+    return write_checkpoint(trainer, tokenizer, cfg, source, data_fingerprints, metrics, model_kind=model_kind,
+                            merge_lora=cfg.lora.merge_on_save)
