@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--worker", choices=["keel", "trl"])
     ap.add_argument("--value-model", default="shared")
+    ap.add_argument("--keel-variants", default="shared,separate",
+                    help="Keel runs: its default shared value head, and/or a separate value backbone like TRL")
     ap.add_argument("--result")
     a = ap.parse_args()
     if a.worker:
@@ -168,8 +170,10 @@ def main() -> None:
     trl_python = ensure_trl_venv()
     rows = []
     for epochs in [int(e) for e in a.epochs.split(",")]:
-        for system, python, vm in (("trl-1.12", trl_python, "separate"), ("keel", Path(sys.executable), "shared"),
-                                   ("keel", Path(sys.executable), "smollm2-135m")):
+        variants = [("trl-1.12", trl_python, "separate")]
+        for v in a.keel_variants.split(","):
+            variants.append(("keel", Path(sys.executable), "shared" if v == "shared" else "smollm2-135m"))
+        for system, python, vm in variants:
             row = run_worker(python, "trl" if system.startswith("trl") else "keel", epochs, a, vm)
             row["system"] = system if system != "keel" else f"keel ({'shared value head' if vm == 'shared' else 'separate value model'})"
             rows.append(row)
