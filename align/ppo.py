@@ -367,7 +367,10 @@ class PPOTrainer:
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, self.tokenizer.pad_token_id))
         input_ids = torch.cat([enc["input_ids"], responses], 1)
         attention = torch.cat([enc["attention_mask"], mask], 1)
-        _, values = model(input_ids, attention, T, r.temperature)
+        # With one minibatch per rollout, the first update's forward pass runs at these same
+        # parameters on these same tokens: its values are V_old, so the value pass waits for it.
+        fused = self._fused_first_pass()
+        values = None if fused else model(input_ids, attention, T, r.temperature)[1]
         logp_ref = token_logprobs(self._reference_logits(model, input_ids, attention, T), responses)
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         scores = torch.tensor(self.reward(prompts, [t.strip() for t in texts]), dtype=torch.float32,
@@ -384,13 +387,21 @@ class PPOTrainer:
         kl = kl_estimate(logp_old, logp_ref, self.cfg.kl.estimator) * maskf
         beta = self.kl_ctl.beta
         rewards = shaped_rewards(scores, kl, maskf, beta)
-        advantages, returns = gae(rewards, values, maskf, self.cfg.ppo.gamma, self.cfg.ppo.lam)
-        advantages = masked_whiten(advantages, maskf) * maskf
+        advantages = returns = None
+        if values is not None:
+            advantages, returns = self.advantages(rewards, values, maskf)
         model.train()
         return {"input_ids": input_ids, "attention_mask": attention, "responses": responses, "mask": maskf,
                 "logp_old": logp_old, "values_old": values, "advantages": advantages, "returns": returns,
                 "scores": raw_scores, "kl_seq": kl.sum(1), "rewards": rewards, "has_eos": has_eos.float(),
                 "texts": texts, "prompts": prompts, "T": T, "beta": beta}
+
+    def advantages(self, rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        advantages, returns = gae(rewards, values, mask, self.cfg.ppo.gamma, self.cfg.ppo.lam)
+        return masked_whiten(advantages, mask) * mask, returns
+
+    def _fused_first_pass(self) -> bool:
+        return self.cfg.ppo.mini_batch_size >= self.cfg.ppo.batch_size and self.cfg.ppo.gradient_accumulation_steps == 1
 
     def _reference_logits(self, model, input_ids, attention, T):
         r = self.cfg.rollout
@@ -419,6 +430,11 @@ class PPOTrainer:
                     logits, values = self.model(batch["input_ids"][idx], batch["attention_mask"][idx], T,
                                                 self.cfg.rollout.temperature)
                     mask = batch["mask"][idx]
+                    if batch["advantages"] is None:  # fused first pass: these values are V_old
+                        v_old = torch.zeros_like(batch["mask"])
+                        v_old[idx] = values.detach()
+                        batch["values_old"] = v_old
+                        batch["advantages"], batch["returns"] = self.advantages(batch["rewards"], v_old, batch["mask"])
                     logp = token_logprobs(logits, batch["responses"][idx])
                     pg, clip_frac, approx_kl = policy_loss(logp, batch["logp_old"][idx], batch["advantages"][idx],
                                                            mask, p.clip_epsilon)

@@ -128,3 +128,25 @@ def test_separate_value_model_and_rm_reward(tmp_path, tiny_model_dir):
 
 def happy_reward(prompts, responses, **_):
     return [1.0 if "happy" in r.lower() else 0.0 for r in responses]
+
+
+def test_fused_first_pass_gives_the_same_update_as_a_separate_value_pass(tmp_path, tiny_model_dir):
+    """One minibatch per rollout: taking V_old from the first update's forward pass (no extra
+    value pass) must produce the same losses as computing V_old during the rollout."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    runs = {}
+    for name, fused in (("fused", True), ("separate", False)):
+        from align.ppo import PPOTrainer
+
+        cfg = _cfg(tiny_model_dir, data, tmp_path / name, "tests.align.test_ppo:the_word_reward", "--updates", "1",
+                   "--ppo.mini_batch_size", "4", "--ppo.ppo_epochs", "1")
+        torch.manual_seed(0)  # the same fresh value head in both
+        trainer = PPOTrainer(cfg)
+        trainer._fused_first_pass = lambda fused=fused: fused
+        torch.manual_seed(0)
+        batch = trainer.rollout(trainer.prompts[:4])
+        assert (batch["advantages"] is None) == fused
+        torch.manual_seed(1)
+        runs[name] = trainer.optimise(batch)
+    for key in ("policy_loss", "value_loss", "entropy"):
+        assert runs["fused"][key] == pytest.approx(runs["separate"][key], rel=1e-4, abs=1e-6), key
