@@ -7,8 +7,8 @@ transformers through a .pth file, and its own trl 1.12 comes first on the path).
 (system, epochs) pair runs in a fresh process; the parent records wall seconds per PPO update
 (rollout + evaluation + optimisation; model loading excluded) and the process's peak RSS.
 
-Both sides: the embedded SmolLM2-135M-Instruct as policy, reference, reward model (random head,
-same seed) and value model; 64 HH harmless prompts, batch 8 (8 updates), 32 new tokens,
+Both sides: the embedded SmolLM2-135M-Instruct as policy, reference, reward model (a fresh random
+head on each side, so their mean scores are not comparable) and value model; 64 HH harmless prompts, batch 8 (8 updates), 32 new tokens,
 temperature 0.7, no top-k, stop at EOS, k1 KL with fixed beta 0.05, clip 0.2, value clip 0.2,
 vf_coef 0.1, gamma 1, lambda 0.95, lr 3e-6, one minibatch of 8, fp32 on CPU, pad token
 ``<|endoftext|>`` (SmolLM2's ``<|im_end|>`` also ends turns). Keel runs twice: its default
