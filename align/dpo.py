@@ -17,7 +17,7 @@ from align.data import load_data
 from align.models import load_policy
 from align.monitor import MonitorSettings, monitor_callback
 from align.sft import training_dtype
-from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
+from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class DPOStageConfig(TRLStageConfig):
@@ -46,16 +46,8 @@ def run_dpo(cfg: DPOStageConfig, resume: bool = False) -> Path:
         loss_type=[cfg.loss_type],
         label_smoothing=cfg.label_smoothing,
     )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,  # TRL copies the model, or with LoRA disables the adapters
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=metrics_callbacks(cfg),
-    )
+    # ref_model None: TRL copies the model, or with LoRA disables the adapters
+    trainer = make_trainer(DPOTrainer, cfg, model, args, data.train, data.eval, tokenizer, ref_model=None)
     monitor = monitor_callback(cfg.monitor, tokenizer, data.eval if data.eval is not None else data.train)
     if monitor is not None:
         monitor.trainer = trainer

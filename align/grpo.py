@@ -27,7 +27,7 @@ from align.models import load_policy
 from align.monitor import MonitorSettings, monitor_callback
 from align.rewards import load_reward
 from align.sft import training_dtype
-from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
+from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class RewardSpec(Strict):
@@ -192,17 +192,9 @@ def run_grpo(cfg: GRPOStageConfig, resume: bool = False) -> Path:
         **({"vllm_mode": "colocate"} if use_vllm else {}),
     )
     names = [spec.label for spec in cfg.rewards]
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[trl_reward(fn, name) for (fn, _), name in zip(rewards, names)],
-        args=args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=metrics_callbacks(cfg),
-        rollout_func=rollout_func,
-    )
+    trainer = make_trainer(GRPOTrainer, cfg, model, args, train, evaluation, tokenizer,
+                           reward_funcs=[trl_reward(fn, name) for (fn, _), name in zip(rewards, names)],
+                           rollout_func=rollout_func)
     monitor = monitor_callback(cfg.monitor, tokenizer, evaluation if evaluation is not None else train,
                                default_proxy=weighted_sum(rewards),
                                reference_loader=lambda: load_policy(cfg.model, device="cpu")[0])

@@ -17,7 +17,7 @@ from align.data import load_data
 from align.errors import DataError
 from align.models import load_policy
 from align.sft import training_dtype
-from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
+from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class KTOStageConfig(TRLStageConfig):
@@ -63,14 +63,5 @@ def run_kto(cfg: KTOStageConfig, resume: bool = False) -> Path:
         desirable_weight=cfg.desirable_weight,
         undesirable_weight=cfg.undesirable_weight,
     )
-    trainer = KTOTrainer(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=metrics_callbacks(cfg),
-    )
+    trainer = make_trainer(KTOTrainer, cfg, model, args, data.train, data.eval, tokenizer, ref_model=None)
     return train_and_save(trainer, cfg, last, tokenizer, source, [data.fingerprint], has_eval=data.eval is not None)

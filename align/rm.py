@@ -25,7 +25,7 @@ from align.data import load_data
 from align.errors import DataError
 from align.rewards import ENSEMBLE_FILE, EnsembleScorer, RewardModelScorer, combine_scores, rm_input_ids
 from align.sft import training_dtype
-from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
+from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 MARGIN_BUCKETS = (0.0, 0.5, 1.0, 2.0, 4.0, math.inf)
 
@@ -116,15 +116,7 @@ def _train_one(cfg: RMStageConfig, resume: bool, data, seed_offset: int = 0) -> 
         max_length=cfg.training.max_length,
         center_rewards_coefficient=cfg.center_rewards_coefficient,
     )
-    trainer = RewardTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=cfg.lora.to_peft("SEQ_CLS") if cfg.lora.enabled else None,
-        callbacks=metrics_callbacks(cfg),
-    )
+    trainer = make_trainer(RewardTrainer, cfg, model, args, train, evaluation, tokenizer, peft_task="SEQ_CLS")
     out = train_and_save(trainer, cfg, last, tokenizer, source, [fingerprint], has_eval=evaluation is not None,
                          model_kind="reward")
     if data.eval is not None and trainer.is_world_process_zero():

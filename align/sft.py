@@ -13,7 +13,7 @@ from typing import Literal
 from align.config import TRLStageConfig
 from align.data import load_data
 from align.models import load_policy
-from align.training import build_trainer_config, metrics_callbacks, prepare_run_dir, train_and_save, trainer_arguments
+from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class SFTStageConfig(TRLStageConfig):
@@ -46,14 +46,6 @@ def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
         completion_only_loss=cfg.completion_only_loss,
         packing=cfg.packing,
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
-        callbacks=metrics_callbacks(cfg),
-    )
+    trainer = make_trainer(SFTTrainer, cfg, model, args, data.train, data.eval, tokenizer)
     return train_and_save(trainer, cfg, last, tokenizer, source, [data.fingerprint], has_eval=data.eval is not None)
 

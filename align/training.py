@@ -220,3 +220,10 @@ def train_and_save(trainer, cfg, last: Path | None, tokenizer, source: ModelSour
     metrics.update(extra_metrics or {})
     return write_checkpoint(trainer, tokenizer, cfg, source, data_fingerprints, metrics, model_kind=model_kind,
                             merge_lora=cfg.lora.merge_on_save)
+
+
+def make_trainer(trainer_cls, cfg, model, args, train, evaluation, tokenizer, peft_task: str = "CAUSAL_LM", **extra):
+    """A TRL trainer with what every Keel stage passes: data splits, tokenizer, LoRA, metrics.jsonl."""
+    return trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                       processing_class=tokenizer, peft_config=cfg.lora.to_peft(peft_task) if cfg.lora.enabled else None,
+                       callbacks=metrics_callbacks(cfg), **extra)
