@@ -150,3 +150,24 @@ def test_fused_first_pass_gives_the_same_update_as_a_separate_value_pass(tmp_pat
         runs[name] = trainer.optimise(batch)
     for key in ("policy_loss", "value_loss", "entropy"):
         assert runs["fused"][key] == pytest.approx(runs["separate"][key], rel=1e-4, abs=1e-6), key
+
+
+def the_count(prompts, responses, **_):
+    """How often a response says "the": dense enough for a few PPO updates to move."""
+    return [float(sum(w.strip(".,!?;:").lower() == "the" for w in r.split())) for r in responses]
+
+
+@pytest.mark.slow
+def test_embedded_policy_learns_a_programmable_reward_within_a_few_updates(tmp_path):
+    topics = ["the sea", "a city", "mountains", "your favourite book", "the moon", "a market", "trains", "rain"]
+    rows = [{"prompt": [{"role": "user", "content": f"Write two sentences about {t}."}]} for t in topics * 2]
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    run = tmp_path / "ppo"
+    run_ppo(load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", [
+        "--output_dir", str(run), "--data.path", str(data), "--reward", "tests.align.test_ppo:the_count",
+        "--updates", "8", "--ppo.batch_size", "8", "--ppo.mini_batch_size", "8", "--ppo.ppo_epochs", "4",
+        "--ppo.learning_rate", "2e-5", "--kl.adaptive", "false", "--kl.beta", "0.01",
+        "--rollout.max_new_tokens", "24", "--rollout.temperature", "1.0", "--save_steps", "100"]))
+    scores = [r["score"] for r in read_metrics(run)]
+    assert len(scores) == 8
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.3, scores
