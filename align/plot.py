@@ -61,8 +61,18 @@ def plot_overoptimisation(checks: list[dict], path: Path, title: str) -> Path:
 
     d = [r["monitor/sqrt_kl"] for r in checks]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(d, [r["monitor/proxy"] for r in checks], marker="o", label="proxy reward (optimised)")
-    ax.plot(d, [r["monitor/gold"] for r in checks], marker="s", label="gold reward")
+    # points, not lines: KL need not grow monotonically from one check to the next
+    ax.scatter(d, [r["monitor/proxy"] for r in checks], marker="o", label="proxy reward (optimised)")
+    ax.scatter(d, [r["monitor/gold"] for r in checks], marker="s", label="gold reward")
+    if len(checks) >= 3:
+        import numpy as np
+
+        for key, style in (("monitor/proxy", "-"), ("monitor/gold", "--")):
+            order = np.argsort(d)
+            xs, ys = np.array(d)[order], np.array([r[key] for r in checks])[order]
+            fit = np.polyfit(xs, ys, 2) if len(set(xs.round(6))) >= 3 else np.polyfit(xs, ys, 1)
+            grid = np.linspace(xs.min(), xs.max(), 50)
+            ax.plot(grid, np.polyval(fit, grid), style, alpha=0.5, color="C0" if key == "monitor/proxy" else "C1")
     alerts = [r for r in checks if r.get("monitor/alert")]
     if alerts:
         ax.axvline(alerts[0]["monitor/sqrt_kl"], color="red", ls="--", alpha=0.6,
