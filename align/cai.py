@@ -86,17 +86,9 @@ class CAIStageConfig(StageConfig):
 
 
 def load_constitution(path: str | Path) -> Constitution:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"constitution file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    try:
-        c = Constitution.model_validate(data)
-    except Exception as e:  # noqa: BLE001 - pydantic's message names the field
-        raise ConfigError(f"{p}: {e}") from None
+    from align.config import load_config
+
+    c = load_config(Constitution, path)  # YAML reading and field-naming errors, as for every config
     for ex in c.examples:
         c.get(ex.principle)
     return c

@@ -117,8 +117,9 @@ def _train_one(cfg: RMStageConfig, resume: bool, data, seed_offset: int = 0) -> 
         center_rewards_coefficient=cfg.center_rewards_coefficient,
     )
     trainer = make_trainer(RewardTrainer, cfg, model, args, train, evaluation, tokenizer, peft_task="SEQ_CLS")
-    out = train_and_save(trainer, cfg, last, tokenizer, source, [fingerprint], has_eval=evaluation is not None,
-                         model_kind="reward")
+    # has_eval=False: no extra TRL evaluate at the end; the held-out split is scored once below
+    # (accuracy, margin, calibration), and periodic TRL evals still run at eval_steps.
+    out = train_and_save(trainer, cfg, last, tokenizer, source, [fingerprint], has_eval=False, model_kind="reward")
     if data.eval is not None and trainer.is_world_process_zero():
         held_out = evaluate_pairs(RewardModelScorer(str(out), batch_size=cfg.training.per_device_eval_batch_size),
                                   data.eval, cfg.training.max_length)
