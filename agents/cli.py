@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--max-steps", type=int, default=6)
     e.add_argument("--max-new-tokens", type=int, default=128, help="per step")
     e.add_argument("--batch", type=int, default=8, help="tasks run at once, batched into one generate call")
+    e.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on a GPU) or bfloat16/float32")
     e.add_argument("--out", help="write the JSON report here")
     d = sub.add_parser("make-data", help="GSM8K worked solutions -> ReAct trajectories (TRL prompt-completion)")
     d.add_argument("src", help="GSM8K JSONL file")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             from agents.evaluate import arith_tasks, build_agent, evaluate, gsm8k_tasks
 
             tasks = arith_tasks(a.n, a.seed) if a.tasks == "arith" else gsm8k_tasks(a.n)
-            report = evaluate(build_agent(a.checkpoint, a.max_steps, a.max_new_tokens, a.batch), tasks,
+            report = evaluate(build_agent(a.checkpoint, a.max_steps, a.max_new_tokens, a.batch, a.dtype), tasks,
                               workers=a.batch)
             report.update(checkpoint=a.checkpoint, task_set=a.tasks)
             print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=2))

@@ -64,10 +64,11 @@ def evaluate(agent: ReActAgent, tasks: list[dict], progress: bool = True, worker
             "parse_errors_per_task": parse_errors / n, "seconds": time.perf_counter() - started, "records": records}
 
 
-def build_agent(checkpoint: str, max_steps: int = 6, max_new_tokens: int = 128, batch: int = 8) -> ReActAgent:
+def build_agent(checkpoint: str, max_steps: int = 6, max_new_tokens: int = 128, batch: int = 8,
+                dtype: str = "auto") -> ReActAgent:
     from agents.batching import BatchedLLM
     from align.models import load_policy
 
-    model, tok, _ = load_policy(checkpoint)
+    model, tok, _ = load_policy(checkpoint, dtype=dtype)
     llm = BatchedLLM(model, tok, max_batch=batch) if batch > 1 else TransformersLLM(model, tok)
     return ReActAgent(llm, default_tools(), max_steps=max_steps, max_new_tokens=max_new_tokens, format="text")

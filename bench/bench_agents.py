@@ -6,7 +6,7 @@
 
 Tasks: 200 seeded arithmetic problems and the 200 held-out GSM8K problems in
 data/gsm8k/heldout.jsonl (never read by the SFT configs). Greedy decoding, text ReAct format, the
-same step limits for both models, eight tasks batched at a time.
+same step limits and dtype for both models, ``--batch`` tasks batched at a time (default 8).
 """
 from __future__ import annotations
 
@@ -27,13 +27,15 @@ def main() -> None:
     p.add_argument("--tasks", default="arith,gsm8k")
     p.add_argument("--max-steps", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--batch", type=int, default=8, help="tasks run at once, batched into one generate call")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16: about 2x faster decoding here")
     a = p.parse_args()
     results = []
     for model in (a.baseline, a.checkpoint):
-        agent = build_agent(model, a.max_steps, a.max_new_tokens, batch=8)
+        agent = build_agent(model, a.max_steps, a.max_new_tokens, batch=a.batch, dtype=a.dtype)
         for task_set in a.tasks.split(","):
             tasks = arith_tasks(a.n, seed=0) if task_set == "arith" else gsm8k_tasks(a.n)
-            report = evaluate(agent, tasks, workers=8)
+            report = evaluate(agent, tasks, workers=a.batch)
             row = {"model": model, "task_set": task_set, **{k: v for k, v in report.items() if k != "records"}}
             results.append(row)
             print(json.dumps(row), flush=True)
