@@ -28,12 +28,14 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--batch", type=int, default=8, help="tasks run at once, batched into one generate call")
-    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16: about 2x faster decoding here")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16")
     a = p.parse_args()
     results = []
-    for model in (a.baseline, a.checkpoint):
-        agent = build_agent(model, a.max_steps, a.max_new_tokens, batch=a.batch, dtype=a.dtype)
-        for task_set in a.tasks.split(","):
+    agents = {model: build_agent(model, a.max_steps, a.max_new_tokens, batch=a.batch, dtype=a.dtype)
+              for model in (a.baseline, a.checkpoint)}
+    # task sets outermost: a run cut short still compares both models on the sets it finished
+    for task_set in a.tasks.split(","):
+        for model, agent in agents.items():
             tasks = arith_tasks(a.n, seed=0) if task_set == "arith" else gsm8k_tasks(a.n)
             report = evaluate(agent, tasks, workers=a.batch)
             row = {"model": model, "task_set": task_set, **{k: v for k, v in report.items() if k != "records"}}
@@ -42,7 +44,7 @@ def main() -> None:
             (REPO / "bench" / "results").mkdir(exist_ok=True)
             (REPO / "bench" / "results" / f"agents-{Path(model).name}-{task_set}.json").write_text(
                 json.dumps(report, indent=2))
-    (REPO / "bench" / "results" / "agents.json").write_text(json.dumps(results, indent=2))
+            (REPO / "bench" / "results" / "agents.json").write_text(json.dumps(results, indent=2))
     print("\n| model | tasks | success | answered | mean steps | tool calls/task | tool-error rate | format errors/task | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16: about 2x faster decoding here")
+    ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16")
     a = ap.parse_args()
     rows = []
     for ref in a.models.split(","):
