@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gsm8k.json"))
     ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16")
     a = ap.parse_args()
     rows = []
@@ -37,8 +38,8 @@ def main() -> None:
     print("\n| model | problems | accuracy | correct | no number | seconds |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['problems']} | {r['accuracy']:.3f} | {r['correct']} | {r['no_number']} | {r['seconds']:.0f} |")
-    (REPO / "bench" / "results").mkdir(exist_ok=True)
-    (REPO / "bench" / "results" / "gsm8k.json").write_text(json.dumps(rows, indent=2))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
