@@ -4,8 +4,9 @@
     python -m align grpo --config configs/grpo.yaml --model runs/sft --output_dir runs/grpo-sft
     python bench/bench_gsm8k.py --models smollm2-135m,runs/sft,runs/grpo-sft [--n 200]
 
-Greedy decoding, batch 8 (``--batch``), one dtype (``--dtype``) for all, the same prompt suffix and answer extraction (align.verifiers) for all;
-the first model is the baseline, evaluated in the same run.
+Greedy decoding, batch 8 (``--batch``); one dtype (``--dtype``), prompt suffix and answer extraction
+(align.verifiers) for all; the first model is the baseline. ``--out`` lets several invocations
+score models side by side (accuracy does not depend on timing).
 """
 from __future__ import annotations
 

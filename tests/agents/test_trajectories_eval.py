@@ -48,7 +48,7 @@ def test_answer_extraction_and_scoring():
 
 def test_eval_counts_success_steps_and_tool_errors():
     tasks = arith_tasks(2, seed=1)
-    a, b = tasks[0]["question"][8:-1], tasks[1]["question"]
+    a = tasks[0]["question"][8:-1]
     llm = ScriptedLLM([f' x\nAction: calculator\nAction Input: {{"expression": "{a}"}}',
                        f" y\nFinal Answer: {tasks[0]['answer']}",
                        ' z\nAction: calculator\nAction Input: {"expression": "1/0"}', " w\nFinal Answer: 0"])

@@ -6,7 +6,7 @@ from align.cai import (CAIStageConfig, Judge, critique_messages, load_constituti
                        revision_messages, run_cai)
 from align.config import load_config
 from align.errors import ConfigError, KeelError
-from tests.conftest import REPO, write_jsonl
+from tests.conftest import REPO
 
 CONSTITUTION = REPO / "configs" / "constitution.yaml"
 

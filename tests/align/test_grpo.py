@@ -1,10 +1,7 @@
 import json
 
-import pytest
-
 from align.cli import main
 from align.config import load_config
-from align.errors import ConfigError
 from align.grpo import GRPOStageConfig, run_grpo
 from align.models import load_policy
 from align.training import read_metrics
@@ -34,8 +31,6 @@ def test_grpo_on_gsm8k_with_weighted_verifiable_rewards_writes_a_checkpoint(tmp_
 
 
 def test_grpo_with_an_rm_reward_a_callable_and_the_monitor(tmp_path, tiny_model_dir, gsm8k_small):
-    from align.rewards import RewardModelScorer  # noqa: F401 - the RM goes through the same interface
-
     cfg = load_config(GRPOStageConfig, REPO / "configs" / "grpo.yaml", [
         "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "g"), "--data.path", str(gsm8k_small),
         "--rewards", json.dumps([{"rm": str(tiny_model_dir), "weight": 0.5},

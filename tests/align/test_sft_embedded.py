@@ -18,7 +18,7 @@ def test_shipped_sft_config_trains_the_embedded_model_and_the_checkpoint_chats(t
     out = run_sft(cfg)
     metrics = read_metrics(tmp_path / "run")
     assert [r["step"] for r in metrics if "loss" in r] == [1, 2, 3, 4]
-    model, tok, src = load_policy(str(tmp_path / "run"))
+    model, tok, src = load_policy(str(out))
     assert src.manifest.base_model == "smollm2-135m" and src.manifest.stage == "sft"
     reply = chat_reply(model, tok, [{"role": "user", "content": "What is 12 + 30?"}], max_new_tokens=40)
     assert reply.strip()

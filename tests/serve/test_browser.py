@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from agents.agent import Generation
 from agents.tools import ToolRegistry, calculator_tool
 from serve.app import build_app
 from serve.chat import ChatModel, ChatSettings
