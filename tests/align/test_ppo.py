@@ -122,7 +122,7 @@ def test_first_update_ratio_is_one_and_lora_reference_is_the_base(tmp_path, tiny
 def test_separate_value_model_and_rm_reward(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     out = run_ppo(_cfg(tiny_model_dir, data, tmp_path / "ppo", str(tiny_model_dir), "--value_model",
-                       str(tiny_model_dir), "--updates", "1", "--kl.adaptive", "false"))
+                       str(tiny_model_dir), "--updates", "1", "--kl.adaptive", "false", "--kl.beta", "0.05"))
     assert json.loads((out / "keel.json").read_text())["metrics"]["beta"] == 0.05
 
 
