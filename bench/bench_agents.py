@@ -4,6 +4,11 @@
     python -m align sft --config configs/sft-tools.yaml
     python bench/bench_agents.py --checkpoint runs/sft-tools --n 200
 
+    # or one process per model, one CPU thread each (what bench/RESULTS.md's figures used), then the table:
+    OMP_NUM_THREADS=1 python bench/bench_agents.py --baseline smollm2-135m --checkpoint smollm2-135m --n 200 --batch 16 &
+    OMP_NUM_THREADS=1 python bench/bench_agents.py --baseline runs/sft-tools --checkpoint runs/sft-tools --n 200 --batch 16
+    python bench/bench_agents.py --checkpoint runs/sft-tools --from-results
+
 Tasks: 200 seeded arithmetic problems and the 200 held-out GSM8K problems in
 data/gsm8k/heldout.jsonl (never read by the SFT configs). Greedy decoding, text ReAct format, the
 same step limits and dtype for both models, ``--batch`` tasks batched at a time (default 8).
@@ -29,7 +34,22 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--batch", type=int, default=8, help="tasks run at once, batched into one generate call")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16")
+    p.add_argument("--from-results", action="store_true",
+                   help="run nothing: print the table from bench/results/agents-<model>-<set>.json (for "
+                        "models evaluated in separate processes, e.g. one per core)")
     a = p.parse_args()
+    if a.from_results:
+        rows = []
+        for task_set in a.tasks.split(","):
+            for model in dict.fromkeys((a.baseline, a.checkpoint)):
+                path = REPO / "bench" / "results" / f"agents-{Path(model).name}-{task_set}.json"
+                if not path.is_file():
+                    raise SystemExit(f"{path}: no saved result for {model} on {task_set}")
+                report = json.loads(path.read_text())
+                rows.append({"model": model, "task_set": task_set,
+                             **{k: v for k, v in report.items() if k != "records"}})
+        print_table(rows)
+        return
     results = []
     agents = {model: build_agent(model, a.max_steps, a.max_new_tokens, batch=a.batch, dtype=a.dtype)
               for model in (a.baseline, a.checkpoint)}
@@ -45,6 +65,10 @@ def main() -> None:
             (REPO / "bench" / "results" / f"agents-{Path(model).name}-{task_set}.json").write_text(
                 json.dumps(report, indent=2))
             (REPO / "bench" / "results" / "agents.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
     print("\n| model | tasks | success | answered | mean steps | tool calls/task | tool-error rate | format errors/task | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
