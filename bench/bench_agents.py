@@ -35,8 +35,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="tasks run at once, batched into one generate call")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU) or bfloat16")
     p.add_argument("--from-results", action="store_true",
-                   help="run nothing: print the table from bench/results/agents-<model>-<set>.json (for "
-                        "models evaluated in separate processes, e.g. one per core)")
+                   help="run nothing: print the table (and rewrite agents.json) from "
+                        "bench/results/agents-<model>-<set>.json, for models evaluated in separate processes")
     a = p.parse_args()
     if a.from_results:
         rows = []
@@ -48,6 +48,7 @@ def main() -> None:
                 report = json.loads(path.read_text())
                 rows.append({"model": model, "task_set": task_set,
                              **{k: v for k, v in report.items() if k != "records"}})
+        (REPO / "bench" / "results" / "agents.json").write_text(json.dumps(rows, indent=2))
         print_table(rows)
         return
     results = []
