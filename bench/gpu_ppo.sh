@@ -64,20 +64,20 @@ wait
 stamp "done"
 tail -3 "$OUT/pytest-gpu.log"
 $PY - "$RUNS" <<'EOF'
-import json, sys
+import sys
 from pathlib import Path
-for run in sorted(Path(sys.argv[1]).iterdir()):
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
-    if run.name.startswith("rm"):
-        ev = [r for r in rows if "eval_accuracy" in r]
-        print(run.name, "eval_accuracy", ev[-1]["eval_accuracy"] if ev else None, "steps", ev[-1]["step"] if ev else None)
-        continue
-    rows = [r for r in rows if "score" in r]
-    if not rows:
-        print(run.name, "no updates"); continue
-    k = max(1, len(rows) // 5)
-    mean = lambda rs, f: sum(r[f] for r in rs) / len(rs)
-    print(f"{run.name}: {len(rows)} updates, {mean(rows, 'update_s'):.1f} s/update; "
-          f"first {k}: score {mean(rows[:k], 'score'):.3f} kl {mean(rows[:k], 'kl'):.2f}; "
-          f"last {k}: score {mean(rows[-k:], 'score'):.3f} kl {mean(rows[-k:], 'kl'):.2f} beta {rows[-1]['beta']:.4f}")
+from align.training import read_metrics
+for run in sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "metrics.jsonl").is_file()):
+    rows = read_metrics(run)
+    evals = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]
+    updates = [r for r in rows if "score" in r]
+    if evals:
+        print(f"{run.name}: eval_accuracy {evals[-1]:.3f}")
+    elif updates:
+        k = max(1, len(updates) // 5)
+        first, last = updates[:k], updates[-k:]
+        mean = lambda rs, f: sum(r[f] for r in rs) / len(rs)
+        print(f"{run.name}: {len(updates)} updates; first {k}: score {mean(first, 'score'):.3f} kl "
+              f"{mean(first, 'kl'):.2f}; last {k}: score {mean(last, 'score'):.3f} kl {mean(last, 'kl'):.2f}, "
+              f"beta {updates[-1]['beta']:.4f}")
 EOF

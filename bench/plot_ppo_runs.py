@@ -2,15 +2,17 @@
 
     python bench/plot_ppo_runs.py RUN_DIR[=LABEL] ... --target 2.0 --out docs/img/ppo-hh-gpu.png
 
-Each RUN_DIR holds the metrics.jsonl that ``python -m align ppo`` writes (or name the file itself). Faint lines are the
+Each RUN_DIR holds the metrics.jsonl that ``python -m align ppo`` writes. Faint lines are the
 per-update values, solid lines a 5-update running mean; the dashed line is the KL target.
 ``python -m align plot RUN_DIR`` draws every metric of one run.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def running_mean(values: list[float], k: int = 5) -> list[float]:
@@ -19,6 +21,8 @@ def running_mean(values: list[float], k: int = 5) -> list[float]:
 
 def main() -> None:
     import matplotlib
+
+    from align.training import read_metrics
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -31,15 +35,14 @@ def main() -> None:
     fig, (ax_s, ax_k, ax_b) = plt.subplots(1, 3, figsize=(15, 4.2))
     for spec in a.runs:
         path, _, label = spec.partition("=")
-        source = Path(path) if Path(path).is_file() else Path(path) / "metrics.jsonl"
-        rows = [json.loads(line) for line in source.read_text().splitlines()]
-        rows = [r for r in rows if "score" in r]
+        label = label or Path(path).name
+        rows = [r for r in read_metrics(path) if "score" in r]
         steps = [r["step"] for r in rows]
         for ax, key in ((ax_s, "score"), (ax_k, "kl")):
             values = [r[key] for r in rows]
-            line, = ax.plot(steps, running_mean(values), label=label or source.parent.name)
+            line, = ax.plot(steps, running_mean(values), label=label)
             ax.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
-        ax_b.plot(steps, [r["beta"] for r in rows], label=label or source.parent.name)
+        ax_b.plot(steps, [r["beta"] for r in rows], label=label)
     if a.target is not None:
         ax_k.axhline(a.target, color="black", linestyle="--", linewidth=1, label=f"target {a.target:g}")
     for ax, title in ((ax_s, "mean RM score per update"), (ax_k, "KL to the reference (nats/response)"),

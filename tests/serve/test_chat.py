@@ -50,7 +50,6 @@ def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_mo
 
 
 def test_answer_streams_token_by_token_through_the_agent(tiny_model_dir):
-
     class StreamingLLM(ScriptedLLM):
         def stream_generate(self, messages, **kw):
             gen = self.generate(messages, **kw)
