@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 
 MAX_INPUT_CHARS = 500
 MAX_EXPONENT = 1000
@@ -65,19 +66,46 @@ def _eval(node):
         args = [_eval(a) for a in node.args]
         try:
             return _check(_FUNCS[node.func.id](*args))
-        except (ValueError, TypeError, OverflowError) as e:
+        except TypeError as e:
+            raise CalculatorError(f"{node.func.id}: {e} (inside a function call a comma separates "
+                                  "arguments: write 1600, not 1,600)") from None
+        except (ValueError, OverflowError) as e:
             raise CalculatorError(f"{node.func.id}: {e}") from None
     raise CalculatorError(f"not allowed: {type(node).__name__}" +
                           (f" {node.id!r}" if isinstance(node, ast.Name) else ""))
 
 
+_CALL_OPEN = re.compile(r"[A-Za-z_]\w*\s*$")
+_GROUPED = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\w.]|,\d)")
+
+
+def _drop_thousands_separators(expr: str) -> str:
+    """``1,000 + 2,500,000`` -> ``1000 + 2500000``, but never inside a function call's arguments,
+    where a comma separates arguments: ``max(1,500, 20)`` stays three arguments."""
+    out, depth_in_call, stack, i = [], 0, [], 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch == "(":
+            is_call = bool(_CALL_OPEN.search(expr[:i]))
+            stack.append(is_call)
+            depth_in_call += is_call
+        elif ch == ")" and stack:
+            depth_in_call -= stack.pop()
+        elif ch.isdigit() and depth_in_call == 0 and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "._")):
+            m = _GROUPED.match(expr, i)
+            if m:
+                out.append(m.group(0).replace(",", ""))
+                i = m.end()
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def normalise(expression: str) -> str:
     """Accept what people and models write: 1,000 / 3 x 4 / 2^3 / $5 / 50%."""
     expr = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**").replace("$", "")
-    expr = expr.replace("−", "-")
-    import re
-
-    expr = re.sub(r"(?<=\d),(?=\d{3}\b)", "", expr)
+    expr = _drop_thousands_separators(expr.replace("−", "-"))
     expr = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", expr)
     expr = re.sub(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d(.])", r"(\1/100)", expr)  # 50% of ..., not 7 % 4
     return expr.rstrip("=").strip()

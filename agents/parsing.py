@@ -32,6 +32,11 @@ class ParsedStep:
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.S)
 _LABEL = re.compile(r"^\s*(Thought|Action Input|Action|Final Answer|Observation)\s*:", re.M | re.I)
 _CALL_FORM = re.compile(r"^\s*([A-Za-z_]\w*)\s*[\(\[](.*)[\)\]]\s*$", re.S)
+# What models wrap a tool name in: [calculator], `search`, **search**, "search", <search>, search.
+_NAME_DECOR = "`'\"[]<>*(){} .:;"
+# Labels the final answer ends at: only an invented observation at the start of a line. A label
+# word elsewhere ("the Observation: field ...") is part of the answer.
+_OBSERVATION_LINE = re.compile(r"\n\s*Observation\s*:", re.I)
 
 
 def strip_fences(text: str) -> str:
@@ -51,14 +56,17 @@ def _sections(text: str) -> list[tuple[str, str, int, int]]:
 def parse_json_lenient(text: str) -> Any:
     """A JSON value from the start of ``text``; repairs single quotes and unquoted keys.
 
-    A string that is not JSON at all comes back as that string (a bare argument).
+    A string that is not JSON at all comes back as that string (a bare argument); an empty input
+    (or ``none``, ``null``, ``{}``) comes back as ``None``: the call has no arguments.
     """
     s = strip_fences(text).strip()
-    if not s:
-        raise ParseError("Action Input is empty. " + FORMAT_REMINDER)
+    if not s or s.lower() in ("none", "null", "{}", "()", "n/a", "no input", '""', "''"):
+        return None  # no arguments: the tool decides whether it needs any
     if s[0] not in "{[\"'":
         return s.splitlines()[0].strip()
-    decoder = json.JSONDecoder()
+    # strict=False: raw control characters (a newline, a tab) inside strings are accepted, as
+    # models write them; the value keeps them.
+    decoder = json.JSONDecoder(strict=False)
     candidates = [s]
     repaired = re.sub(r"'([^'\\]*)'", r'"\1"', s)  # single-quoted strings
     repaired = re.sub(r'([{,]\s*)([A-Za-z_]\w*)\s*:', r'\1"\2":', repaired)  # unquoted keys
@@ -82,8 +90,15 @@ def has_labels(text: str) -> bool:
 
 
 def parse_react(text: str) -> ParsedStep:
-    clean = strip_fences(text) if "```" in text else text
-    sections = _sections(clean)
+    """One ReAct step: the first ``Action`` (with its input) or ``Final Answer`` in ``text``.
+
+    The final answer is kept as written (code fences included) up to an invented ``Observation:``
+    line; code fences are removed only around labels and action inputs. Raises ``ParseError``.
+    """
+    sections = _sections(text)
+    if not any(label in ("action", "final answer") for label, *_ in sections) and "```" in text:
+        sections = _sections(strip_fences(text))  # the whole step was wrapped in a code fence
+        text = strip_fences(text)
     if not sections:
         raise ParseError("No 'Action:' or 'Final Answer:' found. " + FORMAT_REMINDER)
     step = ParsedStep()
@@ -91,26 +106,33 @@ def parse_react(text: str) -> ParsedStep:
         if label == "thought":
             step.thought = (step.thought + "\n" + body).strip() if step.thought else body
         elif label == "final answer":
-            if not body:
+            rest = text[start:]
+            rest = rest[rest.index(":") + 1:]
+            cut = _OBSERVATION_LINE.search(rest)
+            answer = (rest[:cut.start()] if cut else rest).strip()
+            if not answer:
                 raise ParseError("'Final Answer:' is empty. " + FORMAT_REMINDER)
-            step.final_answer = body.split("\nObservation")[0].strip()
-            step.consumed = clean[:end].rstrip()
+            step.final_answer = answer
+            step.consumed = text[:len(text) - len(rest) + (cut.start() if cut else len(rest))].rstrip()
             return step
         elif label == "action":
-            name = body.splitlines()[0].strip().strip("`'\"") if body else ""
-            call = _CALL_FORM.match(name)
-            if call:  # Action: calculator(48/2)
+            first = body.splitlines()[0].strip() if body else ""
+            call = _CALL_FORM.match(first.strip("`*\"' "))
+            if call and call.group(1).lower() != "none":  # Action: calculator(48/2), current_date()
                 step.action, step.action_input = call.group(1), parse_json_lenient(call.group(2))
-                step.consumed = clean[:end].rstrip()
+                step.consumed = text[:end].rstrip()
                 return step
+            name = first.strip(_NAME_DECOR)
             if not name:
                 raise ParseError("'Action:' names no tool. " + FORMAT_REMINDER)
             step.action = name
             nxt = sections[i + 1] if i + 1 < len(sections) else None
             if nxt is None or nxt[0] != "action input":
-                raise ParseError(f"'Action: {name}' has no 'Action Input:' line. " + FORMAT_REMINDER)
+                # No input line: a call without arguments (the tool says if it needs some).
+                step.action_input, step.consumed = None, text[:end].rstrip()
+                return step
             step.action_input = parse_json_lenient(nxt[1])
-            step.consumed = clean[:nxt[3]].rstrip()
+            step.consumed = text[:nxt[3]].rstrip()
             return step
         elif label == "observation":
             break  # the model started writing its own observation: ignore the rest
@@ -130,5 +152,5 @@ def parse_tool_calls(text: str) -> list[tuple[str, dict]]:
         args = value.get("arguments", value.get("parameters", {}))
         if isinstance(args, str):
             args = parse_json_lenient(args)
-        calls.append((str(value["name"]), args))
+        calls.append((str(value["name"]), {} if args is None else args))
     return calls

@@ -59,6 +59,10 @@ class Tool:
         """A bare value stands for the tool's only argument (``"2+2"`` -> ``{"expression": "2+2"}``)."""
         fields = list(self.args_schema.model_fields)
         required = [f for f, info in self.args_schema.model_fields.items() if info.is_required()]
+        if args is None or args == "" or args == []:  # called without arguments: current_date()
+            if required:
+                raise ToolError(f"{self.name} needs arguments: a JSON object with keys {required}")
+            return {}
         if not isinstance(args, dict):
             if len(required) == 1:
                 return {required[0]: args}
@@ -119,7 +123,11 @@ class ToolRegistry:
         return wrap(fn) if fn is not None else wrap
 
     def get(self, name: str) -> Tool | None:
-        return self.tools.get(name) or self.tools.get(name.strip().lower())
+        """The tool called ``name``, ignoring case and the brackets, quotes or markup models add."""
+        if name in self.tools:
+            return self.tools[name]
+        key = name.strip("`'\"[]<>*(){} .:;").lower()
+        return next((t for n, t in self.tools.items() if n.lower() == key), None)
 
     def __iter__(self):
         return iter(self.tools.values())
@@ -157,7 +165,7 @@ class SearchArgs(BaseModel):
     k: int = Field(3, ge=1, le=10, description="number of passages")
 
 
-def search_tool(retriever, max_chars: int = 500) -> Tool:
+def search_tool(retriever, max_chars: int = 300) -> Tool:
     """Passages from a ``retrieval.Retriever``, each with its source, for the model to cite."""
     def run(query: str, k: int = 3) -> str:
         hits = retriever.search(query, k=k)

@@ -10,6 +10,9 @@ from agents.calculator import CalculatorError, calculate, format_number
     ("1,000 * 3", "3000"), ("3 x 4", "12"), ("2^3", "8"), ("$5 * 4", "20"), ("50% * 80", "40"), ("sqrt(16)", "4"),
     ("round(2.567, 2)", "2.57"), ("0.2 * 50", "10"), ("10 / 4", "2.5"), ("12 ÷ 4 × 2", "6"),
     ("(" * 50 + "1" + ")" * 50, "1"),
+    # A comma inside a function call separates arguments; outside, 1,500 is fifteen hundred.
+    ("max(1,500, 20)", "500"), ("min(2,345)", "2"), ("max(1, 500)", "500"), ("round(1234.5678, 2)", "1234.57"),
+    ("1,500 + 2,000,000", "2001500"), ("(1,500 * 2)", "3000"), ("max(1,000 * 2, 3)", "3"),
 ])
 def test_arithmetic(expr, want):
     assert format_number(calculate(expr)) == want
@@ -34,6 +37,7 @@ def test_arithmetic(expr, want):
     ("2 +", "cannot parse"),
     ("1" * 600, "longer than"),
     ("(" * 240 + "1" + ")" * 240, "cannot parse|nested"),
+    ("sqrt(1,600)", "comma separates arguments"),
 ])
 def test_unsafe_or_bad_input_is_a_clear_error_and_fast(expr, msg):
     started = time.perf_counter()

@@ -14,10 +14,23 @@ from agents.parsing import ParseError, parse_react, parse_tool_calls
     ("Action: calculator(2+2)", "calculator", "2+2"),
     ("Action: calculator\nAction Input: 5*5", "calculator", "5*5"),
     ("Action: `search`\nAction Input: {\"query\": \"faiss\", \"k\": 2}", "search", {"query": "faiss", "k": 2}),
+    ("Action: [calculator]\nAction Input: {\"expression\": \"1+1\"}", "calculator", {"expression": "1+1"}),
+    ("Action: **search**\nAction Input: {\"query\": \"a\"}", "search", {"query": "a"}),
+    ("Action: current_date()", "current_date", None),
+    ("Thought: hmm\nAction: current_date", "current_date", None),
+    ("Action: current_date\nAction Input: {}", "current_date", None),
+    ("Action: current_date\nAction Input: None", "current_date", None),
+    ('Action: search\nAction Input: {"query": "first line\nsecond"}', "search", {"query": "first line\nsecond"}),
 ])
 def test_tolerant_action_parsing(text, action, args):
     step = parse_react(text)
     assert (step.action, step.action_input, step.final_answer) == (action, args, None)
+
+
+def test_final_answer_keeps_fences_and_label_words():
+    text = "Thought: t\nFinal Answer: Like this:\n```python\nprint('Action: x')\n```\nThe Observation: label is ours."
+    assert parse_react(text).final_answer == ("Like this:\n```python\nprint('Action: x')\n```\n"
+                                              "The Observation: label is ours.")
 
 
 def test_final_answer_and_thought():
@@ -27,7 +40,6 @@ def test_final_answer_and_thought():
 
 @pytest.mark.parametrize("text,msg", [
     ("just chatting", "No 'Action:'"),
-    ("Thought: hmm\nAction: calculator", "no 'Action Input:'"),
     ('Action: calculator\nAction Input: {"expression": ', "not valid JSON"),
     ("Action:\nAction Input: {}", "names no tool"),
     ("Final Answer:", "empty"),
