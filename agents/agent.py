@@ -16,13 +16,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal, Protocol
 
-from agents.parsing import ParseError, has_labels as _has_labels, parse_react, parse_tool_calls
+from agents.parsing import FORMAT_REMINDER, ParseError, has_labels as _has_labels, parse_react, parse_tool_calls
 from agents.tools import ToolRegistry
 
 # "token" events carry the text of the step being generated so far (for live display); they are
 # not kept in the trace.
 EventType = Literal["thought", "tool_call", "observation", "final_answer", "error", "token"]
-STOP_SEQUENCES = ["\nObservation:", "Observation:"]
+# An invented observation starts a line; "Observation:" mid-sentence is part of the text.
+STOP_SEQUENCES = ["\nObservation:"]
+DEFAULT_PREAMBLE = "You are a helpful, honest and harmless assistant."
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Event:
     args: dict | str | None = None
     ok: bool | None = None
     duration_s: float = 0.0
+    raw: str | None = None  # "error" events: what the model wrote that could not be read
 
 
 @dataclass
@@ -74,20 +77,38 @@ class Generation:
 
 class LLM(Protocol):
     supports_native_tools: bool
+    # Whether ``generate`` takes ``grammar=`` (llguidance Lark text, agents.grammar) and keeps
+    # every token inside it. Backends without it run unconstrained.
+    supports_grammar: bool
 
     def generate(self, messages: list[dict], *, stop: list[str], max_new_tokens: int,
-                 continue_final: bool = False, tools: list[dict] | None = None) -> Generation: ...
+                 continue_final: bool = False, tools: list[dict] | None = None,
+                 grammar: str | None = None) -> Generation: ...
 
     # Optional: ``stream_generate`` (same arguments) yields text pieces and then one Generation.
 
 
 class TransformersLLM:
-    """Greedy (or sampled) generation from a loaded policy with stop strings."""
+    """Greedy (or sampled) generation from a loaded policy with stop strings and an optional grammar."""
+
+    supports_grammar = True
 
     def __init__(self, model, tokenizer, temperature: float = 0.0):
         self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
         template = tokenizer.chat_template or ""
         self.supports_native_tools = "tools" in template if isinstance(template, str) else False
+
+    def _kwargs(self, max_new_tokens, stop, grammar) -> dict:
+        from align.generate import generation_kwargs
+
+        kwargs = generation_kwargs(self.tokenizer, max_new_tokens, self.temperature, stop=stop)
+        if grammar:
+            from transformers import LogitsProcessorList
+
+            from agents.grammar import GrammarLogitsProcessor
+
+            kwargs["logits_processor"] = LogitsProcessorList([GrammarLogitsProcessor(grammar, self.tokenizer)])
+        return kwargs
 
     def _encode(self, messages, continue_final, tools) -> dict:
         enc = self.tokenizer.apply_chat_template(
@@ -96,25 +117,23 @@ class TransformersLLM:
         return {k: v.to(self.model.device) for k, v in enc.items()}
 
     def stream_generate(self, messages, *, stop, max_new_tokens, continue_final=False,
-                        tools=None) -> Iterator["str | Generation"]:
-        from align.generate import StreamStats, generation_kwargs, stream_generate
+                        tools=None, grammar=None) -> Iterator["str | Generation"]:
+        from align.generate import StreamStats, stream_generate
 
         stats = StreamStats()
         text = ""
         for piece in stream_generate(self.model, self.tokenizer, self._encode(messages, continue_final, tools),
-                                     generation_kwargs(self.tokenizer, max_new_tokens, self.temperature, stop=stop),
-                                     stats=stats):
+                                     self._kwargs(max_new_tokens, stop, grammar), stats=stats):
             text += piece
             yield piece
         yield Generation(_cut_at_stop(text, stop), stats.new_tokens)
 
-    def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None) -> Generation:
+    def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None,
+                 grammar=None) -> Generation:
         import torch
 
-        from align.generate import generation_kwargs
-
         enc = self._encode(messages, continue_final, tools)
-        kwargs = generation_kwargs(self.tokenizer, max_new_tokens, self.temperature, stop=stop)
+        kwargs = self._kwargs(max_new_tokens, stop, grammar)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new = out[0, enc["input_ids"].shape[1]:]
@@ -129,11 +148,13 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> str:
 
 
 def react_system_prompt(tools: ToolRegistry, preamble: str | None = None) -> str:
-    lines = [preamble or "You are a helpful assistant. Use a tool when it helps; answer from its results.", "",
-             "Tools:"]
+    """The text-ReAct system prompt: the preamble, the tools with their arguments, the format."""
+    lines = [(preamble or DEFAULT_PREAMBLE).strip(), "Use a tool only when it helps, and answer from its results.",
+             "", "Tools:"]
     lines += [f"- {t.signature()}" for t in tools]
     lines += ["", "Answer in this format:", "Thought: what to do next",
-              f"Action: one of [{', '.join(tools.names())}]", "Action Input: a JSON object of arguments",
+              f"Action: the tool to use, one of: {', '.join(tools.names())}",
+              "Action Input: a JSON object of arguments",
               "Observation: the tool's result (given to you)", "... (Thought/Action/Observation can repeat)",
               "Thought: I know the answer", "Final Answer: the answer to the question"]
     return "\n".join(lines)
@@ -143,8 +164,17 @@ class ReActAgent:
     def __init__(self, llm: LLM, tools: ToolRegistry, *, max_steps: int = 6, max_new_tokens: int = 256,
                  token_budget: int = 2048, format: Literal["auto", "text", "native"] = "auto",
                  system_prompt: str | None = None, plain_answer_is_final: bool = True, stream_tokens: bool = False,
-                 force_final_answer: bool = False):
+                 force_final_answer: bool = False, constrained: bool | None = None):
+        """``constrained``: decode every step under the tools' grammar (agents.grammar), so a tool
+        call with an unknown name or arguments its schema rejects cannot be written. True
+        requires a backend that supports grammars (ValueError otherwise); None uses one when the
+        backend has it; False turns it off."""
         self.llm, self.tools = llm, tools
+        supported = bool(getattr(llm, "supports_grammar", False))
+        if constrained and not supported:
+            raise ValueError(f"{type(llm).__name__} cannot constrain decoding to a grammar; "
+                             "use constrained=False (--agent.constrained false)")
+        self.constrained = supported if constrained is None else constrained
         # A model that answers in plain prose (no ReAct labels at all) has answered; small chat
         # models do this often. Turn off to make the format strict (training, evaluation of format).
         self.plain_answer_is_final = plain_answer_is_final
@@ -178,8 +208,19 @@ class ReActAgent:
         if not trace.stopped:
             trace.stopped = "token_budget" if trace.tokens >= self.token_budget else "max_steps"
 
+    def _grammar(self) -> str | None:
+        if not self.constrained:
+            return None
+        if not hasattr(self, "_grammar_text"):
+            from agents.grammar import native_grammar, react_grammar
+
+            self._grammar_text = (react_grammar if self.format == "text" else native_grammar)(self.tools)
+        return self._grammar_text
+
     def _generate(self, messages, step: int, **kwargs) -> Iterator[Event]:
         """Call the model; with ``stream_tokens`` yield "token" events on the way. Returns the Generation."""
+        if kwargs.get("grammar") is None:
+            kwargs.pop("grammar", None)  # backends without grammar support need not know the argument
         if not self.stream_tokens:
             return self.llm.generate(messages, **kwargs)
         text, gen = "", None
@@ -214,7 +255,7 @@ class ReActAgent:
             trace.steps = step
             # Each step starts with "Thought:" already written, which keeps small models in the format.
             messages = base + [{"role": "assistant", "content": scratch + "Thought:"}]
-            gen = yield from self._generate(messages, step, stop=STOP_SEQUENCES,
+            gen = yield from self._generate(messages, step, stop=STOP_SEQUENCES, grammar=self._grammar(),
                                             max_new_tokens=self._budget(trace), continue_final=True)
             trace.tokens += gen.tokens
             text = "Thought:" + (gen.text if gen.text.startswith((" ", "\n")) else " " + gen.text)
@@ -225,7 +266,7 @@ class ReActAgent:
                     trace.transcript = scratch + text.rstrip()
                     yield Event("final_answer", gen.text.strip(), step)
                     return
-                yield Event("error", str(e), step)
+                yield Event("error", str(e).replace(FORMAT_REMINDER, "").strip(), step, raw=gen.text.strip())
                 scratch += text.rstrip() + f"\nObservation: {e}\n"
                 trace.transcript = scratch
                 continue
@@ -259,13 +300,13 @@ class ReActAgent:
             if self._budget(trace) <= 0:
                 return
             trace.steps = step
-            gen = yield from self._generate(messages, step, stop=["</tool_call>\n\n"],
+            gen = yield from self._generate(messages, step, stop=["</tool_call>\n\n"], grammar=self._grammar(),
                                             max_new_tokens=self._budget(trace), tools=schemas)
             trace.tokens += gen.tokens
             try:
                 calls = parse_tool_calls(gen.text)
             except ParseError as e:
-                yield Event("error", str(e), step)
+                yield Event("error", str(e).replace(FORMAT_REMINDER, "").strip(), step, raw=gen.text.strip())
                 messages.append({"role": "assistant", "content": gen.text})
                 messages.append({"role": "user", "content": f"Your tool call could not be read: {e}"})
                 continue

@@ -16,6 +16,8 @@ from agents.agent import Generation
 
 
 class BatchedLLM:
+    supports_grammar = True
+
     def __init__(self, model, tokenizer, max_batch: int = 8, max_wait_s: float = 0.5, temperature: float = 0.0):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_wait_s, self.temperature = max_batch, max_wait_s, temperature
@@ -25,11 +27,12 @@ class BatchedLLM:
         self._worker = threading.Thread(target=self._serve, daemon=True, name="keel-batched-llm")
         self._worker.start()
 
-    def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None) -> Generation:
+    def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None,
+                 grammar=None) -> Generation:
         prompt = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=not continue_final,
                                                     continue_final_message=continue_final, tokenize=False)
         fut: Future = Future()
-        self._queue.put((prompt, tuple(stop or ()), max_new_tokens, fut))
+        self._queue.put((prompt, tuple(stop or ()), max_new_tokens, fut, grammar))
         return fut.result()
 
     def _serve(self) -> None:
@@ -44,12 +47,14 @@ class BatchedLLM:
                 except queue.Empty:
                     break
             # One generate call needs one set of stop strings; group requests that share theirs.
+            # Grammars are per row (one matcher each), so they need no grouping.
             groups: dict[tuple, list] = {}
             for item in batch:
                 groups.setdefault(item[1], []).append(item)
             for stop, items in groups.items():
                 try:
-                    results = self._run([i[0] for i in items], list(stop), max(i[2] for i in items), [i[2] for i in items])
+                    results = self._run([i[0] for i in items], list(stop), max(i[2] for i in items), [i[2] for i in items],
+                                        [i[4] for i in items])
                     for item, res in zip(items, results):
                         item[3].set_result(res)
                 except BaseException as e:  # noqa: BLE001 - every waiting caller gets the error
@@ -57,7 +62,8 @@ class BatchedLLM:
                         if not item[3].done():
                             item[3].set_exception(e)
 
-    def _run(self, prompts: list[str], stop: list[str], max_new_tokens: int, limits: list[int]) -> list[Generation]:
+    def _run(self, prompts: list[str], stop: list[str], max_new_tokens: int, limits: list[int],
+             grammars: list[str | None] | None = None) -> list[Generation]:
         import torch
 
         from align.generate import generation_kwargs
@@ -66,6 +72,13 @@ class BatchedLLM:
         enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         kwargs = generation_kwargs(tok, max_new_tokens, self.temperature, stop=stop)
+        if grammars and any(grammars):
+            from transformers import LogitsProcessorList
+
+            from agents.grammar import GrammarLogitsProcessor, free_text_grammar
+
+            rows = [g or free_text_grammar() for g in grammars]
+            kwargs["logits_processor"] = LogitsProcessorList([GrammarLogitsProcessor(rows, tok, len(rows))])
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         width = enc["input_ids"].shape[1]

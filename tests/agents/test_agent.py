@@ -48,12 +48,12 @@ def test_parse_failure_and_tool_errors_become_observations():
     ])
     trace = ReActAgent(llm, default_tools()).run("q")
     obs = [e for e in trace.events if e.type in ("observation", "error")]
-    assert obs[0].type == "error" and "Action Input" in obs[0].content
+    assert obs[0].ok is False and "calculator needs arguments" in obs[0].content and "expression" in obs[0].content
     assert obs[1].ok is False and "division by zero" in obs[1].content
     assert obs[2].ok is False and "unknown tool 'weather'" in obs[2].content
     assert obs[3].ok is False and "invalid arguments for calculator" in obs[3].content
-    assert trace.tool_errors == 3 and trace.answer == "unknown"
-    assert "Observation: 'Action: calculator' has no 'Action Input:'" in llm.calls[1]["messages"][-1]["content"]
+    assert trace.tool_errors == 4 and trace.answer == "unknown"
+    assert "Observation: Error: calculator needs arguments" in llm.calls[1]["messages"][-1]["content"]
 
 
 def test_limits_end_the_loop():
@@ -130,3 +130,76 @@ def test_step_limit_can_force_a_final_answer_from_what_the_steps_found():
     assert trace.answer == "42" and trace.stopped == "forced_answer" and trace.steps == 2
     plain = ReActAgent(ScriptedLLM(list(steps)), default_tools(), max_steps=2).run("6*7?")
     assert plain.answer is None and plain.stopped == "max_steps"
+
+
+# ---------------------------------------------------------------- failure kinds from peer frameworks
+@pytest.mark.parametrize("written", ["current_date()", "current_date", "current_date\nAction Input:",
+                                     "current_date\nAction Input: {}", "[current_date]\nAction Input: none",
+                                     "`current_date`()", "Current_Date\nAction Input: null"])
+def test_a_tool_without_arguments_is_called_however_it_is_written(written):
+    llm = ScriptedLLM([f" today?\nAction: {written}", " ok\nFinal Answer: done"])
+    tools = ToolRegistry([date_tool(lambda: date(2026, 1, 2)), calculator_tool()])
+    trace = ReActAgent(llm, tools).run("What day is it?")
+    obs = [e for e in trace.events if e.type == "observation"]
+    assert obs and obs[0].ok and obs[0].content == "2026-01-02 (Friday)", trace.events
+    assert trace.stopped == "final_answer"
+
+
+@pytest.mark.parametrize("name", ["[calculator]", "**calculator**", '"calculator"', "<calculator>", "Calculator",
+                                  "calculator."])
+def test_decorated_tool_names_resolve(name):
+    llm = ScriptedLLM([f' x\nAction: {name}\nAction Input: {{"expression": "6*7"}}', " y\nFinal Answer: 42"])
+    trace = ReActAgent(llm, default_tools()).run("q")
+    obs = [e for e in trace.events if e.type == "observation"]
+    assert obs[0].ok and obs[0].content == "42" and obs[0].tool == "calculator"
+
+
+def test_the_system_prompt_lists_tool_names_without_brackets():
+    llm = ScriptedLLM([" ok\nFinal Answer: hi"])
+    ReActAgent(llm, default_tools()).run("q")
+    system = llm.calls[0]["messages"][0]["content"]
+    assert "one of: calculator, current_date" in system and "[calculator" not in system
+
+
+def test_a_final_answer_mentioning_observation_is_not_cut():
+    # Only an "Observation:" label at the start of a line ends a step.
+    assert all(s.startswith("\n") for s in STOP_SEQUENCES)
+    text = " done\nFinal Answer: In the report, the Observation: field holds raw notes. Keep it short."
+    trace = ReActAgent(ScriptedLLM([text]), default_tools()).run("q")
+    assert trace.answer == "In the report, the Observation: field holds raw notes. Keep it short."
+
+
+def test_code_fences_in_a_final_answer_are_kept():
+    answer = "Use a list comprehension:\n```python\nsquares = [x * x for x in range(5)]\n```\nThat is all."
+    trace = ReActAgent(ScriptedLLM([" easy\nFinal Answer: " + answer]), default_tools()).run("q")
+    assert trace.answer == answer
+
+
+def test_a_raw_newline_inside_a_json_string_is_accepted():
+    seen = []
+    tools = ToolRegistry()
+
+    @tools.tool
+    def echo(text: str) -> str:
+        "Echo the text."
+        seen.append(text)
+        return text
+
+    llm = ScriptedLLM([' x\nAction: echo\nAction Input: {"text": "first line\nsecond\tline"}', " y\nFinal Answer: ok"])
+    trace = ReActAgent(llm, tools).run("q")
+    assert seen == ["first line\nsecond\tline"] and trace.tool_errors == 0
+
+
+def test_an_unreadable_step_keeps_what_the_model_wrote():
+    llm = ScriptedLLM([" I think Action 1036 maybe", " ok\nFinal Answer: 1"])
+    trace = ReActAgent(llm, default_tools(), plain_answer_is_final=False).run("q")
+    err = trace.events[0]
+    assert err.type == "error" and err.raw == "I think Action 1036 maybe"
+    assert "Use exactly this format" not in err.content  # the reminder goes to the model, not the screen
+    assert "Use exactly this format" in llm.calls[1]["messages"][-1]["content"]
+
+
+def test_constrained_true_needs_a_backend_with_grammars():
+    with pytest.raises(ValueError, match="constrained=False"):
+        ReActAgent(ScriptedLLM([]), default_tools(), constrained=True)
+    assert ReActAgent(ScriptedLLM([]), default_tools()).constrained is False

@@ -1,0 +1,174 @@
+"""Grammar-constrained agent steps: a tool call that is not valid cannot be generated.
+
+Each agent step is decoded under a context-free grammar built from the registered tools:
+
+  - text ReAct (after the ``Thought:`` the agent writes for the model)::
+
+        start: THOUGHT "\\n" ("Action:" " "? call | "Final Answer:" ANSWER)
+        call:  "calculator" "\\nAction Input:" " "? %json{<calculator's argument schema>} | ...
+
+  - native tool calls (Hermes/Qwen ``<tool_call>`` blocks): free text without ``<tool_call>``, or
+    tool calls whose JSON is ``{"name": <a registered tool>, "arguments": <its schema>}``.
+
+The argument schemas are the tools' pydantic schemas, so a wrong tool name, a missing or extra
+argument or a value of the wrong type has probability zero. Grammars are written in llguidance's
+Lark dialect and enforced token by token by ``GrammarLogitsProcessor`` (a transformers
+``LogitsProcessor``); the same grammar text is what an OpenAI-compatible server with llguidance
+structured outputs takes. Why llguidance rather than xgrammar, outlines or lm-format-enforcer:
+docs/agents.md.
+
+The logits processor is ours (about 40 lines) because llguidance ships matchers and bitmask
+helpers but no transformers ``LogitsProcessor``; its torch helper uses ``torch.compile``, which
+is slow to warm up on a CPU, so the bitmask is unpacked here with plain tensor ops.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from agents.tools import Tool, ToolRegistry
+
+MAX_THOUGHT_CHARS = 400
+
+
+class GrammarError(ValueError):
+    """A grammar llguidance rejects, or a tokenizer it cannot wrap; the message says which."""
+
+
+def _json_schema(tool: Tool) -> dict[str, Any]:
+    schema = tool.args_schema.model_json_schema()
+    schema.pop("title", None)
+    schema.setdefault("type", "object")
+    schema.setdefault("properties", {})
+    # Compact JSON with the separators json.dumps writes (and the training data uses); no newlines.
+    schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+    return schema
+
+
+def _lit(text: str) -> str:
+    return json.dumps(text)
+
+
+def react_grammar(tools: ToolRegistry | list[Tool]) -> str:
+    """The Lark grammar of one text-ReAct step, continuing after ``Thought:``."""
+    tools = list(tools)
+    lines = ["%llguidance {}",
+             'start: THOUGHT "\\n" step',
+             f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/",
+             'step: "Final Answer:" ANSWER' + (' | "Action:" " "? call' if tools else ""),
+             # An answer has at least one visible character and runs to the end of the message.
+             r"ANSWER: /[ \t]*[^\s](?s:.*)/"]
+    if tools:
+        lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
+        for i, tool in enumerate(tools):
+            lines.append(f'call_{i}: {_lit(tool.name)} "\\nAction Input:" " "? args_{i}')
+            lines.append(f"args_{i}: %json {json.dumps(_json_schema(tool))}")
+    return "\n".join(lines)
+
+
+def native_grammar(tools: ToolRegistry | list[Tool]) -> str:
+    """The Lark grammar of a native (Hermes ``<tool_call>``) reply: plain text, or text then calls."""
+    tools = list(tools)
+    if not tools:
+        return "%llguidance {}\nstart: TEXT\nTEXT: /(?s:.+)/"
+    call_schema = {"anyOf": [{
+        "type": "object",
+        "properties": {"name": {"const": t.name}, "arguments": _json_schema(t)},
+        "required": ["name", "arguments"], "additionalProperties": False,
+        "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "},
+    } for t in tools]}
+    return "\n".join([
+        "%llguidance {}",
+        "start: TEXT | call+",
+        # Plain text never contains "<tool_call>"; a call's header is the (lazy) text up to it.
+        r"TEXT: /(?s:.+)/ & ~/(?s:.*)<tool_call>(?s:.*)/",
+        r'call: call_head "\n"? body "\n"? "</tool_call>" "\n"?',
+        r"call_head[lazy]: /(?s:.*)<tool_call>/",
+        f"body: %json {json.dumps(call_schema)}",
+    ])
+
+
+def free_text_grammar() -> str:
+    """Any text: for the unconstrained rows of a batch whose other rows have a grammar."""
+    return "%llguidance {}\nstart: TEXT\nTEXT: /(?s:.*)/"
+
+
+_TOKENIZERS: dict[int, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _ll_tokenizer(tokenizer):
+    """llguidance's view of a Hugging Face fast tokenizer (built once per tokenizer, ~1 s)."""
+    key = id(tokenizer)
+    with _LOCK:
+        if key not in _TOKENIZERS:
+            import llguidance.hf
+
+            try:
+                _TOKENIZERS[key] = (tokenizer, llguidance.hf.from_tokenizer(tokenizer))
+            except ValueError as e:
+                raise GrammarError(f"constrained decoding needs a fast tokenizer: {e}") from None
+        return _TOKENIZERS[key][1]
+
+
+def check_grammar(grammar: str, tokenizer) -> None:
+    """Raise ``GrammarError`` naming the problem if llguidance rejects ``grammar``."""
+    import llguidance
+
+    matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer), grammar, log_level=0)
+    if matcher.is_error():
+        raise GrammarError(f"invalid tool-call grammar: {matcher.get_error()}")
+
+
+class GrammarLogitsProcessor:
+    """A transformers ``LogitsProcessor``: tokens the grammar does not allow get -inf, per row.
+
+    One llguidance matcher per batch row; rows may be left-padded. The first call sees the
+    prompt; every later call first feeds each row's newest token to its matcher. A row whose
+    matcher has finished (or failed) may only end: its mask allows the end-of-sequence token.
+    ``scores``: (batch, vocab) float logits; returns them masked in place.
+    """
+
+    def __init__(self, grammars: str | list[str], tokenizer, batch_size: int = 1):
+        import llguidance
+
+        grammars = [grammars] * batch_size if isinstance(grammars, str) else list(grammars)
+        tok = _ll_tokenizer(tokenizer)
+        self.matchers = [llguidance.LLMatcher(tok, g, log_level=0) for g in grammars]
+        for m in self.matchers:
+            if m.is_error():
+                raise GrammarError(f"invalid tool-call grammar: {m.get_error()}")
+        self.eos = tokenizer.eos_token_id
+        self._prompt_len: int | None = None
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+        import torch
+        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+
+        batch, vocab = scores.shape
+        if len(self.matchers) != batch:
+            raise GrammarError(f"{len(self.matchers)} grammars for a batch of {batch} rows")
+        if self._prompt_len is None:
+            self._prompt_len = input_ids.shape[1]
+        else:
+            last = input_ids[:, -1].tolist()
+            for m, token in zip(self.matchers, last):
+                if not (m.is_stopped() or m.is_error()):
+                    m.consume_token(token)
+        words = (vocab + 31) // 32
+        mask = allocate_token_bitmask(batch, words * 32)
+        for i, m in enumerate(self.matchers):
+            if m.is_error() or m.is_stopped():
+                mask[i] = 0
+                mask[i, self.eos // 32] = np.int32(np.uint32(1 << (self.eos % 32)).view(np.int32))
+            else:
+                fill_next_token_bitmask(m, mask, i)
+        bits = torch.from_numpy(mask).unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)  # (batch, words, 32)
+        allowed = (bits & 1).bool().reshape(batch, -1)[:, :vocab].to(scores.device)  # (batch, vocab)
+        return scores.masked_fill(~allowed, float("-inf"))
+
+    @property
+    def errors(self) -> list[str]:
+        return [m.get_error() for m in self.matchers if m.is_error()]

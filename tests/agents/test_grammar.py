@@ -1,0 +1,158 @@
+"""Grammar-constrained steps on a tiny random model: whatever it samples is a readable, valid step."""
+import json
+
+import pytest
+
+from agents.agent import ReActAgent, TransformersLLM
+from agents.batching import BatchedLLM
+from agents.grammar import GrammarError, GrammarLogitsProcessor, check_grammar, native_grammar, react_grammar
+from agents.parsing import parse_react, parse_tool_calls
+from agents.tools import ToolRegistry, calculator_tool, date_tool, default_tools
+
+
+def _tools_with_custom() -> ToolRegistry:
+    tools = ToolRegistry([calculator_tool(), date_tool()])
+
+    @tools.tool
+    def convert(amount: float, currency: str, rounded: bool = False) -> str:
+        "Convert an amount of money into another currency."
+        return f"{amount} {currency}"
+
+    return tools
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from align.models import load_policy
+
+    model, tok, _ = load_policy(str(tiny_model_dir))
+    return model, tok
+
+
+def _llm(tiny, temperature=1.0):
+    import torch
+
+    torch.manual_seed(0)
+    return TransformersLLM(*tiny, temperature=temperature)
+
+
+class _PreferEnding:
+    """Test-only: a random model rarely ends a string or a step; push it towards closing tokens so
+    that most samples finish. The grammar still decides which tokens are allowed."""
+
+    def __init__(self, tok):
+        self.ids = sorted({tok.eos_token_id, *[i for t, i in tok.get_vocab().items()
+                                                 if t in ('"', "}", '"}', "Ċ", "ĠAction", "Action", "1", ",")]})
+
+    def __call__(self, input_ids, scores):
+        scores[:, self.ids] += 6.0
+        return scores
+
+
+def _sample_steps(tiny, grammar, prompt_messages, n=12, max_new_tokens=200, continue_final=True):
+    import torch
+    from transformers import LogitsProcessorList
+
+    from agents.grammar import GrammarLogitsProcessor
+
+    model, tok = tiny
+    torch.manual_seed(0)
+    enc = tok.apply_chat_template(prompt_messages, continue_final_message=continue_final,
+                                  add_generation_prompt=not continue_final, return_tensors="pt", return_dict=True)
+    texts = []
+    for _ in range(n):
+        procs = LogitsProcessorList([_PreferEnding(tok), GrammarLogitsProcessor(grammar, tok)])
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                             logits_processor=procs, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        new = out[0, enc["input_ids"].shape[1]:]
+        if new[-1].item() == tok.eos_token_id:  # finished by the grammar, not cut by the token limit
+            texts.append(tok.decode(new, skip_special_tokens=True))
+    assert len(texts) >= n // 2, f"only {len(texts)} of {n} samples finished"
+    return texts
+
+
+def test_sampled_react_steps_always_parse_to_a_registered_tool_with_valid_arguments(tiny):
+    tools = _tools_with_custom()
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "Thought:"}]
+    for text in _sample_steps(tiny, react_grammar(tools), messages):
+        step = parse_react("Thought:" + text)
+        if step.final_answer is not None:
+            assert step.final_answer.strip()
+            continue
+        tool = tools.get(step.action)
+        assert tool is not None and tool.name == step.action, text
+        tool.args_schema.model_validate(tool.coerce(step.action_input))  # raises if the schema rejects it
+
+
+def test_without_the_grammar_the_same_model_writes_unreadable_steps(tiny):
+    llm = _llm(tiny)
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Thought:"}]
+    gen = llm.generate(messages, stop=[], max_new_tokens=40, continue_final=True)
+    with pytest.raises(ValueError):
+        parse_react("Thought:" + gen.text)
+
+
+def test_the_agent_passes_its_grammar_to_the_backend(tiny):
+    seen = []
+
+    class Recording(TransformersLLM):
+        def generate(self, messages, **kwargs):
+            seen.append(kwargs.get("grammar"))
+            return super().generate(messages, **kwargs)
+
+    agent = ReActAgent(Recording(*tiny), _tools_with_custom(), max_steps=1, max_new_tokens=8, constrained=True)
+    agent.run("q")
+    assert seen and seen[0] == react_grammar(_tools_with_custom())
+    seen.clear()
+    ReActAgent(Recording(*tiny), _tools_with_custom(), max_steps=1, max_new_tokens=8, constrained=False).run("q")
+    assert seen == [None]
+
+
+def test_native_grammar_allows_text_or_valid_calls(tiny):
+    tools = _tools_with_custom()
+    for text in _sample_steps(tiny, native_grammar(tools), [{"role": "user", "content": "q"}], continue_final=False):
+        assert "<tool_call>" not in text or parse_tool_calls(text)
+        for name, args in parse_tool_calls(text):
+            tool = tools.get(name)
+            assert tool is not None and tool.name == name
+            tool.args_schema.model_validate(args)
+
+
+def test_batched_rows_each_follow_their_own_grammar(tiny):
+    import torch
+
+    torch.manual_seed(1)
+    llm = BatchedLLM(*tiny, max_batch=4, temperature=1.0)
+    grammar = react_grammar(default_tools())
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Thought:"}]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        gens = list(pool.map(lambda _: llm.generate(messages, stop=[], max_new_tokens=150, continue_final=True,
+                                                    grammar=grammar), range(4)))
+    for gen in gens:
+        if gen.tokens < 150:
+            parse_react("Thought:" + gen.text)
+
+
+def test_grammar_text_and_errors(tiny):
+    _, tok = tiny
+    g = react_grammar(_tools_with_custom())
+    assert '"convert"' in g and '"currency"' in g and "%json" in g
+    check_grammar(g, tok)
+    check_grammar(native_grammar(_tools_with_custom()), tok)
+    with pytest.raises(GrammarError, match="invalid tool-call grammar"):
+        GrammarLogitsProcessor("start: (", tok)
+
+
+def test_processor_masks_per_row(tiny):
+    import torch
+
+    _, tok = tiny
+    proc = GrammarLogitsProcessor('%llguidance {}\nstart: "yes" | "no"', tok, batch_size=2)
+    scores = torch.zeros(2, len(tok))
+    out = proc(torch.zeros(2, 3, dtype=torch.long), scores)
+    allowed = [tok.decode([i]) for i in torch.nonzero(torch.isfinite(out[0])).flatten().tolist()]
+    assert allowed and all("yes".startswith(a) or "no".startswith(a) for a in allowed)
+    assert json.dumps(allowed)  # plain strings
