@@ -64,6 +64,8 @@ class ChatSettings:
     # Batch the generations of concurrent users into one model call (agents.batching): several
     # times the throughput on a CPU, but answers then arrive step by step rather than token by token.
     batch: bool = False
+    # Grammar-constrained agent steps (agents.grammar); False decodes freely.
+    constrained: bool = True
 
 
 class ChatModel:
@@ -125,7 +127,8 @@ class ChatModel:
         """
         agent = ReActAgent(self.llm, self.tools, max_steps=self.settings.max_steps,
                            max_new_tokens=self.settings.max_new_tokens, system_prompt=system_prompt or None,
-                           stream_tokens=True, force_final_answer=True)
+                           stream_tokens=True, force_final_answer=True,
+                           constrained=self.settings.constrained and getattr(self.llm, "supports_grammar", False))
         shown: list[dict] = []
         sources: list[str] = []
         trace = Trace(question=message_text(message), format=agent.format)
@@ -138,7 +141,7 @@ class ChatModel:
             elif ev.type == "tool_call":
                 args = json.dumps(ev.args) if not isinstance(ev.args, str) else ev.args
                 shown.append({"role": "assistant", "content": f"`{ev.tool}` {args}",
-                              "metadata": {"title": f"🛠️ {ev.tool}", "status": "pending"}})
+                              "metadata": {"title": f"🛠️ {call_title(ev.tool, ev.args)}", "status": "pending"}})
             elif ev.type == "observation":
                 step = shown[-1] if shown and shown[-1]["metadata"].get("status") == "pending" else None
                 if step is None:
@@ -149,8 +152,11 @@ class ChatModel:
                 if ev.tool == "search" and ev.ok:
                     sources += [s for s in _SOURCE.findall(ev.content) if s not in sources]
             elif ev.type == "error":
-                shown.append({"role": "assistant", "content": ev.content,
-                              "metadata": {"title": "⚠️ Could not read the model's step"}})
+                # One collapsed line: what was wrong; inside, what the model wrote (not the format again).
+                wrote = (ev.raw or "").strip() or "(nothing)"
+                shown.append({"role": "assistant", "content": f"The model wrote:\n```text\n{wrote[:1500]}\n```",
+                              "metadata": {"title": f"⚠️ Step {ev.step} unreadable: {_one_line(ev.content, 90)}",
+                                           "status": "done"}})
             elif ev.type == "final_answer":
                 answer = ev.content + (SOURCES_MARK + "; ".join(sources) if sources else "")
                 shown.append({"role": "assistant", "content": answer})
@@ -163,6 +169,22 @@ class ChatModel:
 
 
 SOURCES_MARK = "\n\n**Sources:** "
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def call_title(tool: str | None, args) -> str:
+    """``calculator(expression="348 * 27")``: the tool and its arguments, on one short line."""
+    if isinstance(args, dict):
+        inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
+    elif args in (None, ""):
+        inner = ""
+    else:
+        inner = json.dumps(args, ensure_ascii=False) if not isinstance(args, str) else args
+    return f"{tool}({_one_line(inner, 80)})"
 NO_ANSWER = "I could not finish within the step limit."
 
 
@@ -172,8 +194,7 @@ def _snapshot(shown: list[dict]) -> list[dict]:
 
 def _draft(text: str) -> dict:
     """The step being generated, for display: the answer once it starts, else the raw thinking."""
-    for stop in ("\nObservation", "Observation:"):
-        text = text.split(stop)[0]
+    text = text.split("\nObservation:")[0]
     if "Final Answer:" in text:
         return {"role": "assistant", "content": text.split("Final Answer:", 1)[1].strip()}
     return {"role": "assistant", "content": text.strip() or "…", "metadata": {"title": "💭 Thinking…", "status": "pending"}}

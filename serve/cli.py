@@ -8,16 +8,25 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from pydantic import Field, field_validator
+
 from align.config import Strict, load_config
 from align.errors import KeelError
 
 
+class AgentSettings(Strict):
+    enabled: bool = True  # false: plain streamed chat, no tools
+    # Decode every step under the tools' grammar (agents/grammar.py): tool names and arguments are
+    # always valid. false: free decoding, as before.
+    constrained: bool = True
+
+
 class ServeConfig(Strict):
-    checkpoint: str = "smollm2-135m"
+    checkpoint: str = "keel-agent"
     index: str = "default"
     host: str = "127.0.0.1"
     port: int = 7860
-    agent: bool = True
+    agent: AgentSettings = Field(default_factory=AgentSettings)
     max_steps: int = 4
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -27,11 +36,17 @@ class ServeConfig(Strict):
     system_prompt: str = "You are a helpful, honest and harmless assistant."
     auth: str | None = None
 
+    @field_validator("agent", mode="before")
+    @classmethod
+    def _agent_bool(cls, value):
+        return {"enabled": value} if isinstance(value, bool) else value  # `agent: false` as before
+
 
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve", description="Keel chat app. Subcommand: export-feedback.")
     p.add_argument("--config", help="YAML file (configs/serve.yaml); flags below override it")
-    p.add_argument("--checkpoint", help="model: embedded name, Keel checkpoint or run folder, HF folder or hub id")
+    p.add_argument("--checkpoint", help="model: keel-agent (default: Keel's agent adapter), smollm2-135m (the bare "
+                                        "embedded model), a Keel checkpoint or run folder, an HF folder or hub id")
     p.add_argument("--index", help="retrieval index for the search tool: a folder, 'default' or 'none'")
     p.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int)
@@ -44,6 +59,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", help="USER:PASSWORD required to open the app")
     p.add_argument("--no-agent", action="store_true", help="plain chat, streamed token by token, without tools")
     p.add_argument("--max-steps", type=int, help="agent steps per answer")
+    p.add_argument("--agent.constrained", dest="constrained", choices=["true", "false"],
+                   help="grammar-constrained tool calls (default true)")
     p.add_argument("--feedback-db", help="SQLite feedback database (default runs/feedback.db; 'none' turns it off)")
     p.add_argument("--system-prompt")
     return p
@@ -58,7 +75,9 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
         if value is not None:
             overrides += [f"--{key}", str(value)]
     if a.no_agent:
-        overrides += ["--agent", "false"]
+        overrides += ["--agent.enabled", "false"]
+    if a.constrained is not None:
+        overrides += ["--agent.constrained", a.constrained]
     if a.batch:
         overrides += ["--batch", "true"]
     return load_config(ServeConfig, a.config, overrides)
@@ -105,13 +124,13 @@ def create_app(cfg: ServeConfig):
     from serve.feedback import FeedbackStore
 
     retriever = None
-    if cfg.agent and cfg.index != "none":
+    if cfg.agent.enabled and cfg.index != "none":
         from retrieval import Retriever
         from retrieval.default_kb import open_default_index
 
         retriever = open_default_index() if cfg.index == "default" else Retriever.open(cfg.index)
-    settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent,
-                            max_steps=cfg.max_steps, batch=cfg.batch)
+    settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent.enabled,
+                            max_steps=cfg.max_steps, batch=cfg.batch, constrained=cfg.agent.constrained)
     chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
     store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
     if store is not None:

@@ -41,7 +41,8 @@ def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_mo
     updates = list(chat.respond("how?", [], None, turn=turn))
     final = updates[-1]
     titles = [m.get("metadata", {}).get("title") for m in final]
-    assert titles == ["💭 Thought", "🛠️ search", "💭 Thought", "🛠️ calculator", "💭 Thought", None]
+    assert titles == ["💭 Thought", '🛠️ search(query="resume")', "💭 Thought", '🛠️ calculator(expression="6*7")',
+                      "💭 Thought", None]
     calc = final[3]
     assert calc["metadata"]["status"] == "done" and "**Observation**:\n42" in calc["content"]
     assert final[-1]["content"] == "Use --resume; and 42.\n\n**Sources:** README.md § Run folders"
@@ -99,3 +100,15 @@ def test_batched_serving_answers_concurrent_users_through_one_model(tiny_model_d
     assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
     chat.switch(str(tiny_model_dir))  # a switched model keeps the batching
     assert isinstance(chat.llm, BatchedLLM)
+
+
+def test_an_unreadable_step_is_one_collapsed_line_with_what_the_model_wrote(tiny_model_dir):
+    llm = ScriptedLLM([" I think\nAction:\nAction Input: 1036", " ok\nFinal Answer: 9396"])
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([calculator_tool()]))
+    chat_agent_strict = chat.respond_agent("What is 348 * 27?", [], None)
+    final = list(chat_agent_strict)[-1]
+    err = next(m for m in final if (m.get("metadata") or {}).get("title", "").startswith("⚠️"))
+    assert err["metadata"]["status"] == "done" and "\n" not in err["metadata"]["title"]
+    assert "Action Input: 1036" in err["content"] and "names no tool" in err["metadata"]["title"]
+    assert "Use exactly this format" not in err["content"]
+    assert final[-1]["content"] == "9396"

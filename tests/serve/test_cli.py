@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 def test_config_file_then_flags():
     cfg = serve_config(["--config", str(REPO / "configs" / "serve.yaml"), "--port", "9999", "--no-agent", "--batch"])
-    assert cfg.port == 9999 and cfg.agent is False and cfg.batch is True and cfg.host == "127.0.0.1"
+    assert cfg.port == 9999 and cfg.agent.enabled is False and cfg.batch is True and cfg.host == "127.0.0.1"
     assert serve_config([]).feedback_db == "runs/feedback.db"
 
 
