@@ -12,6 +12,7 @@ Every step is an ``Event``; a run is a ``Trace``, plain data that serialises to 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal, Protocol
@@ -25,6 +26,9 @@ EventType = Literal["thought", "tool_call", "observation", "final_answer", "erro
 # An invented observation starts a line; "Observation:" mid-sentence is part of the text.
 STOP_SEQUENCES = ["\nObservation:"]
 DEFAULT_PREAMBLE = "You are a helpful, honest and harmless assistant."
+_LABEL_START = re.compile(r"^\s*(?:\*\*)?(Action|Action Input|Final Answer)\s*(?:\*\*)?\s*:", re.I)
+NATIVE_REMINDER = ('Call a tool as <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>, '
+                   "or answer in plain text.")
 
 
 @dataclass
@@ -258,7 +262,10 @@ class ReActAgent:
             gen = yield from self._generate(messages, step, stop=STOP_SEQUENCES, grammar=self._grammar(),
                                             max_new_tokens=self._budget(trace), continue_final=True)
             trace.tokens += gen.tokens
-            text = "Thought:" + (gen.text if gen.text.startswith((" ", "\n")) else " " + gen.text)
+            if _LABEL_START.match(gen.text):  # " Final Answer: 4" right after the primed "Thought:"
+                text = "Thought:\n" + gen.text.lstrip()
+            else:
+                text = "Thought:" + (gen.text if gen.text.startswith((" ", "\n")) else " " + gen.text)
             try:
                 parsed = parse_react(text)
             except ParseError as e:
@@ -306,9 +313,10 @@ class ReActAgent:
             try:
                 calls = parse_tool_calls(gen.text)
             except ParseError as e:
-                yield Event("error", str(e).replace(FORMAT_REMINDER, "").strip(), step, raw=gen.text.strip())
+                reason = str(e).replace(FORMAT_REMINDER, "").strip()
+                yield Event("error", reason, step, raw=gen.text.strip())
                 messages.append({"role": "assistant", "content": gen.text})
-                messages.append({"role": "user", "content": f"Your tool call could not be read: {e}"})
+                messages.append({"role": "user", "content": f"Your tool call could not be read: {reason} {NATIVE_REMINDER}"})
                 continue
             thought = gen.text.split("<tool_call>")[0].strip()
             if not calls:

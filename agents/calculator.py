@@ -64,34 +64,39 @@ def _eval(node):
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
             and not node.keywords and len(node.args) <= 4):
         args = [_eval(a) for a in node.args]
+        if node.func.id == "round" and len(args) == 2 and abs(args[1]) > 100:
+            raise CalculatorError("round: at most 100 digits")
         try:
             return _check(_FUNCS[node.func.id](*args))
+        except ZeroDivisionError:
+            raise CalculatorError(f"{node.func.id}: division by zero") from None
         except TypeError as e:
             raise CalculatorError(f"{node.func.id}: {e} (inside a function call a comma separates "
                                   "arguments: write 1600, not 1,600)") from None
         except (ValueError, OverflowError) as e:
             raise CalculatorError(f"{node.func.id}: {e}") from None
+    if isinstance(node, ast.Tuple):
+        raise CalculatorError("a comma must group digits in threes (1,500) or separate a function's arguments "
+                              "(max(1, 500)); write numbers without commas")
     raise CalculatorError(f"not allowed: {type(node).__name__}" +
                           (f" {node.id!r}" if isinstance(node, ast.Name) else ""))
 
 
 _CALL_OPEN = re.compile(r"[A-Za-z_]\w*\s*$")
-_GROUPED = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\w.]|,\d)")
+_GROUPED = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w.]|,\d)")
 
 
 def _drop_thousands_separators(expr: str) -> str:
     """``1,000 + 2,500,000`` -> ``1000 + 2500000``, but never inside a function call's arguments,
     where a comma separates arguments: ``max(1,500, 20)`` stays three arguments."""
-    out, depth_in_call, stack, i = [], 0, [], 0
+    out, stack, i = [], [], 0  # stack: for each open parenthesis, whether it opened a call's arguments
     while i < len(expr):
         ch = expr[i]
         if ch == "(":
-            is_call = bool(_CALL_OPEN.search(expr[:i]))
-            stack.append(is_call)
-            depth_in_call += is_call
+            stack.append(bool(_CALL_OPEN.search(expr[:i])))
         elif ch == ")" and stack:
-            depth_in_call -= stack.pop()
-        elif ch.isdigit() and depth_in_call == 0 and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "._")):
+            stack.pop()
+        elif ch.isdigit() and not (stack and stack[-1]) and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "._")):
             m = _GROUPED.match(expr, i)
             if m:
                 out.append(m.group(0).replace(",", ""))
@@ -105,8 +110,8 @@ def _drop_thousands_separators(expr: str) -> str:
 def normalise(expression: str) -> str:
     """Accept what people and models write: 1,000 / 3 x 4 / 2^3 / $5 / 50%."""
     expr = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**").replace("$", "")
-    expr = _drop_thousands_separators(expr.replace("−", "-"))
-    expr = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", expr)
+    expr = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", expr.replace("−", "-"))
+    expr = _drop_thousands_separators(expr)
     expr = re.sub(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d(.])", r"(\1/100)", expr)  # 50% of ..., not 7 % 4
     return expr.rstrip("=").strip()
 

@@ -14,12 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="answer one question with the agent and print its trace")
     r.add_argument("question")
-    r.add_argument("--checkpoint", default="smollm2-135m")
-    r.add_argument("--index", help="retrieval index folder for the search tool ('default' for the built-in one)")
-    r.add_argument("--max-steps", type=int, default=6)
+    r.add_argument("--checkpoint", default="keel-agent",
+                   help="keel-agent (Keel's agent adapter, default), smollm2-135m (the bare model), or any model reference")
+    r.add_argument("--index", default="default",
+                   help="retrieval index folder for the search tool: 'default' (the built-in one) or 'none'")
+    r.add_argument("--max-steps", type=int, default=4)
+    r.add_argument("--agent.constrained", dest="constrained", choices=["true", "false"], default="true",
+                   help="grammar-constrained tool calls")
     r.add_argument("--json", action="store_true", help="print the trace as JSON")
     e = sub.add_parser("eval", help="success rate, mean steps, tool-error rate")
-    e.add_argument("--checkpoint", default="smollm2-135m")
+    e.add_argument("--checkpoint", default="keel-agent")
     e.add_argument("--tasks", choices=["arith", "gsm8k"], default="arith")
     e.add_argument("--n", type=int, default=200)
     e.add_argument("--seed", type=int, default=0)
@@ -32,9 +36,32 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("src", help="GSM8K JSONL file")
     d.add_argument("--out", required=True)
     d.add_argument("--limit", type=int)
+    m = sub.add_parser("make-mix", help="the default agent's training mix (arith, gsm8k, kb, plain, harmless)")
+    m.add_argument("--out", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--n-arith", type=int, default=500)
+    m.add_argument("--n-gsm8k", type=int, default=150)
+    m.add_argument("--n-kb", type=int, help="at most this many (default: every train-split question that retrieves)")
+    m.add_argument("--n-plain", type=int, default=120)
+    m.add_argument("--n-harmless", type=int, default=150)
+    m.add_argument("--model", default="smollm2-135m", help="writes the plain replies (self-distillation)")
+    sh = sub.add_parser("ship", help="copy a LoRA run's adapter into models/keel-agent (fp16 weights, manifest)")
+    sh.add_argument("run", help="run folder of configs/agent-sft.yaml (runs/agent-sft)")
+    sh.add_argument("--dest", default=str(Path(__file__).resolve().parent.parent / "models" / "keel-agent"))
+    sh.add_argument("--metrics", help="JSON file of evaluation figures to record in keel.json")
     a = p.parse_args(argv)
     try:
-        if a.cmd == "make-data":
+        if a.cmd == "ship":
+            from agents.agent_data import ship_adapter
+
+            metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else None
+            print(json.dumps(ship_adapter(Path(a.run), Path(a.dest), metrics), indent=2))
+        elif a.cmd == "make-mix":
+            from agents.agent_data import build_mix
+
+            print(json.dumps(build_mix(Path(a.out), seed=a.seed, n_arith=a.n_arith, n_gsm8k=a.n_gsm8k, n_kb=a.n_kb,
+                                       n_plain=a.n_plain, n_harmless=a.n_harmless, model=a.model), indent=2))
+        elif a.cmd == "make-data":
             from agents.trajectories import convert_file
 
             print(json.dumps(convert_file(Path(a.src), Path(a.out), a.limit)))
@@ -44,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             from align.models import load_policy
 
             retriever = None
-            if a.index:
+            if a.index != "none":
                 from retrieval import Retriever
                 from retrieval.default_kb import open_default_index
 
                 retriever = open_default_index() if a.index == "default" else Retriever.open(a.index)
             model, tok, _ = load_policy(a.checkpoint)
-            agent = ReActAgent(TransformersLLM(model, tok), default_tools(retriever), max_steps=a.max_steps)
+            agent = ReActAgent(TransformersLLM(model, tok), default_tools(retriever), max_steps=a.max_steps,
+                               constrained=a.constrained == "true", force_final_answer=True)
             trace = agent.run(a.question)
             if a.json:
                 print(trace.to_json())

@@ -36,8 +36,25 @@ class GrammarError(ValueError):
     """A grammar llguidance rejects, or a tokenizer it cannot wrap; the message says which."""
 
 
+def _inline_refs(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:
+    """Replace ``{"$ref": "#/$defs/X"}`` by the definition, so a tool's schema can sit anywhere in
+    a larger schema (pydantic puts enums and nested models in a root ``$defs``)."""
+    if depth > 32:
+        raise GrammarError("tool argument schema is recursive; constrained decoding needs a finite schema")
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return _inline_refs({**defs[ref[8:]], **rest}, defs, depth + 1)
+        return {k: _inline_refs(v, defs, depth + 1) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs, depth + 1) for v in node]
+    return node
+
+
 def _json_schema(tool: Tool) -> dict[str, Any]:
     schema = tool.args_schema.model_json_schema()
+    schema = _inline_refs(schema, schema.get("$defs", {}))
     schema.pop("title", None)
     schema.setdefault("type", "object")
     schema.setdefault("properties", {})
@@ -58,7 +75,7 @@ def react_grammar(tools: ToolRegistry | list[Tool]) -> str:
              f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/",
              'step: "Final Answer:" ANSWER' + (' | "Action:" " "? call' if tools else ""),
              # An answer has at least one visible character and runs to the end of the message.
-             r"ANSWER: /[ \t]*[^\s](?s:.*)/"]
+             r"ANSWER: /\s*[^\s](?s:.*)/"]
     if tools:
         lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
         for i, tool in enumerate(tools):

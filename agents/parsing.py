@@ -39,8 +39,36 @@ _NAME_DECOR = "`'\"[]<>*(){} .:;"
 _OBSERVATION_LINE = re.compile(r"\n\s*Observation\s*:", re.I)
 
 
+# **Action:** / __Action__: / **Final Answer**: -> plain labels (markdown around a label, not in answers).
+_BOLD_LABEL = re.compile(r"^(\s*)(?:\*\*|__)(Thought|Action Input|Action|Final Answer|Observation)\s*(?:\*\*|__)?"
+                         r"\s*:\s*(?:\*\*|__)?", re.M | re.I)
+_NO_TOOL = {"none", "n/a", "na", "no tool", "nothing", "final answer", "null"}
+_KWARGS = re.compile(r"^\s*[A-Za-z_]\w*\s*=")
+
+
 def strip_fences(text: str) -> str:
     return _FENCE.sub(lambda m: m.group(1), text)
+
+
+def _python_call_args(inner: str) -> Any:
+    """``query="faiss", k=2`` or ``"faiss"`` as written in ``search(...)``: literals only, via
+    ``ast.literal_eval`` (never eval). Returns ``_NOT_PYTHON`` when it is not a literal call."""
+    import ast
+
+    try:
+        call = ast.parse(f"f({inner})", mode="eval").body
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return _NOT_PYTHON
+    if kwargs and not args:
+        return kwargs
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    return _NOT_PYTHON
+
+
+_NOT_PYTHON = object()
 
 
 def _sections(text: str) -> list[tuple[str, str, int, int]]:
@@ -60,8 +88,14 @@ def parse_json_lenient(text: str) -> Any:
     (or ``none``, ``null``, ``{}``) comes back as ``None``: the call has no arguments.
     """
     s = strip_fences(text).strip()
-    if not s or s.lower() in ("none", "null", "{}", "()", "n/a", "no input", '""', "''"):
+    if len(s) >= 2 and s[0] == s[-1] == "`":
+        s = s.strip("`").strip()  # `{"expression": "2+2"}` in single backticks
+    if not s or s.lower().strip(".()") in ("none", "null", "{}", "", "n/a", "no input", '""', "''", "[]"):
         return None  # no arguments: the tool decides whether it needs any
+    if _KWARGS.match(s):  # query="faiss", k=2
+        value = _python_call_args(s.splitlines()[0] if "\n" not in s.strip() else s)
+        if value is not _NOT_PYTHON:
+            return value
     if s[0] not in "{[\"'":
         return s.splitlines()[0].strip()
     # strict=False: raw control characters (a newline, a tab) inside strings are accepted, as
@@ -72,6 +106,11 @@ def parse_json_lenient(text: str) -> Any:
     repaired = re.sub(r'([{,]\s*)([A-Za-z_]\w*)\s*:', r'\1"\2":', repaired)  # unquoted keys
     candidates.append(repaired)
     # Unquoted string values: {"expression": 48/2} -> {"expression": "48/2"}
+    # Python literals and trailing commas: {"k": True, "n": None,} -> {"k": true, "n": null}
+    repaired = re.sub(r"(?<=[:\[,\s])(True|False|None)(?=\s*[,}\]])",
+                      lambda m: {"True": "true", "False": "false", "None": "null"}[m.group(1)], repaired)
+    repaired = re.sub(r",\s*([}\]])", r"\1", repaired)
+    candidates.append(repaired)
     candidates.append(re.sub(r':\s*([^"\s{}\[\],][^,}]*?)\s*([,}])',
                              lambda m: m.group(0) if re.fullmatch(r"-?\d+(\.\d+)?|true|false|null", m.group(1))
                              else f': "{m.group(1)}"{m.group(2)}', repaired))
@@ -95,6 +134,7 @@ def parse_react(text: str) -> ParsedStep:
     The final answer is kept as written (code fences included) up to an invented ``Observation:``
     line; code fences are removed only around labels and action inputs. Raises ``ParseError``.
     """
+    text = _BOLD_LABEL.sub(lambda m: f"{m.group(1)}{m.group(2)}: ", text)
     sections = _sections(text)
     if not any(label in ("action", "final answer") for label, *_ in sections) and "```" in text:
         sections = _sections(strip_fences(text))  # the whole step was wrapped in a code fence
@@ -110,6 +150,8 @@ def parse_react(text: str) -> ParsedStep:
             rest = rest[rest.index(":") + 1:]
             cut = _OBSERVATION_LINE.search(rest)
             answer = (rest[:cut.start()] if cut else rest).strip()
+            if answer.endswith("```") and answer.count("```") % 2 == 1:
+                answer = answer[:-3].rstrip()  # the closing fence of a step wrapped in a code block
             if not answer:
                 raise ParseError("'Final Answer:' is empty. " + FORMAT_REMINDER)
             step.final_answer = answer
@@ -117,16 +159,31 @@ def parse_react(text: str) -> ParsedStep:
             return step
         elif label == "action":
             first = body.splitlines()[0].strip() if body else ""
-            call = _CALL_FORM.match(first.strip("`*\"' "))
+            nxt = sections[i + 1] if i + 1 < len(sections) else None
+            if first.strip(_NAME_DECOR).lower() in _NO_TOOL:  # "Action: None" then a Final Answer
+                if any(lbl == "final answer" for lbl, *_ in sections[i + 1:]):
+                    continue
+                if first.strip(_NAME_DECOR).lower() == "final answer" and nxt and nxt[0] == "action input" and nxt[1]:
+                    step.final_answer, step.consumed = nxt[1], text[:nxt[3]].rstrip()
+                    return step
+            # **Calculator**(2+2), [calculator](2+2): the decorations go, the call form stays
+            undecorated = re.sub(r"^[`*\"'\[<]*([A-Za-z_]\w*?)[`*\"'\]>]+(?=\s*\()", r"\1", first.strip())
+            undecorated = undecorated.strip("`*\"' ")
+            call = _CALL_FORM.match(undecorated)
             if call and call.group(1).lower() != "none":  # Action: calculator(48/2), current_date()
-                step.action, step.action_input = call.group(1), parse_json_lenient(call.group(2))
+                inner = call.group(2)
+                if not inner.strip() and nxt is not None and nxt[0] == "action input":
+                    inner = nxt[1]  # Action: calculator()\nAction Input: {...}
+                    end = nxt[3]
+                value = _python_call_args(inner) if inner.strip() and _KWARGS.match(inner) else _NOT_PYTHON
+                step.action = call.group(1)
+                step.action_input = parse_json_lenient(inner) if value is _NOT_PYTHON else value
                 step.consumed = text[:end].rstrip()
                 return step
             name = first.strip(_NAME_DECOR)
             if not name:
                 raise ParseError("'Action:' names no tool. " + FORMAT_REMINDER)
             step.action = name
-            nxt = sections[i + 1] if i + 1 < len(sections) else None
             if nxt is None or nxt[0] != "action input":
                 # No input line: a call without arguments (the tool says if it needs some).
                 step.action_input, step.consumed = None, text[:end].rstrip()

@@ -19,6 +19,7 @@ from datetime import date
 from typing import Any, Callable
 
 from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from agents.calculator import CalculatorError, calculate, format_number
 
@@ -59,6 +60,8 @@ class Tool:
         """A bare value stands for the tool's only argument (``"2+2"`` -> ``{"expression": "2+2"}``)."""
         fields = list(self.args_schema.model_fields)
         required = [f for f, info in self.args_schema.model_fields.items() if info.is_required()]
+        if not fields and not isinstance(args, dict):
+            return {}  # a tool without arguments ignores "none", "No input needed", ...
         if args is None or args == "" or args == []:  # called without arguments: current_date()
             if required:
                 raise ToolError(f"{self.name} needs arguments: a JSON object with keys {required}")
@@ -94,6 +97,9 @@ def tool_from_function(fn: Callable[..., Any], name: str | None = None, descript
     for pname, p in sig.parameters.items():
         if p.annotation is inspect.Parameter.empty:
             raise TypeError(f"tool {fn.__name__}: parameter {pname!r} needs a type annotation")
+        if isinstance(p.default, FieldInfo):  # def f(k: int = Field(..., ge=1)): keep its limits
+            fields[pname] = (p.annotation, p.default)
+            continue
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[pname] = (p.annotation, Field(default))
     schema = create_model(f"{fn.__name__}_args", __config__={"extra": "forbid"}, **fields)
@@ -126,7 +132,7 @@ class ToolRegistry:
         """The tool called ``name``, ignoring case and the brackets, quotes or markup models add."""
         if name in self.tools:
             return self.tools[name]
-        key = name.strip("`'\"[]<>*(){} .:;").lower()
+        key = name.strip("`'\"[]<>*(){} .:;_").lower()
         return next((t for n, t in self.tools.items() if n.lower() == key), None)
 
     def __iter__(self):
@@ -141,7 +147,7 @@ class ToolRegistry:
 
 # ---------------------------------------------------------------- built-in tools
 class CalculatorArgs(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
     expression: str = Field(description="arithmetic expression, e.g. (48 + 24) / 3")
 
 
@@ -160,7 +166,7 @@ def date_tool(today: Callable[[], date] = date.today) -> Tool:
 
 
 class SearchArgs(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
     query: str = Field(description="what to look for")
     k: int = Field(3, ge=1, le=10, description="number of passages")
 

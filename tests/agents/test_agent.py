@@ -203,3 +203,28 @@ def test_constrained_true_needs_a_backend_with_grammars():
     with pytest.raises(ValueError, match="constrained=False"):
         ReActAgent(ScriptedLLM([]), default_tools(), constrained=True)
     assert ReActAgent(ScriptedLLM([]), default_tools()).constrained is False
+
+
+def test_a_label_right_after_the_primed_thought_is_read():
+    trace = ReActAgent(ScriptedLLM([" Final Answer: 4"]), default_tools(), plain_answer_is_final=False).run("q")
+    assert trace.answer == "4" and not [e for e in trace.events if e.type == "error"]
+    llm = ScriptedLLM([' Action: calculator\nAction Input: {"expression": "6*7"}', " ok\nFinal Answer: 42"])
+    trace = ReActAgent(llm, default_tools()).run("q")
+    assert [e.content for e in trace.events if e.type == "observation"] == ["42"]
+
+
+def test_tool_argument_kinds():
+    from pydantic import Field
+
+    tools = ToolRegistry([date_tool(lambda: date(2026, 1, 2)), calculator_tool()])
+
+    @tools.tool
+    def pick(k: int = Field(..., ge=1, le=10)) -> int:
+        "Pick k."
+        return k
+
+    assert tools.get("current_date").run("No input needed").ok  # a tool without arguments ignores junk
+    assert not tools.get("pick").run({}).ok and not tools.get("pick").run({"k": 99}).ok
+    assert tools.get("pick").run({"k": 3}).text == "3"
+    assert tools.get("calculator").run({"expression": 1500}).text == "1500"  # a number where text is expected
+    assert tools.get("__calculator__") is tools.get("calculator")

@@ -13,6 +13,8 @@ from agents.calculator import CalculatorError, calculate, format_number
     # A comma inside a function call separates arguments; outside, 1,500 is fifteen hundred.
     ("max(1,500, 20)", "500"), ("min(2,345)", "2"), ("max(1, 500)", "500"), ("round(1234.5678, 2)", "1234.57"),
     ("1,500 + 2,000,000", "2001500"), ("(1,500 * 2)", "3000"), ("max(1,000 * 2, 3)", "3"),
+    ("1,234.56 * 2", "2469.12"), ("$1,500.25 + $2", "1502.25"), ("max((1,500), 20)", "1500"),
+    ("2 x (1,500)", "3000"), ("1,000x3", "3000"),
 ])
 def test_arithmetic(expr, want):
     assert format_number(calculate(expr)) == want
@@ -38,6 +40,9 @@ def test_arithmetic(expr, want):
     ("1" * 600, "longer than"),
     ("(" * 240 + "1" + ")" * 240, "cannot parse|nested"),
     ("sqrt(1,600)", "comma separates arguments"),
+    ("1, 500", "group digits in threes"),
+    ("log(10, 1)", "division by zero"),
+    ("round(1, -10**9)", "at most 100 digits"),
 ])
 def test_unsafe_or_bad_input_is_a_clear_error_and_fast(expr, msg):
     started = time.perf_counter()

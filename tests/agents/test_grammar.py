@@ -156,3 +156,43 @@ def test_processor_masks_per_row(tiny):
     allowed = [tok.decode([i]) for i in torch.nonzero(torch.isfinite(out[0])).flatten().tolist()]
     assert allowed and all("yes".startswith(a) or "no".startswith(a) for a in allowed)
     assert json.dumps(allowed)  # plain strings
+
+
+def test_enum_and_nested_argument_schemas_compile_in_both_formats(tiny):
+    import enum
+
+    import llguidance
+    from pydantic import BaseModel
+
+    from agents.grammar import _ll_tokenizer
+
+    class Colour(enum.Enum):
+        red = "red"
+        blue = "blue"
+
+    class Point(BaseModel):
+        x: int
+        y: int
+
+    tools = ToolRegistry()
+
+    @tools.tool
+    def paint(colour: Colour, at: Point) -> str:
+        "Paint a point."
+        return "ok"
+
+    _, tok = tiny
+    lt = _ll_tokenizer(tok)
+
+    def accepts(grammar, text):
+        m = llguidance.LLMatcher(lt, grammar, log_level=0)
+        assert not m.is_error(), m.get_error()
+        return m.consume_tokens(tok(text, add_special_tokens=False)["input_ids"]) and m.is_accepting()
+
+    good = '{"colour": "red", "at": {"x": 1, "y": 2}}'
+    bad = '{"colour": "green", "at": {"x": 1, "y": 2}}'
+    assert accepts(react_grammar(tools), f" t\nAction: paint\nAction Input: {good}")
+    assert not accepts(react_grammar(tools), f" t\nAction: paint\nAction Input: {bad}")
+    assert accepts(native_grammar(tools), f'<tool_call>\n{{"name": "paint", "arguments": {good}}}\n</tool_call>')
+    assert not accepts(native_grammar(tools), f'<tool_call>\n{{"name": "paint", "arguments": {bad}}}\n</tool_call>')
+    assert accepts(react_grammar(tools), " t\nFinal Answer:\n```python\nx = 1\n```")

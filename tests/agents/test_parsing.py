@@ -21,6 +21,18 @@ from agents.parsing import ParseError, parse_react, parse_tool_calls
     ("Action: current_date\nAction Input: {}", "current_date", None),
     ("Action: current_date\nAction Input: None", "current_date", None),
     ('Action: search\nAction Input: {"query": "first line\nsecond"}', "search", {"query": "first line\nsecond"}),
+    # Python call syntax, keyword arguments (literals only, never eval)
+    ('Action: search(query="faiss", k=2)', "search", {"query": "faiss", "k": 2}),
+    ('Action: search\nAction Input: query="faiss"', "search", {"query": "faiss"}),
+    ('Action: search("faiss")', "search", "faiss"),
+    ('Action: calculator()\nAction Input: {"expression": "2+2"}', "calculator", {"expression": "2+2"}),
+    ("Action: **Calculator**(2+2)", "Calculator", "2+2"),
+    ("Action: [calculator](2+2)", "calculator", "2+2"),
+    # JSON slips
+    ('Action: search\nAction Input: {"query": "faiss", "k": 2,}', "search", {"query": "faiss", "k": 2}),
+    ('Action: s\nAction Input: {"flag": True, "n": None}', "s", {"flag": True, "n": None}),
+    ("Action: calculator\nAction Input: `2+2`", "calculator", "2+2"),
+    ('**Action:** calculator\n**Action Input:** {"expression": "2+2"}', "calculator", {"expression": "2+2"}),
 ])
 def test_tolerant_action_parsing(text, action, args):
     step = parse_react(text)
@@ -31,6 +43,16 @@ def test_final_answer_keeps_fences_and_label_words():
     text = "Thought: t\nFinal Answer: Like this:\n```python\nprint('Action: x')\n```\nThe Observation: label is ours."
     assert parse_react(text).final_answer == ("Like this:\n```python\nprint('Action: x')\n```\n"
                                               "The Observation: label is ours.")
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("**Final Answer:** 4", "4"),
+    ("Action: None\nFinal Answer: 4", "4"),
+    ("Action: Final Answer\nAction Input: 4", "4"),
+    ("```\nThought: t\nFinal Answer: 5\n```", "5"),
+])
+def test_final_answer_variants(text, answer):
+    assert parse_react(text).final_answer == answer
 
 
 def test_final_answer_and_thought():
