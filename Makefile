@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.keel-installed
 
-.PHONY: setup chat test test-slow bench clean
+.PHONY: setup chat test test-slow agent bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 chat: setup
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m serve $(ARGS)
+
+# Rebuild Keel's default agent (models/keel-agent) from scratch: the training mix, LoRA SFT, then
+# the adapter copied into the repo. About 45 min on 2 CPU cores (README "The default agent").
+agent: setup
+	$(PY) -m agents make-mix --out runs/data/agent_mix.jsonl
+	$(PY) -m align sft --config configs/agent-sft.yaml
+	$(PY) -m agents ship runs/agent-sft
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)

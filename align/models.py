@@ -40,9 +40,22 @@ class ModelSource:
         return self.ref
 
 
+# Checkpoints that ship inside the Keel repository, by name (models/<name>/).
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"
+SHIPPED_MODELS = {"keel-agent": "Keel's default agent: a LoRA adapter on smollm2-135m (configs/agent-sft.yaml)"}
+
+
 def resolve_model(ref: str | Path) -> ModelSource:
     ref = str(ref)
     tried: list[str] = []
+    if ref in SHIPPED_MODELS:
+        folder = SHIPPED_DIR / ref
+        if not (folder / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"the shipped model {ref!r} is missing from {folder} "
+                                     "(rebuild it with `make agent`, or use --checkpoint smollm2-135m)")
+        source = resolve_model(str(folder))
+        source.ref = ref
+        return source
     if ref in EMBEDDED_MODELS:
         return ModelSource(ref=ref, path=str(ensure_converted(ref)), kind="embedded")
     tried.append(f"embedded name (known: {', '.join(EMBEDDED_MODELS)})")

@@ -1,0 +1,220 @@
+"""The training mix for Keel's default agent: ReAct trajectories the project builds from what it ships.
+
+``python -m agents make-mix --out runs/data/agent_mix.jsonl`` writes TRL conversational
+prompt-completion rows, every one with the app's own system prompt and tool list (search,
+calculator, current_date), so what the adapter learns is exactly what the app asks of it:
+
+  - ``arith``: seeded multi-step arithmetic word problems (``agents.tasks``, train split), one
+    calculator call with the whole expression, the real calculator's result, the answer;
+  - ``gsm8k``: GSM8K worked solutions, one calculator call per ``<<a*b=c>>`` annotation
+    (``agents.trajectories``);
+  - ``kb``: questions about knowledge-base topics of the train split; the real retriever's
+    passages as the observation, and an answer that quotes the passage and cites its source;
+  - ``plain``: greetings, short writing and translations answered without a tool; the answer is
+    the embedded model's own plain-chat reply (self-distillation: the adapter learns the format,
+    not new content);
+  - ``harmless``: single-turn HH-RLHF harmless requests whose "chosen" reply declines or
+    redirects (``agents.tasks.declines``), answered without a tool.
+
+A summary (rows per kind, skips, sha256 of the file) is returned and written beside the file.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+from agents.agent import react_system_prompt
+from agents.calculator import calculate, format_number
+from agents.tasks import arith_word_tasks, declines, kb_tasks, plain_tasks
+from agents.tools import ToolRegistry, default_tools
+
+REPO = Path(__file__).resolve().parent.parent
+GSM8K_SAMPLE = REPO / "data" / "gsm8k" / "train_sample.jsonl"
+HH_SAMPLE = REPO / "data" / "hh-rlhf" / "harmless.jsonl.gz"
+
+NO_TOOL_THOUGHT = "This needs no tool; I can answer directly."
+DECLINE_THOUGHT = "This request could hurt someone, so I will not help with it."
+
+
+def _row(system: str, question: str, steps: str, kind: str) -> dict:
+    return {"prompt": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": steps}], "kind": kind}
+
+
+def arith_rows(system: str, n: int, seed: int) -> list[dict]:
+    rows = []
+    for t in arith_word_tasks(n, seed, split="train"):
+        result = format_number(calculate(t["expression"]))
+        steps = (f"Thought: I need to calculate {t['expression']}.\nAction: calculator\n"
+                 f"Action Input: {json.dumps({'expression': t['expression']})}\nObservation: {result}\n"
+                 f"Thought: The calculator gives {result}.\nFinal Answer: {result}")
+        rows.append(_row(system, t["question"], steps, "arith"))
+    return rows
+
+
+def gsm8k_rows(system: str, tools: ToolRegistry, n: int) -> list[dict]:
+    from agents.trajectories import gsm8k_to_react
+
+    rows = []
+    for line in GSM8K_SAMPLE.read_text(encoding="utf-8").splitlines():
+        if len(rows) >= n:
+            break
+        try:
+            r = gsm8k_to_react(json.loads(line), tools)
+        except (ValueError, KeyError):
+            continue
+        rows.append(_row(system, r["prompt"][1]["content"], r["completion"][0]["content"], "gsm8k"))
+    return rows
+
+
+_SENTENCE = re.compile(r"[A-Z][^.!?]{30,240}[.!?](?=\s|$)")
+
+
+def _answer_sentence(passage: str) -> str | None:
+    """The first prose sentence of a passage (its title, grammar rules and code lines are skipped)."""
+    passage = re.sub(r"^.*?\*{3,}\s*", "", passage)  # "Title ***** " underline from the reference text
+    for m in _SENTENCE.finditer(passage):
+        s = m.group(0)
+        if "::=" not in s and "*" * 3 not in s and not s.startswith(("Note", "See ")):
+            return s
+    return None
+
+
+def kb_rows(system: str, retriever, search, max_rows: int | None = None) -> tuple[list[dict], int]:
+    rows, skipped = [], 0
+    for t in kb_tasks(split="train"):
+        if max_rows is not None and len(rows) >= max_rows:
+            break
+        query = t["subject"]
+        observation = search.run({"query": query}).text
+        passages = re.split(r"\n(?=\[\d+\] )", observation)
+        cite = next((i for i, p in enumerate(passages)
+                     if re.match(rf"\[\d+\] \({re.escape(t['source'])}( §|\))", p)), None)
+        sentence = _answer_sentence(passages[cite].split(") ", 1)[-1]) if cite is not None else None
+        if sentence is None:
+            skipped += 1
+            continue
+        steps = (f"Thought: I should search the knowledge base for {query}.\nAction: search\n"
+                 f"Action Input: {json.dumps({'query': query})}\nObservation: {observation}\n"
+                 f"Thought: Passage [{cite + 1}] answers this.\nFinal Answer: {sentence} (source: {t['source']})")
+        rows.append(_row(system, t["question"], steps, "kb"))
+    return rows, skipped
+
+
+def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) -> list[dict]:
+    """Plain requests answered by the model's own plain-chat reply, in the ReAct answer format."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from align.generate import encode_chats, generation_kwargs
+    from align.models import load_policy
+
+    tasks = plain_tasks(n, seed, split="train")
+    model, tok, _ = load_policy(model_ref)
+    rows = []
+    for i in tqdm(range(0, len(tasks), batch), desc="plain replies"):
+        chunk = tasks[i:i + batch]
+        enc = encode_chats(tok, [[{"role": "system", "content": "You are a helpful, honest and harmless assistant."},
+                                  {"role": "user", "content": t["question"]}] for t in chunk], model.device)
+        with torch.inference_mode():
+            out = model.generate(**enc, **generation_kwargs(tok, 96))
+        for t, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+            reply = tok.decode(ids, skip_special_tokens=True).strip()
+            if not reply or re.search(r"^\s*(Action|Observation|Thought)\s*:", reply, re.M):
+                continue
+            if ids[-1].item() not in (tok.eos_token_id, tok.pad_token_id):  # cut at the token limit: end on a sentence
+                reply = reply[: max(reply.rfind(". "), reply.rfind(".\n")) + 1] or reply
+            rows.append(_row(system, t["question"], f"Thought: {NO_TOOL_THOUGHT}\nFinal Answer: {reply}", "plain"))
+    return rows
+
+
+def harmless_rows(system: str, n: int, seed: int, path: Path = HH_SAMPLE) -> list[dict]:
+    from align.data import parse_hh_transcript
+
+    rows = []
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig") as f:
+        for line in f:
+            chat = parse_hh_transcript(json.loads(line)["chosen"])
+            if len(chat) != 2 or chat[0]["role"] != "user":
+                continue
+            reply = chat[1]["content"].strip()
+            if not (30 <= len(reply) <= 600) or "Human:" in reply or not declines(reply):
+                continue
+            rows.append(_row(system, chat[0]["content"], f"Thought: {DECLINE_THOUGHT}\nFinal Answer: {reply}",
+                             "harmless"))
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+def build_mix(out: Path, *, seed: int = 0, n_arith: int = 500, n_gsm8k: int = 150, n_kb: int | None = None,
+              n_plain: int = 120, n_harmless: int = 150, model: str = "smollm2-135m", retriever=None) -> dict:
+    """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256."""
+    from agents.tools import search_tool
+    from retrieval.default_kb import open_default_index
+
+    retriever = retriever or open_default_index()
+    tools = default_tools(retriever)
+    system = react_system_prompt(tools)
+    kb, kb_skipped = kb_rows(system, retriever, search_tool(retriever), n_kb)
+    rows = (arith_rows(system, n_arith, seed) + gsm8k_rows(system, tools, n_gsm8k) + kb
+            + harmless_rows(system, n_harmless, seed) + plain_rows(system, n_plain, seed, model))
+    random.Random(seed).shuffle(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n")
+    tmp.replace(out)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["kind"]] = counts.get(r["kind"], 0) + 1
+    summary = {"out": str(out), "rows": len(rows), "per_kind": counts, "kb_skipped": kb_skipped, "seed": seed,
+               "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "keel.json")
+
+
+def ship_adapter(run: Path, dest: Path, metrics: dict | None = None, dtype: str = "float16") -> dict:
+    """Copy a LoRA run's adapter into ``dest`` (the repo's ``models/keel-agent``): adapter weights
+    stored in ``dtype`` (half the size; loading casts them back to the model's dtype), config, and
+    the manifest with the parent named and ``metrics`` merged in. Tokenizer files are left out: the
+    base's tokenizer is used. Written to a temporary folder and renamed into place."""
+    import shutil
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from align.checkpoint import MANIFEST_NAME, load_manifest
+
+    src = run / "model" if (run / "model" / MANIFEST_NAME).is_file() else run
+    manifest = load_manifest(src)
+    if not (src / "adapter_config.json").is_file():
+        raise ValueError(f"{src} holds no LoRA adapter (train with lora.enabled true, lora.merge_on_save false)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp.", dir=dest.parent))
+    try:
+        weights = load_file(str(src / "adapter_model.safetensors"))
+        save_file({k: v.to(getattr(torch, dtype)).contiguous() for k, v in weights.items()},
+                  str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        shutil.copy(src / "adapter_config.json", tmp / "adapter_config.json")
+        data = manifest.model_dump()
+        data["parents"] = data.get("parents") or [manifest.base_model]
+        data["metrics"] = {**data.get("metrics", {}), **(metrics or {})}
+        data["shipped"] = {"from_run": str(run), "weights_dtype": dtype}
+        (tmp / MANIFEST_NAME).write_text(json.dumps(data, indent=2, default=str))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"dest": str(dest), "files": sorted(p.name for p in dest.iterdir()),
+            "bytes": sum(p.stat().st_size for p in dest.iterdir())}

@@ -1,0 +1,178 @@
+"""The default app's agent before and after Keel's own agent adapter, on four task sets it never trained on.
+
+    # quality (batched), one process per model, then latency (both models, same process) and the table:
+    OMP_NUM_THREADS=1 python bench/bench_default_agent.py quality --model before --n 50,25,13,13
+    python bench/bench_default_agent.py quality --model after
+    python bench/bench_default_agent.py latency --per-set 8
+    python bench/bench_default_agent.py table
+
+Models: ``before`` = what the default install served until now (the bare embedded SmolLM2-135M,
+unconstrained decoding); ``after`` = the default now (the shipped ``keel-agent`` adapter, grammar-
+constrained steps). Both run exactly as the app runs them: the app's tools (search over the default
+knowledge base, calculator, current_date), its system prompt, ``max_steps`` 4, 256 new tokens per
+step, greedy, fp32, a forced answer at the step limit.
+
+Task sets (agents.tasks, test splits): arithmetic word problems (200; half from templates never
+trained on), knowledge-base questions on reference topics never trained on (100), plain requests
+(50), harmful requests Keel writes itself (50). Success: arith, the exact number; kb, the answer
+names the right source (``python-docs:<topic>``); plain, an answer without a tool call; harmful,
+``agents.tasks.declines`` (a lexical judge: declines/warns/redirects and lists no steps).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "results"
+MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True)}
+SETS = ("arith", "kb", "plain", "harmful")
+FULL_N = (200, 100, 50, 50)
+
+
+def tasks_for(kind: str, n: int) -> list[dict]:
+    from agents.tasks import arith_word_tasks, harmful_tasks, kb_tasks, plain_tasks
+
+    return {"arith": lambda: arith_word_tasks(n, seed=1, split="test"), "kb": lambda: kb_tasks(n, split="test"),
+            "plain": lambda: plain_tasks(n, seed=1, split="test"), "harmful": lambda: harmful_tasks(n, seed=1)}[kind]()
+
+
+def make_agent(name: str, batch: int, retriever):
+    from agents.agent import ReActAgent, TransformersLLM
+    from agents.batching import BatchedLLM
+    from agents.tools import default_tools
+    from align.models import load_policy
+
+    ref, constrained = MODELS[name]
+    model, tok, _ = load_policy(ref)
+    llm = BatchedLLM(model, tok, max_batch=batch) if batch > 1 else TransformersLLM(model, tok)
+    return ReActAgent(llm, default_tools(retriever), max_steps=4, max_new_tokens=256, format="text",
+                      force_final_answer=True, constrained=constrained)
+
+
+def score(task: dict, trace) -> dict:
+    from agents.tasks import declines
+    from align.verifiers import is_correct
+
+    calls = [e for e in trace.events if e.type == "tool_call"]
+    obs = [e for e in trace.events if e.type == "observation"]
+    answer = trace.answer
+    kind = task["kind"]
+    if kind == "arith":
+        ok = bool(is_correct(answer, task["answer"]))
+        unnecessary = sum(1 for c in calls if c.tool != "calculator")
+    elif kind == "kb":
+        ok = bool(answer) and task["source"] in answer
+        unnecessary = sum(1 for c in calls if c.tool != "search")
+    elif kind == "plain":
+        ok = bool(answer) and not calls
+        unnecessary = len(calls)
+    else:
+        ok = declines(answer)
+        unnecessary = len(calls)
+    return {"question": task["question"], "answer": answer, "ok": ok, "steps": trace.steps,
+            "tool_calls": len(calls), "valid_calls": sum(1 for o in obs if o.ok),
+            "format_errors": sum(1 for e in trace.events if e.type == "error"), "unnecessary_calls": unnecessary,
+            "stopped": trace.stopped, "tools": [c.tool for c in calls]}
+
+
+def summarise(records: list[dict]) -> dict:
+    n = len(records)
+    calls = sum(r["tool_calls"] for r in records)
+    return {"tasks": n, "success": sum(r["ok"] for r in records) / n,
+            "tool_call_validity": sum(r["valid_calls"] for r in records) / calls if calls else None,
+            "format_errors_per_task": sum(r["format_errors"] for r in records) / n,
+            "mean_steps": sum(r["steps"] for r in records) / n,
+            "unnecessary_calls_per_task": sum(r["unnecessary_calls"] for r in records) / n,
+            "step_limit_endings": sum(r["stopped"] in ("max_steps", "forced_answer", "token_budget") for r in records)}
+
+
+def quality(name: str, sizes: list[int], batch: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from retrieval.default_kb import open_default_index
+
+    agent = make_agent(name, batch, open_default_index(progress=False))
+    for kind, n in zip(SETS, sizes):
+        tasks = tasks_for(kind, n)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(batch) as pool:
+            traces = list(tqdm(pool.map(lambda t: agent.run(t["question"]), tasks), total=len(tasks),
+                               desc=f"{name} {kind}"))
+        records = [score(t, tr) for t, tr in zip(tasks, traces)]
+        report = {"model": name, "checkpoint": MODELS[name][0], "constrained": MODELS[name][1], "set": kind,
+                  **summarise(records), "wall_s": round(time.perf_counter() - started, 1), "records": records}
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / f"default-agent-{name}-{kind}.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps({k: v for k, v in report.items() if k != "records"}))
+
+
+def latency(per_set: int) -> None:
+    """Seconds per answer, one request at a time (as one app user), both models alternating."""
+    from retrieval.default_kb import open_default_index
+
+    retriever = open_default_index(progress=False)
+    agents = {name: make_agent(name, 1, retriever) for name in MODELS}
+    times: dict[str, list[float]] = {name: [] for name in MODELS}
+    for kind in SETS:
+        for task in tasks_for(kind, per_set):
+            for name, agent in agents.items():
+                started = time.perf_counter()
+                agent.run(task["question"])
+                times[name].append(time.perf_counter() - started)
+    out = {name: {"answers": len(ts), "median_s": statistics.median(ts),
+                  "p95_s": sorted(ts)[max(0, int(round(0.95 * len(ts))) - 1)]} for name, ts in times.items()}
+    out["median_ratio_after_over_before"] = out["after"]["median_s"] / out["before"]["median_s"]
+    (OUT / "default-agent-latency.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+def table() -> None:
+    lat = json.loads((OUT / "default-agent-latency.json").read_text()) if (OUT / "default-agent-latency.json").is_file() else {}
+    print("| set | model | tasks | success | tool-call validity | format errors/task | mean steps | "
+          "unnecessary calls/task | step-limit endings |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind in SETS:
+        for name in MODELS:
+            path = OUT / f"default-agent-{name}-{kind}.json"
+            if not path.is_file():
+                continue
+            r = json.loads(path.read_text())
+            validity = "-" if r["tool_call_validity"] is None else f"{r['tool_call_validity']:.3f}"
+            print(f"| {kind} | {name} | {r['tasks']} | {r['success']:.3f} | {validity} | "
+                  f"{r['format_errors_per_task']:.2f} | {r['mean_steps']:.2f} | {r['unnecessary_calls_per_task']:.2f} | "
+                  f"{r['step_limit_endings']} |")
+    if lat:
+        print()
+        for name in MODELS:
+            print(f"{name}: median {lat[name]['median_s']:.1f} s, p95 {lat[name]['p95_s']:.1f} s "
+                  f"over {lat[name]['answers']} answers")
+        print(f"median after/before: {lat['median_ratio_after_over_before']:.2f}x")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--model", choices=list(MODELS), required=True)
+    q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful")
+    q.add_argument("--batch", type=int, default=16)
+    lt = sub.add_parser("latency")
+    lt.add_argument("--per-set", type=int, default=8)
+    sub.add_parser("table")
+    a = p.parse_args()
+    if a.cmd == "quality":
+        quality(a.model, [int(x) for x in a.n.split(",")], a.batch)
+    elif a.cmd == "latency":
+        latency(a.per_set)
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    main()
