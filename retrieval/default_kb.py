@@ -48,14 +48,23 @@ def keel_documents() -> list[Document]:
 
 
 def open_default_index(progress: bool = True, folder: Path | None = None) -> Retriever:
-    """Open the default knowledge base, building it first if needed; refreshes Keel's docs if they changed."""
+    """Open the default knowledge base, building it first if needed; refreshes Keel's docs if they changed.
+
+    Several processes (two apps, an app and a benchmark) may open it at once: the build and the
+    refresh run under an exclusive file lock (``filelock``, beside the folder), so only one of them
+    writes and the others open what it wrote. Without it two writers corrupted the index.
+    """
+    from filelock import FileLock
+
     folder = folder or default_index_dir()
-    if (folder / "manifest.json").is_file():
-        kb = Retriever.open(folder)
-    else:
-        kb = Retriever.create(folder, overwrite=True)
-        kb.add_documents(python_topic_documents(), PYTHON_DOCS_KEY, progress=progress)
-    docs = keel_documents()
-    if docs:
-        kb.add_documents(docs, KEEL_DOCS_KEY, progress=progress)  # no-op when unchanged
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if (folder / "manifest.json").is_file():
+            kb = Retriever.open(folder)
+        else:
+            kb = Retriever.create(folder, overwrite=True)
+            kb.add_documents(python_topic_documents(), PYTHON_DOCS_KEY, progress=progress)
+        docs = keel_documents()
+        if docs:
+            kb.add_documents(docs, KEEL_DOCS_KEY, progress=progress)  # no-op when unchanged
     return kb

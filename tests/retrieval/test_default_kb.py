@@ -14,3 +14,34 @@ def test_default_knowledge_base_builds_and_answers_python_and_keel_questions(tmp
     kb.close()
     again = open_default_index(progress=False, folder=tmp_path / "kb")  # opens, does not rebuild
     assert again.info()["counts"] == counts and PYTHON_DOCS_KEY in again.store.file_hashes()
+
+
+@pytest.mark.integration
+def test_processes_opening_the_default_index_at_once_do_not_corrupt_it(tmp_path, monkeypatch):
+    """Two apps (or an app and a benchmark) start together after Keel's docs changed: one writes,
+    the other waits and opens what it wrote (a file lock); the index stays consistent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import retrieval.default_kb as default_kb
+    from retrieval.loaders import Document
+    from retrieval.retriever import Retriever
+
+    python_docs = [Document(f"python-docs:t{i}", f"Topic {i}", f"Topic {i} text about loops number {i}. " * 20,
+                            [(0, f"Topic {i}")]) for i in range(3)]
+    keel_docs = [Document(f"keel-docs:d{i}", f"Doc {i}", f"Keel doc {i} on checkpoints. " * 30, [(0, f"Doc {i}")])
+                 for i in range(2)]
+    monkeypatch.setattr(default_kb, "python_topic_documents", lambda: python_docs)
+    monkeypatch.setattr(default_kb, "keel_documents", lambda: keel_docs)
+    folder = tmp_path / "kb"
+    with ThreadPoolExecutor(3) as pool:
+        kbs = list(pool.map(lambda _: default_kb.open_default_index(progress=False, folder=folder), range(3)))
+    for kb in kbs:
+        kb.close()
+    keel_docs[0] = Document("keel-docs:d0", "Doc 0", "Changed text about resuming runs. " * 30, [(0, "Doc 0")])
+    with ThreadPoolExecutor(3) as pool:
+        kbs = list(pool.map(lambda _: default_kb.open_default_index(progress=False, folder=folder), range(3)))
+    for kb in kbs:
+        kb.close()
+    again = Retriever.open(folder)  # raises if index and docstore disagree
+    assert again.info()["counts"]["documents"] == 5
+    again.close()
