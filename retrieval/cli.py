@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "info":
             print(json.dumps(open_kb(args.index).info(), indent=2))
         elif args.cmd == "rebuild":
-            kb = open_kb(args.index)
+            from retrieval.retriever import Retriever
+
+            kb = Retriever.open(args.index, check=False)  # rebuilding repairs an inconsistent index
             kb.rebuild(args.index_type, _index_params(args.index_param) or None)
             print(f"rebuilt {args.index}: {kb.manifest['index_type']}, {kb.manifest['counts']['index_vectors']} vectors")
         elif args.cmd == "eval":

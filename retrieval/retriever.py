@@ -104,7 +104,10 @@ class Retriever:
         return cls(folder, manifest, None, store, embedder)  # the index is made on the first add
 
     @classmethod
-    def open(cls, folder: str | Path, embedding_model: str | None = None, embedder: Embedder | None = None) -> "Retriever":
+    def open(cls, folder: str | Path, embedding_model: str | None = None, embedder: Embedder | None = None,
+             check: bool = True) -> "Retriever":
+        """Open an index folder. ``check=False`` skips the index/docstore consistency check, for
+        ``rebuild``, which repairs exactly that (the docstore keeps every vector)."""
         folder = Path(folder)
         path = folder / MANIFEST
         if not folder.is_dir():
@@ -131,7 +134,8 @@ class Retriever:
             raise RetrievalError(f"embedding model {manifest['embedding_model']!r} gives {embedder.dim}-d vectors; "
                                  f"{path} says {dim}")
         kb = cls(folder, manifest, index, store, embedder)
-        kb._check_consistency()
+        if check:
+            kb._check_consistency()
         return kb
 
     def _check_consistency(self) -> None:
