@@ -150,7 +150,9 @@ class ChatModel:
                 step["content"] += f"\n\n**Observation**{'' if ev.ok else ' (error)'}:\n{ev.content}"
                 step["metadata"].update(status="done", duration=ev.duration_s)
                 if ev.tool == "search" and ev.ok:
-                    sources += [s for s in _SOURCE.findall(ev.content) if s not in sources]
+                    for found in _SOURCE.findall(ev.content):  # two chunks of one section: listed once
+                        if found not in sources:
+                            sources.append(found)
             elif ev.type == "error":
                 # One collapsed line: what was wrong; inside, what the model wrote (not the format again).
                 wrote = (ev.raw or "").strip() or "(nothing)"

@@ -28,7 +28,7 @@ class FakeHit:
 
 class FakeRetriever:
     def search(self, query, k):
-        return [FakeHit()]
+        return [FakeHit(), FakeHit()]  # two chunks of the same section: one source
 
 
 def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_model_dir):
