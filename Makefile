@@ -21,7 +21,7 @@ chat: setup
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m serve $(ARGS)
 
 # Rebuild Keel's default agent (models/keel-agent) from scratch: the training mix, LoRA SFT, then
-# the adapter copied into the repo. About 45 min on 2 CPU cores (README "The default agent").
+# the adapter copied into the repo. About 40 min on 2 CPU cores (README "The agent").
 agent: setup
 	$(PY) -m agents make-mix --out runs/data/agent_mix.jsonl
 	$(PY) -m align sft --config configs/agent-sft.yaml

@@ -151,8 +151,8 @@ def harmless_rows(system: str, n: int, seed: int, path: Path = HH_SAMPLE) -> lis
     return rows[:n]
 
 
-def build_mix(out: Path, *, seed: int = 0, n_arith: int = 500, n_gsm8k: int = 150, n_kb: int | None = None,
-              n_plain: int = 120, n_harmless: int = 150, model: str = "smollm2-135m", retriever=None) -> dict:
+def build_mix(out: Path, *, seed: int = 0, n_arith: int = 450, n_gsm8k: int = 60, n_kb: int | None = 400,
+              n_plain: int = 160, n_harmless: int = 150, model: str = "smollm2-135m", retriever=None) -> dict:
     """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256."""
     from agents.tools import search_tool
     from retrieval.default_kb import open_default_index

@@ -154,9 +154,11 @@ def arith_word_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]
     rng = random.Random(f"arith-{split}-{seed}")
     out = []
     for _ in range(n):
-        question, expression = rng.choice(ARITH_TEMPLATES[split])(rng)
+        template = rng.choice(ARITH_TEMPLATES[split])
+        question, expression = template(rng)
         out.append({"kind": "arith", "question": question, "expression": expression,
-                    "answer": format_number(calculate(expression))})
+                    "answer": format_number(calculate(expression)), "template": template.__name__.lstrip("_"),
+                    "template_trained": template in ARITH_TEMPLATES["train"]})
     return out
 
 

@@ -1,9 +1,11 @@
 """The default app's agent before and after Keel's own agent adapter, on four task sets it never trained on.
 
-    # quality (batched), one process per model, then latency (both models, same process) and the table:
-    OMP_NUM_THREADS=1 python bench/bench_default_agent.py quality --model before --n 50,25,13,13
-    python bench/bench_default_agent.py quality --model after
-    python bench/bench_default_agent.py latency --per-set 8
+    # quality (batched; one process per model or set group, one thread each), then latency (both
+    # models in one process, one request at a time) and the table:
+    OMP_NUM_THREADS=1 python bench/bench_default_agent.py quality --model before --n 40,20,10,10
+    OMP_NUM_THREADS=1 python bench/bench_default_agent.py quality --model after --sets arith &
+    OMP_NUM_THREADS=1 python bench/bench_default_agent.py quality --model after --sets kb,plain,harmful
+    python bench/bench_default_agent.py latency --per-set 4
     python bench/bench_default_agent.py table
 
 Models: ``before`` = what the default install served until now (the bare embedded SmolLM2-135M,
@@ -67,6 +69,8 @@ def score(task: dict, trace) -> dict:
     elif kind == "kb":
         ok = bool(answer) and task["source"] in answer
         unnecessary = sum(1 for c in calls if c.tool != "search")
+        # what the app shows under the answer: every source the search tool returned
+        shown = any(o.tool == "search" and o.ok and f"({task['source']}" in o.content for o in obs)
     elif kind == "plain":
         ok = bool(answer) and not calls
         unnecessary = len(calls)
@@ -76,7 +80,8 @@ def score(task: dict, trace) -> dict:
     return {"question": task["question"], "answer": answer, "ok": ok, "steps": trace.steps,
             "tool_calls": len(calls), "valid_calls": sum(1 for o in obs if o.ok),
             "format_errors": sum(1 for e in trace.events if e.type == "error"), "unnecessary_calls": unnecessary,
-            "stopped": trace.stopped, "tools": [c.tool for c in calls]}
+            "stopped": trace.stopped, "tools": [c.tool for c in calls],
+            **({"gold_among_sources_shown": shown} if kind == "kb" else {})}
 
 
 def summarise(records: list[dict]) -> dict:
@@ -87,10 +92,12 @@ def summarise(records: list[dict]) -> dict:
             "format_errors_per_task": sum(r["format_errors"] for r in records) / n,
             "mean_steps": sum(r["steps"] for r in records) / n,
             "unnecessary_calls_per_task": sum(r["unnecessary_calls"] for r in records) / n,
-            "step_limit_endings": sum(r["stopped"] in ("max_steps", "forced_answer", "token_budget") for r in records)}
+            "step_limit_endings": sum(r["stopped"] in ("max_steps", "forced_answer", "token_budget") for r in records),
+            **({"gold_among_sources_shown": sum(r["gold_among_sources_shown"] for r in records) / n}
+               if records and "gold_among_sources_shown" in records[0] else {})}
 
 
-def quality(name: str, sizes: list[int], batch: int) -> None:
+def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -99,6 +106,8 @@ def quality(name: str, sizes: list[int], batch: int) -> None:
 
     agent = make_agent(name, batch, open_default_index(progress=False))
     for kind, n in zip(SETS, sizes):
+        if only and kind not in only:
+            continue
         tasks = tasks_for(kind, n)
         started = time.perf_counter()
         with ThreadPoolExecutor(batch) as pool:
@@ -147,6 +156,18 @@ def table() -> None:
             print(f"| {kind} | {name} | {r['tasks']} | {r['success']:.3f} | {validity} | "
                   f"{r['format_errors_per_task']:.2f} | {r['mean_steps']:.2f} | {r['unnecessary_calls_per_task']:.2f} | "
                   f"{r['step_limit_endings']} |")
+    arith = OUT / "default-agent-after-arith.json"
+    if arith.is_file():  # the test set is seeded: regenerate it to split success by template
+        records = json.loads(arith.read_text())["records"]
+        tasks = tasks_for("arith", len(records))
+        for trained in (True, False):
+            rs = [r for t, r in zip(tasks, records) if t["template_trained"] is trained]
+            names = sorted({t["template"] for t in tasks if t["template_trained"] is trained})
+            print(f"\nafter, arith, {'trained' if trained else 'held-out'} templates ({', '.join(names)}): "
+                  f"{sum(r['ok'] for r in rs)}/{len(rs)} = {sum(r['ok'] for r in rs) / max(1, len(rs)):.3f}")
+            for name in names:
+                one = [r for t, r in zip(tasks, records) if t["template"] == name]
+                print(f"  {name}: {sum(r['ok'] for r in one)}/{len(one)}")
     if lat:
         print()
         for name in MODELS:
@@ -162,12 +183,13 @@ def main() -> None:
     q.add_argument("--model", choices=list(MODELS), required=True)
     q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful")
     q.add_argument("--batch", type=int, default=16)
+    q.add_argument("--sets", help="only these sets, e.g. arith or kb,plain,harmful (one process per group)")
     lt = sub.add_parser("latency")
     lt.add_argument("--per-set", type=int, default=8)
     sub.add_parser("table")
     a = p.parse_args()
     if a.cmd == "quality":
-        quality(a.model, [int(x) for x in a.n.split(",")], a.batch)
+        quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None)
     elif a.cmd == "latency":
         latency(a.per_set)
     else:
