@@ -15,12 +15,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from agents.agent import LLM, ReActAgent, Trace, TransformersLLM
+from agents.agent import DEFAULT_PREAMBLE, LLM, ReActAgent, Trace, TransformersLLM
 from agents.tools import ToolRegistry, default_tools
 from align.generate import stream_reply
 from align.models import ModelSource, load_policy
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and harmless assistant."
+DEFAULT_SYSTEM_PROMPT = DEFAULT_PREAMBLE  # one default for the app and the agent (agents.agent)
 _SOURCE = re.compile(r"^\[\d+\] \(([^)]*)\)", re.M)
 
 

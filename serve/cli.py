@@ -10,6 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from pydantic import Field, field_validator
 
+from agents.agent import DEFAULT_PREAMBLE
 from align.config import Strict, load_config
 from align.errors import KeelError
 
@@ -33,7 +34,7 @@ class ServeConfig(Strict):
     concurrency: int = 1
     batch: bool = False
     feedback_db: str = "runs/feedback.db"
-    system_prompt: str = "You are a helpful, honest and harmless assistant."
+    system_prompt: str = DEFAULT_PREAMBLE
     auth: str | None = None
 
     @field_validator("agent", mode="before")
