@@ -21,11 +21,14 @@ chat: setup
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m serve $(ARGS)
 
 # Rebuild Keel's default agent (models/keel-agent) from scratch: the training mix, LoRA SFT, then
-# the adapter copied into the repo. About 40 min on 2 CPU cores (README "The agent").
+# the adapter copied into the repo. With a GPU: configs/agent-sft-gpu.yaml (3 epochs, ~2.5 min on one
+# H200; what ships). Without: configs/agent-sft.yaml (a fraction of an epoch, ~35 min on 2 cores,
+# a weaker adapter). README "The agent"; AGENT_CONFIG=... picks one.
+AGENT_CONFIG ?= $(shell $(PY) -c "import torch; print('configs/agent-sft-gpu.yaml' if torch.cuda.is_available() else 'configs/agent-sft.yaml')" 2>/dev/null)
 agent: setup
 	$(PY) -m agents make-mix --out runs/data/agent_mix.jsonl
-	$(PY) -m align sft --config configs/agent-sft.yaml
-	$(PY) -m agents ship runs/agent-sft
+	$(PY) -m align sft --config $(AGENT_CONFIG)
+	$(PY) -m agents ship $$($(PY) -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" $(AGENT_CONFIG))
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)

@@ -14,7 +14,9 @@ calculator, current_date), so what the adapter learns is exactly what the app as
     the embedded model's own plain-chat reply (self-distillation: the adapter learns the format,
     not new content);
   - ``harmless``: single-turn HH-RLHF harmless requests whose "chosen" reply declines or
-    redirects (``agents.tasks.declines``), answered without a tool.
+    redirects (``agents.tasks.declines``), answered without a tool;
+  - ``refusal``: harmful requests of the train split of ``agents.tasks.harmful_tasks`` (acts and
+    phrasings the evaluation never uses), declined with the reason and a safer alternative.
 
 A summary (rows per kind, skips, sha256 of the file) is returned and written beside the file.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from agents.agent import DEFAULT_PREAMBLE, react_system_prompt
 from agents.calculator import calculate, format_number
-from agents.tasks import arith_word_tasks, declines, kb_tasks, plain_tasks
+from agents.tasks import arith_word_tasks, declines, harmful_tasks, kb_tasks, plain_tasks
 from agents.tools import ToolRegistry, default_tools
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,8 +153,23 @@ def harmless_rows(system: str, n: int, seed: int, path: Path = HH_SAMPLE) -> lis
     return rows[:n]
 
 
-def build_mix(out: Path, *, seed: int = 0, n_arith: int = 450, n_gsm8k: int = 60, n_kb: int | None = 400,
-              n_plain: int = 160, n_harmless: int = 150, model: str = "smollm2-135m", retriever=None) -> dict:
+_REFUSALS = ["I can't help with that: {why}. {instead}", "Sorry, I won't help with this, because {why}. {instead}",
+             "I cannot assist with that request. {Why}. {instead}", "I'm sorry, but I can't help with that; {why}. {instead}"]
+
+
+def refusal_rows(system: str, n: int, seed: int) -> list[dict]:
+    rng = random.Random(f"refusal-{seed}")
+    rows = []
+    for t in harmful_tasks(n, seed, split="train"):
+        reply = rng.choice(_REFUSALS).format(why=t["why"], Why=t["why"][0].upper() + t["why"][1:],
+                                             instead=t["instead"])
+        assert declines(reply), reply
+        rows.append(_row(system, t["question"], f"Thought: {DECLINE_THOUGHT}\nFinal Answer: {reply}", "refusal"))
+    return rows
+
+def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 150, n_kb: int | None = None,
+              n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, model: str = "smollm2-135m",
+              retriever=None) -> dict:
     """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256."""
     from agents.tools import search_tool
     from retrieval.default_kb import open_default_index
@@ -162,7 +179,8 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 450, n_gsm8k: int = 60
     system = react_system_prompt(tools)
     kb, kb_skipped = kb_rows(system, retriever, search_tool(retriever), n_kb)
     rows = (arith_rows(system, n_arith, seed) + gsm8k_rows(system, tools, n_gsm8k) + kb
-            + harmless_rows(system, n_harmless, seed) + plain_rows(system, n_plain, seed, model))
+            + harmless_rows(system, n_harmless, seed) + refusal_rows(system, n_refusal, seed)
+            + plain_rows(system, n_plain, seed, model))
     random.Random(seed).shuffle(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

@@ -36,14 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("src", help="GSM8K JSONL file")
     d.add_argument("--out", required=True)
     d.add_argument("--limit", type=int)
-    m = sub.add_parser("make-mix", help="the default agent's training mix (arith, gsm8k, kb, plain, harmless)")
+    m = sub.add_parser("make-mix", help="the default agent's training mix (arith, gsm8k, kb, plain, harmless, "
+                                        "refusal)")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--n-arith", type=int, default=450)
-    m.add_argument("--n-gsm8k", type=int, default=60)
-    m.add_argument("--n-kb", type=int, default=400, help="at most this many (train-split questions that retrieve)")
-    m.add_argument("--n-plain", type=int, default=160)
+    m.add_argument("--n-arith", type=int, default=1500)
+    m.add_argument("--n-gsm8k", type=int, default=150)
+    m.add_argument("--n-kb", type=int, default=None,
+                   help="at most this many (train-split questions that retrieve); default: all of them")
+    m.add_argument("--n-plain", type=int, default=300)
     m.add_argument("--n-harmless", type=int, default=150)
+    m.add_argument("--n-refusal", type=int, default=150, help="Keel's own harmful requests (train split), declined")
     m.add_argument("--model", default="smollm2-135m", help="writes the plain replies (self-distillation)")
     sh = sub.add_parser("ship", help="copy a LoRA run's adapter into models/keel-agent (fp16 weights, manifest)")
     sh.add_argument("run", help="run folder of configs/agent-sft.yaml (runs/agent-sft)")
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             from agents.agent_data import build_mix
 
             print(json.dumps(build_mix(Path(a.out), seed=a.seed, n_arith=a.n_arith, n_gsm8k=a.n_gsm8k, n_kb=a.n_kb,
-                                       n_plain=a.n_plain, n_harmless=a.n_harmless, model=a.model), indent=2))
+                                       n_plain=a.n_plain, n_harmless=a.n_harmless,
+                                       n_refusal=a.n_refusal, model=a.model), indent=2))
         elif a.cmd == "make-data":
             from agents.trajectories import convert_file
 

@@ -8,7 +8,8 @@
     python bench/bench_default_agent.py latency --per-set 4
     python bench/bench_default_agent.py table
 
-Models: ``before`` = what the default install served until now (the bare embedded SmolLM2-135M,
+Models: ``v1`` = the first keel-agent (git ``V1_COMMIT``; ``restore-v1`` writes it to runs/);
+``before`` = what the default install served until now (the bare embedded SmolLM2-135M,
 unconstrained decoding); ``after`` = the default now (the shipped ``keel-agent`` adapter, grammar-
 constrained steps). Both run exactly as the app runs them: the app's tools (search over the default
 knowledge base, calculator, current_date), its system prompt, ``max_steps`` 4, 256 new tokens per
@@ -30,7 +31,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "results"
-MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True)}
+V1_COMMIT = "86e4600"  # the first shipped keel-agent (64 CPU steps on the 1,146-row mix)
+V1_DIR = REPO / "runs" / "keel-agent-v1"
+MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True)}
 SETS = ("arith", "kb", "plain", "harmful")
 FULL_N = (200, 100, 50, 50)
 
@@ -121,13 +124,25 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
         print(json.dumps({k: v for k, v in report.items() if k != "records"}))
 
 
+def restore_v1() -> None:
+    """The first shipped adapter, from git history, into ``runs/keel-agent-v1`` (a baseline)."""
+    import subprocess
+
+    V1_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "keel.json"):
+        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{V1_COMMIT}:models/keel-agent/{name}"],
+                              check=True, capture_output=True).stdout
+        (V1_DIR / name).write_bytes(blob)
+    print(f"restored {V1_DIR}")
+
+
 def latency(per_set: int) -> None:
     """Seconds per answer, one request at a time (as one app user), both models alternating."""
     from retrieval.default_kb import open_default_index
 
     retriever = open_default_index(progress=False)
-    agents = {name: make_agent(name, 1, retriever) for name in MODELS}
-    times: dict[str, list[float]] = {name: [] for name in MODELS}
+    agents = {name: make_agent(name, 1, retriever) for name in ("before", "after")}
+    times: dict[str, list[float]] = {name: [] for name in agents}
     for kind in SETS:
         for task in tasks_for(kind, per_set):
             for name, agent in agents.items():
@@ -170,7 +185,7 @@ def table() -> None:
                 print(f"  {name}: {sum(r['ok'] for r in one)}/{len(one)}")
     if lat:
         print()
-        for name in MODELS:
+        for name in ("before", "after"):
             print(f"{name}: median {lat[name]['median_s']:.1f} s, p95 {lat[name]['p95_s']:.1f} s "
                   f"over {lat[name]['answers']} answers")
         print(f"median after/before: {lat['median_ratio_after_over_before']:.2f}x")
@@ -187,9 +202,12 @@ def main() -> None:
     lt = sub.add_parser("latency")
     lt.add_argument("--per-set", type=int, default=8)
     sub.add_parser("table")
+    sub.add_parser("restore-v1")
     a = p.parse_args()
     if a.cmd == "quality":
         quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None)
+    elif a.cmd == "restore-v1":
+        restore_v1()
     elif a.cmd == "latency":
         latency(a.per_set)
     else:

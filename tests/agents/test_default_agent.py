@@ -4,7 +4,7 @@ import json
 import pytest
 
 from agents.agent import react_system_prompt
-from agents.agent_data import arith_rows, harmless_rows
+from agents.agent_data import arith_rows, harmless_rows, refusal_rows
 from agents.calculator import calculate, format_number
 from agents.parsing import parse_react
 from agents.tasks import ARITH_TEMPLATES, arith_word_tasks, declines, harmful_tasks, kb_tasks, plain_tasks
@@ -39,6 +39,31 @@ def test_arith_rows_are_readable_steps_with_real_observations():
         assert observed == format_number(calculate(first.action_input["expression"]))
         assert parse_react(text.split("\n", 4)[-1]).final_answer == observed
         assert row["prompt"][0]["content"] == system
+
+
+def test_refusal_rows_decline_requests_the_evaluation_never_uses():
+    from agents.tasks import _HARM_ACTS
+
+    rows = refusal_rows("sys", 200, seed=0)
+    assert len(rows) == 200
+    test_questions = {t["question"] for t in harmful_tasks(500, seed=1)}
+    for row in rows:
+        question = row["prompt"][1]["content"]
+        assert question not in test_questions and not any(act in question for act in _HARM_ACTS)
+        answer = parse_react(row["completion"][0]["content"]).final_answer
+        assert declines(answer) and answer.endswith(".")
+
+
+def test_arith_train_templates_cover_many_structures():
+    expressions = {t["template"]: t["expression"] for t in arith_word_tasks(3000, seed=0, split="train")}
+    assert len(expressions) == len(ARITH_TEMPLATES["train"]) >= 40
+    # the shape of each expression with the numbers taken out: products, sums, differences, ratios,
+    # parentheses; no single shape dominates the templates
+    import collections
+    import re
+
+    shapes = collections.Counter(re.sub(r"\d+", "n", e) for e in expressions.values())
+    assert len(shapes) >= 20 and max(shapes.values()) <= 6
 
 
 def test_harmless_rows_decline():
