@@ -159,10 +159,70 @@ def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bo
     return kwargs
 
 
-def build_trainer_config(config_cls, **kwargs):
-    """Instantiate a TRL ``XConfig``; its validation errors become a ``ConfigError``."""
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_trainer_kwargs(config_cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Type-check ``kwargs`` against the fields of a TRL config dataclass before the run starts.
+
+    ``training.extra`` reaches TRL untyped, and TRL's dataclasses do not check types: a string
+    ``'1e-6'`` for ``adam_epsilon`` fails inside the optimizer, far from its cause. Each value is
+    validated against the field's annotation with pydantic (lax mode); a number or boolean
+    written as a string (``"1e-6"``, ``"true"``) becomes that number or boolean. Returns the
+    checked keyword arguments. Raises ``ConfigError`` naming the field: unknown field (with close
+    names), wrong type, or a non-finite number.
+    """
+    import dataclasses
+    import difflib
+    import math
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
     from align.errors import ConfigError
 
+    name = config_cls.__name__
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init} if dataclasses.is_dataclass(config_cls) else None
+    if fields is None:
+        return dict(kwargs)
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # an annotation that cannot be resolved: check names only
+        hints = {}
+    out = {}
+    for key, value in kwargs.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            raise ConfigError(f"training.extra.{key}: {name} has no field {key!r}"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        hint = hints.get(key)
+        adapter = None
+        if hint is not None:
+            try:
+                adapter = TypeAdapter(hint)
+            except Exception:  # a type pydantic cannot describe: leave it to TRL
+                adapter = None
+        if adapter is not None:
+            try:
+                checked = adapter.validate_python(value)
+            except ValidationError as e:
+                raise ConfigError(f"{name}.{key} = {value!r}: expected {_type_name(hint)} "
+                                  f"({e.errors()[0]['msg'].lower()})") from None
+            if isinstance(value, str) and type(checked) in (int, float, bool):
+                value = checked  # "1e-6" -> 1e-06
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}.{key} = {value}: must be a finite number")
+        out[key] = value
+    return out
+
+
+def build_trainer_config(config_cls, **kwargs):
+    """Instantiate a TRL ``XConfig`` after ``check_trainer_kwargs``; its validation errors become a
+    ``ConfigError``."""
+    from align.errors import ConfigError
+
+    kwargs = check_trainer_kwargs(config_cls, kwargs)
     try:
         return config_cls(**kwargs)
     except (TypeError, ValueError) as e:
