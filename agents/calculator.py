@@ -1,8 +1,17 @@
 """Arithmetic for the agent, by walking Python's AST: never ``eval`` or ``exec``.
 
 Only number literals, + - * / // % **, unary signs, parentheses and a few named functions are
-allowed. Limits keep a hostile or confused model from hanging the process: input length, the size
-of exponents and of intermediate results.
+allowed. Limits keep a hostile or confused model from hanging the process (the evaluation holds
+the GIL, so one slow expression would freeze every session of the app): input length, the size of
+every intermediate result, and for each operation whose cost grows with an operand (``**``,
+``round``'s digits) a bound checked *before* it runs. Each operation therefore runs on numbers of
+at most ``MAX_INT_DIGITS`` digits (or floats) and costs microseconds.
+
+What people and models write is accepted where it has one meaning, and where an expression is
+valid Python, the answer is Python's: ``5%-3`` is ``5 % -3`` (-1), while ``50%``, ``50% * 80`` and
+``17% of 2,340`` (which Python cannot read) are percentages; ``0x10``, ``0o17`` and ``0b101`` are
+Python's integer literals, while ``3 x 4`` multiplies; ``1,500`` groups digits outside a function
+call's arguments.
 """
 from __future__ import annotations
 
@@ -107,12 +116,35 @@ def _drop_thousands_separators(expr: str) -> str:
     return "".join(out)
 
 
+# Python's hexadecimal, octal and binary integer literals (0x1F, 0o17, 0b101, with _ separators),
+# as a whole token: "10x3" is ten times three, "0x10" is sixteen.
+_PREFIXED_INT = re.compile(r"(?<![\w.])0(?:[xX][0-9a-fA-F_]+|[oO][0-7_]+|[bB][01_]+)(?![\w.])")
+# A number (decimal, with exponent) as a whole token, followed by "%".
+_NUMBER_PERCENT = r"(?<![\w.])((?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)\s*%"
+_PERCENT_OF = re.compile(_NUMBER_PERCENT + r"\s*of\b", re.I)
+# "%" is Python's modulo whenever an operand can follow it: a digit, ".", "(", a sign, "~" or a
+# name. Only where Python could not read it (end, ")", "*", "/", "%", ",", "=") is it a percentage.
+_PERCENT = re.compile(_NUMBER_PERCENT + r"(?!\s*[\w.(+\-~])")
+
+
+def _decimal_literal(m: re.Match) -> str:
+    try:
+        return str(int(m.group(0), 0))
+    except ValueError:  # 0x_ or a misplaced _: Python cannot read it either
+        return m.group(0)
+
+
 def normalise(expression: str) -> str:
-    """Accept what people and models write: 1,000 / 3 x 4 / 2^3 / $5 / 50%."""
+    """Accept what people and models write: 1,000 / 3 x 4 / 2^3 / $5 / 50% / 17% of 2,340.
+
+    Where the text is also valid Python arithmetic, the result reads as Python reads it.
+    """
     expr = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**").replace("$", "")
-    expr = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", expr.replace("−", "-"))
+    expr = _PREFIXED_INT.sub(_decimal_literal, expr.replace("−", "-"))
+    expr = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", expr)
     expr = _drop_thousands_separators(expr)
-    expr = re.sub(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d(.])", r"(\1/100)", expr)  # 50% of ..., not 7 % 4
+    expr = _PERCENT_OF.sub(r"(\1/100)*", expr)  # 17% of 2340
+    expr = _PERCENT.sub(r"(\1/100)", expr)  # 50%, 50% * 80; not 7 % 4, 5 % -3
     return expr.rstrip("=").strip()
 
 

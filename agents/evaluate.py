@@ -6,7 +6,6 @@ shipped SFT configs never read).
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -32,7 +31,9 @@ def arith_tasks(n: int, seed: int = 0) -> list[dict]:
 
 
 def gsm8k_tasks(n: int, path: Path = HELDOUT_GSM8K) -> list[dict]:
-    rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()][:n]
+    from align.data import read_jsonl
+
+    rows = read_jsonl(path)[:n]
     return [{"question": (p := parse_gsm8k(r)).question, "answer": p.final} for r in rows]
 
 

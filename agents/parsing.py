@@ -3,6 +3,16 @@
 Small models wrap JSON in code fences, forget quotes, use single quotes, add text after the JSON,
 or write ``Action: calculator(2+2)``. Every such slip that still has one clear meaning is
 accepted; anything else raises ``ParseError`` whose message tells the model how to fix its output.
+
+The output is untrusted text of any length, so two rules hold for everything here:
+
+* ``ParseError`` is the only exception raised, whatever the text (nesting depth included: JSON
+  nested deeper than ``MAX_JSON_DEPTH`` is refused before any recursive decoder sees it).
+* Time is linear in the text's length. No pattern may let two quantifiers over the same
+  characters meet (``^\s*`` under ``re.M`` crosses lines and rescans every blank line from each
+  line start; ``(.*?)\s*X`` rescans a whitespace run from each of its characters); where a
+  regular expression would need an atomic group (Python 3.11+, and Keel supports 3.10) the scan
+  is written out with ``str.find``.
 """
 from __future__ import annotations
 
@@ -17,7 +27,12 @@ FORMAT_REMINDER = ("Use exactly this format:\nThought: <reasoning>\nAction: <too
 
 
 class ParseError(ValueError):
-    pass
+    """The model's output cannot be read; the message tells the model how to fix it."""
+
+
+# Tool arguments are flat objects; 32 levels is far beyond any honest call and far below the
+# depth at which json's (and ast's) recursive decoders raise RecursionError.
+MAX_JSON_DEPTH = 32
 
 
 @dataclass
@@ -29,25 +44,65 @@ class ParsedStep:
     consumed: str = ""  # the part of the text this step used (what is kept in the scratchpad)
 
 
-_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.S)
-_LABEL = re.compile(r"^\s*(Thought|Action Input|Action|Final Answer|Observation)\s*:", re.M | re.I)
+# [^\S\n]: whitespace within one line. A line-start anchor followed by \s* would cross lines.
+_LABEL = re.compile(r"^[^\S\n]*(Thought|Action Input|Action|Final Answer|Observation)[^\S\n]*:", re.M | re.I)
 _CALL_FORM = re.compile(r"^\s*([A-Za-z_]\w*)\s*[\(\[](.*)[\)\]]\s*$", re.S)
 # What models wrap a tool name in: [calculator], `search`, **search**, "search", <search>, search.
 _NAME_DECOR = "`'\"[]<>*(){} .:;"
 # Labels the final answer ends at: only an invented observation at the start of a line. A label
 # word elsewhere ("the Observation: field ...") is part of the answer.
-_OBSERVATION_LINE = re.compile(r"\n\s*Observation\s*:", re.I)
+_OBSERVATION_LINE = re.compile(r"\n[^\S\n]*Observation[^\S\n]*:", re.I)
 
 
 # **Action:** / __Action__: / **Final Answer**: -> plain labels (markdown around a label, not in answers).
-_BOLD_LABEL = re.compile(r"^(\s*)(?:\*\*|__)(Thought|Action Input|Action|Final Answer|Observation)\s*(?:\*\*|__)?"
+_BOLD_LABEL = re.compile(r"^([^\S\n]*)(?:\*\*|__)(Thought|Action Input|Action|Final Answer|Observation)\s*(?:\*\*|__)?"
                          r"\s*:\s*(?:\*\*|__)?", re.M | re.I)
 _NO_TOOL = {"none", "n/a", "na", "no tool", "nothing", "final answer", "null"}
 _KWARGS = re.compile(r"^\s*[A-Za-z_]\w*\s*=")
 
 
+_FENCE_LANG = re.compile(r"[a-zA-Z]*")
+
+
 def strip_fences(text: str) -> str:
-    return _FENCE.sub(lambda m: m.group(1), text)
+    """Replace each ```lang ... ``` block by its content (leading whitespace after the language
+    tag dropped); an unclosed fence stays as written. Linear: each fence is found once."""
+    out, pos = [], 0
+    while True:
+        start = text.find("```", pos)
+        if start < 0:
+            break
+        body = _FENCE_LANG.match(text, start + 3).end()
+        close = text.find("```", body)
+        if close < 0:
+            break
+        content = text[body:close]
+        out += [text[pos:start], content.lstrip()]
+        pos = close + 3
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _json_depth(s: str) -> int:
+    """The deepest nesting of ``{``/``[`` outside double-quoted strings (linear scan)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in s:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "}]":
+            depth = max(depth - 1, 0)
+    return deepest
 
 
 def _python_call_args(inner: str) -> Any:
@@ -98,6 +153,9 @@ def parse_json_lenient(text: str) -> Any:
             return value
     if s[0] not in "{[\"'":
         return s.splitlines()[0].strip()
+    if _json_depth(s) > MAX_JSON_DEPTH:
+        raise ParseError(f"Action Input is nested more than {MAX_JSON_DEPTH} levels deep; tool arguments "
+                         "are a flat JSON object. " + FORMAT_REMINDER)
     # strict=False: raw control characters (a newline, a tab) inside strings are accepted, as
     # models write them; the value keeps them.
     decoder = json.JSONDecoder(strict=False)
@@ -111,16 +169,27 @@ def parse_json_lenient(text: str) -> Any:
                       lambda m: {"True": "true", "False": "false", "None": "null"}[m.group(1)], repaired)
     repaired = re.sub(r",\s*([}\]])", r"\1", repaired)
     candidates.append(repaired)
-    candidates.append(re.sub(r':\s*([^"\s{}\[\],][^,}]*?)\s*([,}])',
-                             lambda m: m.group(0) if re.fullmatch(r"-?\d+(\.\d+)?|true|false|null", m.group(1))
-                             else f': "{m.group(1)}"{m.group(2)}', repaired))
+    # A value runs to the next , or }; text after the last of them holds no value to quote (and
+    # scanning it from every colon there would be quadratic).
+    last = max(repaired.rfind(","), repaired.rfind("}")) + 1
+    candidates.append(_UNQUOTED_VALUE.sub(_quote_value, repaired[:last]) + repaired[last:])
     for c in candidates:
         try:
             value, _ = decoder.raw_decode(c)  # ignores trailing text after the JSON
             return value
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
     raise ParseError(f"Action Input is not valid JSON: {s[:120]!r}. " + FORMAT_REMINDER)
+
+
+_UNQUOTED_VALUE = re.compile(r':\s*([^"\s{}\[\],][^,}]*)([,}])')
+
+
+def _quote_value(m: re.Match) -> str:
+    value = m.group(1).rstrip()
+    if re.fullmatch(r"-?\d+(\.\d+)?|true|false|null", value):
+        return m.group(0)
+    return f': "{value}"{m.group(2)}'
 
 
 def has_labels(text: str) -> bool:
@@ -196,14 +265,14 @@ def parse_react(text: str) -> ParsedStep:
     raise ParseError("No 'Action:' or 'Final Answer:' found. " + FORMAT_REMINDER)
 
 
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)  # body stripped after: linear
 
 
 def parse_tool_calls(text: str) -> list[tuple[str, dict]]:
     """Native tool calls in the Hermes/Qwen form: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``."""
     calls = []
     for m in _TOOL_CALL.finditer(text):
-        value = parse_json_lenient(m.group(1))
+        value = parse_json_lenient(m.group(1).strip())
         if not isinstance(value, dict) or "name" not in value:
             raise ParseError('A tool call must be {"name": <tool>, "arguments": {...}}.')
         args = value.get("arguments", value.get("parameters", {}))

@@ -25,6 +25,24 @@ from agents.parsing import ParseError, parse_react
 from agents.tools import ToolRegistry
 
 _FINAL = re.compile(r"Final Answer\s*:", re.I)
+_ACTION = re.compile(r"Action\s*:")
+_ACTION_INPUT = re.compile(r"Action Input\s*:")
+
+
+def _has_tool_round(text: str) -> bool:
+    """An ``Action:`` line, then (blank lines allowed) an ``Action Input:`` line, then
+    ``Observation:`` later on that line or at the start of the next. One pass over the lines:
+    the equivalent single regular expression is quadratic on a line repeating ``Action:``."""
+    lines = text.split("\n")
+    after_action = False  # whether the last non-blank line holds an "Action:"
+    for i, line in enumerate(lines):
+        m = _ACTION_INPUT.match(line.lstrip()) if after_action else None
+        if m and ("Observation:" in line.lstrip()[m.end():]
+                  or (i + 1 < len(lines) and lines[i + 1].startswith("Observation:"))):
+            return True
+        if line.strip():
+            after_action = _ACTION.search(line) is not None
+    return False
 
 
 def _text(completion: Any) -> str:
@@ -52,7 +70,7 @@ def tool_format(prompts, completions, **_) -> list[float]:
     out = []
     for c in completions:
         text = _text(c)
-        out.append(0.5 * bool(re.search(r"Action\s*:.*\n\s*Action Input\s*:.*\n?Observation:", text)) +
+        out.append(0.5 * _has_tool_round(text) +
                    0.5 * bool(_FINAL.search(text)))
     return out
 

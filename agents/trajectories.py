@@ -54,14 +54,18 @@ def gsm8k_to_react(row: dict, tools: ToolRegistry | None = None) -> dict:
 def convert_file(src: Path, out: Path, limit: int | None = None, skip: int = 0) -> dict:
     tools = default_tools()
     written = skipped = 0
-    with open(src, encoding="utf-8") as f, open(out, "w", encoding="utf-8") as g:
-        for lineno, line in enumerate(f, 1):
-            if lineno <= skip or not line.strip():
+    from align.data import iter_jsonl  # BOM, non-UTF-8 lines, deep nesting, damaged gzip
+
+    with open(out, "w", encoding="utf-8") as g:
+        for lineno, row in iter_jsonl(src):
+            if lineno <= skip:
                 continue
             try:
-                g.write(json.dumps(gsm8k_to_react(json.loads(line), tools)) + "\n")
+                if isinstance(row, Exception):
+                    raise ValueError(str(row))
+                g.write(json.dumps(gsm8k_to_react(row, tools)) + "\n")
                 written += 1
-            except (ValueError, KeyError) as e:
+            except (ValueError, KeyError, TypeError) as e:
                 skipped += 1
                 print(f"{src} line {lineno}: skipped ({e})")
             if limit and written >= limit:

@@ -53,6 +53,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def read_json_file(path: str | Path, error: type[Exception] = CheckpointError) -> dict[str, Any]:
+    """A JSON object from a file (UTF-8, optional byte-order mark).
+
+    Raises ``error`` naming the file when it cannot be read, is not UTF-8, is not JSON (with line
+    and column), is nested too deeply, or holds something other than an object.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is corrupt: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is corrupt: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise error(f"{path} is corrupt: JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} is corrupt: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def load_manifest(folder: str | Path) -> Manifest:
     """Read and validate a checkpoint's manifest and check that its files are present."""
     folder = Path(folder)
@@ -61,10 +83,7 @@ def load_manifest(folder: str | Path) -> Manifest:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a Keel checkpoint: no {MANIFEST_NAME}")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt: {e}") from None
+    raw = read_json_file(path)
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:

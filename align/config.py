@@ -3,9 +3,17 @@
 ``load_config(StageConfig, "configs/sft.yaml", ["--training.learning_rate", "1e-4"])`` reads the
 file, applies the overrides (dotted paths, values parsed as YAML scalars), and validates. Unknown
 keys and bad types raise ``ConfigError`` naming the key and where it came from (file or CLI).
+
+Numbers are read the YAML 1.2 way: PyYAML implements YAML 1.1, where ``1e-6`` (no dot) is the
+string ``'1e-6'``; that string would pass untyped through ``training.extra`` into TRL and fail in
+the optimizer. ``KeelYAMLLoader`` is PyYAML's safe loader plus YAML 1.2's float pattern (a
+resolver, not a parser of our own). Every float field refuses ``.inf`` and ``.nan``. Config files
+are decoded as UTF-8 with an optional byte-order mark; a file that is not UTF-8 text is a
+``ConfigError`` naming the byte offset.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -18,7 +26,7 @@ from align.errors import ConfigError
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -55,16 +63,16 @@ class LoraSettings(Strict):
 class TrainingSettings(Strict):
     """Hyper-parameters shared by every trainer; names follow transformers' TrainingArguments."""
 
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="-1: run num_train_epochs")
     per_device_train_batch_size: int = Field(8, ge=1)
     per_device_eval_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     lr_scheduler_type: str = "linear"
     warmup_steps: float = Field(0, ge=0, description="steps, or a fraction of all steps when below 1")
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(512, ge=8)
     # None = auto: bf16 autocast on a GPU that supports it and on CPUs with native bf16
     # (avx512_bf16 / AMX); elsewhere emulated bf16 measured 2x slower than fp32 (README).
@@ -73,8 +81,8 @@ class TrainingSettings(Strict):
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="None: evaluate once at the end")
     save_steps: int = Field(50, ge=1)
-    save_total_limit: int | None = 2
-    dataloader_num_workers: int = 0
+    save_total_limit: int | None = Field(2, ge=1)
+    dataloader_num_workers: int = Field(0, ge=0)
     tensorboard: bool = False
     extra: dict[str, Any] = Field(
         default_factory=dict,
@@ -103,9 +111,48 @@ class TRLStageConfig(StageConfig):
 C = TypeVar("C", bound=BaseModel)
 
 
+class KeelYAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: ``1e-6``, ``1E+3``, ``-2e5`` are numbers."""
+
+
+KeelYAMLLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+KeelYAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with ``KeelYAMLLoader``. Raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=KeelYAMLLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """A YAML file's value; a leading UTF-8 byte-order mark is no content.
+
+    Raises ``ConfigError`` naming the file: not found, not UTF-8 text (with the byte offset),
+    or not valid YAML (with line and column).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                          "a config is a YAML text file") from None
+    if "\x00" in text:
+        raise ConfigError(f"{p}: not a text file (it contains NUL bytes); a config is a YAML text file")
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -163,12 +210,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     file_label = str(path) if path else "defaults"
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        loaded = read_yaml_file(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of keys to values")
         data.update(loaded)

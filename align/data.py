@@ -7,13 +7,19 @@ Rows come out in TRL's conversational formats (lists of ``{"role", "content"}`` 
 Readers: Anthropic HH-RLHF transcripts, GSM8K rows, and any JSONL / Parquet / hub dataset already
 in a TRL standard or conversational format. A malformed row raises ``DataError`` naming the file
 and line, or with ``skip_malformed`` is skipped and counted in the fingerprint.
+
+Text files are read as bytes and decoded line by line: a UTF-8 byte-order mark at the start is no
+content, a line that is not UTF-8 or nested too deeply for the JSON decoder is a malformed row
+(naming its line), and a damaged gzip stream is a ``DataError`` naming the last line read.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -132,6 +138,14 @@ def _check_messages(value: Any, key: str) -> None:
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"{key}[{i}] is not a {{'role', 'content'}} message")
+        if not isinstance(m["role"], str):
+            raise ValueError(f"{key}[{i}].role must be a string, not {type(m['role']).__name__}")
+        content = m["content"]
+        # A string, or (multimodal chat templates) a list of {"type": ..., ...} parts.
+        if not (isinstance(content, str) or (isinstance(content, list) and all(
+                isinstance(part, dict) and isinstance(part.get("type"), str) for part in content))):
+            raise ValueError(f"{key}[{i}].content must be a string (or a list of {{'type': ...}} parts), "
+                             f"not {type(content).__name__} {content!r:.40}")
 
 
 def validate_trl_row(row: dict[str, Any], fmt: str) -> dict[str, Any]:
@@ -149,23 +163,52 @@ def validate_trl_row(row: dict[str, Any], fmt: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- reading files
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object or the exception) for every non-blank line."""
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object or a ``DataError``) for every non-blank line of a JSONL file
+    (``.gz``: gzip-compressed). A leading UTF-8 byte-order mark is no content.
+
+    A line that is not UTF-8, not JSON, or nested too deeply to decode comes back as a
+    ``DataError`` for that line. Raises ``DataError`` naming the file when it cannot be read at all
+    (a damaged gzip stream: after the last line read).
+    """
+    path = Path(path)
+    lineno = 0
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield lineno, DataError(f"not UTF-8 text (byte {e.start} of the line: {raw[e.start:e.start + 1]!r})")
+                    continue
                 if not line.strip():
                     continue
                 try:
                     yield lineno, json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield lineno, DataError(f"not valid JSON ({e.msg})")
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
+                    yield lineno, DataError(f"not valid JSON ({e.msg}, column {e.colno})")
+                except RecursionError:
+                    yield lineno, DataError("JSON nested too deeply to read")
+    except (OSError, EOFError, zlib.error) as e:
+        where = f"after line {lineno}" if lineno else "at the start"
+        raise DataError(f"{path}: cannot read {where}: {e}"
+                        + (" (the gzip file is damaged or cut short)" if path.suffix == ".gz" else "")) from None
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """Every row of a JSONL file; the first bad line raises ``DataError`` naming file and line."""
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        if isinstance(row, Exception):
+            raise DataError(f"{path} line {lineno}: {row}")
+        rows.append(row)
+    return rows
 
 
 def _iter_rows(cfg: DataConfig) -> tuple[Iterator[tuple[str, Any]], str | None, str]:

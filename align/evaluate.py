@@ -11,7 +11,6 @@ Prints a table and writes JSON (``CHECKPOINT/eval.json`` unless ``--out``).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,9 +44,9 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[dict]], max_new_toke
 
 def gsm8k_suite(model, tokenizer, n: int, path: Path = HELDOUT_GSM8K, max_new_tokens: int = 256,
                 batch_size: int = 8, suffix: str = GSM8K_SUFFIX) -> dict[str, Any]:
-    from align.data import parse_gsm8k
+    from align.data import parse_gsm8k, read_jsonl
 
-    rows = [json.loads(l) for l in Path(path).read_text(encoding="utf-8").splitlines() if l.strip()][:n]
+    rows = read_jsonl(path)[:n]
     problems = [parse_gsm8k(r) for r in rows]
     prompts = [[{"role": "user", "content": p.question + suffix}] for p in problems]
     started = time.perf_counter()

@@ -73,9 +73,10 @@ def resolve_model(ref: str | Path) -> ModelSource:
         if manifest is not None and not (folder / "adapter_config.json").is_file():
             return ModelSource(ref=ref, path=str(folder), kind="checkpoint", manifest=manifest)
         if (folder / "adapter_config.json").is_file():
-            import json
+            from align.checkpoint import read_json_file
 
-            base_ref = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            adapter_config = read_json_file(folder / "adapter_config.json")
+            base_ref = adapter_config.get("base_model_name_or_path")
             if not base_ref:
                 raise ModelNotFoundError(f"adapter folder {folder} names no base_model_name_or_path")
             return ModelSource(ref=ref, path=str(folder), kind="adapter", manifest=manifest,

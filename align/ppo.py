@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import shutil
 import time
@@ -57,7 +58,7 @@ from pydantic import Field
 
 from align.config import DataConfig, LoraSettings, StageConfig, Strict
 from align.data import load_data
-from align.errors import ConfigError, KeelError
+from align.errors import CheckpointError, ConfigError, KeelError
 from align.monitor import MonitorSettings, OverOptimisationMonitor
 from align.training import METRICS_FILE, append_metrics, prepare_run_dir
 
@@ -545,8 +546,16 @@ class PPOTrainer:
 
     def _load_state(self, path: Path) -> None:
         model = self.acc.unwrap_model(self.model)
-        model.load_state_dict(torch.load(path / "actor_critic.pt", map_location="cpu"))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+        # weights_only=True on every torch the project allows (>=2.4, where the default was still
+        # False): tensors and plain containers only, never arbitrary pickled objects.
+        try:
+            weights = torch.load(path / "actor_critic.pt", map_location="cpu", weights_only=True)
+            optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
+            raise CheckpointError(f"{path}: cannot load the PPO state safely ({str(e).splitlines()[0]}); "
+                                  "only tensors and plain containers are read") from None
+        model.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer)
         state = json.loads((path / "trainer_state.json").read_text())
         self.update_step, self.kl_ctl.beta = state["update_step"], state["beta"]
         if self.monitor is not None and state.get("monitor"):

@@ -11,9 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
-from align.config import load_config
+from align.config import load_config, read_yaml_file
 from align.errors import ConfigError, DataError
 
 DATASET_FOR_STAGE = {"kto": "kto.jsonl", "dpo": "preference.jsonl"}
@@ -24,9 +22,8 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     from serve.feedback import FeedbackStore, export_feedback  # the app owns the database format
 
     config = config or "configs/kto.yaml"
-    if not Path(config).is_file():
-        raise ConfigError(f"config file not found: {config}")
-    stage = (yaml.safe_load(Path(config).read_text()) or {}).get("stage")
+    loaded = read_yaml_file(config) or {}
+    stage = loaded.get("stage") if isinstance(loaded, dict) else None
     if stage not in DATASET_FOR_STAGE:
         raise ConfigError(f"{config}: stage {stage!r} cannot train on feedback; use a {' or '.join(DATASET_FOR_STAGE)} config")
     if not Path(db).is_file():

@@ -15,7 +15,6 @@ or message lists) and returns one float per pair. Implementations:
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence
@@ -184,7 +183,9 @@ def load_reward(spec: str | dict[str, Any], batch_size: int = 8, device: str | N
         return CallableReward(import_callable(spec), name=spec)
     ensemble_file = Path(spec) / ENSEMBLE_FILE
     if ensemble_file.is_file():
-        info = json.loads(ensemble_file.read_text())
+        from align.checkpoint import read_json_file
+
+        info = read_json_file(ensemble_file, ConfigError)
         members = [str(Path(spec) / m) for m in info["members"]]
         return load_reward({"ensemble": members, "combine": info.get("combine", "mean"), "k": info.get("k", 1.0)},
                            batch_size, device)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,71 @@ def last_trainer_checkpoint(output_dir: Path) -> Path | None:
     return Path(last) if last else None
 
 
+_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "actor_critic.pt")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a ``checkpoint-N`` folder (a TRL/transformers one, or Keel's PPO one) is incomplete, or
+    None when it is complete: ``trainer_state.json`` is a JSON object, weights are present, every
+    ``.safetensors`` file is as long as its header says, every index's shards exist, and every
+    ``.pt``/``.bin`` file (a zip archive, as ``torch.save`` writes) has its central directory.
+    Reads headers only (kilobytes), not the tensors."""
+    import struct
+    import zipfile
+
+    state = folder / "trainer_state.json"
+    try:
+        if not isinstance(json.loads(state.read_text(encoding="utf-8")), dict):
+            return "trainer_state.json is not a JSON object"
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError, RecursionError):
+        return "trainer_state.json is cut short or corrupt"
+    if not any((folder / w).is_file() for w in _WEIGHTS):
+        return "no weights file"
+    for f in sorted(folder.iterdir()):
+        if f.name.endswith(".safetensors"):
+            try:
+                with open(f, "rb") as fh:
+                    (n,) = struct.unpack("<Q", fh.read(8))
+                    header = json.loads(fh.read(n))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                if f.stat().st_size < 8 + n + end:
+                    return f"{f.name} is cut short"
+            except (OSError, ValueError, KeyError, TypeError, struct.error):
+                return f"{f.name} is cut short or corrupt"
+        elif f.name.endswith(".index.json"):
+            try:
+                shards = set(json.loads(f.read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"{f.name} is cut short or corrupt"
+            missing = sorted(s for s in shards if not (folder / s).is_file())
+            if missing:
+                return f"{f.name} names missing shard(s) {', '.join(missing)}"
+        elif f.suffix in (".pt", ".bin", ".pth"):
+            try:
+                with zipfile.ZipFile(f):
+                    pass
+            except (OSError, zipfile.BadZipFile):
+                return f"{f.name} is cut short or corrupt"
+    return None
+
+
+def last_complete_checkpoint(output_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete ``checkpoint-N`` in ``output_dir`` and the newer ones that are not
+    (each with the reason), newest first."""
+    folders = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()] \
+        if output_dir.is_dir() else []
+    skipped = []
+    for folder in sorted(folders, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append((folder, problem))
+    return None, skipped
+
+
 def prepare_run_dir(cfg: StageConfig, resume: bool) -> Path | None:
     """Create the run folder; return the trainer checkpoint to resume from, if resuming.
 
@@ -73,8 +140,21 @@ def prepare_run_dir(cfg: StageConfig, resume: bool) -> Path | None:
     out = Path(cfg.output_dir)
     last = last_trainer_checkpoint(out)
     if resume:
+        last, skipped = last_complete_checkpoint(out)
+        for folder, problem in skipped:
+            # Moved aside (not deleted): the trainer would otherwise count it when rotating
+            # checkpoints, and a later save of the same step must not meet it.
+            aside = folder.with_name("incomplete-" + folder.name)  # outside the checkpoint-* glob
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.rename(aside)
+            print(f"warning: --resume: skipping {folder.name} ({problem}; probably interrupted while saving); "
+                  f"moved it to {aside.name}", file=sys.stderr)
         if last is None:
-            raise KeelError(f"--resume: {out} holds no checkpoint-N folder to resume from")
+            raise KeelError(f"--resume: {out} holds no complete checkpoint-N folder to resume from (skipped: "
+                            + ", ".join(f"{f.name}: {p}" for f, p in skipped) + ")" if skipped else
+                            f"--resume: {out} holds no checkpoint-N folder to resume from")
+        if skipped:
+            print(f"warning: --resume: resuming from {last.name}, the last complete checkpoint", file=sys.stderr)
         step = int(last.name.rsplit("-", 1)[-1])
         _truncate_metrics(out / METRICS_FILE, step)
     elif last is not None or (out / "model").exists() or (out / METRICS_FILE).exists():
@@ -159,10 +239,70 @@ def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bo
     return kwargs
 
 
-def build_trainer_config(config_cls, **kwargs):
-    """Instantiate a TRL ``XConfig``; its validation errors become a ``ConfigError``."""
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_trainer_kwargs(config_cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Type-check ``kwargs`` against the fields of a TRL config dataclass before the run starts.
+
+    ``training.extra`` reaches TRL untyped, and TRL's dataclasses do not check types: a string
+    ``'1e-6'`` for ``adam_epsilon`` fails inside the optimizer, far from its cause. Each value is
+    validated against the field's annotation with pydantic (lax mode); a number or boolean
+    written as a string (``"1e-6"``, ``"true"``) becomes that number or boolean. Returns the
+    checked keyword arguments. Raises ``ConfigError`` naming the field: unknown field (with close
+    names), wrong type, or a non-finite number.
+    """
+    import dataclasses
+    import difflib
+    import math
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
     from align.errors import ConfigError
 
+    name = config_cls.__name__
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init} if dataclasses.is_dataclass(config_cls) else None
+    if fields is None:
+        return dict(kwargs)
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # an annotation that cannot be resolved: check names only
+        hints = {}
+    out = {}
+    for key, value in kwargs.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            raise ConfigError(f"training.extra.{key}: {name} has no field {key!r}"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        hint = hints.get(key)
+        adapter = None
+        if hint is not None:
+            try:
+                adapter = TypeAdapter(hint)
+            except Exception:  # a type pydantic cannot describe: leave it to TRL
+                adapter = None
+        if adapter is not None:
+            try:
+                checked = adapter.validate_python(value)
+            except ValidationError as e:
+                raise ConfigError(f"{name}.{key} = {value!r}: expected {_type_name(hint)} "
+                                  f"({e.errors()[0]['msg'].lower()})") from None
+            if isinstance(value, str) and type(checked) in (int, float, bool):
+                value = checked  # "1e-6" -> 1e-06
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}.{key} = {value}: must be a finite number")
+        out[key] = value
+    return out
+
+
+def build_trainer_config(config_cls, **kwargs):
+    """Instantiate a TRL ``XConfig`` after ``check_trainer_kwargs``; its validation errors become a
+    ``ConfigError``."""
+    from align.errors import ConfigError
+
+    kwargs = check_trainer_kwargs(config_cls, kwargs)
     try:
         return config_cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -79,3 +79,136 @@ def test_native_tool_calls():
     assert parse_tool_calls("no calls here") == []
     with pytest.raises(ParseError):
         parse_tool_calls('<tool_call>{"arguments": {}}</tool_call>')
+
+
+# --- the parser as attack surface (issue 21, item 11) ------------------------------------------
+import time  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from agents.parsing import MAX_JSON_DEPTH  # noqa: E402
+from agents.rl import tool_format  # noqa: E402
+
+
+@pytest.mark.parametrize("depth", [100, 1_000, 100_000])
+def test_deeply_nested_arguments_are_a_parse_error_in_both_formats(depth):
+    nested = "[" * depth + "]" * depth
+    for text in (f"Action: calculator\nAction Input: {nested}",
+                 f'Action: calculator\nAction Input: {{"expression": {nested}}}',
+                 f"Action: calculator({nested})",
+                 "Action: calculator\nAction Input: " + '{"a":' * depth):
+        with pytest.raises(ParseError, match="nested"):
+            parse_react(text)
+    for text in (f'<tool_call>{{"name": "calculator", "arguments": {nested}}}</tool_call>',
+                 '<tool_call>{"name": "calculator", "arguments": ' + '{"a": ' * depth,
+                 f'<tool_call>{{"name": "calculator", "arguments": "{nested}"}}</tool_call>'):
+        with pytest.raises(ParseError, match="nested"):
+            parse_tool_calls(text)
+
+
+def test_nesting_within_the_limit_still_parses():
+    value = {"a": 1}
+    for _ in range(MAX_JSON_DEPTH - 1):
+        value = {"a": value}
+    import json
+
+    step = parse_react("Action: search\nAction Input: " + json.dumps(value))
+    assert step.action_input == value
+    brackets_in_a_string = '{"query": "' + "[" * 500 + '"}'
+    assert parse_react("Action: search\nAction Input: " + brackets_in_a_string).action_input == \
+        {"query": "[" * 500}
+
+
+# One family per way a pattern can go quadratic on untrusted output (a line-start anchor followed
+# by whitespace that crosses lines; a lazy body followed by optional whitespace; a scan from every
+# colon; a fence whose language tag and whitespace can trade characters; a line repeating a label).
+_FAMILIES = {
+    "blank lines": lambda n: "\n" * n,
+    "blank lines after the primed Thought": lambda n: "Thought:" + "\n" * n,
+    "blank lines inside a final answer": lambda n: "Final Answer: x" + "\n" * n + "y",
+    "unclosed fence then spaces": lambda n: "```" + " " * n,
+    "fences and newlines": lambda n: "```\n" * (n // 4),
+    "colons in an input": lambda n: 'Action: x\nAction Input: {"a": ' + ":b" * (n // 2),
+    "unquoted keys": lambda n: "Action: x\nAction Input: {" + "a:" * (n // 2),
+    "spaces in a native call": lambda n: "<tool_call>{" + " " * n + "x",
+    "bold labels": lambda n: "\n" + "**" * (n // 2),
+    "repeated labels": lambda n: "Thought: a\n" * (n // 11),
+}
+
+
+def _parse_time(text: str, fn) -> float:
+    started = time.perf_counter()
+    try:
+        fn(text)
+    except ParseError:
+        pass
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("family", list(_FAMILIES))
+def test_parsing_time_is_linear_in_the_output_length(family):
+    make = _FAMILIES[family]
+    fn = parse_tool_calls if "native" in family else parse_react
+    # Quadratic patterns took 4-20 s here at 12,500 characters; linear ones take milliseconds.
+    assert _parse_time(make(20_000), fn) < 0.5
+    times = {n: min(_parse_time(make(n), fn) for _ in range(3)) for n in (50_000, 100_000, 200_000)}
+    assert times[200_000] < 0.05 + 8 * times[50_000], times  # 4x the text: ~4x the time, not 16x
+
+
+def test_tool_format_reward_is_linear_and_unchanged():
+    assert tool_format(None, ["Action: calculator\nAction Input: {}\nObservation: 4\nFinal Answer: 4"]) == [1.0]
+    assert tool_format(None, ["Action: calculator\n\n  Action Input: {} Observation: 4"]) == [0.5]
+    assert tool_format(None, ["Action Input: {}\nObservation: 4"]) == [0.0]
+    started = time.perf_counter()
+    tool_format(None, ["Action:" * 30_000])  # the single regex took 3.5 s at 20,000 repeats
+    assert time.perf_counter() - started < 0.5
+
+
+_VALID_OUTPUTS = [
+    'Thought: I need to add.\nAction: calculator\nAction Input: {"expression": "48/2"}',
+    "Thought: t\nAction: calculator\nAction Input: ```json\n{'expression': '1+1'}\n```",
+    'Action: search(query="faiss", k=2)',
+    "Action: **search**\nAction Input: {query: faiss index, k: 2,}",
+    "Thought: done\nFinal Answer: ```python\nprint(1)\n```\nObservation: x",
+    'ok <tool_call>\n{"name": "calculator", "arguments": {"expression": "1+2"}}\n</tool_call>',
+    '<tool_call>{"name": "current_date", "arguments": "{}"}</tool_call><tool_call>{"name": "x"',
+]
+_TOKENS = ["\n", " ", "Thought:", "Action:", "Action Input:", "Final Answer:", "Observation:", "**", "```", "`",
+           "{", "}", "[", "]", "(", ")", '"', "'", ":", ",", "=", "\\", "<tool_call>", "</tool_call>", "True",
+           "None", "null", "-1e999", "\x00", "\ufeff", "é", "[" * 60, "{\"a\":" * 40, "[" * 3000,
+           "{\"a\": " * 1500]
+
+
+@st.composite
+def _mutated(draw):
+    text = draw(st.sampled_from(_VALID_OUTPUTS))
+    for _ in range(draw(st.integers(1, 6))):
+        pos = draw(st.integers(0, len(text)))
+        kind = draw(st.sampled_from(["insert", "delete", "duplicate", "truncate", "nest"]))
+        colons = [i + 1 for i, ch in enumerate(text) if ch in ":(["]
+        if kind == "nest" and colons:  # deep nesting where a value starts
+            at = draw(st.sampled_from(colons))
+            text = text[:at] + draw(st.sampled_from(["[", "{\"a\": ", "("])) * draw(st.integers(1, 5000)) + text[at:]
+        elif kind == "insert":
+            text = text[:pos] + draw(st.sampled_from(_TOKENS + [draw(st.text(max_size=5))])) + text[pos:]
+        elif kind == "delete":
+            text = text[:pos] + text[pos + draw(st.integers(1, 8)):]
+        elif kind == "duplicate":
+            text = text[:pos] + text[pos:pos + draw(st.integers(1, 30))] * draw(st.integers(2, 5)) + text[pos:]
+        else:
+            text = text[:pos]
+    return text
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated())
+def test_mutated_outputs_raise_only_parse_errors(text):
+    for fn in (parse_react, parse_tool_calls):
+        try:
+            result = fn(text)
+        except ParseError:
+            continue
+        if fn is parse_tool_calls:
+            assert all(isinstance(name, str) for name, _ in result)
+        else:
+            assert result.action is not None or result.final_answer is not None

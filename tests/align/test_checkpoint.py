@@ -96,3 +96,37 @@ def test_unmerged_lora_checkpoint_resolves_its_base(tmp_path, tiny_model_dir):
     assert src.kind == "adapter" and src.base.path == str(tiny_model_dir) and src.manifest.stage == "sft"
     loaded, tok2, _ = load_policy(out)
     assert torch.allclose(_logits(loaded, tok2), want, atol=1e-4)
+
+
+# --- issue 21 item 9: what makes a checkpoint-N folder complete ----------------------------------
+
+def _complete_checkpoint(folder):
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text('{"global_step": 4}')
+    save_file({"w": torch.zeros(64, 64)}, str(folder / "model.safetensors"))
+    torch.save({"state": {0: {"exp_avg": torch.zeros(64)}}, "param_groups": []}, folder / "optimizer.pt")
+    return folder
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda f: (f / "trainer_state.json").unlink(), "no trainer_state.json"),
+    (lambda f: (f / "trainer_state.json").write_text('{"global_st'), "trainer_state.json is cut short"),
+    (lambda f: (f / "model.safetensors").unlink(), "no weights file"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-100]),
+     "model.safetensors is cut short"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\x01"), "model.safetensors is cut short"),
+    (lambda f: (f / "optimizer.pt").write_bytes((f / "optimizer.pt").read_bytes()[:200]), "optimizer.pt is cut short"),
+    (lambda f: (f / "model.safetensors.index.json").write_text('{"weight_map": {"w": "model-00002.safetensors"}}'),
+     "missing shard"),
+])
+def test_incomplete_checkpoints_are_told_apart_from_complete_ones(tmp_path, damage, reason):
+    from align.training import checkpoint_problem, last_complete_checkpoint
+
+    assert checkpoint_problem(_complete_checkpoint(tmp_path / "checkpoint-4")) is None
+    damage(_complete_checkpoint(tmp_path / "checkpoint-8"))
+    assert reason in checkpoint_problem(tmp_path / "checkpoint-8")
+    last, skipped = last_complete_checkpoint(tmp_path)
+    assert last == tmp_path / "checkpoint-4" and [f.name for f, _ in skipped] == ["checkpoint-8"]

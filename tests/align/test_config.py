@@ -54,3 +54,91 @@ def test_parse_overrides_forms():
     assert parse_overrides(["--a.b", "1", "--c=x y", "--flag"]) == [("a.b", 1), ("c", "x y"), ("flag", True)]
     with pytest.raises(ConfigError):
         parse_overrides(["positional"])
+
+
+# --- issue 21: numbers the YAML 1.2 way, TRL's fields type-checked, damaged config files --------
+
+@pytest.mark.parametrize("text,want", [("1e-6", 1e-6), ("1E+3", 1000.0), ("-2e5", -2e5), (".5e-3", 5e-4),
+                                       ("3.0e-4", 3e-4), ("1_000", 1000), ("0.1", 0.1), ("abc", "abc"),
+                                       ("'1e-6'", "1e-6"), ("1e", "1e"), ("e5", "e5")])
+def test_numbers_written_the_yaml_way_are_numbers(text, want):
+    [(key, value)] = parse_overrides(["--training.extra.adam_epsilon", text])
+    assert value == want and type(value) is type(want)
+
+
+def test_untyped_extra_values_reach_trl_as_numbers(tmp_path):
+    import trl
+
+    from align.training import build_trainer_config, trainer_arguments
+
+    path = tmp_path / "c.yaml"
+    path.write_text("stage: sft\ndata: {path: x.jsonl}\ntraining:\n  extra: {adam_epsilon: 1e-6, adam_beta2: '0.98'}\n")
+    cfg = load_config(SFTStageConfig, path, ["--training.extra.adam_beta1", "9e-1",
+                                             "--output_dir", str(tmp_path / "run")])
+    args = build_trainer_config(trl.SFTConfig, **trainer_arguments(cfg, cfg.training, has_eval=False))
+    assert args.adam_epsilon == 1e-6 and args.adam_beta2 == 0.98 and args.adam_beta1 == 0.9
+    assert isinstance(args.adam_epsilon, float) and isinstance(args.adam_beta2, float)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"adam_epsilon": "tiny"}, r"SFTConfig\.adam_epsilon = 'tiny': expected float"),
+    ({"adam_epsilon": float("inf")}, r"SFTConfig\.adam_epsilon = inf: must be a finite number"),
+    ({"adam_epsilon": float("nan")}, r"adam_epsilon = nan: must be a finite number"),
+    ({"adam_epsilonn": 1e-6}, r"training\.extra\.adam_epsilonn: SFTConfig has no field .*did you mean adam_epsilon"),
+    ({"gradient_checkpointing": "sometimes"}, r"SFTConfig\.gradient_checkpointing = 'sometimes': expected bool"),
+    ({"eval_accumulation_steps": 2.5}, r"SFTConfig\.eval_accumulation_steps = 2\.5: expected int"),
+])
+def test_trl_fields_are_type_checked_before_the_run(tmp_path, extra, msg):
+    import trl
+
+    from align.training import build_trainer_config, trainer_arguments
+
+    cfg = load_config(SFTStageConfig, None, ["--stage", "sft", "--data.path", "x.jsonl",
+                                             "--output_dir", str(tmp_path / "run")])
+    cfg.training.extra = extra
+    with pytest.raises(ConfigError, match=msg):
+        build_trainer_config(trl.SFTConfig, **trainer_arguments(cfg, cfg.training, has_eval=False))
+
+
+@pytest.mark.parametrize("line,key", [
+    ("training: {learning_rate: .inf}", "training.learning_rate"),
+    ("training: {learning_rate: .nan}", "training.learning_rate"),
+    ("training: {max_grad_norm: -.inf}", "training.max_grad_norm"),
+    ("training: {weight_decay: -0.1}", "training.weight_decay"),
+    ("training: {max_grad_norm: 0}", "training.max_grad_norm"),
+    ("training: {num_train_epochs: 0}", "training.num_train_epochs"),
+    ("training: {max_steps: -5}", "training.max_steps"),
+    ("data: {path: x.jsonl, eval_fraction: .nan}", "data.eval_fraction"),
+    ("lora: {dropout: .inf}", "lora.dropout"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused_naming_the_field(tmp_path, line, key):
+    path = tmp_path / "c.yaml"
+    path.write_text("stage: sft\ndata: {path: x.jsonl}\n" + line + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(SFTStageConfig, path)
+    assert key in str(e.value) and str(path) in str(e.value)
+
+
+def test_yaml_config_with_a_byte_order_mark_reads_as_without(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbfstage: sft\ndata: {path: x.jsonl}\ntraining: {learning_rate: 1e-4}\n")
+    cfg = load_config(SFTStageConfig, path)
+    assert cfg.stage == "sft" and cfg.training.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"stage: sft\n\xff\xfe\x00\x01", b"stage: sft\x00\n",
+                                     "stage: sft\n".encode("utf-16")])
+def test_binary_config_is_a_config_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="binary.yaml: not a (UTF-8 )?text file"):
+        load_config(SFTStageConfig, path)
+
+
+def test_retrain_reads_its_config_the_same_way(tmp_path):
+    from align.retrain import retrain
+
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="binary.yaml: not a UTF-8 text file"):
+        retrain(str(tmp_path / "feedback.db"), str(path), [])

@@ -120,3 +120,108 @@ def test_preference_rows_reshape_for_sft():
     row = loaded.train[0]
     assert set(row) == {"prompt", "completion"} and row["completion"][0]["role"] == "assistant"
     assert loaded.fingerprint["sha256"] and loaded.fingerprint["rows"] == 20
+
+
+# --- issue 21: byte-order marks, damaged files, deep nesting, content that is not text -----------
+import codecs  # noqa: E402
+
+from align.data import iter_jsonl, read_jsonl  # noqa: E402
+
+_PAIRS = [{"prompt": f"p{i}", "chosen": "good", "rejected": "bad"} for i in range(4)]
+
+
+def _jsonl_bytes(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".json"])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_byte_order_mark_is_no_content(tmp_path, suffix, newline):
+    body = codecs.BOM_UTF8 + _jsonl_bytes(_PAIRS).replace(b"\n", newline)
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(gzip.compress(body) if suffix.endswith(".gz") else body)
+    for skip in (False, True):
+        rows, fp = read_rows(DataConfig(path=str(path), skip_malformed=skip))
+        assert [r["prompt"] for r in rows] == ["p0", "p1", "p2", "p3"] and fp["skipped"] == 0
+    assert [r["prompt"] for r in read_jsonl(path)] == ["p0", "p1", "p2", "p3"]
+
+
+def test_other_jsonl_readers_take_a_byte_order_mark(tmp_path):
+    from agents.evaluate import gsm8k_tasks
+    from agents.trajectories import convert_file
+    from align.evaluate import gsm8k_suite  # noqa: F401  (reads through read_jsonl)
+
+    rows = [{"question": "Two plus two?", "answer": "2+2=<<2+2=4>>4\n#### 4"}] * 3
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_bytes(codecs.BOM_UTF8 + _jsonl_bytes(rows))
+    assert [t["answer"] for t in gsm8k_tasks(3, path)] == ["4", "4", "4"]
+    assert convert_file(path, tmp_path / "out.jsonl")["written"] == 3
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "garbage"])
+def test_damaged_gzip_is_a_data_error_naming_the_file(tmp_path, damage):
+    packed = gzip.compress(_jsonl_bytes(_PAIRS * 2000))
+    if damage == "flipped":
+        packed = packed[:40] + bytes(b ^ 0xFF for b in packed[40:80]) + packed[80:]
+    elif damage == "truncated":
+        packed = packed[: len(packed) // 2]
+    else:
+        packed = b"\x1f\x8b" + bytes(range(256)) * 8
+    path = tmp_path / "pairs.jsonl.gz"
+    path.write_bytes(packed)
+    for skip in (False, True):
+        with pytest.raises(DataError, match=r"pairs\.jsonl\.gz: cannot read (after line \d+|at the start)"):
+            read_rows(DataConfig(path=str(path), skip_malformed=skip))
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_line_is_a_malformed_row(tmp_path, depth):
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(_jsonl_bytes(_PAIRS[:2]) + b"[" * depth + b"]" * depth + b"\n" + _jsonl_bytes(_PAIRS[2:]))
+    with pytest.raises(DataError, match=r"deep\.jsonl line 3: .*nested too deeply"):
+        read_rows(DataConfig(path=str(path)))
+    rows, fp = read_rows(DataConfig(path=str(path), skip_malformed=True))
+    assert len(rows) == 4 and fp["skipped"] == 1
+
+
+def test_line_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(_jsonl_bytes(_PAIRS[:1]) + '{"prompt": "café", "chosen": "a", "rejected": "b"}\n'.encode("cp1252")
+                     + _jsonl_bytes(_PAIRS[1:]))
+    with pytest.raises(DataError, match=r"latin1\.jsonl line 2: not UTF-8"):
+        read_rows(DataConfig(path=str(path)))
+    rows, fp = read_rows(DataConfig(path=str(path), skip_malformed=True))
+    assert len(rows) == 4 and fp["skipped"] == 1
+    assert [lineno for lineno, r in iter_jsonl(path) if isinstance(r, DataError)] == [2]
+
+
+@pytest.mark.parametrize("bad", [7, 3.5, None, True, {"text": "x"}, ["a", "b"], [{"text": "no type"}]])
+@pytest.mark.parametrize("key", ["messages", "prompt", "completion"])
+def test_message_content_that_is_not_text_is_refused_naming_the_row(tmp_path, bad, key):
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]} \
+        if key == "messages" else {"prompt": [{"role": "user", "content": "q"}],
+                                   "completion": [{"role": "assistant", "content": "a"}]}
+    broken = json.loads(json.dumps(good))
+    broken[key][-1]["content"] = bad
+    path = write_jsonl(tmp_path / "chat.jsonl", [good, broken, good])
+    with pytest.raises(DataError, match=rf"chat\.jsonl line 2: {key}\[\d\]\.content must be a string"):
+        read_rows(DataConfig(path=str(path)))
+    rows, fp = read_rows(DataConfig(path=str(path), skip_malformed=True))
+    assert len(rows) == 2 and fp["skipped"] == 1
+
+
+def test_multimodal_content_parts_and_string_content_still_read(tmp_path):
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                          {"role": "assistant", "content": "a"}]}
+    rows, _ = read_rows(DataConfig(path=str(write_jsonl(tmp_path / "p.jsonl", [parts, parts]))))
+    assert rows[0]["messages"][0]["content"][0]["text"] == "q"
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00\x01", b"[1, 2]", b"[" * 100_000])
+def test_adapter_config_that_is_not_json_is_a_checkpoint_error(tmp_path, content):
+    from align.errors import CheckpointError
+    from align.models import resolve_model
+
+    (tmp_path / "adapter_config.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"adapter_config\.json is corrupt"):
+        resolve_model(str(tmp_path))

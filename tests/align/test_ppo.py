@@ -173,3 +173,43 @@ def test_embedded_policy_learns_a_programmable_reward_within_a_few_updates(tmp_p
     assert len(scores) == 8
     late = sum(scores[-3:]) / 3
     assert late > scores[0] + 0.3 and late > sum(scores[:3]) / 3, scores
+
+
+# --- issue 21 items 9 and 12: PPO resumes from the last complete checkpoint, and loads safely -----
+
+def test_ppo_resume_skips_an_incomplete_checkpoint(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    run = tmp_path / "ppo"
+    run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward"))  # checkpoint-2, -3
+    state = run / "checkpoint-3" / "actor_critic.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    capsys.readouterr()
+    run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--updates", "4"), resume=True)
+    err = capsys.readouterr().err
+    assert "skipping checkpoint-3 (actor_critic.pt is cut short" in err and "resuming from checkpoint-2" in err
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (os.environ["KEEL_TEST_MARK"],))
+
+
+def test_ppo_resume_never_unpickles_objects(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+
+    from align.errors import CheckpointError
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    run = tmp_path / "ppo"
+    run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward"))
+    mark = tmp_path / "code-ran"
+    monkeypatch.setenv("KEEL_TEST_MARK", str(mark))
+    for ckpt in ("checkpoint-2", "checkpoint-3"):
+        torch.save({"state": _Payload()}, run / ckpt / "optimizer.pt")  # a tampered checkpoint
+    with pytest.raises(CheckpointError, match="cannot load the PPO state safely"):
+        run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--updates", "4"),
+                resume=True)
+    assert not mark.exists()

@@ -80,3 +80,34 @@ def test_cli_runs_plots_and_reports_errors_without_traceback(tmp_path, tiny_mode
     assert main(["sft", "--config", str(REPO / "configs" / "sft.yaml"), "--data.path", str(tmp_path / "nope.jsonl"),
                  "--output_dir", str(tmp_path / "r2")]) == 2
     assert "data file not found" in capsys.readouterr().err
+
+
+# --- issue 21 item 9: a run killed while writing a checkpoint resumes from the last complete one --
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damage", ["weights cut short", "optimizer cut short", "no trainer_state",
+                                    "trainer_state cut short"])
+def test_resume_skips_an_incomplete_checkpoint_and_says_so(tmp_path, tiny_model_dir, gsm8k_small, capsys, damage):
+    run = tmp_path / "run"
+    run_sft(_cfg(tiny_model_dir, gsm8k_small, run))  # checkpoint-4 and checkpoint-8
+    broken = run / "checkpoint-8"
+    if damage == "weights cut short":
+        _truncate(broken / "model.safetensors")
+    elif damage == "optimizer cut short":
+        _truncate(broken / "optimizer.pt")
+    elif damage == "no trainer_state":
+        (broken / "trainer_state.json").unlink()
+    else:
+        _truncate(broken / "trainer_state.json")
+    capsys.readouterr()
+    out = run_sft(_cfg(tiny_model_dir, gsm8k_small, run, "--training.max_steps", "12"), resume=True)
+    err = capsys.readouterr().err
+    assert "skipping checkpoint-8" in err and "resuming from checkpoint-4" in err
+    assert (run / "incomplete-checkpoint-8").is_dir()
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == list(range(1, 13))
+    assert json.loads((out / "keel.json").read_text())["metrics"]["global_step"] == 12
