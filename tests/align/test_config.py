@@ -7,9 +7,16 @@ from tests.conftest import REPO
 
 
 def test_shipped_sft_configs_validate():
-    for name in ("sft.yaml", "sft-gpu.yaml"):
+    for name in ("sft.yaml", "sft-gpu.yaml", "agent-sft.yaml", "agent-sft-gpu.yaml"):
         cfg = load_config(SFTStageConfig, REPO / "configs" / name)
         assert cfg.stage == "sft" and cfg.model == "smollm2-135m"
+    # the shipped agent's recipe: the adapter's keel.json records the config it was trained with
+    import json
+
+    shipped = json.loads((REPO / "models" / "keel-agent" / "keel.json").read_text())["config"]
+    gpu = load_config(SFTStageConfig, REPO / "configs" / "agent-sft-gpu.yaml")
+    assert shipped["training"]["num_train_epochs"] == gpu.training.num_train_epochs
+    assert shipped["lora"] == gpu.lora.model_dump()
 
 
 def test_overrides_reach_nested_fields_and_parse_types():
