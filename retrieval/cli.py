@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("add", help="add or update documents (a changed file replaces its chunks)")
     a.add_argument("index")
     a.add_argument("docs", nargs="+")
-    r = sub.add_parser("remove", help="remove documents by the path they were added with")
+    r = sub.add_parser("remove", help="remove documents by the paths they were added with (files or folders)")
     r.add_argument("index")
     r.add_argument("docs", nargs="+")
     s = sub.add_parser("search", help="search an index")

@@ -160,12 +160,34 @@ def load_file(path: Path) -> list[Document]:
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:
     """Files as given, and every supported file under given folders (sorted, recursive)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
+    return [f for _, f in expand_named(paths)]
+
+
+def expand_named(paths: list[str | Path]) -> list[tuple[str, Path]]:
+    """(the name as given, file) for files as given and every supported file under given folders."""
+    out: list[tuple[str, Path]] = []
+    for name in paths:
+        p = Path(name).expanduser()
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES))
+            out.extend((str(name), f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in SUFFIXES)
         elif p.is_file():
-            out.append(p)
+            out.append((str(name), p))
         else:
-            raise RetrievalError(f"document path not found: {p}")
+            raise RetrievalError(f"document path not found: {name}")
+    return out
+
+
+def unique_files(named: list[tuple[str, Path]]) -> dict[str, tuple[Path, list[str]]]:
+    """One entry per file however it was named: relative or absolute, through a folder, a symlink or a
+    hard link. Keys are resolved paths (the first name seen of a hard-linked file); values hold the
+    resolved path and every name the file was reached by, in order."""
+    by_inode: dict[tuple[int, int], str] = {}
+    out: dict[str, tuple[Path, list[str]]] = {}
+    for name, f in named:
+        real = f.resolve()
+        st = real.stat()
+        key = by_inode.setdefault((st.st_dev, st.st_ino), str(real))
+        entry = out.setdefault(key, (Path(key), []))
+        if name not in entry[1]:
+            entry[1].append(name)
     return out

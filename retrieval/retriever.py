@@ -25,7 +25,7 @@ from retrieval.chunking import Chunk, chunk_document
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import VectorIndex, choose_index_type
-from retrieval.loaders import Document, expand_paths, load_file
+from retrieval.loaders import Document, expand_named, load_file, unique_files
 from retrieval.store import DocStore
 
 FORMAT_VERSION = 1
@@ -53,6 +53,14 @@ class AddReport:
     replaced: int = 0
     unchanged: int = 0
     chunks: int = 0
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _now() -> str:
@@ -151,21 +159,32 @@ class Retriever:
 
     # ------------------------------------------------------------ writes
     def add(self, paths: Iterable[str | Path], progress: bool = False) -> AddReport:
-        """Add files and folders; a file whose content changed replaces its old chunks."""
-        files = expand_paths(list(paths))
+        """Add files and folders; a file whose content changed replaces its old chunks.
+
+        A file is one document however it is named: relative or absolute, through a folder, a
+        symlink or a hard link, it is indexed once. Every name it was given is remembered so that
+        ``remove`` accepts the same names. Raises ``RetrievalError`` for a path that does not exist
+        or a document that cannot be read.
+        """
+        files = unique_files(expand_named(list(paths)))
         known = self.store.file_hashes()
         report = AddReport()
-        batches: list[tuple[str, str, list[Document]]] = []
-        for f in files:
-            digest = hashlib.sha256(f.read_bytes()).hexdigest()
-            key = str(f.resolve())
+        todo = []
+        for key, (path, names) in files.items():
+            try:
+                digest = _sha256_file(path)
+            except OSError as e:
+                raise RetrievalError(f"{path}: cannot read: {e}") from None
+            name_rows = [(n, os.path.abspath(os.path.expanduser(n))) for n in names]
             if known.get(key) == digest:
                 report.unchanged += 1
+                with self.store.db:
+                    self.store.add_names(key, name_rows)
                 continue
-            batches.append((key, digest, load_file(f)))
+            todo.append((key, digest, name_rows, lambda path=path: load_file(path)))
             report.replaced += key in known
             report.added += key not in known
-        self._write(batches, report, progress)
+        self._write(todo, report, progress)
         return report
 
     def add_documents(self, docs: list[Document], file: str, progress: bool = False) -> AddReport:
@@ -177,24 +196,35 @@ class Retriever:
             report.unchanged = 1
             return report
         report.replaced, report.added = int(file in known), int(file not in known)
-        self._write([(file, digest, docs)], report, progress)
+        self._write([(file, digest, [(file, file)], lambda: docs)], report, progress)
         return report
 
-    def _write(self, batches, report: AddReport, progress: bool) -> None:
-        if not batches:
+    def _write(self, todo, report: AddReport, progress: bool) -> None:
+        if not todo:
             return
-        chunked = [(key, digest, [(d.source, d.title, self._chunk(d)) for d in docs]) for key, digest, docs in batches]
-        texts = [c.text for _, _, docs in chunked for _, _, chunks in docs for c in chunks]
+        batches = []
+        for key, digest, names, load in todo:
+            docs = load()
+            sources = [d.source for d in docs]
+            if len(set(sources)) != len(sources):
+                dup = next(s for s in sources if sources.count(s) > 1)
+                raise RetrievalError(f"{key}: document id {dup!r} appears more than once; each document needs its own id")
+            batches.append((key, digest, names, docs))
+        chunked = [(key, digest, names, [(d.source, d.title, self._chunk(d)) for d in docs])
+                   for key, digest, names, docs in batches]
+        texts = [c.text for *_, docs in chunked for _, _, chunks in docs for c in chunks]
         vectors = self.embedder.encode(texts, progress=progress)
         report.chunks = len(texts)
-        old_ids = self.store.chunk_ids_of_files([key for key, _, _ in chunked])
+        old_ids = self.store.chunk_ids_of_files([key for key, *_ in chunked])
         db = self.store.db
         try:
             with db:  # one transaction: all files or none
-                self.store.delete_files([key for key, _, _ in chunked])
+                self.store.delete_files([key for key, *_ in chunked])
                 new_ids, row = [], 0
-                for key, digest, docs in chunked:
+                for key, digest, names, docs in chunked:
                     n = sum(len(c) for _, _, c in docs)
+                    self.store.set_file(key, digest, None, complete=True)
+                    self.store.add_names(key, names)
                     new_ids += self.store.insert(key, digest, docs, vectors[row:row + n])
                     row += n
                 self._update_index(old_ids, np.array(new_ids, dtype="int64"), vectors)
@@ -208,21 +238,50 @@ class Retriever:
     def _chunk(self, doc: Document) -> list[Chunk]:
         return chunk_document(doc, self.embedder.tokenizer, self.manifest["chunk_tokens"], self.manifest["overlap"])
 
+    def _files_matching(self, name: str | Path, known: list[str]) -> list[str]:
+        """Indexed files that ``name`` refers to: the file itself, every file under it when it is a
+        folder (through symlinks too), or the files added under that name (as typed or the same
+        absolute path), which also works after the file or folder was deleted or moved."""
+        text = str(name)
+        if text in known:  # a synthetic key ("keel-docs") or a stored path as printed
+            return [text]
+        found: list[str] = []
+        absolute = os.path.abspath(os.path.expanduser(text))
+        for base in dict.fromkeys([str(Path(absolute).resolve()), absolute]):
+            prefix = base.rstrip(os.sep) + os.sep
+            found += [k for k in known if k == base or k.startswith(prefix)]
+        found += self.store.files_named(text, absolute)
+        return list(dict.fromkeys(found))
+
     def remove(self, paths: Iterable[str | Path]) -> int:
-        """Remove documents by file path (as added); returns how many files were removed."""
-        known = self.store.file_hashes()
-        keys = []
+        """Remove documents by the names they were added with: files, folders (every indexed file
+        under them), symlinks, relative or absolute. Returns how many files were removed.
+
+        Raises ``RetrievalError`` naming the path when one matches nothing in the index (and
+        nothing is removed), and for a JSONL row (``file.jsonl#id``): rows go with their file.
+        """
+        known = self.store.files()
+        keys: list[str] = []
         for p in paths:
-            key = str(Path(p).resolve()) if str(Path(p).resolve()) in known else str(p)
-            if key in known and key not in keys:
-                keys.append(key)
-        if not keys:
-            return 0
+            matched = self._files_matching(p, known)
+            if not matched:
+                raise RetrievalError(self._nothing_matches(str(p), known))
+            keys += [k for k in matched if k not in keys]
         ids = self.store.chunk_ids_of_files(keys)
         with self.store.db:
             self.store.delete_files(keys)
             self._update_index(ids, np.zeros(0, dtype="int64"), np.zeros((0, self.manifest["dim"]), dtype="float32"))
         return len(keys)
+
+    def _nothing_matches(self, name: str, known: list[str]) -> str:
+        base, sep, row = name.rpartition("#")
+        if sep and self._files_matching(base, known):
+            return (f"{name!r} names one row of {base}; rows are removed with their file: remove {base}, "
+                    f"or delete the row from the file and `add` it again")
+        held = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+        return (f"{name!r} matches nothing in {self.folder} (looked for "
+                f"{os.path.abspath(os.path.expanduser(name))} and files under it); "
+                + (f"the index holds {len(known)} files: {held}" if known else "the index holds no files"))
 
     def _update_index(self, old_ids: list[int], new_ids: np.ndarray, vectors: np.ndarray) -> None:
         counts = self.manifest["counts"]
