@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from retrieval.loaders import Document
+from retrieval.options import check_chunking
 
 
 @dataclass
@@ -21,8 +22,7 @@ class Chunk:
 
 
 def chunk_document(doc: Document, tokenizer, chunk_tokens: int = 200, overlap: int = 40) -> list[Chunk]:
-    if overlap >= chunk_tokens:
-        raise ValueError("overlap must be smaller than chunk_tokens")
+    check_chunking(chunk_tokens, overlap)
     if not doc.text.strip():
         return []
     enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)

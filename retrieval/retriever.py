@@ -25,6 +25,7 @@ from retrieval.chunking import Chunk, chunk_document
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import VectorIndex, choose_index_type
+from retrieval.options import check_chunking, check_index_params, check_search
 from retrieval.loaders import Document, expand_named, load_file, unique_files
 from retrieval.store import DocStore
 
@@ -91,6 +92,9 @@ class Retriever:
     def create(cls, folder: str | Path, embedding_model: str = DEFAULT_EMBEDDER, index_type: str = "auto",
                chunk_tokens: int = 200, overlap: int = 40, index_params: dict | None = None,
                overwrite: bool = False, embedder: Embedder | None = None) -> "Retriever":
+        check_chunking(chunk_tokens, overlap)
+        check_index_params(index_params or {})
+        choose_index_type(index_type, 0)  # an unknown type fails before anything is written
         folder = Path(folder)
         if folder.exists() and any(folder.iterdir()):
             if not overwrite:
@@ -310,6 +314,7 @@ class Retriever:
 
     def rebuild(self, index_type: str | None = None, index_params: dict | None = None) -> None:
         """A fresh index from the stored vectors: another type, new IVF centroids, or HNSW without tombstones."""
+        check_index_params(index_params or {}, self.manifest["dim"])
         ids, vectors = self.store.all_vectors(self.manifest["dim"])
         kind = choose_index_type(index_type or self.manifest["index_type"], len(ids))
         self.manifest["counts"]["tombstones"] = 0
@@ -329,10 +334,22 @@ class Retriever:
     # ------------------------------------------------------------ search
     def search(self, query: str, k: int = 5, mmr_lambda: float | None = None, min_score: float | None = None,
                fetch_k: int | None = None) -> list[Hit]:
+        """The k best chunks for one query; see ``search_batch``."""
+        if not isinstance(query, str):
+            raise RetrievalError(f"query must be a string, got {type(query).__name__}")
         return self.search_batch([query], k, mmr_lambda, min_score, fetch_k)[0]
 
     def search_batch(self, queries: list[str], k: int = 5, mmr_lambda: float | None = None,
                      min_score: float | None = None, fetch_k: int | None = None) -> list[list[Hit]]:
+        """The k best chunks for each query (a list of strings), best first.
+
+        ``mmr_lambda`` in [0, 1] diversifies with MMR; ``min_score`` (cosine similarity, -1..1) drops
+        weaker hits; ``fetch_k`` >= k candidates are fetched first. Out-of-range values raise
+        ``RetrievalError`` naming the option.
+        """
+        if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
+            raise RetrievalError("queries must be a list of strings")
+        check_search(k, mmr_lambda, min_score, fetch_k)
         if self.index is None or not queries:
             return [[] for _ in queries]
         q = self.embedder.encode(list(queries))

@@ -83,3 +83,54 @@ def test_remove_cli_exit_codes(tmp_path, corpus, monkeypatch, capsys):
     assert main(["remove", "kb", "faq.jsonl#q1"]) == 2
     assert "rows are removed with their file" in capsys.readouterr().err
     assert main(["remove", "kb", str(rows)]) == 0
+
+
+# ---- kind 10: options out of range are errors naming the option, in the CLI and the Python API
+@pytest.mark.parametrize("argv,option", [
+    (["build", "corpus", "--out", "kb", "--overlap", "200", "--chunk-tokens", "200"], "--overlap"),
+    (["build", "corpus", "--out", "kb", "--overlap", "300"], "--overlap"),
+    (["build", "corpus", "--out", "kb", "--overlap", "-1"], "--overlap"),
+    (["build", "corpus", "--out", "kb", "--chunk-tokens", "0"], "--chunk-tokens"),
+    (["build", "corpus", "--out", "kb", "--index-param", "nlist=0"], "nlist"),
+    (["search", "kb", "anchor", "-k", "0"], "-k"),
+    (["search", "kb", "anchor", "-k", "-3"], "-k"),
+    (["search", "kb", "anchor", "--mmr", "1.5"], "--mmr"),
+    (["search", "kb", "anchor", "--min-score", "nan"], "--min-score"),
+    (["eval", "kb", "q.jsonl", "-k", "0"], "-k"),
+])
+def test_cli_refuses_out_of_range_options(tmp_path, corpus, monkeypatch, capsys, argv, option):
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err
+    assert not (tmp_path / "kb").exists()
+
+
+def test_api_refuses_out_of_range_options(tmp_path, corpus, embedder):
+    for chunk_tokens, overlap, name in [(100, 100, "overlap"), (100, -5, "overlap"), (0, 0, "chunk_tokens"),
+                                        (64.5, 0, "chunk_tokens")]:
+        with pytest.raises(RetrievalError, match=name):
+            Retriever.create(tmp_path / "bad", chunk_tokens=chunk_tokens, overlap=overlap, embedder=embedder)
+    with pytest.raises(RetrievalError, match="ef_search"):
+        Retriever.create(tmp_path / "bad", index_params={"ef_search": -1}, embedder=embedder)
+    kb = Retriever.create(tmp_path / "kb", embedder=embedder)
+    kb.add([corpus])
+    for kwargs, name in [({"k": 0}, "k"), ({"k": -1}, "k"), ({"k": 2.5}, "k"), ({"k": True}, "k"),
+                         ({"mmr_lambda": -0.1}, "mmr_lambda"), ({"mmr_lambda": float("nan")}, "mmr_lambda"),
+                         ({"min_score": 2.0}, "min_score"), ({"k": 3, "fetch_k": 2}, "fetch_k")]:
+        with pytest.raises(RetrievalError, match=name):
+            kb.search("anchor", **kwargs)
+        with pytest.raises(RetrievalError, match=name):
+            kb.search_batch(["anchor"], **kwargs)
+    with pytest.raises(RetrievalError, match="list of strings"):
+        kb.search_batch("anchor")
+    with pytest.raises(RetrievalError, match="m=5 must divide"):
+        kb.rebuild("ivf-pq", {"nlist": 1, "m": 5})
+    from retrieval.evaluate import evaluate
+    with pytest.raises(RetrievalError, match="k must be"):
+        evaluate(kb, [{"query": "anchor", "relevant": ["a.md"]}], k=0)
+    assert len(kb.search("anchor", k=1)) == 1
