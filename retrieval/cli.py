@@ -19,6 +19,11 @@ def _print_hits(hits, as_json: bool) -> None:
         print(f"{rank}. {h.score:.3f}  {where}\n   {snippet}")
 
 
+def _print_warnings(report) -> None:
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
 def _index_params(pairs: list[str]) -> dict:
     from retrieval.errors import RetrievalError
     from retrieval.options import INDEX_PARAM_KEYS, check_index_params
@@ -121,10 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             kb = Retriever.create(args.out, args.model, args.index_type, args.chunk_tokens, args.overlap,
                                   index_params=_index_params(args.index_param), overwrite=args.overwrite)
             rep = kb.add(args.docs, progress=True)
-            print(f"indexed {rep.added} files, {rep.chunks} chunks into {args.out} ({kb.manifest['index_type']})")
+            _print_warnings(rep)
+            print(f"indexed {rep.added} files, {rep.chunks} chunks into {args.out} ({kb.manifest['index_type']})"
+                  + (f"; skipped {rep.skipped} (not text)" if rep.skipped else ""))
         elif args.cmd == "add":
             rep = open_kb(args.index).add(args.docs, progress=True)
-            print(f"added {rep.added}, replaced {rep.replaced}, unchanged {rep.unchanged}; {rep.chunks} new chunks")
+            _print_warnings(rep)
+            print(f"added {rep.added}, replaced {rep.replaced}, unchanged {rep.unchanged}; {rep.chunks} new chunks"
+                  + (f"; skipped {rep.skipped} (not text)" if rep.skipped else ""))
         elif args.cmd == "remove":
             print(f"removed {open_kb(args.index).remove(args.docs)} files")
         elif args.cmd == "search":

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
@@ -26,7 +26,8 @@ from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import VectorIndex, choose_index_type
 from retrieval.options import check_chunking, check_index_params, check_search
-from retrieval.loaders import Document, expand_named, load_file, unique_files
+from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
+from retrieval.text import BinaryFileError
 from retrieval.store import DocStore
 
 FORMAT_VERSION = 1
@@ -54,6 +55,8 @@ class AddReport:
     replaced: int = 0
     unchanged: int = 0
     chunks: int = 0
+    skipped: int = 0  # files that are not text (binary), named in ``warnings``
+    warnings: list[str] = field(default_factory=list)  # skipped files, lossy or non-UTF-8 decoding
 
 
 def _sha256_file(path: Path) -> str:
@@ -185,9 +188,7 @@ class Retriever:
                 with self.store.db:
                     self.store.add_names(key, name_rows)
                 continue
-            todo.append((key, digest, name_rows, lambda path=path: load_file(path)))
-            report.replaced += key in known
-            report.added += key not in known
+            todo.append((key, digest, name_rows, lambda path=path: load(path), key in known))
         self._write(todo, report, progress)
         return report
 
@@ -199,23 +200,32 @@ class Retriever:
         if known.get(file) == digest:
             report.unchanged = 1
             return report
-        report.replaced, report.added = int(file in known), int(file not in known)
-        self._write([(file, digest, [(file, file)], lambda: docs)], report, progress)
+        self._write([(file, digest, [(file, file)], lambda: LoadedFile(docs, None), file in known)], report, progress)
         return report
 
     def _write(self, todo, report: AddReport, progress: bool) -> None:
         if not todo:
             return
         batches = []
-        for key, digest, names, load in todo:
-            docs = load()
+        for key, digest, names, load_, replacing in todo:
+            try:
+                loaded = load_()
+            except BinaryFileError as e:
+                report.skipped += 1
+                self._warn(report, str(e))
+                continue
+            for w in loaded.warnings:
+                self._warn(report, w)
+            docs = loaded.documents
+            report.replaced += replacing
+            report.added += not replacing
             sources = [d.source for d in docs]
             if len(set(sources)) != len(sources):
                 dup = next(s for s in sources if sources.count(s) > 1)
                 raise RetrievalError(f"{key}: document id {dup!r} appears more than once; each document needs its own id")
-            batches.append((key, digest, names, docs))
-        chunked = [(key, digest, names, [(d.source, d.title, self._chunk(d)) for d in docs])
-                   for key, digest, names, docs in batches]
+            batches.append((key, digest, names, docs, loaded.encoding))
+        chunked = [(key, digest, names, enc, [(d.source, d.title, self._chunk(d)) for d in docs])
+                   for key, digest, names, docs, enc in batches]
         texts = [c.text for *_, docs in chunked for _, _, chunks in docs for c in chunks]
         vectors = self.embedder.encode(texts, progress=progress)
         report.chunks = len(texts)
@@ -225,9 +235,9 @@ class Retriever:
             with db:  # one transaction: all files or none
                 self.store.delete_files([key for key, *_ in chunked])
                 new_ids, row = [], 0
-                for key, digest, names, docs in chunked:
+                for key, digest, names, enc, docs in chunked:
                     n = sum(len(c) for _, _, c in docs)
-                    self.store.set_file(key, digest, None, complete=True)
+                    self.store.set_file(key, digest, enc, complete=True)
                     self.store.add_names(key, names)
                     new_ids += self.store.insert(key, digest, docs, vectors[row:row + n])
                     row += n
@@ -238,6 +248,10 @@ class Retriever:
                                            self.manifest["index_params"])
                           if (self.folder / INDEX_FILE).is_file() else None)
             raise
+
+    @staticmethod
+    def _warn(report: AddReport, message: str) -> None:
+        report.warnings.append(message)
 
     def _chunk(self, doc: Document) -> list[Chunk]:
         return chunk_document(doc, self.embedder.tokenizer, self.manifest["chunk_tokens"], self.manifest["overlap"])
@@ -377,4 +391,13 @@ class Retriever:
         return results
 
     def info(self) -> dict:
-        return {"folder": str(self.folder), **self.manifest}
+        """The manifest, the folder, and how many files were decoded from each text encoding."""
+        encodings: dict[str, int] = {}
+        for enc in self.store.encodings().values():
+            encodings[enc or "n/a"] = encodings.get(enc or "n/a", 0) + 1
+        return {"folder": str(self.folder), **self.manifest, "encodings": encodings}
+
+    def files(self) -> list[dict]:
+        """Indexed files: ``{"file", "encoding", "complete"}`` (encoding None for PDF and in-memory documents)."""
+        rows = self.store.db.execute("SELECT file, encoding, complete FROM files ORDER BY file")
+        return [{"file": f, "encoding": e, "complete": bool(c)} for f, e, c in rows]

@@ -134,3 +134,107 @@ def test_api_refuses_out_of_range_options(tmp_path, corpus, embedder):
     with pytest.raises(RetrievalError, match="k must be"):
         evaluate(kb, [{"query": "anchor", "relevant": ["a.md"]}], k=0)
     assert len(kb.search("anchor", k=1)) == 1
+
+
+# ---- kind 3: a byte-order mark is no content, in every document reader
+BOMS = [("utf-8-sig", b"\xef\xbb\xbf"), ("utf-16", b""), ("utf-32", b"")]  # utf-16/32 codecs write their own BOM
+
+
+@pytest.mark.parametrize("codec,bom", BOMS)
+def test_byte_order_marks_are_not_content(tmp_path, codec, bom):
+    from retrieval.loaders import load_file
+
+    files = {
+        "t.md": "# Title\n\nBody text.\n\n## Second\n\nMore.",
+        "t.markdown": "# Title\n\nBody text.",
+        "t.html": "<h1>Title</h1><p>Body text.</p>",
+        "t.txt": "Title line\nBody text.",
+        "t.jsonl": '{"id": "r1", "text": "# Title\\n\\nBody text."}\n{"id": "r2", "text": "second"}\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_bytes(bom + text.encode(codec))
+        docs = load_file(tmp_path / name)
+        assert all("\ufeff" not in d.text and "\ufeff" not in d.title for d in docs), name
+        if name.endswith(("md", "markdown", "html")) or name.endswith("jsonl"):
+            assert docs[0].title == "Title" and docs[0].heading_at(docs[0].text.index("Body")) == "Title", name
+        if name.endswith("jsonl"):
+            assert [d.source.rsplit("#")[1] for d in docs] == ["r1", "r2"]
+        else:
+            assert docs[0].text.lstrip("\n").startswith(("# Title", "Title")), name
+
+
+def test_bom_inside_a_jsonl_text_field_and_in_memory_markdown(tmp_path):
+    from retrieval.loaders import markdown_document
+
+    doc = markdown_document("x", "\ufeff# Heading\n\ntext", "fallback")
+    assert doc.title == "Heading" and doc.text.startswith("# Heading")
+
+
+# ---- kind 4: text that is not UTF-8 is decoded by its encoding, recorded, and lossy decoding warned
+LEGACY = [
+    ("cp1252", "Le café coûte 3 € ; déjà vu, naïve façade, crème brûlée.\n"),
+    ("cp1252", "Prix: 5 €"),
+    ("latin-1", "Grüße aus Köln, schöne Straße, Bäcker und Öfen überall.\n" * 3),
+    ("cp1251", "Привет, мир! Это простой текст на русском языке для проверки кодировки.\n" * 3),
+    ("shift_jis", "これは日本語のテキストです。文字コードの検出を確認します。\n" * 3),
+]
+
+
+@pytest.mark.parametrize("codec,text", LEGACY)
+def test_legacy_encodings_are_decoded_not_corrupted(tmp_path, embedder, codec, text):
+    f = tmp_path / "legacy.txt"
+    f.write_bytes(text.encode(codec))
+    kb = Retriever.create(tmp_path / "kb", embedder=embedder)
+    rep = kb.add([f])
+    assert rep.added == 1
+    hit = kb.search(text[:20], k=1)[0]
+    assert "\ufffd" not in hit.text and hit.text == text.strip()
+    assert any("not UTF-8" in w and "legacy.txt" in w for w in rep.warnings)
+    enc = kb.files()[0]["encoding"]
+    assert enc and text.encode(codec).decode(enc) == text
+    assert kb.info()["encodings"] == {enc: 1}
+
+
+def test_lossy_decoding_is_warned_and_clean_utf8_is_silent(tmp_path, embedder, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = "Ünïcödé text – “quoted” and ✓ checked. " * 5
+    (tmp_path / "good.md").write_text(good, encoding="utf-8")
+    (tmp_path / "damaged.txt").write_bytes(good.encode("utf-8") + b" broken \xff\xfe byte " + good.encode("utf-8"))
+    assert main(["build", "good.md", "damaged.txt", "--out", "kb"]) == 0
+    err = capsys.readouterr().err
+    assert "damaged.txt: decoding was lossy: 2" in err and "good.md" not in err
+    encodings = {os.path.basename(f["file"]): f["encoding"] for f in Retriever.open("kb", embedder=embedder).files()}
+    assert encodings == {"good.md": "utf-8", "damaged.txt": "utf-8"}
+
+
+# ---- kind 8 (binary files): a file that is not text is skipped with a warning naming it
+def test_binary_files_with_text_names_are_skipped_with_a_warning(tmp_path, corpus, embedder, capsys, monkeypatch):
+    import gzip
+    import sqlite3
+    import zlib
+
+    monkeypatch.chdir(tmp_path)
+    rng = __import__("random").Random(0)
+    (corpus / "random.txt").write_bytes(bytes(rng.randrange(256) for _ in range(20_000)))
+    (corpus / "zeros.md").write_bytes(b"\0" * 5000)
+    (corpus / "archive.txt").write_bytes(gzip.compress(b"hello world " * 2000))
+    (corpus / "deflate.html").write_bytes(zlib.compress(bytes(range(256)) * 50))
+    png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(rng.randrange(256) for _ in range(3000))
+    (corpus / "image.jsonl").write_bytes(png)
+    db = sqlite3.connect(corpus / "db.txt")
+    db.execute("CREATE TABLE t (x)")
+    db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(500)])
+    db.commit()
+    db.close()
+    binaries = ["random.txt", "zeros.md", "archive.txt", "deflate.html", "image.jsonl", "db.txt"]
+    assert main(["build", "corpus", "--out", "kb"]) == 0
+    captured = capsys.readouterr()
+    assert "indexed 2 files, 2 chunks" in captured.out and "skipped 6 (not text)" in captured.out
+    for name in binaries:
+        assert f"{name}: not a text file" in captured.err, name
+    kb = Retriever.open("kb", embedder=embedder)
+    assert kb.info()["counts"]["chunks"] == 2
+    from retrieval.loaders import load_file
+    from retrieval.text import BinaryFileError
+    with pytest.raises(BinaryFileError, match="random.txt"):
+        load_file(corpus / "random.txt")
