@@ -24,7 +24,7 @@ import numpy as np
 from retrieval.chunking import Chunk, chunk_document
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
-from retrieval.index import VectorIndex, choose_index_type
+from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
 from retrieval.options import check_chunking, check_index_params, check_search
 from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
 from retrieval.text import BinaryFileError
@@ -59,12 +59,40 @@ class AddReport:
     warnings: list[str] = field(default_factory=list)  # skipped files, lossy or non-UTF-8 decoding
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _validate_manifest(path: Path, m, repairing: bool = False) -> None:
+    """Every field ``open`` relies on, with its type and range; errors name the field."""
+    def bad(field: str, why: str) -> RetrievalError:
+        return RetrievalError(f"{path} is damaged: {field} {why}")
+
+    if not isinstance(m, dict):
+        raise RetrievalError(f"{path} is damaged: not a JSON object")
+    fmt = m.get("keel_retrieval_format", 0)
+    if not isinstance(fmt, int) or fmt < 0:
+        raise bad("keel_retrieval_format", f"must be a version number, got {fmt!r}")
+    if fmt > FORMAT_VERSION:
+        raise RetrievalError(f"{path} is from a newer Keel (format {fmt}); this Keel reads up to {FORMAT_VERSION}")
+    for field in ("embedding_model", "dim", "index_type", "counts"):
+        if field not in m:
+            raise bad(field, "is missing")
+    if not isinstance(m["embedding_model"], str) or not m["embedding_model"]:
+        raise bad("embedding_model", f"must be a model name, got {m['embedding_model']!r}")
+    if not isinstance(m["dim"], int) or isinstance(m["dim"], bool) or m["dim"] < 1:
+        raise bad("dim", f"must be a positive integer, got {m['dim']!r}")
+    counts = m["counts"]
+    if not isinstance(counts, dict) or not all(
+            isinstance(counts.get(k, 0), int) and counts.get(k, 0) >= 0 for k in ("index_vectors", "tombstones")) \
+            or "index_vectors" not in counts:
+        raise bad("counts", f"must hold non-negative integers index_vectors and tombstones, got {counts!r}")
+    try:
+        check_chunking(m.get("chunk_tokens", 200), m.get("overlap", 40))
+        check_index_params(m.setdefault("index_params", {}), m["dim"])
+    except RetrievalError as e:
+        raise RetrievalError(f"{path} is damaged: {e}") from None
+    kind = m["index_type"]
+    allowed = INDEX_TYPES if counts["index_vectors"] else ("auto", *INDEX_TYPES)
+    if kind not in allowed and not repairing:
+        raise bad("index_type", f"{kind!r} is not one of {', '.join(allowed)}; set it back, or run "
+                  f"`python -m retrieval rebuild {path.parent} --index-type flat` (or another type)")
 
 
 def _now() -> str:
@@ -121,8 +149,11 @@ class Retriever:
     @classmethod
     def open(cls, folder: str | Path, embedding_model: str | None = None, embedder: Embedder | None = None,
              check: bool = True) -> "Retriever":
-        """Open an index folder. ``check=False`` skips the index/docstore consistency check, for
-        ``rebuild``, which repairs exactly that (the docstore keeps every vector)."""
+        """Open an index folder, verifying the manifest's fields, the checksum of ``index.faiss``, and
+        that index and docstore agree; any damage is a ``RetrievalError`` naming the file and the repair.
+
+        ``check=False`` is for ``rebuild``, which repairs exactly these (the docstore keeps every
+        vector): it neither loads nor verifies ``index.faiss``, and accepts an unknown index type."""
         folder = Path(folder)
         path = folder / MANIFEST
         if not folder.is_dir():
@@ -130,20 +161,24 @@ class Retriever:
         if not path.is_file():
             raise RetrievalError(f"{folder} is not a Keel index: no {MANIFEST}")
         try:
-            manifest = json.loads(path.read_text())
-            dim, kind = int(manifest["dim"]), manifest["index_type"]
-            manifest["embedding_model"], manifest["counts"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RetrievalError(f"{path} is damaged: {e}") from None
-        if manifest.get("keel_retrieval_format", 0) > FORMAT_VERSION:
-            raise RetrievalError(f"{path} is from a newer Keel (format {manifest['keel_retrieval_format']})")
+        _validate_manifest(path, manifest, repairing=not check)
+        dim, kind = manifest["dim"], manifest["index_type"]
         if embedding_model and embedding_model != manifest["embedding_model"]:
             raise RetrievalError(f"{folder} was built with embedding model {manifest['embedding_model']!r}, "
                                  f"not {embedding_model!r}; rebuild it or use the same model")
         store = DocStore(folder / DOCSTORE)
         index = None
-        if manifest["counts"]["index_vectors"]:
-            index = VectorIndex.load(folder / INDEX_FILE, kind, dim, manifest["index_params"])
+        if manifest["counts"]["index_vectors"] and check:
+            index_path = folder / INDEX_FILE
+            recorded = manifest.get("checksums", {}).get(INDEX_FILE)  # absent in indexes written before checksums
+            if recorded and index_path.is_file() and file_sha256(index_path) != recorded:
+                raise RetrievalError(f"{index_path} is damaged: it does not match the sha256 recorded in "
+                                     f"{MANIFEST} (flipped bytes, or changed outside Keel); run `python -m "
+                                     f"retrieval rebuild {folder}` to rebuild it from the vectors in {DOCSTORE}")
+            index = VectorIndex.load(index_path, kind, dim, manifest["index_params"])
         embedder = embedder or Embedder(manifest["embedding_model"])
         if embedder.dim != dim:
             raise RetrievalError(f"embedding model {manifest['embedding_model']!r} gives {embedder.dim}-d vectors; "
@@ -179,7 +214,7 @@ class Retriever:
         todo = []
         for key, (path, names) in files.items():
             try:
-                digest = _sha256_file(path)
+                digest = file_sha256(path)
             except OSError as e:
                 raise RetrievalError(f"{path}: cannot read: {e}") from None
             name_rows = [(n, os.path.abspath(os.path.expanduser(n))) for n in names]
@@ -318,6 +353,7 @@ class Retriever:
     def _save(self) -> None:
         """Index file first, then the manifest; the caller's SQLite transaction commits last."""
         self.index.save(self.folder / INDEX_FILE)
+        self.manifest["checksums"] = {INDEX_FILE: file_sha256(self.folder / INDEX_FILE)}
         counts = self.manifest["counts"]
         counts.update(self.store.counts())
         counts["index_vectors"] = self.index.ntotal
@@ -338,6 +374,7 @@ class Retriever:
             self.index = None
             (self.folder / INDEX_FILE).unlink(missing_ok=True)
             self.manifest["counts"]["index_vectors"] = 0
+            self.manifest.pop("checksums", None)
             (self.folder / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
             return
         self.index = VectorIndex.create(kind, self.manifest["dim"], vectors, index_params)

@@ -238,3 +238,54 @@ def test_binary_files_with_text_names_are_skipped_with_a_warning(tmp_path, corpu
     from retrieval.text import BinaryFileError
     with pytest.raises(BinaryFileError, match="random.txt"):
         load_file(corpus / "random.txt")
+
+
+# ---- kind 8 (damaged index files): flipped bytes and edited manifest fields are detected on open
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_flipped_bytes_in_the_index_are_detected_and_rebuild_repairs(tmp_path, corpus, embedder, index_type):
+    kb = Retriever.create(tmp_path / "kb", index_type=index_type, embedder=embedder)
+    kb.add([corpus])
+    expected = [(h.source, round(h.score, 4)) for h in kb.search("anchor", k=2)]
+    kb.close()
+    path = tmp_path / "kb" / "index.faiss"
+    good = path.read_bytes()
+    rng = __import__("random").Random(1)
+    for trial in range(5):  # flips anywhere: header, vectors, ids
+        data = bytearray(good)
+        pos = rng.randrange(len(data))
+        data[pos] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(data))
+        with pytest.raises(RetrievalError, match=r"index.faiss is damaged: it does not match the sha256.*retrieval rebuild"):
+            Retriever.open(tmp_path / "kb", embedder=embedder)
+    assert main(["rebuild", str(tmp_path / "kb")]) == 0
+    kb = Retriever.open(tmp_path / "kb", embedder=embedder)
+    assert [(h.source, round(h.score, 4)) for h in kb.search("anchor", k=2)] == expected
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("index_type", "hnsw", "holds a flat index but the manifest says index_type 'hnsw'"),
+    ("index_type", "ivf-flat", "holds a flat index"),
+    ("index_type", "annoy", "index_type 'annoy' is not one of"),
+    ("index_type", None, "index_type None is not one of"),
+    ("dim", "384", "dim must be a positive integer"),
+    ("dim", 0, "dim must be a positive integer"),
+    ("index_params", {"nlist": -1}, "index parameter nlist must be an integer >= 1"),
+    ("index_params", [], "index parameters must be a mapping"),
+    ("counts", {"index_vectors": "2"}, "counts must hold"),
+    ("chunk_tokens", 10, "overlap=40 must be smaller than chunk_tokens=10"),
+    ("embedding_model", None, "embedding_model must be a model name"),
+    ("keel_retrieval_format", "1", "keel_retrieval_format must be a version number"),
+])
+def test_edited_manifest_fields_are_clear_errors(tmp_path, corpus, embedder, field, value, message):
+    kb = Retriever.create(tmp_path / "kb", index_type="flat", embedder=embedder)
+    kb.add([corpus])
+    kb.close()
+    path = tmp_path / "kb" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest[field] = value
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(RetrievalError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        Retriever.open(tmp_path / "kb", embedder=embedder)
+    if field == "index_type":  # the repair the error names works
+        assert main(["rebuild", str(tmp_path / "kb"), "--index-type", "flat"]) == 0
+        assert len(Retriever.open(tmp_path / "kb", embedder=embedder).search("anchor", k=2)) == 2
