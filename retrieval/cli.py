@@ -81,12 +81,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="tokens per chunk, special tokens of the embedding model excluded (default 200)")
     b.add_argument("--overlap", type=_int_at_least(0), default=40,
                    help="tokens shared by consecutive chunks, < --chunk-tokens (default 40)")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--overwrite", action="store_true", help="replace the index in --out (never a folder that is not an index)")
+    b.add_argument("--commit-every", type=_int_at_least(1), default=1024, metavar="N",
+                   help="commit every N chunks; an interrupted build resumes when run again (default 1024)")
     b.add_argument("--index-param", action="append", default=[], metavar="KEY=VALUE",
                    help="index parameter: nlist, nprobe, m (IVF-PQ), M, ef_construction, ef_search (HNSW)")
     a = sub.add_parser("add", help="add or update documents (a changed file replaces its chunks)")
     a.add_argument("index")
     a.add_argument("docs", nargs="+")
+    a.add_argument("--commit-every", type=_int_at_least(1), default=1024, metavar="N",
+                   help="commit every N chunks; an interrupted add resumes when run again (default 1024)")
     r = sub.add_parser("remove", help="remove documents by the paths they were added with (files or folders)")
     r.add_argument("index")
     r.add_argument("docs", nargs="+")
@@ -124,13 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "build":
             kb = Retriever.create(args.out, args.model, args.index_type, args.chunk_tokens, args.overlap,
-                                  index_params=_index_params(args.index_param), overwrite=args.overwrite)
+                                  index_params=_index_params(args.index_param), overwrite=args.overwrite,
+                                  resume=True)
+            kb.commit_every = args.commit_every
+            if kb.resumed:
+                c = kb.store.counts()
+                print(f"resuming the interrupted build in {args.out}: {c['chunks']} chunks of {c['files']} files kept")
+            print(f"committing every {kb.commit_every} chunks: if interrupted, run the same command again to resume",
+                  file=sys.stderr)
             rep = kb.add(args.docs, progress=True)
             _print_warnings(rep)
             print(f"indexed {rep.added} files, {rep.chunks} chunks into {args.out} ({kb.manifest['index_type']})"
+                  + (f"; resumed {rep.resumed}" if rep.resumed else "")
                   + (f"; skipped {rep.skipped} (not text)" if rep.skipped else ""))
         elif args.cmd == "add":
-            rep = open_kb(args.index).add(args.docs, progress=True)
+            kb = open_kb(args.index)
+            kb.commit_every = args.commit_every
+            rep = kb.add(args.docs, progress=True)
             _print_warnings(rep)
             print(f"added {rep.added}, replaced {rep.replaced}, unchanged {rep.unchanged}; {rep.chunks} new chunks"
                   + (f"; skipped {rep.skipped} (not text)" if rep.skipped else ""))

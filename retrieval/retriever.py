@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from retrieval.chunking import Chunk, chunk_document
+from retrieval.chunking import Chunk, check_window, iter_chunks
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
@@ -56,6 +55,7 @@ class AddReport:
     unchanged: int = 0
     chunks: int = 0
     skipped: int = 0  # files that are not text (binary), named in ``warnings``
+    resumed: int = 0  # files whose interrupted indexing was continued, not restarted
     warnings: list[str] = field(default_factory=list)  # skipped files, lossy or non-UTF-8 decoding
 
 
@@ -95,6 +95,32 @@ def _validate_manifest(path: Path, m, repairing: bool = False) -> None:
                   f"`python -m retrieval rebuild {path.parent} --index-type flat` (or another type)")
 
 
+INDEX_FILES = {MANIFEST, MANIFEST + ".tmp", INDEX_FILE, "index.tmp", DOCSTORE, DOCSTORE + "-wal", DOCSTORE + "-shm",
+               DOCSTORE + "-journal"}
+COMMIT_EVERY = 1024  # chunks per transaction: about a minute of embedding on 2 CPU cores
+
+
+@dataclass
+class _Batch:
+    """What the next transaction writes; ``files`` keeps each file's (digest, encoding, names) across batches."""
+    files: dict = field(default_factory=dict)
+    fresh: list = field(default_factory=list)  # files whose old chunks go out in this transaction
+    docs: list = field(default_factory=list)  # (file, source, title)
+    chunks: list = field(default_factory=list)
+    done: list = field(default_factory=list)  # files whose last chunk is in this transaction
+
+    def empty(self) -> bool:
+        return not (self.fresh or self.docs or self.chunks or self.done)
+
+    def clear(self) -> None:
+        self.fresh, self.docs, self.chunks, self.done = [], [], [], []
+
+
+def _user_params(params: dict | None) -> dict | None:
+    """Index parameters that apply to IVF, from those recorded while writing to a staging index."""
+    return {k: v for k, v in (params or {}).items() if k in ("nlist", "nprobe", "m")} or None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -115,36 +141,70 @@ def mmr(query: np.ndarray, candidates: np.ndarray, k: int, lambda_: float) -> li
 
 
 class Retriever:
+    commit_every = COMMIT_EVERY
+
     def __init__(self, folder: Path, manifest: dict, index: VectorIndex, store: DocStore, embedder: Embedder):
         self.folder, self.manifest, self.index, self.store, self.embedder = folder, manifest, index, store, embedder
+        self.resumed = False  # create(resume=True) reopened an interrupted build
 
     # ------------------------------------------------------------ create / open
     @classmethod
     def create(cls, folder: str | Path, embedding_model: str = DEFAULT_EMBEDDER, index_type: str = "auto",
                chunk_tokens: int = 200, overlap: int = 40, index_params: dict | None = None,
-               overwrite: bool = False, embedder: Embedder | None = None) -> "Retriever":
+               overwrite: bool = False, embedder: Embedder | None = None, resume: bool = False) -> "Retriever":
+        """A new, empty index in ``folder`` (created if missing).
+
+        A folder that is not empty must hold a Keel index: ``overwrite`` deletes that index's files
+        (and nothing else); ``resume`` reopens an index whose build was interrupted, when it was
+        started with the same model and chunking. A folder that is not an index is never deleted.
+        Raises ``RetrievalError`` naming the folder or the option that is out of range.
+        """
         check_chunking(chunk_tokens, overlap)
         check_index_params(index_params or {})
         choose_index_type(index_type, 0)  # an unknown type fails before anything is written
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise RetrievalError(f"{folder} is a file, not an index folder")
         if folder.exists() and any(folder.iterdir()):
+            entries = {p.name for p in folder.iterdir()}
+            is_index = (folder / MANIFEST).is_file()
+            if not is_index and not entries <= INDEX_FILES:
+                raise RetrievalError(f"{folder} is not empty and is not a Keel index (no {MANIFEST}); it is left "
+                                     f"alone: choose a new or empty folder for --out")
+            if resume and is_index and not overwrite:
+                kb = cls.open(folder, embedder=embedder)
+                wanted = {"embedding_model": embedding_model, "chunk_tokens": chunk_tokens, "overlap": overlap}
+                differs = {k: kb.manifest.get(k) for k, v in wanted.items() if kb.manifest.get(k) != v}
+                if kb.manifest.get("build_complete", True):
+                    kb.close()
+                    raise RetrievalError(f"{folder} already holds an index; add documents with `python -m retrieval "
+                                         f"add {folder} ...`, or pass --overwrite to replace it")
+                if differs:
+                    kb.close()
+                    raise RetrievalError(f"{folder} holds an interrupted build with other settings ({differs}); "
+                                         f"run it with those, or pass --overwrite to start again")
+                kb.resumed = True
+                return kb
             if not overwrite:
-                raise RetrievalError(f"{folder} is not empty; pass --overwrite to replace it")
-            shutil.rmtree(folder)
+                raise RetrievalError(f"{folder} is not empty; pass --overwrite to replace the index in it")
+            for name in entries & INDEX_FILES:
+                (folder / name).unlink()
         folder.mkdir(parents=True, exist_ok=True)
         embedder = embedder or Embedder(embedding_model)
-        if chunk_tokens > embedder.max_tokens - 2:
-            raise RetrievalError(f"chunk_tokens={chunk_tokens} exceeds what {embedding_model} reads "
-                                 f"({embedder.max_tokens - 2} tokens)")
+        check_window(chunk_tokens, embedder.max_tokens, embedder.tokenizer, "chunk_tokens (--chunk-tokens)",
+                     embedding_model)
         manifest = {
             "keel_retrieval_format": FORMAT_VERSION, "embedding_model": embedding_model, "dim": embedder.dim,
             "metric": "inner_product", "normalized": True, "index_type": index_type,
-            "index_params": index_params or {}, "chunk_tokens": chunk_tokens, "overlap": overlap,
+            "index_type_requested": index_type, "index_params": index_params or {}, "chunk_tokens": chunk_tokens,
+            "overlap": overlap, "build_complete": False,
             "counts": {"files": 0, "documents": 0, "chunks": 0, "index_vectors": 0, "tombstones": 0},
             "created_at": _now(), "updated_at": _now(),
         }
         store = DocStore(folder / DOCSTORE, create=True)
-        return cls(folder, manifest, None, store, embedder)  # the index is made on the first add
+        kb = cls(folder, manifest, None, store, embedder)  # the FAISS index is made on the first add
+        kb._write_manifest()  # so that an interrupted build is recognised as an index and can resume
+        return kb
 
     @classmethod
     def open(cls, folder: str | Path, embedding_model: str | None = None, embedder: Embedder | None = None,
@@ -205,8 +265,11 @@ class Retriever:
 
         A file is one document however it is named: relative or absolute, through a folder, a
         symlink or a hard link, it is indexed once. Every name it was given is remembered so that
-        ``remove`` accepts the same names. Raises ``RetrievalError`` for a path that does not exist
-        or a document that cannot be read.
+        ``remove`` accepts the same names. Work is committed every ``commit_every`` chunks: if the
+        process dies, what was committed stays searchable and the same call resumes where it
+        stopped (a file is complete once all its chunks are stored). Files that are not text are
+        skipped with a warning. Raises ``RetrievalError`` for a path that does not exist or a
+        document that cannot be read (files before it stay indexed).
         """
         files = unique_files(expand_named(list(paths)))
         known = self.store.file_hashes()
@@ -214,7 +277,7 @@ class Retriever:
         todo = []
         for key, (path, names) in files.items():
             try:
-                digest = file_sha256(path)
+                digest, size = file_sha256(path), path.stat().st_size
             except OSError as e:
                 raise RetrievalError(f"{path}: cannot read: {e}") from None
             name_rows = [(n, os.path.abspath(os.path.expanduser(n))) for n in names]
@@ -223,7 +286,7 @@ class Retriever:
                 with self.store.db:
                     self.store.add_names(key, name_rows)
                 continue
-            todo.append((key, digest, name_rows, lambda path=path: load(path), key in known))
+            todo.append((key, digest, name_rows, lambda path=path: load(path), key in known, size))
         self._write(todo, report, progress)
         return report
 
@@ -235,47 +298,80 @@ class Retriever:
         if known.get(file) == digest:
             report.unchanged = 1
             return report
-        self._write([(file, digest, [(file, file)], lambda: LoadedFile(docs, None), file in known)], report, progress)
+        self._write([(file, digest, [(file, file)], lambda: LoadedFile(docs, None), file in known,
+                      sum(len(d.text) for d in docs))], report, progress)
         return report
 
     def _write(self, todo, report: AddReport, progress: bool) -> None:
-        if not todo:
-            return
-        batches = []
-        for key, digest, names, load_, replacing in todo:
-            try:
-                loaded = load_()
-            except BinaryFileError as e:
-                report.skipped += 1
-                self._warn(report, str(e))
-                continue
-            for w in loaded.warnings:
-                self._warn(report, w)
-            docs = loaded.documents
-            report.replaced += replacing
-            report.added += not replacing
-            sources = [d.source for d in docs]
-            if len(set(sources)) != len(sources):
-                dup = next(s for s in sources if sources.count(s) > 1)
-                raise RetrievalError(f"{key}: document id {dup!r} appears more than once; each document needs its own id")
-            batches.append((key, digest, names, docs, loaded.encoding))
-        chunked = [(key, digest, names, enc, [(d.source, d.title, self._chunk(d)) for d in docs])
-                   for key, digest, names, docs, enc in batches]
-        texts = [c.text for *_, docs in chunked for _, _, chunks in docs for c in chunks]
-        vectors = self.embedder.encode(texts, progress=progress)
-        report.chunks = len(texts)
-        old_ids = self.store.chunk_ids_of_files([key for key, *_ in chunked])
-        db = self.store.db
+        """Chunk, embed and store ``todo`` files, committing every ``commit_every`` chunks."""
+        from tqdm.auto import tqdm
+
+        partial = self.store.file_hashes(complete=False)
+        bar = tqdm(total=sum(t[-1] for t in todo), unit="B", unit_scale=True, disable=not progress or not todo,
+                   desc=f"indexing {len(todo)} files", dynamic_ncols=True)
+        batch = _Batch()
         try:
-            with db:  # one transaction: all files or none
-                self.store.delete_files([key for key, *_ in chunked])
-                new_ids, row = [], 0
-                for key, digest, names, enc, docs in chunked:
-                    n = sum(len(c) for _, _, c in docs)
-                    self.store.set_file(key, digest, enc, complete=True)
-                    self.store.add_names(key, names)
-                    new_ids += self.store.insert(key, digest, docs, vectors[row:row + n])
-                    row += n
+            for key, digest, names, load_, replacing, size in todo:
+                try:
+                    loaded = load_()
+                except BinaryFileError as e:
+                    report.skipped += 1
+                    self._warn(report, str(e))
+                    bar.update(size)
+                    continue
+                for w in loaded.warnings:
+                    self._warn(report, w)
+                docs = loaded.documents
+                sources = [d.source for d in docs]
+                if len(set(sources)) != len(sources):
+                    dup = next(s for s in sources if sources.count(s) > 1)
+                    raise RetrievalError(f"{key}: document id {dup!r} appears more than once; "
+                                         "each document needs its own id")
+                skip = self.store.n_chunks_of_file(key) if partial.get(key) == digest else 0
+                report.resumed += partial.get(key) == digest
+                report.replaced += replacing
+                report.added += not replacing
+                batch.files[key] = (digest, loaded.encoding, names)
+                if not skip:
+                    batch.fresh.append(key)
+                seen, done_bytes, before, total_chars = 0, 0, 0, max(1, sum(len(d.text) for d in docs))
+                for doc in docs:
+                    batch.docs.append((key, doc.source, doc.title))
+                    for chunk in self._chunks(doc):
+                        seen += 1
+                        if seen <= skip:
+                            continue
+                        batch.chunks.append(chunk)
+                        if len(batch.chunks) >= self.commit_every:
+                            self._flush(batch, report)
+                            now = int(size * (before + chunk.end) / total_chars)  # bytes, roughly
+                            bar.update(max(0, now - done_bytes))
+                            done_bytes = max(done_bytes, now)
+                    before += len(doc.text)
+                batch.done.append(key)
+                bar.update(max(0, size - done_bytes))
+            self._flush(batch, report)
+        finally:
+            bar.close()
+        self._finish_build()
+
+    def _flush(self, batch: "_Batch", report: AddReport) -> None:
+        """One transaction: replaced files' old chunks out, this batch's chunks in, finished files marked."""
+        if batch.empty():
+            return
+        vectors = self.embedder.encode([c.text for c in batch.chunks])
+        old_ids = self.store.chunk_ids_of_files(batch.fresh)
+        try:
+            with self.store.db:
+                self.store.delete_files(batch.fresh)
+                for key in batch.fresh:
+                    digest, encoding, _ = batch.files[key]
+                    self.store.set_file(key, digest, encoding, complete=False)
+                for key, source, title in batch.docs:
+                    self.store.add_document(source, key, batch.files[key][0], title)
+                new_ids = self.store.add_chunks(batch.chunks, vectors)
+                for key in batch.done:
+                    self.store.finish_file(key, batch.files[key][2])
                 self._update_index(old_ids, np.array(new_ids, dtype="int64"), vectors)
         except Exception:
             # The SQLite transaction rolled back; reload the index so memory matches disk again.
@@ -283,13 +379,29 @@ class Retriever:
                                            self.manifest["index_params"])
                           if (self.folder / INDEX_FILE).is_file() else None)
             raise
+        report.chunks += len(batch.chunks)
+        batch.clear()
+
+    def _finish_build(self) -> None:
+        """After an add: IVF types are trained once on all vectors (writes go to an exact index
+        until then), and the build is marked complete."""
+        requested = self.manifest.get("index_type_requested", self.manifest["index_type"])
+        n = self.store.counts()["chunks"]
+        if self.index is not None and self.index.kind == "flat" and n:
+            target = choose_index_type(requested, n)
+            if target != "flat":
+                self.rebuild(target, _user_params(self.manifest.get("index_params")), requested=requested)
+        if not self.manifest.get("build_complete", True) and not self.store.file_hashes(complete=False):
+            self.manifest["build_complete"] = True
+            self._write_manifest()
 
     @staticmethod
     def _warn(report: AddReport, message: str) -> None:
         report.warnings.append(message)
 
-    def _chunk(self, doc: Document) -> list[Chunk]:
-        return chunk_document(doc, self.embedder.tokenizer, self.manifest["chunk_tokens"], self.manifest["overlap"])
+    def _chunks(self, doc: Document) -> Iterator[Chunk]:
+        return iter_chunks(doc, self.embedder.tokenizer, self.manifest["chunk_tokens"], self.manifest["overlap"],
+                           max_length=self.embedder.max_tokens)
 
     def _files_matching(self, name: str | Path, known: list[str]) -> list[str]:
         """Indexed files that ``name`` refers to: the file itself, every file under it when it is a
@@ -342,6 +454,8 @@ class Retriever:
             if not len(new_ids):
                 return
             kind = choose_index_type(self.manifest["index_type"], len(new_ids))
+            if kind.startswith("ivf"):
+                kind = "flat"  # IVF is trained once on all vectors, in _finish_build
             self.manifest["index_type"] = kind
             self.index = VectorIndex.create(kind, self.manifest["dim"], vectors, self.manifest["index_params"])
             self.manifest["index_params"] = self.index.params
@@ -357,16 +471,21 @@ class Retriever:
         counts = self.manifest["counts"]
         counts.update(self.store.counts())
         counts["index_vectors"] = self.index.ntotal
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
         self.manifest["updated_at"] = _now()
         tmp = self.folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(self.manifest, indent=2))
         os.replace(tmp, self.folder / MANIFEST)
 
-    def rebuild(self, index_type: str | None = None, index_params: dict | None = None) -> None:
+    def rebuild(self, index_type: str | None = None, index_params: dict | None = None,
+                requested: str | None = None) -> None:
         """A fresh index from the stored vectors: another type, new IVF centroids, or HNSW without tombstones."""
         check_index_params(index_params or {}, self.manifest["dim"])
         ids, vectors = self.store.all_vectors(self.manifest["dim"])
         kind = choose_index_type(index_type or self.manifest["index_type"], len(ids))
+        self.manifest["index_type_requested"] = requested or index_type or kind
         self.manifest["counts"]["tombstones"] = 0
         self.manifest["index_type"] = kind
         self.manifest["index_params"] = index_params or {}
@@ -375,7 +494,7 @@ class Retriever:
             (self.folder / INDEX_FILE).unlink(missing_ok=True)
             self.manifest["counts"]["index_vectors"] = 0
             self.manifest.pop("checksums", None)
-            (self.folder / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+            self._write_manifest()
             return
         self.index = VectorIndex.create(kind, self.manifest["dim"], vectors, index_params)
         self.manifest["index_params"] = self.index.params

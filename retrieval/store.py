@@ -146,6 +146,26 @@ class DocStore:
         self.db.executemany("INSERT OR IGNORE INTO names (name, abspath, file) VALUES (?, ?, ?)",
                             [(n, a, file) for n, a in names])
 
+    def add_document(self, source: str, file: str, sha256: str, title: str) -> None:
+        """A document row (its chunk count is set by ``finish_file``)."""
+        self.db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, 0, ?)", (source, file, sha256, title, _now()))
+
+    def add_chunks(self, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
+        ids = []
+        for c, v in zip(chunks, vectors):
+            cur = self.db.execute(
+                "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (c.source, c.title, c.heading, c.start, c.end, c.text, v.astype("float32").tobytes()))
+            ids.append(cur.lastrowid)
+        return ids
+
+    def finish_file(self, file: str, names: list[tuple[str, str]]) -> None:
+        """All chunks of ``file`` are stored: count them per document and mark the file complete."""
+        self.db.execute("UPDATE documents SET n_chunks = (SELECT COUNT(*) FROM chunks c WHERE c.source = "
+                        "documents.source) WHERE file = ?", (file,))
+        self.db.execute("UPDATE files SET complete = 1 WHERE file = ?", (file,))
+        self.add_names(file, names)
+
     def insert(self, file: str, sha256: str, docs: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray) -> list[int]:
         """Insert documents ``(source, title, chunks)`` of one file; returns the new chunk ids in order."""
         now = _now()

@@ -289,3 +289,112 @@ def test_edited_manifest_fields_are_clear_errors(tmp_path, corpus, embedder, fie
     if field == "index_type":  # the repair the error names works
         assert main(["rebuild", str(tmp_path / "kb"), "--index-type", "flat"]) == 0
         assert len(Retriever.open(tmp_path / "kb", embedder=embedder).search("anchor", k=2)) == 2
+
+
+# ---- kind 9: long builds commit in batches and resume; --overwrite never deletes a folder that is not an index
+def _long_text(n_sentences=400):
+    return " ".join(f"Sentence {i} says that item {i * 7 % 113} is stored on shelf {i % 17}." for i in range(n_sentences))
+
+
+def _chunks_of(folder):
+    import sqlite3
+
+    db = sqlite3.connect(folder / "docstore.sqlite")
+    rows = db.execute("SELECT source, start, end FROM chunks ORDER BY source, start").fetchall()
+    db.close()
+    return rows
+
+
+def test_an_interrupted_add_keeps_committed_batches_and_resumes(tmp_path, embedder):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "long.txt").write_text(_long_text())
+    (docs / "short.md").write_text(A)
+    reference = Retriever.create(tmp_path / "ref", embedder=embedder)
+    reference.commit_every = 8
+    total = reference.add([docs]).chunks
+    assert total > 24
+
+    calls = {"n": 0}
+    real_encode = embedder.encode
+
+    def dying_encode(texts, progress=False):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process stops during the third batch
+        return real_encode(texts, progress)
+
+    kb = Retriever.create(tmp_path / "kb", embedder=embedder)
+    kb.commit_every = 8
+    kb.embedder.encode = dying_encode
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kb.add([docs])
+    finally:
+        del kb.embedder.encode
+    kb.close()
+    kept = Retriever.open(tmp_path / "kb", embedder=embedder)  # consistent: index and docstore agree
+    assert kept.info()["counts"]["chunks"] == 16 and len(kept.search("shelf 3", k=3)) == 3
+    assert [f["complete"] for f in kept.files()] == [False] and not kept.manifest["build_complete"]
+    resumed = Retriever.create(tmp_path / "kb", embedder=embedder, resume=True)
+    assert resumed.resumed
+    resumed.commit_every = 8
+    rep = resumed.add([docs])
+    assert rep.resumed == 1 and rep.chunks == total - 16, "only what was not committed is embedded again"
+    assert _chunks_of(tmp_path / "kb") == _chunks_of(tmp_path / "ref"), "no chunk lost or stored twice"
+    assert all(f["complete"] for f in resumed.files()) and resumed.manifest["build_complete"]
+
+
+def test_a_build_killed_with_sigkill_resumes_from_its_last_commit(tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "long.txt").write_text(_long_text(1200))
+    cmd = [sys.executable, "-m", "retrieval", "build", str(docs), "--out", str(tmp_path / "kb"), "--commit-every", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.getcwd())
+    committed = 0
+    deadline = time.time() + 240
+    while committed < 16 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            db = sqlite3.connect(tmp_path / "kb" / "docstore.sqlite", timeout=1)
+            committed = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            pass
+    assert proc.poll() is None, "the build finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=os.getcwd(), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "resuming the interrupted build" in out.stdout and "resumed 1" in out.stdout
+    rows = _chunks_of(tmp_path / "kb")
+    assert len(rows) == len(set(rows)) and rows[0][1] == 0
+    assert all(b[1] < a[2] for a, b in zip(rows, rows[1:])), "consecutive chunks overlap: nothing skipped"
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_index(tmp_path, corpus, embedder, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
+    assert main(["build", "corpus", "--out", "corpus", "--overwrite"]) == 2
+    assert "is not a Keel index" in capsys.readouterr().err
+    assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == before
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["build", "corpus", "--out", "notes.txt", "--overwrite"]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
+    assert main(["build", "corpus", "--out", "kb"]) == 0
+    assert main(["build", "corpus", "--out", "kb"]) == 2  # a finished index: say how to add instead
+    assert "retrieval add" in capsys.readouterr().err
+    (tmp_path / "kb" / "README.txt").write_text("my notes about this index")
+    assert main(["build", "corpus/sub", "--out", "kb", "--overwrite"]) == 0
+    assert (tmp_path / "kb" / "README.txt").read_text() == "my notes about this index"
+    assert Retriever.open("kb", embedder=embedder).info()["counts"]["files"] == 1
+    with pytest.raises(RetrievalError, match="not a Keel index"):
+        Retriever.create(corpus, overwrite=True, embedder=embedder)
+    assert (corpus / "a.md").read_text() == A
