@@ -398,3 +398,36 @@ def test_overwrite_never_deletes_a_folder_that_is_not_an_index(tmp_path, corpus,
     with pytest.raises(RetrievalError, match="not a Keel index"):
         Retriever.create(corpus, overwrite=True, embedder=embedder)
     assert (corpus / "a.md").read_text() == A
+
+
+# ---- kind 6: no chunk exceeds the embedding model's window once special tokens are added
+TRICKY = "the keel of a boat holds it upright naïve café Straße über 東京 résumé co-operate e.g. 3.14159 " \
+         "URL: https://example.com/a_b?c=d".split()
+
+
+def _tricky_text(n=12000, seed=0):
+    rng = __import__("random").Random(seed)
+    return " ".join(rng.choice(TRICKY) for _ in range(n))
+
+
+@pytest.mark.parametrize("window", [256, 64])
+def test_chunks_fit_the_model_window_including_special_tokens(tmp_path, embedder, window, monkeypatch):
+    monkeypatch.setattr(embedder.model, "max_seq_length", window)
+    f = tmp_path / "tricky.txt"
+    f.write_text(_tricky_text())
+    kb = Retriever.create(tmp_path / "kb", chunk_tokens=window - 2, overlap=16, embedder=embedder)
+    kb.add([f])
+    rows = _chunks_of(tmp_path / "kb")
+    text = f.read_text()
+    lengths = [len(embedder.tokenizer(text[s:e])["input_ids"]) for _, s, e in rows]
+    assert max(lengths) <= window and max(lengths) >= window - 8
+    assert all(b[1] < a[2] for a, b in zip(rows, rows[1:])), "shortened windows leave no text out"
+    assert rows[-1][2] == len(text.rstrip())
+    with pytest.raises(RetrievalError, match=f"window of {window} tokens.*2 special tokens.*at most {window - 2}"):
+        Retriever.create(tmp_path / "kb2", chunk_tokens=window - 1, overlap=16, embedder=embedder)
+
+
+def test_cli_refuses_chunk_tokens_that_cannot_fit(tmp_path, corpus, capsys):
+    assert main(["build", str(corpus), "--out", str(tmp_path / "kb"), "--chunk-tokens", "255"]) == 2
+    err = capsys.readouterr().err
+    assert "--chunk-tokens" in err and "256 tokens" in err and "at most 254" in err
