@@ -172,7 +172,16 @@ class Retriever:
                 raise RetrievalError(f"{folder} is not empty and is not a Keel index (no {MANIFEST}); it is left "
                                      f"alone: choose a new or empty folder for --out")
             if resume and is_index and not overwrite:
-                kb = cls.open(folder, embedder=embedder)
+                try:
+                    kb = cls.open(folder, embedder=embedder)
+                except RetrievalError as e:
+                    if "retrieval rebuild" not in str(e):
+                        raise
+                    # Killed between writing index.faiss and committing the docstore: the docstore
+                    # holds every committed vector, so the index is made again from it.
+                    kb = cls.open(folder, embedder=embedder, check=False)
+                    kb.rebuild(index_params=kb.manifest.get("index_params") or None,
+                               requested=kb.manifest.get("index_type_requested"))
                 wanted = {"embedding_model": embedding_model, "chunk_tokens": chunk_tokens, "overlap": overlap}
                 differs = {k: kb.manifest.get(k) for k, v in wanted.items() if kb.manifest.get(k) != v}
                 if kb.manifest.get("build_complete", True):

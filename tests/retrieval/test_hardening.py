@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from retrieval.cli import main
@@ -336,6 +337,12 @@ def test_an_interrupted_add_keeps_committed_batches_and_resumes(tmp_path, embedd
     kept = Retriever.open(tmp_path / "kb", embedder=embedder)  # consistent: index and docstore agree
     assert kept.info()["counts"]["chunks"] == 16 and len(kept.search("shelf 3", k=3)) == 3
     assert [f["complete"] for f in kept.files()] == [False] and not kept.manifest["build_complete"]
+    # as if killed after writing index.faiss and before committing the docstore: resume repairs it
+    kept.index.add(np.array([10**6]), np.zeros((1, kept.manifest["dim"]), dtype="float32"))
+    kept._save()
+    kept.close()
+    with pytest.raises(RetrievalError, match="retrieval rebuild"):
+        Retriever.open(tmp_path / "kb", embedder=embedder)
     resumed = Retriever.create(tmp_path / "kb", embedder=embedder, resume=True)
     assert resumed.resumed
     resumed.commit_every = 8
