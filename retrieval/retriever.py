@@ -560,7 +560,8 @@ class Retriever:
         encodings: dict[str, int] = {}
         for enc in self.store.encodings().values():
             encodings[enc or "n/a"] = encodings.get(enc or "n/a", 0) + 1
-        return {"folder": str(self.folder), **self.manifest, "encodings": encodings}
+        incomplete = len(self.store.file_hashes(complete=False))
+        return {"folder": str(self.folder), **self.manifest, "encodings": encodings, "incomplete_files": incomplete}
 
     def files(self) -> list[dict]:
         """Indexed files: ``{"file", "encoding", "complete"}`` (encoding None for PDF and in-memory documents)."""

@@ -43,6 +43,18 @@ def test_a_file_is_one_document_however_named(tmp_path, corpus, embedder, monkey
     assert main(["build", "corpus", "corpus/a.md", "link.md", "--out", str(tmp_path / "kb2")]) == 0
 
 
+def test_a_jsonl_id_used_twice_is_an_error_not_a_duplicate(tmp_path, embedder):
+    rows = tmp_path / "faq.jsonl"
+    rows.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in [("q1", A), ("q2", B), ("q1", B)]))
+    kb = Retriever.create(tmp_path / "kb", embedder=embedder)
+    with pytest.raises(RetrievalError, match=r"faq.jsonl#q1' appears more than once"):
+        kb.add([rows])
+    from retrieval.loaders import Document
+    with pytest.raises(RetrievalError, match="appears more than once"):
+        kb.add_documents([Document("x", "x", A), Document("x", "x", B)], "mem")
+    assert kb.info()["counts"]["chunks"] == 0
+
+
 def test_build_cli_counts_each_file_once(tmp_path, corpus, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["build", "corpus", "corpus/a.md", "--out", "kb"]) == 0
