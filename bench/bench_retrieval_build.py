@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--commit-every", type=int, default=1024)
     ap.add_argument("--baseline-rev", default="86e4600", help="Keel before the #21 retrieval fixes")
     ap.add_argument("--baseline-build", action="store_true", help="also build the slice with the baseline")
+    ap.add_argument("--skip-build", action="store_true", help="chunking only")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "retrieval_build.json"))
     args = ap.parse_args()
 
@@ -139,7 +140,7 @@ def main() -> None:
             results["chunking"][f"{who}, {layout}"] = r
             print(f"chunk {args.mb:g} MB {layout:>9} {who:>8}: {r['seconds']:7.1f} s  {r['peak_rss_mb']:7.0f} MB peak  "
                   f"{r['chunks']} chunks", flush=True)
-    builds = [("this", REPO)] + ([("baseline", baseline)] if args.baseline_build else [])
+    builds = [] if args.skip_build else [("this", REPO)] + ([("baseline", baseline)] if args.baseline_build else [])
     for layout, folder in (("1 file", small_one), (f"{args.files} files", small_many)):
         for who, cwd in builds:
             out = work / f"kb-{who}-{layout.replace(' ', '')}"
