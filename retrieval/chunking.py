@@ -1,13 +1,26 @@
 """Token-based chunking with overlap, keeping character offsets into the document text.
 
-Chunks are cut on the embedding model's own tokenizer (a fast tokenizer's offset mapping), so a
-chunk never exceeds what the model reads; its text is exactly ``document.text[start:end]``.
+Chunks are cut on the embedding model's own tokenizer (a fast tokenizer's offset mapping); a
+chunk's text is exactly ``document.text[start:end]``. Two guarantees:
+
+* **Fits the model.** A chunk's text is tokenized again the way the embedder will see it, with the
+  model's special tokens ([CLS] and [SEP] for MiniLM); a window that no longer fits ``max_length``
+  (a word cut at the window's edge can re-tokenize longer) is shortened until it does, and the
+  next window starts so that no text is skipped.
+* **Memory flat in the document's size.** The text is tokenized in blocks of about
+  ``BLOCK_CHARS`` characters cut at whitespace, not in one call, and chunks are yielded one by one:
+  a 20 MB file no longer needs gigabytes of token offsets (bench/RESULTS.md, "Retrieval build").
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+from typing import Iterator
 
 from retrieval.loaders import Document
+from retrieval.options import check_chunking
+
+BLOCK_CHARS = 100_000
 
 
 @dataclass
@@ -20,23 +33,80 @@ class Chunk:
     text: str
 
 
-def chunk_document(doc: Document, tokenizer, chunk_tokens: int = 200, overlap: int = 40) -> list[Chunk]:
-    if overlap >= chunk_tokens:
-        raise ValueError("overlap must be smaller than chunk_tokens")
-    if not doc.text.strip():
-        return []
-    enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    offsets = [o for o in enc["offset_mapping"] if o[1] > o[0]]
-    if not offsets:
-        return []
-    chunks = []
+def special_tokens(tokenizer) -> int:
+    """How many special tokens the tokenizer adds around one text (2 for BERT-style [CLS] ... [SEP])."""
+    return int(tokenizer.num_special_tokens_to_add(pair=False))
+
+
+def _offsets(tokenizer, text: str, base: int) -> list[tuple[int, int]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return [(a + base, b + base) for a, b in enc["offset_mapping"] if b > a]
+
+
+def _length(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
+
+
+def iter_chunks(doc: Document, tokenizer, chunk_tokens: int = 200, overlap: int = 40,
+                max_length: int | None = None) -> Iterator[Chunk]:
+    """Chunks of at most ``chunk_tokens`` tokens, consecutive ones sharing ``overlap`` tokens.
+
+    ``max_length``: the model's window including special tokens (256 for all-MiniLM-L6-v2); every
+    chunk re-tokenizes to at most that many. ``RetrievalError`` for out-of-range options, including
+    ``chunk_tokens`` plus the special tokens exceeding ``max_length``.
+    """
+    check_chunking(chunk_tokens, overlap)
+    if max_length is not None:
+        check_window(chunk_tokens, max_length, tokenizer)
+    text = doc.text
+    if not text.strip():
+        return
+    heading_starts = [h[0] for h in doc.headings]
     step = chunk_tokens - overlap
-    for first in range(0, len(offsets), step):
-        window = offsets[first:first + chunk_tokens]
-        start, end = window[0][0], window[-1][1]
-        text = doc.text[start:end]
-        if text.strip():
-            chunks.append(Chunk(doc.source, doc.title, doc.heading_at(start), start, end, text))
-        if first + chunk_tokens >= len(offsets):
-            break
-    return chunks
+    n, pos, block = len(text), 0, BLOCK_CHARS
+    while pos < n:
+        end = min(n, pos + block)
+        if end < n:  # cut at whitespace so that no token straddles two blocks
+            cut = max(text.rfind(" ", pos, end), text.rfind("\n", pos, end))
+            end = cut if cut > pos else end
+        last = end >= n
+        offsets = _offsets(tokenizer, text[pos:end], pos)
+        if not last and len(offsets) < chunk_tokens + step + 1:
+            block *= 2  # too few tokens to place a whole window and the next one's start: read more
+            continue
+        if not offsets:
+            return
+        first = 0
+        while True:
+            if not last and first + chunk_tokens >= len(offsets):
+                break  # this window may continue in the next block
+            size = min(chunk_tokens, len(offsets) - first)
+            start = offsets[first][0]
+            while True:
+                stop = offsets[first + size - 1][1]
+                if max_length is None or size == 1 or _length(tokenizer, text[start:stop]) <= max_length:
+                    break
+                size -= 1
+            if text[start:stop].strip():
+                i = bisect.bisect_right(heading_starts, start) - 1
+                yield Chunk(doc.source, doc.title, doc.headings[i][1] if i >= 0 else "", start, stop, text[start:stop])
+            if last and first + size >= len(offsets):
+                return
+            first += min(step, max(1, size - overlap))
+        pos, block = offsets[first][0], BLOCK_CHARS
+
+
+def chunk_document(doc: Document, tokenizer, chunk_tokens: int = 200, overlap: int = 40,
+                   max_length: int | None = None) -> list[Chunk]:
+    return list(iter_chunks(doc, tokenizer, chunk_tokens, overlap, max_length))
+
+
+def check_window(chunk_tokens: int, max_length: int, tokenizer, option: str = "chunk_tokens",
+                 model: str = "the embedding model") -> None:
+    """Refuse a chunk size that cannot fit the model's window once its special tokens are added."""
+    from retrieval.errors import RetrievalError
+
+    special = special_tokens(tokenizer)
+    if chunk_tokens + special > max_length:
+        raise RetrievalError(f"{option}={chunk_tokens} cannot fit {model}'s window of {max_length} tokens, "
+                             f"which includes {special} special tokens: use at most {max_length - special}")

@@ -19,20 +19,54 @@ def _print_hits(hits, as_json: bool) -> None:
         print(f"{rank}. {h.score:.3f}  {where}\n   {snippet}")
 
 
+def _print_warnings(report) -> None:
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
 def _index_params(pairs: list[str]) -> dict:
     from retrieval.errors import RetrievalError
+    from retrieval.options import INDEX_PARAM_KEYS, check_index_params
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in ("nlist", "nprobe", "m", "M", "ef_construction", "ef_search"):
+        if not sep or key not in INDEX_PARAM_KEYS:
             raise RetrievalError(f"--index-param {pair!r}: expected KEY=VALUE with KEY one of "
                                  "nlist, nprobe, m, M, ef_construction, ef_search")
         try:
             out[key] = int(value)
         except ValueError:
             raise RetrievalError(f"--index-param {pair!r}: value must be an integer") from None
+        try:
+            check_index_params({key: out[key]})
+        except RetrievalError as e:
+            raise RetrievalError(f"--index-param {pair!r}: {e}") from None
     return out
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _float_between(low: float, high: float, what: str = ""):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}{what}, got {text}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,23 +77,31 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="index folder")
     b.add_argument("--model", default="all-MiniLM-L6-v2", help="sentence-transformers name or folder")
     b.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf-flat", "ivf-pq", "hnsw"])
-    b.add_argument("--chunk-tokens", type=int, default=200)
-    b.add_argument("--overlap", type=int, default=40)
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--chunk-tokens", type=_int_at_least(1), default=200,
+                   help="tokens per chunk, special tokens of the embedding model excluded (default 200)")
+    b.add_argument("--overlap", type=_int_at_least(0), default=40,
+                   help="tokens shared by consecutive chunks, < --chunk-tokens (default 40)")
+    b.add_argument("--overwrite", action="store_true", help="replace the index in --out (never a folder that is not an index)")
+    b.add_argument("--commit-every", type=_int_at_least(1), default=1024, metavar="N",
+                   help="commit every N chunks; an interrupted build resumes when run again (default 1024)")
     b.add_argument("--index-param", action="append", default=[], metavar="KEY=VALUE",
                    help="index parameter: nlist, nprobe, m (IVF-PQ), M, ef_construction, ef_search (HNSW)")
     a = sub.add_parser("add", help="add or update documents (a changed file replaces its chunks)")
     a.add_argument("index")
     a.add_argument("docs", nargs="+")
-    r = sub.add_parser("remove", help="remove documents by the path they were added with")
+    a.add_argument("--commit-every", type=_int_at_least(1), default=1024, metavar="N",
+                   help="commit every N chunks; an interrupted add resumes when run again (default 1024)")
+    r = sub.add_parser("remove", help="remove documents by the paths they were added with (files or folders)")
     r.add_argument("index")
     r.add_argument("docs", nargs="+")
     s = sub.add_parser("search", help="search an index")
     s.add_argument("index", help="index folder, or 'default' for the built-in knowledge base")
     s.add_argument("query")
-    s.add_argument("-k", type=int, default=5)
-    s.add_argument("--mmr", type=float, metavar="LAMBDA", help="diversify with MMR (1 = relevance only)")
-    s.add_argument("--min-score", type=float)
+    s.add_argument("-k", type=_int_at_least(1), default=5, help="number of hits (>= 1)")
+    s.add_argument("--mmr", type=_float_between(0, 1, " (1 = relevance only)"), metavar="LAMBDA",
+                   help="diversify with MMR, 0..1 (1 = relevance only)")
+    s.add_argument("--min-score", type=_float_between(-1, 1, " (cosine similarity)"),
+                   help="drop hits below this cosine similarity, -1..1")
     s.add_argument("--json", action="store_true")
     i = sub.add_parser("info", help="show an index's manifest")
     i.add_argument("index")
@@ -70,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("eval", help="recall@k and MRR on a query file")
     e.add_argument("index")
     e.add_argument("queries", help='JSONL: {"query": ..., "relevant": [source ids]}')
-    e.add_argument("-k", type=int, default=10)
+    e.add_argument("-k", type=_int_at_least(1), default=10)
     e.add_argument("--out", help="write the JSON report here")
     sub.add_parser("default", help="build (or refresh) the default knowledge base and print its folder")
     args = p.parse_args(argv)
+    if args.cmd == "build" and args.overlap >= args.chunk_tokens:
+        p.error(f"--overlap {args.overlap} must be smaller than --chunk-tokens {args.chunk_tokens}")
 
     from retrieval.default_kb import open_default_index
     from retrieval.retriever import Retriever
@@ -84,12 +128,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "build":
             kb = Retriever.create(args.out, args.model, args.index_type, args.chunk_tokens, args.overlap,
-                                  index_params=_index_params(args.index_param), overwrite=args.overwrite)
+                                  index_params=_index_params(args.index_param), overwrite=args.overwrite,
+                                  resume=True)
+            kb.commit_every = args.commit_every
+            if kb.resumed:
+                c = kb.store.counts()
+                print(f"resuming the interrupted build in {args.out}: {c['chunks']} chunks of {c['files']} files kept")
+            print(f"committing every {kb.commit_every} chunks: if interrupted, run the same command again to resume",
+                  file=sys.stderr)
             rep = kb.add(args.docs, progress=True)
-            print(f"indexed {rep.added} files, {rep.chunks} chunks into {args.out} ({kb.manifest['index_type']})")
+            _print_warnings(rep)
+            print(f"indexed {rep.added} files, {rep.chunks} chunks into {args.out} ({kb.manifest['index_type']})"
+                  + (f"; resumed {rep.resumed}" if rep.resumed else "")
+                  + (f"; skipped {rep.skipped} (not text)" if rep.skipped else ""))
         elif args.cmd == "add":
-            rep = open_kb(args.index).add(args.docs, progress=True)
-            print(f"added {rep.added}, replaced {rep.replaced}, unchanged {rep.unchanged}; {rep.chunks} new chunks")
+            kb = open_kb(args.index)
+            kb.commit_every = args.commit_every
+            rep = kb.add(args.docs, progress=True)
+            _print_warnings(rep)
+            print(f"added {rep.added}, replaced {rep.replaced}, unchanged {rep.unchanged}; {rep.chunks} new chunks"
+                  + (f"; skipped {rep.skipped} (not text)" if rep.skipped else ""))
         elif args.cmd == "remove":
             print(f"removed {open_kb(args.index).remove(args.docs)} files")
         elif args.cmd == "search":

@@ -63,7 +63,8 @@ def open_default_index(progress: bool = True, folder: Path | None = None) -> Ret
             kb = Retriever.open(folder)
         else:
             kb = Retriever.create(folder, overwrite=True)
-            kb.add_documents(python_topic_documents(), PYTHON_DOCS_KEY, progress=progress)
+        # A no-op when stored; continues a build that was interrupted (commits are in batches).
+        kb.add_documents(python_topic_documents(), PYTHON_DOCS_KEY, progress=progress)
         docs = keel_documents()
         if docs:
             kb.add_documents(docs, KEEL_DOCS_KEY, progress=progress)  # no-op when unchanged

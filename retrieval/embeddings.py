@@ -21,11 +21,13 @@ def resolve_embedder(name: str) -> str:
 
 
 class Embedder:
-    def __init__(self, name: str = DEFAULT_EMBEDDER, device: str | None = None, batch_size: int = 64):
+    def __init__(self, name: str = DEFAULT_EMBEDDER, device: str | None = None, batch_size: int | None = None):
+        """``batch_size`` defaults to 16 on CPU (the same speed as 64 there, and 850 MB instead of 1.1 GB
+        peak for MiniLM at 256 tokens: bench/RESULTS.md, "Retrieval build") and 64 on an accelerator."""
         from sentence_transformers import SentenceTransformer
 
         self.name = name
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (16 if (device or "cpu") == "cpu" else 64)
         try:
             self.model = SentenceTransformer(resolve_embedder(name), device=device or "cpu")
         except Exception as e:  # noqa: BLE001

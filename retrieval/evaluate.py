@@ -9,6 +9,7 @@ from pathlib import Path
 
 from retrieval.errors import RetrievalError
 from retrieval.loaders import jsonl_rows
+from retrieval.options import check_int
 from retrieval.retriever import Retriever
 
 
@@ -30,6 +31,7 @@ def _matches(source: str, relevant: list[str]) -> bool:
 
 
 def evaluate(kb: Retriever, queries: list[dict], k: int = 10) -> dict:
+    check_int("k", k, 1)
     results = kb.search_batch([q["query"] for q in queries], k=k)
     recall = rr = 0.0
     per_query = []

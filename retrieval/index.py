@@ -6,6 +6,7 @@ search skips, until ``rebuild`` makes a fresh graph.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -38,6 +39,33 @@ def default_params(kind: str, n_vectors: int, dim: int) -> dict:
     if kind == "hnsw":
         return {"M": 32, "ef_construction": 100, "ef_search": 128}
     return {}
+
+
+REQUIRED_PARAMS = {"flat": (), "ivf-flat": ("nlist", "nprobe"), "ivf-pq": ("nlist", "nprobe", "m"),
+                   "hnsw": ("M", "ef_construction", "ef_search")}
+
+
+def kind_of(index: faiss.Index) -> str:
+    """The Keel index type of a FAISS index read from disk ("unknown" for anything else)."""
+    if isinstance(index, faiss.IndexIDMap2):
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexHNSWFlat):
+            return "hnsw"
+        if isinstance(inner, faiss.IndexFlat):
+            return "flat"
+    if isinstance(index, faiss.IndexIVFPQ):
+        return "ivf-pq"
+    if isinstance(index, faiss.IndexIVFFlat):
+        return "ivf-flat"
+    return "unknown"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class VectorIndex:
@@ -115,4 +143,13 @@ class VectorIndex:
             raise RetrievalError(f"index file {path} is damaged: {str(e).splitlines()[0][:200]}") from None
         if index.d != dim:
             raise RetrievalError(f"index file {path} holds {index.d}-d vectors; the manifest says {dim}")
+        actual = kind_of(index)
+        if actual != kind:
+            raise RetrievalError(f"index file {path} holds a {actual} index but the manifest says index_type "
+                                 f"{kind!r}; set it back to {actual!r} or run `python -m retrieval rebuild "
+                                 f"{path.parent}`")
+        missing = [p for p in REQUIRED_PARAMS[kind] if p not in params]
+        if missing:
+            raise RetrievalError(f"manifest of {path.parent} is damaged: index_params lacks {', '.join(missing)} "
+                                 f"for index type {kind!r}")
         return cls(kind, dim, index, params)

@@ -3,17 +3,23 @@
 Character offsets of chunks refer to ``Document.text``: the file's own text for .txt and .md, the
 visible text for HTML (parsed with the standard library), the extracted page text for PDF (pypdf,
 pages joined by blank lines), and each line's ``text`` field for JSONL.
+
+Text files are decoded by ``retrieval.text.decode`` (byte-order marks, encoding detection with
+charset-normalizer, binary files refused); JSONL lines are parsed here rather than with
+``align.data.iter_jsonl`` so that document files of every format share that one decoder.
 """
 from __future__ import annotations
 
 import bisect
 import html.parser
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from retrieval.errors import RetrievalError
+from retrieval.text import Decoded, decode, strip_bom
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
 
@@ -34,6 +40,7 @@ _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.M)
 
 
 def markdown_document(source: str, text: str, fallback_title: str) -> Document:
+    text = strip_bom(text)
     headings = [(m.start(), m.group(2).strip()) for m in _MD_HEADING.finditer(text)]
     title = next((h for _, h in headings), fallback_title)
     return Document(source, title, text, headings)
@@ -88,6 +95,7 @@ class _HTMLText(html.parser.HTMLParser):
 
 
 def html_document(source: str, raw: str, fallback_title: str) -> Document:
+    raw = strip_bom(raw)
     parser = _HTMLText()
     parser.feed(raw)
     parser.close()
@@ -114,58 +122,103 @@ def pdf_document(path: Path) -> Document:
     return Document(str(path), meta_title.strip() or path.stem, text, headings)
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+def jsonl_rows(path: Path, decoded: Decoded | None = None) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) per non-blank line; bad JSON is a ``RetrievalError`` naming the line."""
-    from align.data import iter_jsonl
+    if decoded is None:
+        try:
+            decoded = decode(path.read_bytes(), str(path))
+        except OSError as e:
+            raise RetrievalError(f"{path}: cannot read: {e}") from None
+    for lineno, line in enumerate(decoded.text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RetrievalError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise RetrievalError(f"{path} line {lineno}: JSON nested too deeply") from None
 
-    try:
-        for lineno, row in iter_jsonl(path):
-            if isinstance(row, Exception):
-                raise RetrievalError(f"{path} line {lineno}: {row}")
-            yield lineno, row
-    except RetrievalError:
-        raise
-    except Exception as e:  # noqa: BLE001 - DataError for an unreadable file
-        raise RetrievalError(str(e)) from None
 
-
-def jsonl_documents(path: Path) -> Iterator[Document]:
+def jsonl_documents(path: Path, decoded: Decoded | None = None) -> Iterator[Document]:
     """One document per line: ``{"text": ..., "title"?: ..., "id"?: ...}``."""
-    for lineno, row in jsonl_rows(path):
+    for lineno, row in jsonl_rows(path, decoded):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise RetrievalError(f"{path} line {lineno}: expected an object with a string 'text' field")
         doc_id = str(row.get("id", lineno))
         yield markdown_document(f"{path}#{doc_id}", row["text"], str(row.get("title") or f"{path.stem} #{doc_id}"))
 
 
-def load_file(path: Path) -> list[Document]:
+@dataclass
+class LoadedFile:
+    documents: list[Document]
+    encoding: str | None  # the text encoding used (None for PDF)
+    warnings: list[str] = field(default_factory=list)  # lossy decoding, encoding detected
+
+
+def load(path: Path) -> LoadedFile:
+    """A file's documents with the encoding they were decoded from and any warnings.
+
+    Raises ``RetrievalError`` naming the file for an unreadable or malformed file and
+    ``retrieval.text.BinaryFileError`` (a ``RetrievalError``) for one that is not text.
+    """
     path = path.resolve()
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise RetrievalError(f"{path}: unsupported file type {suffix!r} (supported: {', '.join(SUFFIXES)})")
+    if suffix == ".pdf":
+        return LoadedFile([pdf_document(path)], None)
     try:
-        if suffix == ".pdf":
-            return [pdf_document(path)]
-        if suffix == ".jsonl":
-            return list(jsonl_documents(path))
-        raw = path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
     except OSError as e:
         raise RetrievalError(f"{path}: cannot read: {e}") from None
-    if suffix in (".html", ".htm"):
-        return [html_document(str(path), raw, path.stem)]
-    if suffix in (".md", ".markdown"):
-        return [markdown_document(str(path), raw, path.stem)]
-    if suffix == ".txt":
-        return [Document(str(path), path.stem, raw)]
-    raise RetrievalError(f"{path}: unsupported file type {suffix!r} (supported: {', '.join(SUFFIXES)})")
+    decoded = decode(raw, str(path), html=suffix in (".html", ".htm"))
+    del raw
+    if suffix == ".jsonl":
+        docs = list(jsonl_documents(path, decoded))
+    elif suffix in (".html", ".htm"):
+        docs = [html_document(str(path), decoded.text, path.stem)]
+    elif suffix in (".md", ".markdown"):
+        docs = [markdown_document(str(path), decoded.text, path.stem)]
+    else:
+        docs = [Document(str(path), path.stem, decoded.text)]
+    return LoadedFile(docs, decoded.encoding, decoded.warnings)
+
+
+def load_file(path: Path) -> list[Document]:
+    return load(path).documents
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:
     """Files as given, and every supported file under given folders (sorted, recursive)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
+    return [f for _, f in expand_named(paths)]
+
+
+def expand_named(paths: list[str | Path]) -> list[tuple[str, Path]]:
+    """(the name as given, file) for files as given and every supported file under given folders."""
+    out: list[tuple[str, Path]] = []
+    for name in paths:
+        p = Path(name).expanduser()
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES))
+            out.extend((str(name), f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in SUFFIXES)
         elif p.is_file():
-            out.append(p)
+            out.append((str(name), p))
         else:
-            raise RetrievalError(f"document path not found: {p}")
+            raise RetrievalError(f"document path not found: {name}")
+    return out
+
+
+def unique_files(named: list[tuple[str, Path]]) -> dict[str, tuple[Path, list[str]]]:
+    """One entry per file however it was named: relative or absolute, through a folder, a symlink or a
+    hard link. Keys are resolved paths (the first name seen of a hard-linked file); values hold the
+    resolved path and every name the file was reached by, in order."""
+    by_inode: dict[tuple[int, int], str] = {}
+    out: dict[str, tuple[Path, list[str]]] = {}
+    for name, f in named:
+        real = f.resolve()
+        st = real.stat()
+        key = by_inode.setdefault((st.st_dev, st.st_ino), str(real))
+        entry = out.setdefault(key, (Path(key), []))
+        if name not in entry[1]:
+            entry[1].append(name)
     return out

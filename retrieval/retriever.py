@@ -13,19 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from retrieval.chunking import Chunk, chunk_document
+from retrieval.chunking import Chunk, check_window, iter_chunks
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
-from retrieval.index import VectorIndex, choose_index_type
-from retrieval.loaders import Document, expand_paths, load_file
+from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
+from retrieval.options import check_chunking, check_index_params, check_search
+from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
+from retrieval.text import BinaryFileError
 from retrieval.store import DocStore
 
 FORMAT_VERSION = 1
@@ -53,6 +54,71 @@ class AddReport:
     replaced: int = 0
     unchanged: int = 0
     chunks: int = 0
+    skipped: int = 0  # files that are not text (binary), named in ``warnings``
+    resumed: int = 0  # files whose interrupted indexing was continued, not restarted
+    warnings: list[str] = field(default_factory=list)  # skipped files, lossy or non-UTF-8 decoding
+
+
+def _validate_manifest(path: Path, m, repairing: bool = False) -> None:
+    """Every field ``open`` relies on, with its type and range; errors name the field."""
+    def bad(field: str, why: str) -> RetrievalError:
+        return RetrievalError(f"{path} is damaged: {field} {why}")
+
+    if not isinstance(m, dict):
+        raise RetrievalError(f"{path} is damaged: not a JSON object")
+    fmt = m.get("keel_retrieval_format", 0)
+    if not isinstance(fmt, int) or fmt < 0:
+        raise bad("keel_retrieval_format", f"must be a version number, got {fmt!r}")
+    if fmt > FORMAT_VERSION:
+        raise RetrievalError(f"{path} is from a newer Keel (format {fmt}); this Keel reads up to {FORMAT_VERSION}")
+    for field in ("embedding_model", "dim", "index_type", "counts"):
+        if field not in m:
+            raise bad(field, "is missing")
+    if not isinstance(m["embedding_model"], str) or not m["embedding_model"]:
+        raise bad("embedding_model", f"must be a model name, got {m['embedding_model']!r}")
+    if not isinstance(m["dim"], int) or isinstance(m["dim"], bool) or m["dim"] < 1:
+        raise bad("dim", f"must be a positive integer, got {m['dim']!r}")
+    counts = m["counts"]
+    if not isinstance(counts, dict) or not all(
+            isinstance(counts.get(k, 0), int) and counts.get(k, 0) >= 0 for k in ("index_vectors", "tombstones")) \
+            or "index_vectors" not in counts:
+        raise bad("counts", f"must hold non-negative integers index_vectors and tombstones, got {counts!r}")
+    try:
+        check_chunking(m.get("chunk_tokens", 200), m.get("overlap", 40))
+        check_index_params(m.setdefault("index_params", {}), m["dim"])
+    except RetrievalError as e:
+        raise RetrievalError(f"{path} is damaged: {e}") from None
+    kind = m["index_type"]
+    allowed = INDEX_TYPES if counts["index_vectors"] else ("auto", *INDEX_TYPES)
+    if kind not in allowed and not repairing:
+        raise bad("index_type", f"{kind!r} is not one of {', '.join(allowed)}; set it back, or run "
+                  f"`python -m retrieval rebuild {path.parent} --index-type flat` (or another type)")
+
+
+INDEX_FILES = {MANIFEST, MANIFEST + ".tmp", INDEX_FILE, "index.tmp", DOCSTORE, DOCSTORE + "-wal", DOCSTORE + "-shm",
+               DOCSTORE + "-journal"}
+COMMIT_EVERY = 1024  # chunks per transaction: about a minute of embedding on 2 CPU cores
+
+
+@dataclass
+class _Batch:
+    """What the next transaction writes; ``files`` keeps each file's (digest, encoding, names) across batches."""
+    files: dict = field(default_factory=dict)
+    fresh: list = field(default_factory=list)  # files whose old chunks go out in this transaction
+    docs: list = field(default_factory=list)  # (file, source, title)
+    chunks: list = field(default_factory=list)
+    done: list = field(default_factory=list)  # files whose last chunk is in this transaction
+
+    def empty(self) -> bool:
+        return not (self.fresh or self.docs or self.chunks or self.done)
+
+    def clear(self) -> None:
+        self.fresh, self.docs, self.chunks, self.done = [], [], [], []
+
+
+def _user_params(params: dict | None) -> dict | None:
+    """Index parameters that apply to IVF, from those recorded while writing to a staging index."""
+    return {k: v for k, v in (params or {}).items() if k in ("nlist", "nprobe", "m")} or None
 
 
 def _now() -> str:
@@ -75,39 +141,88 @@ def mmr(query: np.ndarray, candidates: np.ndarray, k: int, lambda_: float) -> li
 
 
 class Retriever:
+    commit_every = COMMIT_EVERY
+
     def __init__(self, folder: Path, manifest: dict, index: VectorIndex, store: DocStore, embedder: Embedder):
         self.folder, self.manifest, self.index, self.store, self.embedder = folder, manifest, index, store, embedder
+        self.resumed = False  # create(resume=True) reopened an interrupted build
 
     # ------------------------------------------------------------ create / open
     @classmethod
     def create(cls, folder: str | Path, embedding_model: str = DEFAULT_EMBEDDER, index_type: str = "auto",
                chunk_tokens: int = 200, overlap: int = 40, index_params: dict | None = None,
-               overwrite: bool = False, embedder: Embedder | None = None) -> "Retriever":
+               overwrite: bool = False, embedder: Embedder | None = None, resume: bool = False) -> "Retriever":
+        """A new, empty index in ``folder`` (created if missing).
+
+        A folder that is not empty must hold a Keel index: ``overwrite`` deletes that index's files
+        (and nothing else); ``resume`` reopens an index whose build was interrupted, when it was
+        started with the same model and chunking. A folder that is not an index is never deleted.
+        Raises ``RetrievalError`` naming the folder or the option that is out of range.
+        """
+        check_chunking(chunk_tokens, overlap)
+        check_index_params(index_params or {})
+        choose_index_type(index_type, 0)  # an unknown type fails before anything is written
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise RetrievalError(f"{folder} is a file, not an index folder")
         if folder.exists() and any(folder.iterdir()):
+            entries = {p.name for p in folder.iterdir()}
+            is_index = (folder / MANIFEST).is_file()
+            if not is_index and not entries <= INDEX_FILES:
+                raise RetrievalError(f"{folder} is not empty and is not a Keel index (no {MANIFEST}); it is left "
+                                     f"alone: choose a new or empty folder for --out")
+            if resume and is_index and not overwrite:
+                try:
+                    kb = cls.open(folder, embedder=embedder)
+                except RetrievalError as e:
+                    if "retrieval rebuild" not in str(e):
+                        raise
+                    # Killed between writing index.faiss and committing the docstore: the docstore
+                    # holds every committed vector, so the index is made again from it.
+                    kb = cls.open(folder, embedder=embedder, check=False)
+                    kb.rebuild(index_params=kb.manifest.get("index_params") or None,
+                               requested=kb.manifest.get("index_type_requested"))
+                wanted = {"embedding_model": embedding_model, "chunk_tokens": chunk_tokens, "overlap": overlap}
+                differs = {k: kb.manifest.get(k) for k, v in wanted.items() if kb.manifest.get(k) != v}
+                if kb.manifest.get("build_complete", True):
+                    kb.close()
+                    raise RetrievalError(f"{folder} already holds an index; add documents with `python -m retrieval "
+                                         f"add {folder} ...`, or pass --overwrite to replace it")
+                if differs:
+                    kb.close()
+                    raise RetrievalError(f"{folder} holds an interrupted build with other settings ({differs}); "
+                                         f"run it with those, or pass --overwrite to start again")
+                kb.resumed = True
+                return kb
             if not overwrite:
-                raise RetrievalError(f"{folder} is not empty; pass --overwrite to replace it")
-            shutil.rmtree(folder)
+                raise RetrievalError(f"{folder} is not empty; pass --overwrite to replace the index in it")
+            for name in entries & INDEX_FILES:
+                (folder / name).unlink()
         folder.mkdir(parents=True, exist_ok=True)
         embedder = embedder or Embedder(embedding_model)
-        if chunk_tokens > embedder.max_tokens - 2:
-            raise RetrievalError(f"chunk_tokens={chunk_tokens} exceeds what {embedding_model} reads "
-                                 f"({embedder.max_tokens - 2} tokens)")
+        check_window(chunk_tokens, embedder.max_tokens, embedder.tokenizer, "chunk_tokens (--chunk-tokens)",
+                     embedding_model)
         manifest = {
             "keel_retrieval_format": FORMAT_VERSION, "embedding_model": embedding_model, "dim": embedder.dim,
             "metric": "inner_product", "normalized": True, "index_type": index_type,
-            "index_params": index_params or {}, "chunk_tokens": chunk_tokens, "overlap": overlap,
+            "index_type_requested": index_type, "index_params": index_params or {}, "chunk_tokens": chunk_tokens,
+            "overlap": overlap, "build_complete": False,
             "counts": {"files": 0, "documents": 0, "chunks": 0, "index_vectors": 0, "tombstones": 0},
             "created_at": _now(), "updated_at": _now(),
         }
         store = DocStore(folder / DOCSTORE, create=True)
-        return cls(folder, manifest, None, store, embedder)  # the index is made on the first add
+        kb = cls(folder, manifest, None, store, embedder)  # the FAISS index is made on the first add
+        kb._write_manifest()  # so that an interrupted build is recognised as an index and can resume
+        return kb
 
     @classmethod
     def open(cls, folder: str | Path, embedding_model: str | None = None, embedder: Embedder | None = None,
              check: bool = True) -> "Retriever":
-        """Open an index folder. ``check=False`` skips the index/docstore consistency check, for
-        ``rebuild``, which repairs exactly that (the docstore keeps every vector)."""
+        """Open an index folder, verifying the manifest's fields, the checksum of ``index.faiss``, and
+        that index and docstore agree; any damage is a ``RetrievalError`` naming the file and the repair.
+
+        ``check=False`` is for ``rebuild``, which repairs exactly these (the docstore keeps every
+        vector): it neither loads nor verifies ``index.faiss``, and accepts an unknown index type."""
         folder = Path(folder)
         path = folder / MANIFEST
         if not folder.is_dir():
@@ -115,20 +230,24 @@ class Retriever:
         if not path.is_file():
             raise RetrievalError(f"{folder} is not a Keel index: no {MANIFEST}")
         try:
-            manifest = json.loads(path.read_text())
-            dim, kind = int(manifest["dim"]), manifest["index_type"]
-            manifest["embedding_model"], manifest["counts"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RetrievalError(f"{path} is damaged: {e}") from None
-        if manifest.get("keel_retrieval_format", 0) > FORMAT_VERSION:
-            raise RetrievalError(f"{path} is from a newer Keel (format {manifest['keel_retrieval_format']})")
+        _validate_manifest(path, manifest, repairing=not check)
+        dim, kind = manifest["dim"], manifest["index_type"]
         if embedding_model and embedding_model != manifest["embedding_model"]:
             raise RetrievalError(f"{folder} was built with embedding model {manifest['embedding_model']!r}, "
                                  f"not {embedding_model!r}; rebuild it or use the same model")
         store = DocStore(folder / DOCSTORE)
         index = None
-        if manifest["counts"]["index_vectors"]:
-            index = VectorIndex.load(folder / INDEX_FILE, kind, dim, manifest["index_params"])
+        if manifest["counts"]["index_vectors"] and check:
+            index_path = folder / INDEX_FILE
+            recorded = manifest.get("checksums", {}).get(INDEX_FILE)  # absent in indexes written before checksums
+            if recorded and index_path.is_file() and file_sha256(index_path) != recorded:
+                raise RetrievalError(f"{index_path} is damaged: it does not match the sha256 recorded in "
+                                     f"{MANIFEST} (flipped bytes, or changed outside Keel); run `python -m "
+                                     f"retrieval rebuild {folder}` to rebuild it from the vectors in {DOCSTORE}")
+            index = VectorIndex.load(index_path, kind, dim, manifest["index_params"])
         embedder = embedder or Embedder(manifest["embedding_model"])
         if embedder.dim != dim:
             raise RetrievalError(f"embedding model {manifest['embedding_model']!r} gives {embedder.dim}-d vectors; "
@@ -151,21 +270,33 @@ class Retriever:
 
     # ------------------------------------------------------------ writes
     def add(self, paths: Iterable[str | Path], progress: bool = False) -> AddReport:
-        """Add files and folders; a file whose content changed replaces its old chunks."""
-        files = expand_paths(list(paths))
+        """Add files and folders; a file whose content changed replaces its old chunks.
+
+        A file is one document however it is named: relative or absolute, through a folder, a
+        symlink or a hard link, it is indexed once. Every name it was given is remembered so that
+        ``remove`` accepts the same names. Work is committed every ``commit_every`` chunks: if the
+        process dies, what was committed stays searchable and the same call resumes where it
+        stopped (a file is complete once all its chunks are stored). Files that are not text are
+        skipped with a warning. Raises ``RetrievalError`` for a path that does not exist or a
+        document that cannot be read (files before it stay indexed).
+        """
+        files = unique_files(expand_named(list(paths)))
         known = self.store.file_hashes()
         report = AddReport()
-        batches: list[tuple[str, str, list[Document]]] = []
-        for f in files:
-            digest = hashlib.sha256(f.read_bytes()).hexdigest()
-            key = str(f.resolve())
+        todo = []
+        for key, (path, names) in files.items():
+            try:
+                digest, size = file_sha256(path), path.stat().st_size
+            except OSError as e:
+                raise RetrievalError(f"{path}: cannot read: {e}") from None
+            name_rows = [(n, os.path.abspath(os.path.expanduser(n))) for n in names]
             if known.get(key) == digest:
                 report.unchanged += 1
+                with self.store.db:
+                    self.store.add_names(key, name_rows)
                 continue
-            batches.append((key, digest, load_file(f)))
-            report.replaced += key in known
-            report.added += key not in known
-        self._write(batches, report, progress)
+            todo.append((key, digest, name_rows, lambda path=path: load(path), key in known, size))
+        self._write(todo, report, progress)
         return report
 
     def add_documents(self, docs: list[Document], file: str, progress: bool = False) -> AddReport:
@@ -176,27 +307,80 @@ class Retriever:
         if known.get(file) == digest:
             report.unchanged = 1
             return report
-        report.replaced, report.added = int(file in known), int(file not in known)
-        self._write([(file, digest, docs)], report, progress)
+        self._write([(file, digest, [(file, file)], lambda: LoadedFile(docs, None), file in known,
+                      sum(len(d.text) for d in docs))], report, progress)
         return report
 
-    def _write(self, batches, report: AddReport, progress: bool) -> None:
-        if not batches:
-            return
-        chunked = [(key, digest, [(d.source, d.title, self._chunk(d)) for d in docs]) for key, digest, docs in batches]
-        texts = [c.text for _, _, docs in chunked for _, _, chunks in docs for c in chunks]
-        vectors = self.embedder.encode(texts, progress=progress)
-        report.chunks = len(texts)
-        old_ids = self.store.chunk_ids_of_files([key for key, _, _ in chunked])
-        db = self.store.db
+    def _write(self, todo, report: AddReport, progress: bool) -> None:
+        """Chunk, embed and store ``todo`` files, committing every ``commit_every`` chunks."""
+        from tqdm.auto import tqdm
+
+        partial = self.store.file_hashes(complete=False)
+        bar = tqdm(total=sum(t[-1] for t in todo), unit="B", unit_scale=True, disable=not progress or not todo,
+                   desc=f"indexing {len(todo)} files", dynamic_ncols=True)
+        batch = _Batch()
         try:
-            with db:  # one transaction: all files or none
-                self.store.delete_files([key for key, _, _ in chunked])
-                new_ids, row = [], 0
-                for key, digest, docs in chunked:
-                    n = sum(len(c) for _, _, c in docs)
-                    new_ids += self.store.insert(key, digest, docs, vectors[row:row + n])
-                    row += n
+            for key, digest, names, load_, replacing, size in todo:
+                try:
+                    loaded = load_()
+                except BinaryFileError as e:
+                    report.skipped += 1
+                    self._warn(report, str(e))
+                    bar.update(size)
+                    continue
+                for w in loaded.warnings:
+                    self._warn(report, w)
+                docs = loaded.documents
+                sources = [d.source for d in docs]
+                if len(set(sources)) != len(sources):
+                    dup = next(s for s in sources if sources.count(s) > 1)
+                    raise RetrievalError(f"{key}: document id {dup!r} appears more than once; "
+                                         "each document needs its own id")
+                skip = self.store.n_chunks_of_file(key) if partial.get(key) == digest else 0
+                report.resumed += partial.get(key) == digest
+                report.replaced += replacing
+                report.added += not replacing
+                batch.files[key] = (digest, loaded.encoding, names)
+                if not skip:
+                    batch.fresh.append(key)
+                seen, done_bytes, before, total_chars = 0, 0, 0, max(1, sum(len(d.text) for d in docs))
+                for doc in docs:
+                    batch.docs.append((key, doc.source, doc.title))
+                    for chunk in self._chunks(doc):
+                        seen += 1
+                        if seen <= skip:
+                            continue
+                        batch.chunks.append(chunk)
+                        if len(batch.chunks) >= self.commit_every:
+                            self._flush(batch, report)
+                            now = int(size * (before + chunk.end) / total_chars)  # bytes, roughly
+                            bar.update(max(0, now - done_bytes))
+                            done_bytes = max(done_bytes, now)
+                    before += len(doc.text)
+                batch.done.append(key)
+                bar.update(max(0, size - done_bytes))
+            self._flush(batch, report)
+        finally:
+            bar.close()
+        self._finish_build()
+
+    def _flush(self, batch: "_Batch", report: AddReport) -> None:
+        """One transaction: replaced files' old chunks out, this batch's chunks in, finished files marked."""
+        if batch.empty():
+            return
+        vectors = self.embedder.encode([c.text for c in batch.chunks])
+        old_ids = self.store.chunk_ids_of_files(batch.fresh)
+        try:
+            with self.store.db:
+                self.store.delete_files(batch.fresh)
+                for key in batch.fresh:
+                    digest, encoding, _ = batch.files[key]
+                    self.store.set_file(key, digest, encoding, complete=False)
+                for key, source, title in batch.docs:
+                    self.store.add_document(source, key, batch.files[key][0], title)
+                new_ids = self.store.add_chunks(batch.chunks, vectors)
+                for key in batch.done:
+                    self.store.finish_file(key, batch.files[key][2])
                 self._update_index(old_ids, np.array(new_ids, dtype="int64"), vectors)
         except Exception:
             # The SQLite transaction rolled back; reload the index so memory matches disk again.
@@ -204,25 +388,74 @@ class Retriever:
                                            self.manifest["index_params"])
                           if (self.folder / INDEX_FILE).is_file() else None)
             raise
+        report.chunks += len(batch.chunks)
+        batch.clear()
 
-    def _chunk(self, doc: Document) -> list[Chunk]:
-        return chunk_document(doc, self.embedder.tokenizer, self.manifest["chunk_tokens"], self.manifest["overlap"])
+    def _finish_build(self) -> None:
+        """After an add: IVF types are trained once on all vectors (writes go to an exact index
+        until then), and the build is marked complete."""
+        requested = self.manifest.get("index_type_requested", self.manifest["index_type"])
+        n = self.store.counts()["chunks"]
+        if self.index is not None and self.index.kind == "flat" and n:
+            target = choose_index_type(requested, n)
+            if target != "flat":
+                self.rebuild(target, _user_params(self.manifest.get("index_params")), requested=requested)
+        if not self.manifest.get("build_complete", True) and not self.store.file_hashes(complete=False):
+            self.manifest["build_complete"] = True
+            self._write_manifest()
+
+    @staticmethod
+    def _warn(report: AddReport, message: str) -> None:
+        report.warnings.append(message)
+
+    def _chunks(self, doc: Document) -> Iterator[Chunk]:
+        return iter_chunks(doc, self.embedder.tokenizer, self.manifest["chunk_tokens"], self.manifest["overlap"],
+                           max_length=self.embedder.max_tokens)
+
+    def _files_matching(self, name: str | Path, known: list[str]) -> list[str]:
+        """Indexed files that ``name`` refers to: the file itself, every file under it when it is a
+        folder (through symlinks too), or the files added under that name (as typed or the same
+        absolute path), which also works after the file or folder was deleted or moved."""
+        text = str(name)
+        if text in known:  # a synthetic key ("keel-docs") or a stored path as printed
+            return [text]
+        found: list[str] = []
+        absolute = os.path.abspath(os.path.expanduser(text))
+        for base in dict.fromkeys([str(Path(absolute).resolve()), absolute]):
+            prefix = base.rstrip(os.sep) + os.sep
+            found += [k for k in known if k == base or k.startswith(prefix)]
+        found += self.store.files_named(text, absolute)
+        return list(dict.fromkeys(found))
 
     def remove(self, paths: Iterable[str | Path]) -> int:
-        """Remove documents by file path (as added); returns how many files were removed."""
-        known = self.store.file_hashes()
-        keys = []
+        """Remove documents by the names they were added with: files, folders (every indexed file
+        under them), symlinks, relative or absolute. Returns how many files were removed.
+
+        Raises ``RetrievalError`` naming the path when one matches nothing in the index (and
+        nothing is removed), and for a JSONL row (``file.jsonl#id``): rows go with their file.
+        """
+        known = self.store.files()
+        keys: list[str] = []
         for p in paths:
-            key = str(Path(p).resolve()) if str(Path(p).resolve()) in known else str(p)
-            if key in known and key not in keys:
-                keys.append(key)
-        if not keys:
-            return 0
+            matched = self._files_matching(p, known)
+            if not matched:
+                raise RetrievalError(self._nothing_matches(str(p), known))
+            keys += [k for k in matched if k not in keys]
         ids = self.store.chunk_ids_of_files(keys)
         with self.store.db:
             self.store.delete_files(keys)
             self._update_index(ids, np.zeros(0, dtype="int64"), np.zeros((0, self.manifest["dim"]), dtype="float32"))
         return len(keys)
+
+    def _nothing_matches(self, name: str, known: list[str]) -> str:
+        base, sep, row = name.rpartition("#")
+        if sep and self._files_matching(base, known):
+            return (f"{name!r} names one row of {base}; rows are removed with their file: remove {base}, "
+                    f"or delete the row from the file and `add` it again")
+        held = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+        return (f"{name!r} matches nothing in {self.folder} (looked for "
+                f"{os.path.abspath(os.path.expanduser(name))} and files under it); "
+                + (f"the index holds {len(known)} files: {held}" if known else "the index holds no files"))
 
     def _update_index(self, old_ids: list[int], new_ids: np.ndarray, vectors: np.ndarray) -> None:
         counts = self.manifest["counts"]
@@ -230,6 +463,8 @@ class Retriever:
             if not len(new_ids):
                 return
             kind = choose_index_type(self.manifest["index_type"], len(new_ids))
+            if kind.startswith("ivf"):
+                kind = "flat"  # IVF is trained once on all vectors, in _finish_build
             self.manifest["index_type"] = kind
             self.index = VectorIndex.create(kind, self.manifest["dim"], vectors, self.manifest["index_params"])
             self.manifest["index_params"] = self.index.params
@@ -241,18 +476,25 @@ class Retriever:
     def _save(self) -> None:
         """Index file first, then the manifest; the caller's SQLite transaction commits last."""
         self.index.save(self.folder / INDEX_FILE)
+        self.manifest["checksums"] = {INDEX_FILE: file_sha256(self.folder / INDEX_FILE)}
         counts = self.manifest["counts"]
         counts.update(self.store.counts())
         counts["index_vectors"] = self.index.ntotal
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
         self.manifest["updated_at"] = _now()
         tmp = self.folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(self.manifest, indent=2))
         os.replace(tmp, self.folder / MANIFEST)
 
-    def rebuild(self, index_type: str | None = None, index_params: dict | None = None) -> None:
+    def rebuild(self, index_type: str | None = None, index_params: dict | None = None,
+                requested: str | None = None) -> None:
         """A fresh index from the stored vectors: another type, new IVF centroids, or HNSW without tombstones."""
+        check_index_params(index_params or {}, self.manifest["dim"])
         ids, vectors = self.store.all_vectors(self.manifest["dim"])
         kind = choose_index_type(index_type or self.manifest["index_type"], len(ids))
+        self.manifest["index_type_requested"] = requested or index_type or kind
         self.manifest["counts"]["tombstones"] = 0
         self.manifest["index_type"] = kind
         self.manifest["index_params"] = index_params or {}
@@ -260,7 +502,8 @@ class Retriever:
             self.index = None
             (self.folder / INDEX_FILE).unlink(missing_ok=True)
             self.manifest["counts"]["index_vectors"] = 0
-            (self.folder / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+            self.manifest.pop("checksums", None)
+            self._write_manifest()
             return
         self.index = VectorIndex.create(kind, self.manifest["dim"], vectors, index_params)
         self.manifest["index_params"] = self.index.params
@@ -270,10 +513,22 @@ class Retriever:
     # ------------------------------------------------------------ search
     def search(self, query: str, k: int = 5, mmr_lambda: float | None = None, min_score: float | None = None,
                fetch_k: int | None = None) -> list[Hit]:
+        """The k best chunks for one query; see ``search_batch``."""
+        if not isinstance(query, str):
+            raise RetrievalError(f"query must be a string, got {type(query).__name__}")
         return self.search_batch([query], k, mmr_lambda, min_score, fetch_k)[0]
 
     def search_batch(self, queries: list[str], k: int = 5, mmr_lambda: float | None = None,
                      min_score: float | None = None, fetch_k: int | None = None) -> list[list[Hit]]:
+        """The k best chunks for each query (a list of strings), best first.
+
+        ``mmr_lambda`` in [0, 1] diversifies with MMR; ``min_score`` (cosine similarity, -1..1) drops
+        weaker hits; ``fetch_k`` >= k candidates are fetched first. Out-of-range values raise
+        ``RetrievalError`` naming the option.
+        """
+        if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
+            raise RetrievalError("queries must be a list of strings")
+        check_search(k, mmr_lambda, min_score, fetch_k)
         if self.index is None or not queries:
             return [[] for _ in queries]
         q = self.embedder.encode(list(queries))
@@ -301,4 +556,14 @@ class Retriever:
         return results
 
     def info(self) -> dict:
-        return {"folder": str(self.folder), **self.manifest}
+        """The manifest, the folder, and how many files were decoded from each text encoding."""
+        encodings: dict[str, int] = {}
+        for enc in self.store.encodings().values():
+            encodings[enc or "n/a"] = encodings.get(enc or "n/a", 0) + 1
+        incomplete = len(self.store.file_hashes(complete=False))
+        return {"folder": str(self.folder), **self.manifest, "encodings": encodings, "incomplete_files": incomplete}
+
+    def files(self) -> list[dict]:
+        """Indexed files: ``{"file", "encoding", "complete"}`` (encoding None for PDF and in-memory documents)."""
+        rows = self.store.db.execute("SELECT file, encoding, complete FROM files ORDER BY file")
+        return [{"file": f, "encoding": e, "complete": bool(c)} for f, e, c in rows]

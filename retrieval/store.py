@@ -14,7 +14,10 @@ import numpy as np
 from retrieval.chunking import Chunk
 from retrieval.errors import RetrievalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2 added ``files`` (one row per indexed file: content hash, detected text encoding, whether
+# all its chunks are stored) and ``names`` (the paths a user named when adding a file, so that
+# ``remove`` accepts the same names). Version-1 docstores are migrated on open.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -25,7 +28,17 @@ CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, title TEXT, heading TEXT,
     start INTEGER NOT NULL, end INTEGER NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
+CREATE TABLE IF NOT EXISTS files (
+    file TEXT PRIMARY KEY, sha256 TEXT NOT NULL, encoding TEXT, complete INTEGER NOT NULL DEFAULT 1,
+    added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT NOT NULL, abspath TEXT NOT NULL, file TEXT NOT NULL, PRIMARY KEY (name, file));
+CREATE INDEX IF NOT EXISTS names_abspath ON names(abspath);
 """
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class DocStore:
@@ -41,6 +54,9 @@ class DocStore:
                 self.db.commit()
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if ok == "ok" and version is not None and int(version[0]) == 1:
+                self._migrate_from_1()
+                version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as e:
             raise RetrievalError(f"docstore {path} is damaged: {e}") from None
         if ok != "ok" or version is None:
@@ -49,12 +65,35 @@ class DocStore:
             raise RetrievalError(f"docstore {path} has schema {version[0]}; this Keel reads up to {SCHEMA_VERSION}")
         self.path = path
 
+    def _migrate_from_1(self) -> None:
+        with self.db:
+            self.db.executescript(_SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO files (file, sha256, encoding, complete, added_at) "
+                            "SELECT file, MIN(sha256), NULL, 1, MIN(added_at) FROM documents GROUP BY file")
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
     def close(self) -> None:
         self.db.close()
 
     # ---- reads
-    def file_hashes(self) -> dict[str, str]:
-        return dict(self.db.execute("SELECT file, sha256 FROM documents GROUP BY file"))
+    def file_hashes(self, complete: bool = True) -> dict[str, str]:
+        """File key -> content sha256, of files whose chunks are all stored (``complete=False``: the others)."""
+        return dict(self.db.execute("SELECT file, sha256 FROM files WHERE complete = ?", (int(complete),)))
+
+    def files(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT file FROM files ORDER BY file")]
+
+    def files_named(self, name: str, abspath: str) -> list[str]:
+        """Files that were added under this name (as typed, or the same absolute path)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT file FROM names WHERE name = ? OR abspath = ? ORDER BY file", (name, abspath))]
+
+    def n_chunks_of_file(self, file: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM chunks c JOIN documents d ON c.source = d.source "
+                               "WHERE d.file = ?", (file,)).fetchone()[0]
+
+    def encodings(self) -> dict[str, str | None]:
+        return dict(self.db.execute("SELECT file, encoding FROM files"))
 
     def chunk_ids_of_files(self, files: list[str]) -> list[int]:
         ids: list[int] = []
@@ -95,10 +134,41 @@ class DocStore:
         for f in files:
             self.db.execute("DELETE FROM chunks WHERE source IN (SELECT source FROM documents WHERE file = ?)", (f,))
             self.db.execute("DELETE FROM documents WHERE file = ?", (f,))
+            self.db.execute("DELETE FROM files WHERE file = ?", (f,))
+            self.db.execute("DELETE FROM names WHERE file = ?", (f,))
+
+    def set_file(self, file: str, sha256: str, encoding: str | None, complete: bool) -> None:
+        self.db.execute("INSERT INTO files (file, sha256, encoding, complete, added_at) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT(file) DO UPDATE SET sha256 = excluded.sha256, encoding = excluded.encoding, "
+                        "complete = excluded.complete", (file, sha256, encoding, int(complete), _now()))
+
+    def add_names(self, file: str, names: list[tuple[str, str]]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO names (name, abspath, file) VALUES (?, ?, ?)",
+                            [(n, a, file) for n, a in names])
+
+    def add_document(self, source: str, file: str, sha256: str, title: str) -> None:
+        """A document row (its chunk count is set by ``finish_file``)."""
+        self.db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, 0, ?)", (source, file, sha256, title, _now()))
+
+    def add_chunks(self, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
+        ids = []
+        for c, v in zip(chunks, vectors):
+            cur = self.db.execute(
+                "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (c.source, c.title, c.heading, c.start, c.end, c.text, v.astype("float32").tobytes()))
+            ids.append(cur.lastrowid)
+        return ids
+
+    def finish_file(self, file: str, names: list[tuple[str, str]]) -> None:
+        """All chunks of ``file`` are stored: count them per document and mark the file complete."""
+        self.db.execute("UPDATE documents SET n_chunks = (SELECT COUNT(*) FROM chunks c WHERE c.source = "
+                        "documents.source) WHERE file = ?", (file,))
+        self.db.execute("UPDATE files SET complete = 1 WHERE file = ?", (file,))
+        self.add_names(file, names)
 
     def insert(self, file: str, sha256: str, docs: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray) -> list[int]:
         """Insert documents ``(source, title, chunks)`` of one file; returns the new chunk ids in order."""
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = _now()
         ids, row = [], 0
         for source, title, chunks in docs:
             self.db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?)",
