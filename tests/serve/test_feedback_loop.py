@@ -214,3 +214,42 @@ def test_answer_errors_reach_an_api_client_without_python_text(tiny_model_dir, t
         assert "Something went wrong" in text and "secret" not in text and "Traceback" not in text
     finally:
         demo.close()
+
+
+# -- security: switching the served model is an operator action ----------------------------------------
+def test_switching_is_off_unless_the_operator_names_roots(app):
+    a = app(["A"])
+    assert "on_switch" not in a.fns
+
+
+def _checkpoint(tiny_model_dir, out):
+    from align.checkpoint import save_checkpoint
+    from align.models import load_policy
+
+    model, tok, _ = load_policy(str(tiny_model_dir))
+    return save_checkpoint(model, tok, out, stage="kto", base_model="smollm2-135m", parents=["smollm2-135m"])
+
+
+def test_switch_is_limited_to_checkpoints_under_the_roots_and_errors_reveal_no_paths(app, tiny_model_dir, tmp_path):
+    from serve.app import switchable_checkpoints
+
+    root = tmp_path / "runs"
+    _checkpoint(tiny_model_dir, root / "kto-feedback-1" / "model")
+    outside = _checkpoint(tiny_model_dir, tmp_path / "elsewhere" / "model")
+    (root / "escape").symlink_to(outside.parent)  # a link out of the root is not offered
+    (root / "broken").mkdir()
+    (root / "broken" / "keel.json").write_text("{not json")
+    a = app(["A", "B"], switch_roots=[str(root)])
+    found = switchable_checkpoints([root])
+    assert set(found) == {"runs/kto-feedback-1/model", "runs/broken"}
+    for bad in (str(outside), "runs/does-not-exist", "~/.ssh", "../elsewhere/model", None):
+        card, msg, title = a.fns["on_switch"](bad)
+        assert "Not one of the listed checkpoints" in msg and str(tmp_path) not in msg
+    card, msg, title = a.fns["on_switch"]("runs/broken")
+    assert "Could not load runs/broken (error " in msg and str(tmp_path) not in msg and "keel.json" not in msg
+    card, msg, title = a.fns["on_switch"]("runs/kto-feedback-1/model")
+    assert "Now serving" in msg and "kto-feedback-1/model (kto)" in title and str(tmp_path) not in title
+    assert a.chat.checkpoint_id == str(found["runs/kto-feedback-1/model"])
+    a.ask("Q")
+    a.rate(0, True)
+    assert a.store.feedback("rating")[0]["checkpoint_id"] == str(found["runs/kto-feedback-1/model"])
