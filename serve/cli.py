@@ -142,19 +142,37 @@ def create_app(cfg: ServeConfig):
     from serve.chat import ChatModel, ChatSettings
     from serve.feedback import FeedbackStore
 
+    import time
+
+    started = time.time()
     retriever = None
     if cfg.agent.enabled and cfg.index != "none":
         from retrieval import Retriever
-        from retrieval.default_kb import open_default_index
+        from retrieval.default_kb import default_index_dir, open_default_index
 
-        retriever = open_default_index() if cfg.index == "default" else Retriever.open(cfg.index)
+        if cfg.index == "default":
+            if not (default_index_dir() / "manifest.json").is_file():
+                print(f"[keel] first start: building the default knowledge base (the Python language reference "
+                      f"topics and Keel's docs) in {default_index_dir()}. This happens once and takes about "
+                      "1-2 minutes on 2 CPU cores; later starts open it in seconds.", flush=True)
+            else:
+                print("[keel] opening the default knowledge base (re-embedding Keel's docs only if they changed)",
+                      flush=True)
+            retriever = open_default_index()
+        else:
+            print(f"[keel] opening the knowledge base {cfg.index}", flush=True)
+            retriever = Retriever.open(cfg.index)
     settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent.enabled,
                             max_steps=cfg.max_steps, batch=cfg.batch, constrained=cfg.agent.constrained,
                             regenerate_temperature=cfg.regenerate_temperature)
+    print(f"[keel] loading the model {cfg.checkpoint}", flush=True)
     chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
     store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
     if store is not None:
         print(f"feedback -> {store.path} (export: python -m serve export-feedback --db {store.path} --out DIR)")
     if cfg.switch_roots:
         print(f"checkpoint switching on, limited to: {', '.join(cfg.switch_roots)}")
-    return build_app(chat, store, cfg.system_prompt, switch_roots=cfg.switch_roots)
+    demo = build_app(chat, store, cfg.system_prompt, switch_roots=cfg.switch_roots)
+    print(f"[keel] ready in {time.time() - started:.0f} s: serving {chat.short_name} on http://{cfg.host}:{cfg.port}",
+          flush=True)
+    return demo
