@@ -38,8 +38,11 @@ MAX_HISTORY_MESSAGES = 400
 # text, which left thought/tool messages in a ~110 px column); the in-bubble edit box is as wide
 # as the bubble and several lines high.
 APP_CSS = """
-#chatbot .message-row.bot-row .message { min-width: min(92%, 720px); }
-#chatbot .message-row textarea { min-height: 10em; width: 100%; min-width: min(80vw, 680px); }
+#chatbot .bot-row .flex-wrap:has(.thought-group) { width: 100% !important; }
+#chatbot .bot.message:has(.thought-group) { min-width: min(760px, 75vw) !important; }
+#chatbot .message-row:has(textarea) .flex-wrap { width: 100% !important; }
+#chatbot .message:has(textarea) { min-width: min(760px, 75vw) !important; }
+#chatbot .message-row textarea { min-height: 10em !important; width: 100% !important; }
 #header h2 { margin: 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 """
 
