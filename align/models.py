@@ -209,6 +209,10 @@ def _load(cls, ref, device, dtype, merge_adapters, **kwargs):
             raise CheckpointError(f"cannot load adapters from {source.path}: {e}") from None
         if merge_adapters:
             model = model.merge_and_unload()
+            # PEFT froze the base weights; merged, this is a plain model again, which a full
+            # fine-tune (e.g. `align retrain --lora.enabled false` on keel-agent) must be able to train.
+            for param in model.parameters():
+                param.requires_grad_(True)
     else:
         model = _from_pretrained(cls, source, dtype=torch_dtype, **kwargs)
     model.to(dev)

@@ -32,7 +32,7 @@ RETRAIN_EPOCHS = 2
 LORA_LEARNING_RATE = 5e-5
 # Rough CPU throughput for the estimate printed at the start, in FLOP/s per core (fp32, measured
 # order of magnitude on the 2-core bench machine; the progress bar shows the real rate).
-CPU_FLOPS_PER_CORE = 1.0e10
+CPU_FLOPS_PER_CORE = 5.0e10
 
 
 def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False) -> Path:
@@ -141,8 +141,10 @@ def describe_plan(cfg, db: str, rows: int, data_file: Path) -> str:
     except OSError:
         tokens = t.max_length
     if params and t.max_steps > 0:
-        # policy forward+backward, plus forward passes for the reference and (KTO) the KL batch
-        flops = t.max_steps * per_step * tokens * params * (6 + 2 * (2 if cfg.stage == "kto" else 1))
+        # policy forward+backward (LoRA: no weight gradients), plus forward passes for the reference
+        # and (KTO) the KL batch
+        policy = 4 if cfg.lora.enabled else 6
+        flops = t.max_steps * per_step * tokens * params * (policy + 2 * (2 if cfg.stage == "kto" else 1))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         import torch
 

@@ -107,3 +107,16 @@ def test_offline_is_detected_once_and_hub_ids_use_the_cache_only(monkeypatch):
         with pytest.raises(ModelNotFoundError, match="local cache"):
             models.resolve_model("someone/missing-model")
     assert len(calls) == 1 and all(kw.get("local_files_only") for kw in seen)
+
+
+def test_a_merged_adapter_is_trainable_like_any_loaded_model(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    adapter = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    adapter.peft_config["default"].base_model_name_or_path = str(tiny_model_dir)
+    adapter.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "adapter")
+    model, _, source = load_policy(str(tmp_path / "adapter"))
+    assert source.kind == "adapter" and all(p.requires_grad for p in model.parameters())

@@ -253,3 +253,12 @@ def test_switch_is_limited_to_checkpoints_under_the_roots_and_errors_reveal_no_p
     a.ask("Q")
     a.rate(0, True)
     assert a.store.feedback("rating")[0]["checkpoint_id"] == str(found["runs/kto-feedback-1/model"])
+
+
+def test_a_switch_message_does_not_outlive_the_next_turn_or_clear(app, tmp_path):
+    a = app(["A"], switch_roots=[str(tmp_path / "runs")])
+    _, msg, _ = a.fns["on_switch"]("runs/does-not-exist")
+    assert "Not one of the listed checkpoints" in msg
+    outputs = a.fns["add_user"]("next question", [], a.served)
+    assert outputs[-1] == ""  # the switch status box is emptied by the next turn
+    assert a.fns["clear_all"]()[3] == ""  # and by Clear
