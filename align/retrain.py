@@ -30,6 +30,7 @@ DATASET_FOR_STAGE = {"kto": "kto.jsonl", "dpo": "preference.jsonl"}
 MIN_ROWS = 8
 RETRAIN_EPOCHS = 2
 LORA_LEARNING_RATE = 5e-5
+CPU_MICRO_BATCH = 4
 # Rough CPU throughput for the estimate printed at the start, in FLOP/s per core (fp32, measured
 # order of magnitude on the 2-core bench machine; the progress bar shows the real rate).
 CPU_FLOPS_PER_CORE = 5.0e10
@@ -99,6 +100,12 @@ def _size_for_data(cfg, train_rows: int, given: set[str]):
         cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": True, "merge_on_save": True})})
         if "training.learning_rate" not in given:
             updates["learning_rate"] = LORA_LEARNING_RATE
+    if (not torch.cuda.is_available() and t.per_device_train_batch_size > CPU_MICRO_BATCH
+            and "training.per_device_train_batch_size" not in given and "training.gradient_accumulation_steps" not in given):
+        # Same rows per optimizer step, in micro-batches: the (batch x length x vocabulary) logits
+        # of the policy, reference and KL passes dominate the peak memory on a CPU.
+        updates["per_device_train_batch_size"] = CPU_MICRO_BATCH
+        updates["gradient_accumulation_steps"] = math.ceil(per_step / CPU_MICRO_BATCH)
     steps = updates.get("max_steps", t.max_steps)
     if steps > 0:
         if "training.save_steps" not in given:

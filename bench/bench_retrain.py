@@ -5,8 +5,8 @@ app's way (10 thumbs up, 10 down): the chosen and rejected answers of the first 
 harmless pairs, each served once and rated. Both runs are ``python -m align retrain`` subprocesses
 under ``/usr/bin/time`` (wall time and peak resident memory).
 
-- after: the defaults now (steps from the data, LoRA on CPU, merged on save).
-- before: the old defaults, forced with flags (40 steps, full fine-tune, lr 5e-7, eval and save at
+- after: the defaults now (steps from the data, LoRA on CPU merged on save, micro-batches of 4).
+- before: the old defaults, forced with flags (40 steps, batch 8, full fine-tune, lr 5e-7, eval and save at
   step 20). Run for ``--before-steps`` steps only (40 steps took ~35 min); the 40-step time is
   extrapolated from the measured time per step and said so.
 
@@ -95,6 +95,7 @@ def main() -> None:
     print("after:", json.dumps(after), flush=True)
 
     old = ["--training.max_steps", str(a.before_steps), "--lora.enabled", "false", "--training.learning_rate", "5e-7",
+           "--training.per_device_train_batch_size", "8", "--training.gradient_accumulation_steps", "1",
            "--training.save_steps", "20", "--training.eval_steps", "20"]
     before = timed([py, "-m", "align", "retrain", "--from-feedback", str(db), "--output_dir", str(work / "before"), *old],
                    env)

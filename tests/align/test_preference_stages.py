@@ -146,6 +146,8 @@ def test_retrain_sizes_the_run_to_the_data_uses_lora_on_cpu_and_says_what_it_wil
     cfg = seen["cfg"]
     # 24 rows, 2 for eval: 22 train rows x 2 epochs / batch 8 = 6 steps (the config says 40)
     assert cfg.training.max_steps == 6 and cfg.lora.enabled and cfg.training.learning_rate == rt.LORA_LEARNING_RATE
+    assert cfg.training.per_device_train_batch_size * cfg.training.gradient_accumulation_steps == 8
+    assert cfg.training.per_device_train_batch_size == rt.CPU_MICRO_BATCH
     assert cfg.model == "smollm2-135m" and (out / "feedback" / "kto.jsonl").is_file()
     printed = capsys.readouterr().out
     assert "24 rows" in printed and "parent: smollm2-135m" in printed and str(out) in printed
