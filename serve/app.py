@@ -149,11 +149,14 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
         text = turn.get("answer")
         status = ""
         if text:
-            rid = None
+            rid, stored = None, True
             if store is not None:
-                rid = store.add_response(_session(request), chat.checkpoint_id, prompt_messages(history, system),
-                                         text, trace=turn.get("trace"), turn_id=entry["turn"])
-            if regenerate:
+                try:
+                    rid = store.add_response(_session(request), chat.checkpoint_id, prompt_messages(history, system),
+                                             text, trace=turn.get("trace"), turn_id=entry["turn"])
+                except KeelError as e:  # too long to store: shown, but it cannot be rated
+                    stored, status = False, f"This answer is not stored ({e}), so it cannot be rated."
+            if regenerate and stored:
                 t = chat.sample_temperature()
                 status = (f"Regenerate wrote the same answer again (sampled at temperature {t:g}); try once more, "
                           "or edit the answer." if text in entry["texts"] else
@@ -163,6 +166,7 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
             entry["label"] = None
         yield chat_update(history + shown, served), served, status
 
+    @_guarded(lambda msg: (gr.skip(), gr.skip(), msg))
     def drop_last_turn(history: list[dict], system: str, served: dict, request: gr.Request):
         """Regenerate: keep the old answer on record as an alternative, then answer again (sampled)."""
         history = list(history or [])

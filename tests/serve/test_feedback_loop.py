@@ -262,3 +262,28 @@ def test_a_switch_message_does_not_outlive_the_next_turn_or_clear(app, tmp_path)
     outputs = a.fns["add_user"]("next question", [], a.served)
     assert outputs[-1] == ""  # the switch status box is emptied by the next turn
     assert a.fns["clear_all"]()[3] == ""  # and by Clear
+
+
+@pytest.mark.slow
+def test_the_loop_on_the_embedded_model_retrains_and_the_app_switches(tmp_path, monkeypatch):
+    """The embedded model answers for real; 20 answers rated through the handlers; retrain on CPU;
+    the running app switches to the result and a new rating is recorded against it."""
+    from align.cli import main as align_main
+    from serve.chat import ChatModel, ChatSettings
+
+    monkeypatch.chdir(tmp_path)
+    chat = ChatModel("smollm2-135m", ChatSettings(max_new_tokens=24, agent=False))
+    a = AppDriver(None, tmp_path / "fb.db", [], chat=chat, switch_roots=[str(tmp_path / "runs")])
+    for i in range(20):
+        a.ask(f"Say something about the number {i}.")
+        a.rate(i, i % 2 == 0)
+    out = tmp_path / "runs" / "kto-feedback"
+    assert align_main(["retrain", "--from-feedback", str(tmp_path / "fb.db"), "--output_dir", str(out)]) == 0
+    manifest = json.loads((out / "model" / "keel.json").read_text())
+    assert manifest["parents"] == ["smollm2-135m"] and manifest["config"]["lora"]["enabled"]
+    _, msg, _ = a.fns["on_switch"]("runs/kto-feedback/model")
+    assert "Now serving" in msg
+    a.ask("And now?")
+    a.rate(20, True)
+    last = a.store.feedback("rating")[-1]
+    assert last["checkpoint_id"] == str((out / "model").resolve())
