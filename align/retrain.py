@@ -39,7 +39,10 @@ CPU_FLOPS_PER_CORE = 5.0e10
 def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False) -> Path:
     from serve.feedback import FeedbackStore, export_feedback  # the app owns the database format
 
-    config = config or "configs/kto.yaml"
+    if config is None:  # the default: ./configs/kto.yaml, else the one beside this Keel (any working folder)
+        config = "configs/kto.yaml"
+        if not Path(config).is_file():
+            config = str(Path(__file__).resolve().parent.parent / "configs" / "kto.yaml")
     if not Path(config).is_file():
         raise ConfigError(f"config file not found: {config}")
     stage = (yaml.safe_load(Path(config).read_text()) or {}).get("stage")
