@@ -179,8 +179,10 @@ def test_browser_walks_the_whole_feedback_loop(tiny_model_dir, tmp_path):
             _ask(page, "Second city of France?", "Lyon.")
             page.locator('#chatbot [data-testid="bot"]').nth(2).hover()
             page.locator("#chatbot .message-buttons-left").nth(2).get_by_role("button", name="Edit", exact=True).click()
-            box = page.locator("#chatbot textarea").last  # the answer; a grouped turn edits each message
-            expect(box).to_be_visible()
+            # A grouped turn opens one box per message (thought, answer); wait for both, edit the answer's.
+            expect(page.locator("#chatbot textarea")).to_have_count(2)
+            box = page.locator("#chatbot textarea").last
+            expect(box).to_have_value("Lyon.")
             assert box.bounding_box()["width"] > 400 and box.bounding_box()["height"] > 100  # not a tiny box
             _shot(page, tmp_path, "02-edit-box")
             box.fill("Marseille is the second city of France.")
