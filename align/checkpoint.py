@@ -145,6 +145,7 @@ def save_checkpoint(
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.model_dump(), indent=2, default=str))
+        (tmp / "README.md").write_text(model_card(manifest, out_dir.name))
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
@@ -156,6 +157,18 @@ def save_checkpoint(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def model_card(manifest: Manifest, name: str) -> str:
+    """A short Hugging Face model card from the manifest: what it is, what it was trained from, on what."""
+    parents = ", ".join(f"`{p}`" for p in manifest.parents) or "(none recorded)"
+    data = "; ".join(f"`{d.get('path', '?')}` ({d.get('rows', '?')} rows)" for d in manifest.data) or "(not recorded)"
+    metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in manifest.metrics.items())
+    return (f"---\nlibrary_name: transformers\ntags: [keel, {manifest.stage}]\n---\n\n"
+            f"# {name}\n\nA Keel `{manifest.stage}` checkpoint ({manifest.model_kind}), fine-tuned from {parents} "
+            f"(base model `{manifest.base_model}`) on {data}.\n\n"
+            f"Final metrics: {metrics or '(none)'}.\n\nCreated {manifest.created_at}; the full config, data "
+            f"fingerprints and package versions are in `{MANIFEST_NAME}`.\n")
 
 
 def _jsonable(obj: Any) -> Any:

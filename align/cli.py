@@ -107,10 +107,16 @@ def _rm_eval(argv: list[str]) -> int:
     a = p.parse_args(argv)
     data = load_data(DataConfig(path=a.data, eval_size=0, max_rows=a.max_rows), accept=("preference",))
     scorer = load_reward(a.checkpoint, batch_size=a.batch_size)
+    for member in getattr(scorer, "members", [scorer]):
+        if hasattr(member, "progress"):
+            member.progress = True  # a bar per model: 512 pairs are minutes of CPU work
+    print(f"[keel] scoring {len(data.train)} pairs ({2 * len(data.train)} answers) with {scorer.name}", flush=True)
     max_length = getattr(scorer, "max_length", None) or 1024
-    metrics = evaluate_pairs(scorer, data.train, max_length)
     if isinstance(scorer, EnsembleScorer):
-        metrics["combiners"] = ensemble_combinations(scorer, data.train)
+        combiners, metrics = ensemble_combinations(scorer, data.train, with_metrics=True)
+        metrics["combiners"] = combiners
+    else:
+        metrics = evaluate_pairs(scorer, data.train, max_length)
     metrics.update(reward=scorer.name, data=a.data)
     print(format_table(metrics))
     if "combiners" in metrics:

@@ -6,6 +6,12 @@ A *model reference* is any of, tried in this order:
      a PEFT adapter folder (``adapter_config.json``), or any ``save_pretrained`` folder;
   3. a Hugging Face hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), from the cache or the hub.
 A reference that is none of these raises ``ModelNotFoundError`` listing every attempt.
+
+A reference that looks like a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, a trailing slash, or a first
+part that is a local folder such as ``runs/...``) is never looked up on the hub: a missing folder
+is reported at once. Whether the hub is reachable is found out once per process (``HF_HUB_OFFLINE``
+or a 2-second connection test); offline, hub ids are read from the local cache only, without the
+hub client's retries.
 """
 from __future__ import annotations
 
@@ -43,6 +49,35 @@ class ModelSource:
 # Checkpoints that ship inside the Keel repository, by name (models/<name>/).
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"
 SHIPPED_MODELS = {"keel-agent": "Keel's default agent: a LoRA adapter on smollm2-135m (configs/agent-sft.yaml)"}
+
+
+def looks_like_path(ref: str) -> bool:
+    """True for references that can only mean a local folder, never an ``owner/name`` hub id."""
+    if not ref or ref.startswith(("/", "./", "../", "~", ".\\")) or "\\" in ref or ref.endswith("/"):
+        return True
+    parts = ref.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir())
+
+
+_HUB_REACHABLE: bool | None = None
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be reached; decided once per process."""
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is None:
+        import os
+        import socket
+
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            _HUB_REACHABLE = False
+        else:
+            try:
+                socket.create_connection(("huggingface.co", 443), timeout=2).close()
+                _HUB_REACHABLE = True
+            except OSError:
+                _HUB_REACHABLE = False
+    return _HUB_REACHABLE
 
 
 def resolve_model(ref: str | Path) -> ModelSource:
@@ -88,14 +123,19 @@ def resolve_model(ref: str | Path) -> ModelSource:
         )
     tried.append(f"local folder {folder.resolve()} (does not exist)")
 
+    if looks_like_path(ref):
+        tried.append("hub id (not asked: the reference is a path)")
+        raise ModelNotFoundError(f"model folder {folder} does not exist; tried:\n  - " + "\n  - ".join(tried))
     if _HUB_ID.match(ref):
+        online = hub_reachable()
         try:
             from transformers import AutoConfig
 
-            AutoConfig.from_pretrained(ref)
+            AutoConfig.from_pretrained(ref, local_files_only=not online)
             return ModelSource(ref=ref, path=ref, kind="hub")
         except Exception as e:  # noqa: BLE001 - any failure here means "not on the hub/cache"
-            tried.append(f"hub id (failed: {str(e).splitlines()[0][:200]})")
+            where = "hub" if online else "local cache (the hub is not reachable)"
+            tried.append(f"hub id, {where} (failed: {str(e).splitlines()[0][:200]})")
     else:
         tried.append("hub id (not of the form owner/name)")
     raise ModelNotFoundError(f"cannot resolve model {ref!r}; tried:\n  - " + "\n  - ".join(tried))
@@ -130,7 +170,9 @@ def load_tokenizer(ref: str | ModelSource, padding_side: str = "right"):
 
     source = ref if isinstance(ref, ModelSource) else resolve_model(ref)
     try:
-        tok = AutoTokenizer.from_pretrained(_tokenizer_path(source))
+        path = _tokenizer_path(source)
+        offline = not Path(path).is_dir() and not hub_reachable()
+        tok = AutoTokenizer.from_pretrained(path, **({"local_files_only": True} if offline else {}))
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"cannot load the tokenizer of {source.ref!r} from {source.path}: {e}") from None
     if tok.pad_token is None or tok.pad_token == tok.eos_token:
@@ -144,6 +186,8 @@ def load_tokenizer(ref: str | ModelSource, padding_side: str = "right"):
 
 def _from_pretrained(cls, source: ModelSource, **kwargs):
     try:
+        if source.kind == "hub" and not hub_reachable():
+            kwargs.setdefault("local_files_only", True)
         return cls.from_pretrained(source.path, **kwargs)
     except Exception as e:  # noqa: BLE001 - turn deep loader errors into one clear line
         raise CheckpointError(
@@ -166,6 +210,10 @@ def _load(cls, ref, device, dtype, merge_adapters, **kwargs):
             raise CheckpointError(f"cannot load adapters from {source.path}: {e}") from None
         if merge_adapters:
             model = model.merge_and_unload()
+            # PEFT froze the base weights; merged, this is a plain model again, which a full
+            # fine-tune (e.g. `align retrain --lora.enabled false` on keel-agent) must be able to train.
+            for param in model.parameters():
+                param.requires_grad_(True)
     else:
         model = _from_pretrained(cls, source, dtype=torch_dtype, **kwargs)
     model.to(dev)

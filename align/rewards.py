@@ -73,15 +73,25 @@ class RewardModelScorer:
         self.model, self.tokenizer, self.source = load_reward_model(ref, device=device, dtype=dtype)
         self.name = f"rm:{Path(self.source.path).name if self.source.path else ref}"
         self.batch_size = batch_size
+        self.progress = False  # a tqdm bar over batches (``align rm-eval`` turns it on)
         trained = (self.source.manifest.config.get("training", {}) if self.source.manifest else {})
         self.max_length = max_length or trained.get("max_length") or 1024
 
     @torch.inference_mode()
     def score_ids(self, batch_ids: Sequence[list[int]]) -> list[float]:
+        """Scores in input order. Sequences are batched longest first, so that each batch pads to
+        similar lengths (unsorted, one long row made a whole batch of 8 pay for its length)."""
         pad = self.tokenizer.pad_token_id
-        out: list[float] = []
-        for start in range(0, len(batch_ids), self.batch_size):
-            chunk = batch_ids[start:start + self.batch_size]
+        order = sorted(range(len(batch_ids)), key=lambda i: -len(batch_ids[i]))
+        scores = [0.0] * len(batch_ids)
+        starts = range(0, len(order), self.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"scoring with {self.name}", unit="batch")
+        for start in starts:
+            rows = order[start:start + self.batch_size]
+            chunk = [batch_ids[i] for i in rows]
             width = max(len(ids) for ids in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -90,8 +100,9 @@ class RewardModelScorer:
                 attention[i, :len(ids)] = 1
             logits = self.model(input_ids=input_ids.to(self.model.device),
                                 attention_mask=attention.to(self.model.device)).logits
-            out += logits[:, 0].float().cpu().tolist()
-        return out
+            for i, score in zip(rows, logits[:, 0].float().cpu().tolist()):
+                scores[i] = score
+        return scores
 
     def __call__(self, prompts, responses, **columns) -> list[float]:
         if len(prompts) != len(responses):

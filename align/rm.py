@@ -89,9 +89,10 @@ def pair_metrics(chosen: list[float], rejected: list[float]) -> dict[str, Any]:
 def evaluate_pairs(scorer, dataset, max_length: int) -> dict[str, Any]:
     """Score every pair of a preference dataset (TRL format) with a reward function."""
     prompts = [r.get("prompt") or [] for r in dataset]
-    chosen = scorer(prompts, [r["chosen"] for r in dataset])
-    rejected = scorer(prompts, [r["rejected"] for r in dataset])
-    return pair_metrics(chosen, rejected)
+    n = len(prompts)
+    # One call for both sides: one progress bar, and batches formed across all 2n answers.
+    scores = scorer(prompts + prompts, [r["chosen"] for r in dataset] + [r["rejected"] for r in dataset])
+    return pair_metrics(scores[:n], scores[n:])
 
 
 def _train_one(cfg: RMStageConfig, resume: bool, data, seed_offset: int = 0) -> Path:
@@ -174,16 +175,22 @@ def run_rm(cfg: RMStageConfig, resume: bool = False) -> Path:
     return root
 
 
-def ensemble_combinations(scorer: EnsembleScorer, dataset) -> dict[str, Any]:
-    """Accuracy of every combiner on one dataset, from one pass of member scores."""
+def ensemble_combinations(scorer: EnsembleScorer, dataset, with_metrics: bool = False):
+    """Accuracy of every combiner on one dataset, from one pass of member scores. ``with_metrics``:
+    also return the full metrics of the ensemble's own combiner, from the same pass."""
     prompts = [r.get("prompt") or [] for r in dataset]
-    chosen = scorer.member_scores(prompts, [r["chosen"] for r in dataset])
-    rejected = scorer.member_scores(prompts, [r["rejected"] for r in dataset])
+    n = len(prompts)
+    both = scorer.member_scores(prompts + prompts, [r["chosen"] for r in dataset] + [r["rejected"] for r in dataset])
+    chosen, rejected = both[:, :n], both[:, n:]
     out = {}
     for combine in ("mean", "min", "mean_minus_std"):
         out[combine] = pair_metrics(combine_scores(chosen, combine, scorer.k).tolist(),
                                     combine_scores(rejected, combine, scorer.k).tolist())["accuracy"]
-    return out
+    if not with_metrics:
+        return out
+    metrics = pair_metrics(combine_scores(chosen, scorer.combine, scorer.k).tolist(),
+                           combine_scores(rejected, scorer.combine, scorer.k).tolist())
+    return out, metrics
 
 
 def format_table(metrics: dict[str, Any]) -> str:

@@ -323,10 +323,14 @@ def final_metrics(trainer, result, has_eval: bool) -> dict[str, Any]:
 
 
 def lineage(source: ModelSource) -> tuple[str, list[str]]:
-    """(base model, parent checkpoints) of a model we start training from."""
+    """(base model, parents) of a model we start training from. The parent is always named: by its
+    embedded or shipped name where it has one (portable), else by its folder or hub id."""
+    from align.models import SHIPPED_MODELS
+
+    parent = source.ref if source.kind == "embedded" or source.ref in SHIPPED_MODELS else source.path
     if source.manifest is not None:
-        return source.manifest.base_model, [source.path]
-    return source.ref, []
+        return source.manifest.base_model, [parent]
+    return source.ref, [parent]
 
 
 def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, data_fingerprints: list[dict],
@@ -344,6 +348,11 @@ def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, 
         save_checkpoint(model, tokenizer, out, stage=cfg.stage, base_model=base, parents=parents,
                         config=cfg.model_dump(mode="json"), data=data_fingerprints, metrics=metrics,
                         model_kind=model_kind, merge_lora=merge_lora, state_dict=state_dict)
+        # TRL's trainer wrote a card into the run folder naming the base as None (a local folder):
+        # replace it with the checkpoint's own card, which names the parent.
+        card = out / "README.md"
+        if card.is_file():
+            (Path(cfg.output_dir) / "README.md").write_text(card.read_text())
     trainer.accelerator.wait_for_everyone()
     return out
 

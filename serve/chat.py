@@ -66,6 +66,9 @@ class ChatSettings:
     batch: bool = False
     # Grammar-constrained agent steps (agents.grammar); False decodes freely.
     constrained: bool = True
+    # Regenerate samples (temperature > 0, nucleus top_p): greedy decoding would write the same text again.
+    regenerate_temperature: float = 0.8
+    top_p: float = 0.95
 
 
 class ChatModel:
@@ -89,7 +92,32 @@ class ChatModel:
 
     @property
     def checkpoint_id(self) -> str:
+        """What feedback names as the model that wrote an answer, and what ``align retrain`` trains next:
+        an embedded or shipped name as is (portable), any other model by its resolved folder or hub id."""
+        from align.models import SHIPPED_MODELS
+
+        if self.source.kind == "embedded" or self.source.ref in SHIPPED_MODELS:
+            return self.source.ref
         return self.source.path or self.source.ref
+
+    @property
+    def short_name(self) -> str:
+        """For the header: the reference's last part and the stage (``kto-feedback-… (kto)``); the full path
+        is in the model panel."""
+        ref = self.source.ref.rstrip("/\\")
+        parts = [p for p in ref.replace("\\", "/").split("/") if p]
+        name = ref if self.source.kind in ("embedded", "hub") or not parts else (
+            "/".join(parts[-2:]) if parts[-1] == "model" and len(parts) > 1 else parts[-1])
+        stage = self.source.manifest.stage if self.source.manifest is not None else None
+        return f"{name} ({stage})" if stage else name
+
+    def sample_temperature(self) -> float:
+        return self.settings.temperature if self.settings.temperature > 0 else self.settings.regenerate_temperature
+
+    def _sampling_llm(self) -> LLM:
+        if self._fixed_llm is not None:
+            return self._fixed_llm
+        return TransformersLLM(self.model, self.tokenizer, self.sample_temperature())
 
     def switch(self, model_ref: str) -> None:
         """Load another checkpoint, then replace the current one (requests in flight finish on the old one)."""
@@ -98,37 +126,40 @@ class ChatModel:
         self.model, self.tokenizer, self.source, self.llm = model, tokenizer, source, llm
 
     def respond(self, message: Any, history: list[dict], system_prompt: str | None = None,
-                turn: dict | None = None) -> Iterator[Any]:
-        """Stream one turn. ``turn`` (optional) receives ``answer`` (without sources) and ``trace``."""
+                turn: dict | None = None, sample: bool = False) -> Iterator[Any]:
+        """Stream one turn. ``turn`` (optional) receives ``answer`` (without sources) and ``trace``.
+        ``sample``: decode at ``sample_temperature()`` with nucleus sampling (Regenerate), not greedily."""
         if self.settings.agent:
-            yield from self.respond_agent(message, history, system_prompt, turn)
+            yield from self.respond_agent(message, history, system_prompt, turn, sample=sample)
             return
         messages = to_chat_messages(history, message, system_prompt)
-        if self.settings.batch:
+        if self.settings.batch and not sample:
             answer = self.llm.generate(messages, stop=[], max_new_tokens=self.settings.max_new_tokens).text.strip()
             yield answer
             if turn is not None:
                 turn.update(answer=answer, trace=None)
             return
         answer = ""
+        temperature = self.sample_temperature() if sample else self.settings.temperature
         for piece in stream_reply(self.model, self.tokenizer, messages, max_new_tokens=self.settings.max_new_tokens,
-                                  temperature=self.settings.temperature):
+                                  temperature=temperature, top_p=self.settings.top_p):
             answer += piece
             yield answer
         if turn is not None:
             turn.update(answer=answer.strip(), trace=None)
 
     def respond_agent(self, message: Any, history: list[dict], system_prompt: str | None = None,
-                      turn: dict | None = None) -> Iterator[list[dict]]:
+                      turn: dict | None = None, sample: bool = False) -> Iterator[list[dict]]:
         """Yield the growing list of assistant messages for this turn: steps, then the answer.
 
         While the model writes a step its text streams into a "Thinking" message; once it writes
         ``Final Answer:`` the answer itself streams token by token.
         """
-        agent = ReActAgent(self.llm, self.tools, max_steps=self.settings.max_steps,
+        llm = self._sampling_llm() if sample else self.llm
+        agent = ReActAgent(llm, self.tools, max_steps=self.settings.max_steps,
                            max_new_tokens=self.settings.max_new_tokens, system_prompt=system_prompt or None,
                            stream_tokens=True, force_final_answer=True,
-                           constrained=self.settings.constrained and getattr(self.llm, "supports_grammar", False))
+                           constrained=self.settings.constrained and getattr(llm, "supports_grammar", False))
         shown: list[dict] = []
         sources: list[str] = []
         trace = Trace(question=message_text(message), format=agent.format)

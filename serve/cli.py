@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -31,11 +32,15 @@ class ServeConfig(Strict):
     max_steps: int = 4
     max_new_tokens: int = 256
     temperature: float = 0.0
+    # Regenerate samples at this temperature (nucleus top_p 0.95) when `temperature` is 0 (greedy).
+    regenerate_temperature: float = Field(0.8, gt=0, le=2)
     concurrency: int = 1
     batch: bool = False
     feedback_db: str = "runs/feedback.db"
     system_prompt: str = DEFAULT_PREAMBLE
     auth: str | None = None
+    # Folders whose Keel checkpoints users may switch the app to (for everyone). Empty: switching is off.
+    switch_roots: list[str] = Field(default_factory=list)
 
     @field_validator("agent", mode="before")
     @classmethod
@@ -64,6 +69,11 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="grammar-constrained tool calls (default true)")
     p.add_argument("--feedback-db", help="SQLite feedback database (default runs/feedback.db; 'none' turns it off)")
     p.add_argument("--system-prompt")
+    p.add_argument("--regenerate-temperature", type=float,
+                   help="sampling temperature of Regenerate when --temperature is 0 (default 0.8)")
+    p.add_argument("--switch-root", action="append", metavar="DIR",
+                   help="let users switch the app (for everyone) to the Keel checkpoints in DIR; repeatable. "
+                        "Without it switching is off")
     return p
 
 
@@ -71,7 +81,7 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
     a = _serve_parser().parse_args(argv)
     overrides = []
     for key in ("checkpoint", "index", "host", "port", "max_new_tokens", "temperature", "concurrency", "auth",
-                "max_steps", "feedback_db", "system_prompt"):
+                "max_steps", "feedback_db", "system_prompt", "regenerate_temperature"):
         value = getattr(a, key)
         if value is not None:
             overrides += [f"--{key}", str(value)]
@@ -81,7 +91,10 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
         overrides += ["--agent.constrained", a.constrained]
     if a.batch:
         overrides += ["--batch", "true"]
-    return load_config(ServeConfig, a.config, overrides)
+    cfg = load_config(ServeConfig, a.config, overrides)
+    if a.switch_root:
+        cfg.switch_roots = list(a.switch_root)
+    return cfg
 
 
 def export_main(argv: list[str]) -> int:
@@ -113,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from serve.app import APP_CSS
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # show_error=False: an unexpected handler error reaches the browser as a short message (the
+    # handlers catch and log it); Python's error text stays in the log.
     demo.queue(default_concurrency_limit=cfg.concurrency).launch(
-        server_name=cfg.host, server_port=cfg.port, auth=auth, show_error=True)
+        server_name=cfg.host, server_port=cfg.port, auth=auth, show_error=False, css=APP_CSS)
     return 0
 
 
@@ -124,16 +142,37 @@ def create_app(cfg: ServeConfig):
     from serve.chat import ChatModel, ChatSettings
     from serve.feedback import FeedbackStore
 
+    import time
+
+    started = time.time()
     retriever = None
     if cfg.agent.enabled and cfg.index != "none":
         from retrieval import Retriever
-        from retrieval.default_kb import open_default_index
+        from retrieval.default_kb import default_index_dir, open_default_index
 
-        retriever = open_default_index() if cfg.index == "default" else Retriever.open(cfg.index)
+        if cfg.index == "default":
+            if not (default_index_dir() / "manifest.json").is_file():
+                print(f"[keel] first start: building the default knowledge base (the Python language reference "
+                      f"topics and Keel's docs) in {default_index_dir()}. This happens once and takes about "
+                      "1-2 minutes on 2 CPU cores; later starts open it in seconds.", flush=True)
+            else:
+                print("[keel] opening the default knowledge base (re-embedding Keel's docs only if they changed)",
+                      flush=True)
+            retriever = open_default_index()
+        else:
+            print(f"[keel] opening the knowledge base {cfg.index}", flush=True)
+            retriever = Retriever.open(cfg.index)
     settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent.enabled,
-                            max_steps=cfg.max_steps, batch=cfg.batch, constrained=cfg.agent.constrained)
+                            max_steps=cfg.max_steps, batch=cfg.batch, constrained=cfg.agent.constrained,
+                            regenerate_temperature=cfg.regenerate_temperature)
+    print(f"[keel] loading the model {cfg.checkpoint}", flush=True)
     chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
     store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
     if store is not None:
         print(f"feedback -> {store.path} (export: python -m serve export-feedback --db {store.path} --out DIR)")
-    return build_app(chat, store, cfg.system_prompt)
+    if cfg.switch_roots:
+        print(f"checkpoint switching on, limited to: {', '.join(cfg.switch_roots)}")
+    demo = build_app(chat, store, cfg.system_prompt, switch_roots=cfg.switch_roots)
+    print(f"[keel] ready in {time.time() - started:.0f} s: serving {chat.short_name} on http://{cfg.host}:{cfg.port}",
+          flush=True)
+    return demo

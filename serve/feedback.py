@@ -9,6 +9,12 @@ Durability: WAL journal, one short transaction per write, ``synchronous=FULL`` s
 row survives a crash or power cut; each thread gets its own connection and writers wait on the
 lock (``busy_timeout``) rather than fail. The schema carries a version number and is migrated
 forward on open.
+
+Regenerated answers carry the ``turn_id`` of the answer they replaced (schema v2), so the
+alternatives of one turn stay together even when the conversation before them changed in the
+meantime (an earlier answer edited); rows written before v2 fall back to grouping by session and
+conversation prefix. Every stored text field has a size limit (``LIMITS``); a longer value is
+refused with a ``DataError`` naming the field, before anything is written.
 """
 from __future__ import annotations
 
@@ -25,7 +31,11 @@ from typing import Any, Iterable
 
 from align.errors import DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Characters per stored field. An answer is at most a few thousand tokens; a prompt holds a whole
+# conversation; a trace holds every agent step with its observations.
+LIMITS = {"completion": 32_000, "edited": 32_000, "comment": 4_000, "prompt": 400_000, "conversation": 400_000,
+          "trace": 1_000_000, "session_id": 200, "checkpoint_id": 1_000}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS responses (
@@ -36,7 +46,8 @@ CREATE TABLE IF NOT EXISTS responses (
     context_hash TEXT NOT NULL,
     prompt_json TEXT NOT NULL,
     completion TEXT NOT NULL,
-    trace_json TEXT
+    trace_json TEXT,
+    turn_id TEXT
 );
 CREATE INDEX IF NOT EXISTS responses_context ON responses (session_id, context_hash);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -73,6 +84,19 @@ class Response:
     checkpoint_id: str
     prompt: list[dict]
     completion: str
+    turn_id: str | None = None
+
+
+def check_size(field: str, value: str | None) -> None:
+    """Refuse a value over ``LIMITS[field]`` characters with a message naming the field."""
+    limit = LIMITS[field]
+    if value is not None and len(value) > limit:
+        raise DataError(f"{field} is too long: {len(value):,} characters; the limit is {limit:,}")
+
+
+def _row_response(row) -> Response:
+    return Response(row["id"], row["session_id"], row["checkpoint_id"], json.loads(row["prompt_json"]),
+                    row["completion"], row["turn_id"])
 
 
 class FeedbackStore:
@@ -123,7 +147,11 @@ class FeedbackStore:
             if version > SCHEMA_VERSION:
                 raise DataError(f"{self.path}: feedback schema v{version} is newer than this Keel (v{SCHEMA_VERSION}); "
                                 "upgrade Keel")
-            # Future migrations go here: `if version < 2: ALTER TABLE ...`.
+            if 0 < version < 2:
+                columns = {r[1] for r in tx.execute("PRAGMA table_info(responses)")}
+                if "turn_id" not in columns:
+                    tx.execute("ALTER TABLE responses ADD COLUMN turn_id TEXT")
+            # Future migrations go here: `if version < 3: ALTER TABLE ...`.
             tx.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -134,24 +162,33 @@ class FeedbackStore:
 
     # -- writes --------------------------------------------------------------------------------
     def add_response(self, session_id: str, checkpoint_id: str, prompt: list[dict], completion: str,
-                     trace: dict | None = None) -> str:
+                     trace: dict | None = None, turn_id: str | None = None) -> str:
+        """Record a served answer and return its id. ``turn_id`` names the turn it answers: the app gives
+        a regenerated answer the turn_id of the one it replaced, so that alternatives pair up; without
+        one, answers to the same conversation prefix in one session are alternatives."""
         rid = uuid.uuid4().hex
+        prompt_json = json.dumps(prompt, ensure_ascii=False)
+        trace_json = json.dumps(trace, ensure_ascii=False) if trace is not None else None
+        for field, value in (("session_id", session_id), ("checkpoint_id", checkpoint_id), ("prompt", prompt_json),
+                             ("completion", completion), ("trace", trace_json)):
+            check_size(field, value)
         with self._tx() as db:
-            db.execute("INSERT INTO responses VALUES (?,?,?,?,?,?,?,?)",
-                       (rid, session_id, checkpoint_id, time.time(), context_hash(prompt),
-                        json.dumps(prompt, ensure_ascii=False), completion,
-                        json.dumps(trace, ensure_ascii=False) if trace is not None else None))
+            db.execute("INSERT INTO responses (id, session_id, checkpoint_id, created_at, context_hash, prompt_json, "
+                       "completion, trace_json, turn_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (rid, session_id, checkpoint_id, time.time(), context_hash(prompt), prompt_json, completion,
+                        trace_json, turn_id))
         return rid
+
+    def response(self, response_id: str) -> Response | None:
+        row = self._conn().execute("SELECT * FROM responses WHERE id=?", (response_id,)).fetchone()
+        return None if row is None else _row_response(row)
 
     def find_response(self, session_id: str, prompt: list[dict], completion: str) -> Response | None:
         """The latest served answer with this text for this conversation prefix in this session."""
         row = self._conn().execute(
             "SELECT * FROM responses WHERE session_id=? AND context_hash=? AND completion=? "
             "ORDER BY created_at DESC LIMIT 1", (session_id, context_hash(prompt), completion)).fetchone()
-        if row is None:
-            return None
-        return Response(row["id"], row["session_id"], row["checkpoint_id"], json.loads(row["prompt_json"]),
-                        row["completion"])
+        return None if row is None else _row_response(row)
 
     def add_feedback(self, kind: str, *, session_id: str, checkpoint_id: str, prompt: list[dict], completion: str,
                      label: bool | None = None, edited: str | None = None, comment: str | None = None,
@@ -160,22 +197,33 @@ class FeedbackStore:
             raise ValueError("a rating needs label True (thumbs up) or False (thumbs down)")
         if kind == "edit" and not (edited or "").strip():
             raise ValueError("an edit needs the edited text")
-        if response_id is None:
+        if response_id is not None:
+            served = self.response(response_id)
+            if served is None or served.session_id != session_id:
+                raise DataError(f"response {response_id!r} was not served in this session")
+        else:
             served = self.find_response(session_id, prompt, completion)
-            if served is not None:
-                # The prompt as the model saw it, and the checkpoint that wrote the answer.
-                response_id, prompt, checkpoint_id = served.id, served.prompt, served.checkpoint_id
+        if served is not None:
+            # The prompt as the model saw it, the answer it wrote, and the checkpoint that wrote it.
+            response_id, prompt, checkpoint_id, completion = served.id, served.prompt, served.checkpoint_id, served.completion
+        prompt_json = json.dumps(prompt, ensure_ascii=False)
+        conversation_json = json.dumps(conversation if conversation is not None else prompt, ensure_ascii=False)
+        for field, value in (("session_id", session_id), ("checkpoint_id", checkpoint_id), ("prompt", prompt_json),
+                             ("completion", completion), ("edited", edited), ("comment", comment),
+                             ("conversation", conversation_json)):
+            check_size(field, value)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO feedback (kind, response_id, session_id, checkpoint_id, created_at, context_hash, "
                 "prompt_json, completion, label, edited, comment, conversation_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (kind, response_id, session_id, checkpoint_id, time.time(), context_hash(prompt),
-                 json.dumps(prompt, ensure_ascii=False), completion, None if label is None else int(bool(label)),
-                 edited, comment, json.dumps(conversation if conversation is not None else prompt, ensure_ascii=False)))
+                 prompt_json, completion, None if label is None else int(bool(label)), edited, comment,
+                 conversation_json))
             return int(cur.lastrowid)
 
     def add_comment(self, feedback_id: int, comment: str) -> None:
         """Attach a comment to an earlier feedback row (the comment box follows the thumbs)."""
+        check_size("comment", comment)
         with self._tx() as db:
             if db.execute("UPDATE feedback SET comment=? WHERE id=?", (comment, feedback_id)).rowcount != 1:
                 raise DataError(f"no feedback row {feedback_id}")
@@ -214,10 +262,21 @@ def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[s
     may mean "show me another", not "this is bad".
     """
     feedback = store.feedback()
+    responses = store.responses()
+    # Alternatives of one turn: answers served with the same turn_id (a regenerate inherits it), or,
+    # for rows written before schema v2, the same conversation prefix in the same session.
+    group_of = {r["id"]: r["turn_id"] or f"ctx:{r['session_id']}:{r['context_hash']}" for r in responses}
+    alternatives: dict[str, dict[str, dict]] = {}  # group -> completion -> the latest response with it
+    for r in responses:
+        alternatives.setdefault(group_of[r["id"]], {})[r["completion"]] = r
+
+    def group(f: dict) -> str:
+        return group_of.get(f["response_id"]) or f"ctx:{f['session_id']}:{f['context_hash']}"
+
     latest: dict[tuple, dict] = {}
     for f in feedback:
         if f["kind"] == "rating":
-            latest[(f["session_id"], f["context_hash"], f["completion"])] = f
+            latest[(group(f), f["completion"])] = f
     ratings = list(latest.values())
 
     unpaired: list[dict] = []
@@ -231,18 +290,20 @@ def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[s
         unpaired.append({"prompt": f["prompt"], "completion": _assistant(f["completion"]), "label": False})
         pairs.append({"prompt": f["prompt"], "chosen": _assistant(f["edited"]), "rejected": _assistant(f["completion"])})
 
-    alternatives: dict[tuple, set[str]] = {}
-    for r in store.responses():
-        alternatives.setdefault((r["session_id"], r["context_hash"]), set()).add(r["completion"])
     label_of = {k: bool(f["label"]) for k, f in latest.items()}
     for f in ratings:
-        key = (f["session_id"], f["context_hash"])
-        for other in sorted(alternatives.get(key, set()) - {f["completion"]}):
-            other_label = label_of.get((*key, other))
+        key = group(f)
+        served = alternatives.get(key, {})
+        if not served:
+            continue
+        # The conversation as it last stood for this turn (it may differ from f's if an earlier answer was edited).
+        prompt = max(served.values(), key=lambda r: r["created_at"])["prompt"]
+        for other in sorted(set(served) - {f["completion"]}):
+            other_label = label_of.get((key, other))
             if f["label"] and other_label is not True:
-                pairs.append({"prompt": f["prompt"], "chosen": _assistant(f["completion"]), "rejected": _assistant(other)})
+                pairs.append({"prompt": prompt, "chosen": _assistant(f["completion"]), "rejected": _assistant(other)})
             elif not f["label"] and other_label is not False:
-                pairs.append({"prompt": f["prompt"], "chosen": _assistant(other), "rejected": _assistant(f["completion"])})
+                pairs.append({"prompt": prompt, "chosen": _assistant(other), "rejected": _assistant(f["completion"])})
 
     unpaired, dup_u = _dedupe(unpaired, ("prompt", "completion", "label"))
     pairs, dup_p = _dedupe(pairs, ("prompt", "chosen", "rejected"))
@@ -251,7 +312,7 @@ def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[s
         verdicts.setdefault(json.dumps([row["prompt"], row["completion"]]), set()).add(row["label"])
     counts = Counter(row["label"] for row in unpaired)
     summary = {
-        "feedback_rows": len(feedback), "responses": len(store.responses()),
+        "feedback_rows": len(feedback), "responses": len(responses),
         "ratings": len(ratings), "edits": sum(f["kind"] == "edit" for f in feedback),
         "regenerates": sum(f["kind"] == "regenerate" for f in feedback),
         "comments": sum(bool(f["comment"]) for f in feedback),

@@ -66,3 +66,57 @@ def test_embedded_default_answers_a_chat_message(embedded_dir):
     model, tok, _ = load_policy(src)
     reply = chat_reply(model, tok, [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=20)
     assert "Paris" in reply
+
+
+def test_a_path_like_reference_never_goes_to_the_hub(monkeypatch, tmp_path):
+    import time
+
+    import transformers
+
+    from align import models
+    from align.errors import ModelNotFoundError
+
+    def no_hub(*a, **kw):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for ref in ("runs/does-not-exist", "./x", "../x/y", "/nope/model", "~/nope", "a/b/c", "runs/"):
+        start = time.time()
+        with pytest.raises(ModelNotFoundError, match="does not exist|has none of"):
+            models.resolve_model(ref)
+        assert time.time() - start < 1
+    assert not models.looks_like_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_offline_is_detected_once_and_hub_ids_use_the_cache_only(monkeypatch):
+    import transformers
+
+    from align import models
+    from align.errors import ModelNotFoundError
+
+    calls = []
+    monkeypatch.setattr(models, "_HUB_REACHABLE", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("socket.create_connection", lambda *a, **kw: calls.append(a) or (_ for _ in ()).throw(OSError()))
+    seen = []
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda ref, **kw: seen.append(kw) or (_ for _ in ()).throw(OSError("not cached")))
+    for _ in range(3):
+        with pytest.raises(ModelNotFoundError, match="local cache"):
+            models.resolve_model("someone/missing-model")
+    assert len(calls) == 1 and all(kw.get("local_files_only") for kw in seen)
+
+
+def test_a_merged_adapter_is_trainable_like_any_loaded_model(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    adapter = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    adapter.peft_config["default"].base_model_name_or_path = str(tiny_model_dir)
+    adapter.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "adapter")
+    model, _, source = load_policy(str(tmp_path / "adapter"))
+    assert source.kind == "adapter" and all(p.requires_grad for p in model.parameters())

@@ -105,9 +105,13 @@ def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_
                  "--output_dir", str(out), *COMMON[4:]]) == 0
     manifest = json.loads((out / "model" / "keel.json").read_text())
     assert manifest["stage"] == stage and manifest["base_model"] == str(tiny_model_dir)
+    assert manifest["parents"] == [str(tiny_model_dir)]  # the lineage is named (issue #16 item 4)
     assert manifest["data"][0]["path"].endswith("kto.jsonl" if stage == "kto" else "preference.jsonl")
     assert json.loads((out / "feedback" / "summary.json").read_text())["pairs"] == 12
-    assert "python -m serve --checkpoint" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "python -m serve --checkpoint" in printed
+    card = (out / "model" / "README.md").read_text()
+    assert "None" not in card and str(tiny_model_dir) in card and (out / "README.md").read_text() == card
 
 
 def test_retrain_says_when_there_is_too_little_feedback(tmp_path, capsys):
@@ -117,3 +121,42 @@ def test_retrain_says_when_there_is_too_little_feedback(tmp_path, capsys):
     assert main(["retrain", "--from-feedback", str(tmp_path / "fb.db"), "--config", str(REPO / "configs" / "kto.yaml"),
                  "--output_dir", str(tmp_path / "x")]) == 2
     assert "only 0 rated answers" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir()] == ["fb.db"]  # nothing left behind
+
+
+def test_retrain_sizes_the_run_to_the_data_uses_lora_on_cpu_and_says_what_it_will_do(tmp_path, tiny_model_dir,
+                                                                                     capsys):
+    db = _feedback_db(tmp_path / "feedback.db", "smollm2-135m")
+    out = tmp_path / "new"
+    from align import retrain as rt
+
+    seen = {}
+
+    def fake_run(cfg, resume=False):
+        seen["cfg"] = cfg
+        return out / "model"
+
+    import align.kto
+    original = align.kto.run_kto
+    align.kto.run_kto = fake_run
+    try:
+        rt.retrain(str(db), str(REPO / "configs" / "kto.yaml"), ["--output_dir", str(out)])
+    finally:
+        align.kto.run_kto = original
+    cfg = seen["cfg"]
+    # 24 rows, 2 for eval: 22 train rows x 2 epochs / batch 8 = 6 steps (the config says 40)
+    assert cfg.training.max_steps == 6 and cfg.lora.enabled and cfg.training.learning_rate == rt.LORA_LEARNING_RATE
+    assert cfg.training.per_device_train_batch_size * cfg.training.gradient_accumulation_steps == 8
+    assert cfg.training.per_device_train_batch_size == rt.CPU_MICRO_BATCH
+    assert cfg.model == "smollm2-135m" and (out / "feedback" / "kto.jsonl").is_file()
+    printed = capsys.readouterr().out
+    assert "24 rows" in printed and "parent: smollm2-135m" in printed and str(out) in printed
+    assert "expected: about" in printed and "LoRA" in printed
+    # the user's flags win
+    align.kto.run_kto = fake_run
+    try:
+        rt.retrain(str(db), str(REPO / "configs" / "kto.yaml"), ["--output_dir", str(tmp_path / "n2"),
+                                                                  "--training.max_steps", "3", "--lora.enabled", "false"])
+    finally:
+        align.kto.run_kto = original
+    assert seen["cfg"].training.max_steps == 3 and not seen["cfg"].lora.enabled

@@ -161,3 +161,17 @@ def test_pair_metrics_calibration_buckets():
     m = pair_metrics([1.0, 1.0, 3.0, 0.0], [0.0, 2.0, 0.0, 0.1])
     assert m["accuracy"] == 0.5 and m["pairs"] == 4
     assert sum(b["pairs"] for b in m["calibration"]) == 4 and 0 <= m["ece"] <= 1
+
+
+def test_rm_eval_shows_progress_and_length_sorted_batches_keep_the_scores(tmp_path, tiny_model_dir, capsys):
+    rows = _pairs(12)
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    scorer = RewardModelScorer(str(tiny_model_dir), batch_size=3)  # a random head: compare within one model
+    prompts, answers = [r["prompt"] for r in rows], [r["chosen"] if i % 2 else r["rejected"] for i, r in enumerate(rows)]
+    batched = scorer(prompts, answers)
+    scorer.batch_size = 1
+    assert torch.allclose(torch.tensor(batched), torch.tensor(scorer(prompts, answers)), atol=1e-4)
+    assert main(["rm-eval", str(tiny_model_dir), str(data), "--out", str(tmp_path / "m.json")]) == 0
+    captured = capsys.readouterr()
+    assert "scoring 12 pairs (24 answers)" in captured.out
+    assert "scoring with rm:" in captured.err and "batch" in captured.err  # the tqdm bar

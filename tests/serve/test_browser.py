@@ -96,3 +96,145 @@ def test_browser_chat_streams_shows_the_tool_step_and_stores_a_thumbs_up(tiny_mo
     summary = export_feedback(tmp_path / "feedback.db", tmp_path / "export")
     assert summary["unpaired_desirable"] == 1
     assert ANSWER in (tmp_path / "export" / "kto.jsonl").read_text()
+
+
+SHOTS = os.environ.get("KEEL_SHOTS_DIR")  # e.g. /tmp/shots16: keep the walk's screenshots to look at
+
+
+def _shot(page, tmp_path, name):
+    folder = SHOTS or str(tmp_path / "shots")
+    os.makedirs(folder, exist_ok=True)
+    page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
+
+
+def _ask(page, text, expect_text):
+    from playwright.sync_api import expect
+
+    page.locator("#message textarea").fill(text)
+    page.locator("#send").click()
+    expect(page.locator("#chatbot")).to_contain_text(expect_text, timeout=30_000)
+    expect(page.locator("#send")).to_be_enabled(timeout=30_000)
+
+
+def _rate(page, turn, button):
+    from playwright.sync_api import expect
+
+    page.locator('#chatbot [data-testid="bot"]').nth(turn).hover()
+    page.locator("#chatbot .message-buttons-left").nth(turn).get_by_role("button", name=button, exact=True).click()
+    expect(page.locator("#feedback-status")).to_contain_text("Saved", timeout=20_000)
+
+
+@pytest.mark.integration
+def test_browser_walks_the_whole_feedback_loop(tiny_model_dir, tmp_path):
+    """What a user does, in order: a tool answer, like, dislike with a comment, an edit, Regenerate,
+    dislike the alternative, export (every promised pair), retrain on CPU, switch the running app to
+    the new checkpoint, and rate its answer (recorded against it)."""
+    _need_browser()
+    import json
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from align.cli import main as align_main
+    from serve.app import APP_CSS
+
+    steps = [' I should compute.\nAction: calculator\nAction Input: {"expression": "6*7"}',
+             f" I know it.\nFinal Answer: {ANSWER}",
+             " ok\nFinal Answer: Paris is the capital of Italy.",
+             " ok\nFinal Answer: Lyon.",
+             " ok\nFinal Answer: Water boils at 50 C.",
+             " ok\nFinal Answer: Water boils at 100 C at sea level.",
+             " ok\nFinal Answer: Blue.", " ok\nFinal Answer: Seven days.", " ok\nFinal Answer: Banana.",
+             " ok\nFinal Answer: From the new checkpoint."]
+    llm = SlowStreamingLLM(steps)
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([calculator_tool()]))
+    db = tmp_path / "feedback.db"
+    store = FeedbackStore(db)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    demo = build_app(chat, store, switch_roots=[str(runs)])
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, css=APP_CSS)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                                        headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(demo.local_url)
+            expect(page.locator("#stop")).to_be_disabled()  # nothing runs: Stop is not active
+            header = page.locator("#header")
+            assert header.bounding_box()["height"] < 60 and str(tiny_model_dir) not in header.inner_text()
+            assert page.get_by_role("button", name="Clear", exact=True).count() <= 1  # one Clear control
+            _ask(page, "What is 6*7?", ANSWER)
+            _shot(page, tmp_path, "01-tool-answer")
+            thought = page.locator("#chatbot .message-row.bot-row .message").first.bounding_box()
+            assert thought["width"] > 400, thought  # agent steps get a readable width, not a ~110 px column
+            _rate(page, 0, "Like")
+
+            _ask(page, "Capital of France?", "capital of Italy")
+            _rate(page, 1, "Dislike")
+            page.get_by_text("Comment on your last rating or edit").click()
+            page.locator("#comment textarea").fill("Wrong country.")
+            page.locator("#comment-save").click()
+            expect(page.locator("#feedback-status")).to_contain_text("Comment saved", timeout=20_000)
+
+            _ask(page, "Second city of France?", "Lyon.")
+            page.locator('#chatbot [data-testid="bot"]').nth(2).hover()
+            page.locator("#chatbot .message-buttons-left").nth(2).get_by_role("button", name="Edit", exact=True).click()
+            # A grouped turn opens one box per message (thought, answer); wait for both, edit the answer's.
+            expect(page.locator("#chatbot textarea")).to_have_count(2)
+            box = page.locator("#chatbot textarea").last
+            expect(box).to_have_value("Lyon.")
+            assert box.bounding_box()["width"] > 400 and box.bounding_box()["height"] > 100  # not a tiny box
+            _shot(page, tmp_path, "02-edit-box")
+            box.fill("Marseille is the second city of France.")
+            page.locator("#chatbot").get_by_role("button", name="Submit", exact=True).click()
+            expect(page.locator("#feedback-status")).to_contain_text("Saved your edit", timeout=20_000)
+            # the ratings given before the edit are still shown
+            rows = page.locator("#chatbot .message-buttons-left")
+            expect(rows.nth(0).get_by_role("button", name="Liked", exact=True)).to_be_visible()
+            expect(rows.nth(1).get_by_role("button", name="Disliked", exact=True)).to_be_visible()
+
+            _ask(page, "When does water boil?", "50 C")
+            page.locator("#regenerate").click()
+            expect(page.locator("#chatbot")).to_contain_text("100 C at sea level", timeout=30_000)
+            expect(page.locator("#feedback-status")).to_contain_text("sampled at temperature", timeout=20_000)
+            expect(page.locator("#send")).to_be_enabled(timeout=30_000)
+            _rate(page, 3, "Dislike")
+            expect(rows.nth(0).get_by_role("button", name="Liked", exact=True)).to_be_visible()
+            _shot(page, tmp_path, "03-after-regenerate")
+            for i, (q, a, r) in enumerate((("Sky colour?", "Blue.", "Like"), ("Days in a week?", "Seven days.", "Like"),
+                                           ("A vegetable?", "Banana.", "Dislike"))):
+                _ask(page, q, a)
+                _rate(page, 4 + i, r)
+
+            # export: every promised pair is present
+            summary = export_feedback(db, tmp_path / "export")
+            pairs = {(p["chosen"][0]["content"], p["rejected"][0]["content"])
+                     for p in map(json.loads, (tmp_path / "export" / "preference.jsonl").read_text().splitlines())}
+            assert ("Marseille is the second city of France.", "Lyon.") in pairs  # edit > original
+            assert ("Water boils at 50 C.", "Water boils at 100 C at sea level.") in pairs  # not disliked > disliked
+            assert summary["unpaired_rows"] == 8 and summary["comments"] == 1
+
+            # retrain on CPU from the app's database, into the folder the operator allowed
+            out = runs / "kto-feedback"
+            assert align_main(["retrain", "--from-feedback", str(db), "--output_dir", str(out),
+                               "--training.per_device_train_batch_size", "4", "--training.max_length", "128"]) == 0
+            manifest = json.loads((out / "model" / "keel.json").read_text())
+            assert manifest["parents"] == [str(tiny_model_dir)]
+
+            # switch the running app to it
+            page.get_by_text("Model", exact=True).click()
+            page.locator("#switch-refresh").click()
+            page.locator("#switch-to input").click()
+            page.get_by_role("option", name="runs/kto-feedback/model").click()
+            page.locator("#switch-load").click()
+            expect(page.locator("#switch-status")).to_contain_text("Now serving", timeout=60_000)
+            expect(page.locator("#header")).to_contain_text("kto-feedback/model (kto)")
+            _shot(page, tmp_path, "04-switched")
+            _ask(page, "Hello again?", "From the new checkpoint.")
+            _rate(page, 7, "Like")
+            _shot(page, tmp_path, "05-rated-new-checkpoint")
+            browser.close()
+    finally:
+        demo.close()
+    last = FeedbackStore(db).feedback("rating")[-1]
+    assert last["completion"] == "From the new checkpoint." and last["checkpoint_id"] == str((out / "model").resolve())

@@ -30,3 +30,28 @@ def test_export_feedback_command(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["unpaired_rows"] == 1
     assert main(["export-feedback", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "o2")]) == 2
     assert "none.db" in capsys.readouterr().err
+
+
+def test_first_start_says_it_builds_the_knowledge_base_once(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import retrieval.default_kb as kb
+    from serve.cli import create_app
+
+    monkeypatch.setenv("KEEL_CACHE_DIR", str(tmp_path / "cache"))
+    opened = []
+
+    def fake_open(progress=True, folder=None):
+        folder = kb.default_index_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.json").write_text("{}")
+        opened.append(folder)
+        return None
+
+    monkeypatch.setattr(kb, "open_default_index", fake_open)
+    args = ["--checkpoint", str(tiny_model_dir), "--feedback-db", "none"]
+    create_app(serve_config(args))
+    first = capsys.readouterr().out
+    assert "first start: building the default knowledge base" in first and "once" in first and "minutes" in first
+    assert "ready in" in first and "loading the model" in first
+    create_app(serve_config(args))
+    later = capsys.readouterr().out
+    assert "first start" not in later and "opening the default knowledge base" in later and len(opened) == 2
