@@ -109,6 +109,8 @@ class PPOStageConfig(StageConfig):
     kl: KLSettings = Field(default_factory=KLSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    bf16: bool | None = Field(None, description="bf16 autocast through accelerate's mixed precision (weights stay in "
+                                                "`dtype`); None: whatever `accelerate launch` / its config says")
     logging_steps: int = Field(1, ge=1)
     sample_every: int = Field(5, ge=1, description="log example responses every N updates")
     save_steps: int = Field(10, ge=1)
@@ -280,7 +282,8 @@ class PPOTrainer:
 
         self.cfg = cfg
         self.acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
-                                              cpu=not torch.cuda.is_available())
+                                              cpu=not torch.cuda.is_available(),
+                                              mixed_precision={True: "bf16", False: "no", None: None}[cfg.bf16])
         dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
         policy, self.tokenizer, self.source = load_policy(cfg.model, device="cpu", dtype=dtype)
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
