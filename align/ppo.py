@@ -520,16 +520,31 @@ class PPOTrainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_state(self) -> Path:
-        """``checkpoint-N/``: policy (or adapters), value head/model, optimiser, KL controller, step."""
+        """``checkpoint-N/``: policy (or adapters), value head/model, optimiser, KL controller, step.
+
+        Every process calls it. The weights go through ``align.training.full_state_dict``, which
+        gathers them when ZeRO-3/FSDP shards them; a sharded optimiser's state is one file per
+        process (``optimizer-rank{i}.pt``), as each holds only its own partition."""
+        from align.training import full_state_dict, weights_are_sharded
+
         out = Path(self.cfg.output_dir) / f"checkpoint-{self.update_step}"
+        tmp = out.with_name(out.name + ".tmp")
         self.acc.wait_for_everyone()
+        weights = full_state_dict(self.acc, self.model)
+        sharded = weights_are_sharded(self.acc)
         if self.acc.is_main_process:
-            tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            model = self.acc.unwrap_model(self.model)
-            torch.save(model.state_dict(), tmp / "actor_critic.pt")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        self.acc.wait_for_everyone()
+        if sharded:
+            torch.save(self.optimizer.state_dict(), tmp / f"optimizer-rank{self.acc.process_index}.pt")
+            self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            if weights is None:
+                weights = self.acc.unwrap_model(self.model).state_dict()
+            torch.save(weights, tmp / "actor_critic.pt")
+            if not sharded:
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"update_step": self.update_step, "beta": self.kl_ctl.beta,
                  "monitor": self.monitor.history if self.monitor else None}))
@@ -548,6 +563,11 @@ class PPOTrainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_state(self, path: Path) -> None:
+        from align.training import weights_are_sharded
+
+        if weights_are_sharded(self.acc):
+            raise CheckpointError(f"{path}: resuming PPO with sharded weights (ZeRO-3/FSDP) is not supported yet; "
+                                  "its actor_critic.pt holds the full weights, so a ZeRO-2 or DDP run can resume it")
         model = self.acc.unwrap_model(self.model)
         # weights_only=True on every torch the project allows (>=2.4, where the default was still
         # False): tensors and plain containers only, never arbitrary pickled objects.
@@ -577,8 +597,7 @@ def _disable_dropout(model) -> None:
 def run_ppo(cfg: PPOStageConfig, resume: bool = False) -> Path:
     from transformers import set_seed
 
-    from align.checkpoint import save_checkpoint
-    from align.training import lineage
+    from align.training import save_trained_model
 
     last = prepare_run_dir(cfg, resume)
     set_seed(cfg.seed)
@@ -586,12 +605,7 @@ def run_ppo(cfg: PPOStageConfig, resume: bool = False) -> Path:
     final = trainer.train(resume_from=last)
     if trainer.update_step % cfg.save_steps:
         trainer.save_state()
-    out = Path(cfg.output_dir) / "model"
-    if trainer.acc.is_main_process:
-        base, parents = lineage(trainer.source)
-        metrics = {k: v for k, v in final.items() if k != "samples"}
-        save_checkpoint(trainer.policy_for_saving(), trainer.tokenizer, out, stage="ppo", base_model=base,
-                        parents=parents, config=cfg.model_dump(mode="json"), data=[trainer.data_fingerprint],
-                        metrics=metrics, merge_lora=cfg.lora.merge_on_save)
-    trainer.acc.wait_for_everyone()
-    return out
+    metrics = {k: v for k, v in final.items() if k != "samples"}
+    return save_trained_model(trainer.acc, trainer.model, trainer.policy_for_saving(), trainer.tokenizer,
+                              Path(cfg.output_dir) / "model", cfg, trainer.source, [trainer.data_fingerprint],
+                              metrics, merge_lora=cfg.lora.merge_on_save, prefix="policy.")
