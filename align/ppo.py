@@ -56,7 +56,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from align.config import DataConfig, LoraSettings, StageConfig, Strict
+from align.config import DataConfig, LoraSettings, ReportTo, StageConfig, Strict
 from align.data import load_data
 from align.errors import CheckpointError, ConfigError, KeelError
 from align.monitor import MonitorSettings, OverOptimisationMonitor
@@ -112,6 +112,8 @@ class PPOStageConfig(StageConfig):
     bf16: bool | None = Field(None, description="bf16 autocast through accelerate's mixed precision (weights stay in "
                                                 "`dtype`); None: whatever `accelerate launch` / its config says")
     logging_steps: int = Field(1, ge=1)
+    report_to: ReportTo = Field(default_factory=list, description="experiment trackers through accelerate: trackio, "
+                                "wandb, mlflow, tensorboard, none (metrics.jsonl is always written)")
     sample_every: int = Field(5, ge=1, description="log example responses every N updates")
     save_steps: int = Field(10, ge=1)
     save_total_limit: int | None = 2
@@ -280,10 +282,14 @@ class PPOTrainer:
         from align.models import load_policy, load_value_model
         from align.rewards import load_reward
 
+        from align.training import trackers
+
         self.cfg = cfg
+        self.trackers = trackers(cfg.report_to, field="report_to")
         self.acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
                                               cpu=not torch.cuda.is_available(),
-                                              mixed_precision={True: "bf16", False: "no", None: None}[cfg.bf16])
+                                              mixed_precision={True: "bf16", False: "no", None: None}[cfg.bf16],
+                                              log_with=self.trackers or None, project_dir=cfg.output_dir)
         dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
         policy, self.tokenizer, self.source = load_policy(cfg.model, device="cpu", dtype=dtype)
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
@@ -471,6 +477,9 @@ class PPOTrainer:
             self._load_state(resume_from)
         batches = self._batches()
         last: dict[str, Any] = {}
+        if self.trackers:
+            # TensorBoard writes to output_dir/keel; wandb, mlflow and trackio use "keel" as the project.
+            self.acc.init_trackers("keel", config=_flat_config(self.cfg.model_dump(mode="json")))
         bar = tqdm(total=self.cfg.updates, initial=self.update_step, desc="ppo", disable=not self.acc.is_main_process)
         while self.update_step < self.cfg.updates:
             started = time.perf_counter()
@@ -512,11 +521,17 @@ class PPOTrainer:
             bar.set_postfix(score=f"{rec['score']:.3f}", kl=f"{kl_mean:.2f}", beta=f"{batch['beta']:.3f}")
             last = rec
         bar.close()
+        if self.trackers:
+            self.acc.end_training()
         return last
 
     def _log(self, rec: dict[str, Any]) -> None:
         if self.acc.is_main_process:
             append_metrics(self.metrics_path, {**rec, "time": round(time.time(), 3)})
+        if self.trackers:  # numbers only; the samples and texts stay in metrics.jsonl
+            self.acc.log({f"ppo/{k}": float(v) for k, v in rec.items()
+                          if k != "step" and isinstance(v, (int, float)) and math.isfinite(float(v))},
+                         step=rec["step"])
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_state(self) -> Path:
@@ -586,6 +601,20 @@ class PPOTrainer:
 
     def policy_for_saving(self):
         return self.acc.unwrap_model(self.model).policy
+
+
+def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"ppo": {"batch_size": 8}}`` -> ``{"ppo.batch_size": 8}``, values as numbers, booleans or
+    strings: what every tracker's hyper-parameter table accepts (TensorBoard's hparams refuses
+    lists, mappings and None)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_config(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return out
 
 
 def _disable_dropout(model) -> None:

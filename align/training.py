@@ -178,6 +178,27 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
 
+# tracker -> the package that must be importable (pip name in brackets when it differs)
+_TRACKER_PACKAGES = {"trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+
+
+def trackers(report_to: list[str], tensorboard: bool = False, field: str = "training.report_to") -> list[str]:
+    """The experiment trackers to log to, checked to be installed: ``report_to`` without "none",
+    plus "tensorboard" when the ``tensorboard`` shorthand is on. Raises ``KeelError`` naming the
+    field and the package to install for a tracker that is not installed."""
+    names = [n for n in dict.fromkeys(report_to) if n != "none"]
+    if "none" in report_to and len(set(report_to)) > 1:
+        raise KeelError(f"{field}: 'none' cannot be combined with other trackers ({', '.join(names)})")
+    if tensorboard and "tensorboard" not in names:
+        names.append("tensorboard")
+    for name in names:
+        found = tensorboard_available() if name == "tensorboard" else importlib.util.find_spec(name) is not None
+        if not found:
+            raise KeelError(f"{field}: {name} is not installed (pip install {_TRACKER_PACKAGES[name]}); "
+                            "metrics.jsonl is written without any tracker")
+    return names
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
@@ -201,11 +222,7 @@ def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bo
     """Keyword arguments for a TRL ``XConfig`` (all of them subclass TrainingArguments)."""
     import torch
 
-    report_to = []
-    if training.tensorboard:
-        if not tensorboard_available():
-            raise KeelError("training.tensorboard is true but tensorboard is not installed (pip install tensorboard)")
-        report_to = ["tensorboard"]
+    report_to = trackers(training.report_to, training.tensorboard)
     evaluate_periodically = has_eval and training.eval_steps is not None
     kwargs = dict(
         output_dir=cfg.output_dir,
