@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from align.errors import ConfigError
 
@@ -27,6 +27,18 @@ class Strict(BaseModel):
     """Base for every config section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+
+
+Tracker = Literal["trackio", "wandb", "mlflow", "tensorboard", "none"]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# Experiment trackers, TRL's ``report_to`` names: one name or a list; "none" or [] for none.
+# metrics.jsonl is written whatever this says.
+ReportTo = Annotated[list[Tracker], BeforeValidator(_as_list)]
 
 
 class DataConfig(Strict):
@@ -83,7 +95,8 @@ class TrainingSettings(Strict):
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     dataloader_num_workers: int = Field(0, ge=0)
-    tensorboard: bool = False
+    tensorboard: bool = Field(False, description="shorthand for report_to: [tensorboard]")
+    report_to: ReportTo = Field(default_factory=list, description="trackio, wandb, mlflow, tensorboard, none")
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="passed as-is to the TRL config, for options Keel does not model",

@@ -56,7 +56,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from align.config import DataConfig, LoraSettings, StageConfig, Strict
+from align.config import DataConfig, LoraSettings, ReportTo, StageConfig, Strict
 from align.data import load_data
 from align.errors import CheckpointError, ConfigError, KeelError
 from align.monitor import MonitorSettings, OverOptimisationMonitor
@@ -109,7 +109,11 @@ class PPOStageConfig(StageConfig):
     kl: KLSettings = Field(default_factory=KLSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    bf16: bool | None = Field(None, description="bf16 autocast through accelerate's mixed precision (weights stay in "
+                                                "`dtype`); None: whatever `accelerate launch` / its config says")
     logging_steps: int = Field(1, ge=1)
+    report_to: ReportTo = Field(default_factory=list, description="experiment trackers through accelerate: trackio, "
+                                "wandb, mlflow, tensorboard, none (metrics.jsonl is always written)")
     sample_every: int = Field(5, ge=1, description="log example responses every N updates")
     save_steps: int = Field(10, ge=1)
     save_total_limit: int | None = 2
@@ -278,9 +282,14 @@ class PPOTrainer:
         from align.models import load_policy, load_value_model
         from align.rewards import load_reward
 
+        from align.training import trackers
+
         self.cfg = cfg
+        self.trackers = trackers(cfg.report_to, field="report_to")
         self.acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
-                                              cpu=not torch.cuda.is_available())
+                                              cpu=not torch.cuda.is_available(),
+                                              mixed_precision={True: "bf16", False: "no", None: None}[cfg.bf16],
+                                              log_with=self.trackers or None, project_dir=cfg.output_dir)
         dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
         policy, self.tokenizer, self.source = load_policy(cfg.model, device="cpu", dtype=dtype)
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
@@ -468,6 +477,9 @@ class PPOTrainer:
             self._load_state(resume_from)
         batches = self._batches()
         last: dict[str, Any] = {}
+        if self.trackers:
+            # TensorBoard writes to output_dir/keel; wandb, mlflow and trackio use "keel" as the project.
+            self.acc.init_trackers("keel", config=_flat_config(self.cfg.model_dump(mode="json")))
         bar = tqdm(total=self.cfg.updates, initial=self.update_step, desc="ppo", disable=not self.acc.is_main_process)
         while self.update_step < self.cfg.updates:
             started = time.perf_counter()
@@ -509,24 +521,45 @@ class PPOTrainer:
             bar.set_postfix(score=f"{rec['score']:.3f}", kl=f"{kl_mean:.2f}", beta=f"{batch['beta']:.3f}")
             last = rec
         bar.close()
+        if self.trackers:
+            self.acc.end_training()
         return last
 
     def _log(self, rec: dict[str, Any]) -> None:
         if self.acc.is_main_process:
             append_metrics(self.metrics_path, {**rec, "time": round(time.time(), 3)})
+        if self.trackers:  # numbers only; the samples and texts stay in metrics.jsonl
+            self.acc.log({f"ppo/{k}": float(v) for k, v in rec.items()
+                          if k != "step" and isinstance(v, (int, float)) and math.isfinite(float(v))},
+                         step=rec["step"])
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_state(self) -> Path:
-        """``checkpoint-N/``: policy (or adapters), value head/model, optimiser, KL controller, step."""
+        """``checkpoint-N/``: policy (or adapters), value head/model, optimiser, KL controller, step.
+
+        Every process calls it. The weights go through ``align.training.full_state_dict``, which
+        gathers them when ZeRO-3/FSDP shards them; a sharded optimiser's state is one file per
+        process (``optimizer-rank{i}.pt``), as each holds only its own partition."""
+        from align.training import full_state_dict, weights_are_sharded
+
         out = Path(self.cfg.output_dir) / f"checkpoint-{self.update_step}"
+        tmp = out.with_name(out.name + ".tmp")
         self.acc.wait_for_everyone()
+        weights = full_state_dict(self.acc, self.model)
+        sharded = weights_are_sharded(self.acc)
         if self.acc.is_main_process:
-            tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            model = self.acc.unwrap_model(self.model)
-            torch.save(model.state_dict(), tmp / "actor_critic.pt")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        self.acc.wait_for_everyone()
+        if sharded:
+            torch.save(self.optimizer.state_dict(), tmp / f"optimizer-rank{self.acc.process_index}.pt")
+            self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            if weights is None:
+                weights = self.acc.unwrap_model(self.model).state_dict()
+            torch.save(weights, tmp / "actor_critic.pt")
+            if not sharded:
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"update_step": self.update_step, "beta": self.kl_ctl.beta,
                  "monitor": self.monitor.history if self.monitor else None}))
@@ -545,6 +578,11 @@ class PPOTrainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_state(self, path: Path) -> None:
+        from align.training import weights_are_sharded
+
+        if weights_are_sharded(self.acc):
+            raise CheckpointError(f"{path}: resuming PPO with sharded weights (ZeRO-3/FSDP) is not supported yet; "
+                                  "its actor_critic.pt holds the full weights, so a ZeRO-2 or DDP run can resume it")
         model = self.acc.unwrap_model(self.model)
         # weights_only=True on every torch the project allows (>=2.4, where the default was still
         # False): tensors and plain containers only, never arbitrary pickled objects.
@@ -565,6 +603,20 @@ class PPOTrainer:
         return self.acc.unwrap_model(self.model).policy
 
 
+def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"ppo": {"batch_size": 8}}`` -> ``{"ppo.batch_size": 8}``, values as numbers, booleans or
+    strings: what every tracker's hyper-parameter table accepts (TensorBoard's hparams refuses
+    lists, mappings and None)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_config(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return out
+
+
 def _disable_dropout(model) -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
@@ -574,8 +626,7 @@ def _disable_dropout(model) -> None:
 def run_ppo(cfg: PPOStageConfig, resume: bool = False) -> Path:
     from transformers import set_seed
 
-    from align.checkpoint import save_checkpoint
-    from align.training import lineage
+    from align.training import save_trained_model
 
     last = prepare_run_dir(cfg, resume)
     set_seed(cfg.seed)
@@ -583,12 +634,7 @@ def run_ppo(cfg: PPOStageConfig, resume: bool = False) -> Path:
     final = trainer.train(resume_from=last)
     if trainer.update_step % cfg.save_steps:
         trainer.save_state()
-    out = Path(cfg.output_dir) / "model"
-    if trainer.acc.is_main_process:
-        base, parents = lineage(trainer.source)
-        metrics = {k: v for k, v in final.items() if k != "samples"}
-        save_checkpoint(trainer.policy_for_saving(), trainer.tokenizer, out, stage="ppo", base_model=base,
-                        parents=parents, config=cfg.model_dump(mode="json"), data=[trainer.data_fingerprint],
-                        metrics=metrics, merge_lora=cfg.lora.merge_on_save)
-    trainer.acc.wait_for_everyone()
-    return out
+    metrics = {k: v for k, v in final.items() if k != "samples"}
+    return save_trained_model(trainer.acc, trainer.model, trainer.policy_for_saving(), trainer.tokenizer,
+                              Path(cfg.output_dir) / "model", cfg, trainer.source, [trainer.data_fingerprint],
+                              metrics, merge_lora=cfg.lora.merge_on_save, prefix="policy.")

@@ -178,6 +178,27 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
 
+# tracker -> the package that must be importable (pip name in brackets when it differs)
+_TRACKER_PACKAGES = {"trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+
+
+def trackers(report_to: list[str], tensorboard: bool = False, field: str = "training.report_to") -> list[str]:
+    """The experiment trackers to log to, checked to be installed: ``report_to`` without "none",
+    plus "tensorboard" when the ``tensorboard`` shorthand is on. Raises ``KeelError`` naming the
+    field and the package to install for a tracker that is not installed."""
+    names = [n for n in dict.fromkeys(report_to) if n != "none"]
+    if "none" in report_to and len(set(report_to)) > 1:
+        raise KeelError(f"{field}: 'none' cannot be combined with other trackers ({', '.join(names)})")
+    if tensorboard and "tensorboard" not in names:
+        names.append("tensorboard")
+    for name in names:
+        found = tensorboard_available() if name == "tensorboard" else importlib.util.find_spec(name) is not None
+        if not found:
+            raise KeelError(f"{field}: {name} is not installed (pip install {_TRACKER_PACKAGES[name]}); "
+                            "metrics.jsonl is written without any tracker")
+    return names
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
@@ -201,11 +222,7 @@ def trainer_arguments(cfg: StageConfig, training: TrainingSettings, has_eval: bo
     """Keyword arguments for a TRL ``XConfig`` (all of them subclass TrainingArguments)."""
     import torch
 
-    report_to = []
-    if training.tensorboard:
-        if not tensorboard_available():
-            raise KeelError("training.tensorboard is true but tensorboard is not installed (pip install tensorboard)")
-        report_to = ["tensorboard"]
+    report_to = trackers(training.report_to, training.tensorboard)
     evaluate_periodically = has_eval and training.eval_steps is not None
     kwargs = dict(
         output_dir=cfg.output_dir,
@@ -333,28 +350,79 @@ def lineage(source: ModelSource) -> tuple[str, list[str]]:
     return source.ref, [parent]
 
 
-def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, data_fingerprints: list[dict],
-                     metrics: dict[str, Any], model_kind: str = "policy", merge_lora: bool = True) -> Path:
-    """Save the trained model as a Keel checkpoint in ``output_dir/model`` (main process only)."""
-    out = Path(cfg.output_dir) / "model"
-    base, parents = lineage(source)
-    state_dict = None
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+def weights_are_sharded(accelerator) -> bool:
+    """True when no single process holds the complete weights: DeepSpeed ZeRO-3 or FSDP."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None and plugin.zero_stage == 3:
-        # Parameters are sharded: gather them on every rank before the main one writes.
-        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
-    if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        return True
+    return getattr(accelerator.state, "fsdp_plugin", None) is not None
+
+
+def full_state_dict(accelerator, wrapped_model) -> dict | None:
+    """The complete state dict of a sharded model, gathered by accelerate (``get_state_dict``);
+    None when every process already holds complete weights (single process, DDP, ZeRO-1/2).
+
+    A collective: call it on every process. Under ZeRO-3 the gathered tensors are on the main
+    process only. Raises ``KeelError`` when ZeRO-3 is not set up to gather 16-bit weights on save.
+    """
+    if not weights_are_sharded(accelerator):
+        return None
+    try:
+        return accelerator.get_state_dict(wrapped_model)
+    except ValueError as e:
+        raise KeelError(f"cannot gather the sharded weights to save them ({e}); set zero3_save_16bit_model: true "
+                        "in the accelerate config (configs/accelerate/deepspeed-zero3.yaml does)") from None
+
+
+def save_trained_model(accelerator, wrapped_model, model, tokenizer, out: Path, cfg: StageConfig, source: ModelSource,
+                       data_fingerprints: list[dict], metrics: dict[str, Any], model_kind: str = "policy",
+                       merge_lora: bool = True, prefix: str = "") -> Path:
+    """Every stage's final save: the trained ``model`` as a Keel checkpoint in ``out``.
+
+    Call on every process: under ZeRO-3/FSDP the weights are gathered first (``full_state_dict``),
+    then the main process writes. ``wrapped_model`` is what accelerate prepared (the DeepSpeed
+    engine, the FSDP or DDP wrapper); ``model`` is the unwrapped module to save, found at ``prefix``
+    (e.g. ``"policy."``) inside ``wrapped_model``'s state dict. A LoRA model whose weights are
+    sharded keeps its adapters (``merge_lora`` is not applied): merging needs the full base weights
+    on one process.
+    """
+    state_dict = full_state_dict(accelerator, wrapped_model)
+    if state_dict is not None and prefix:
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if accelerator.is_main_process:
+        base, parents = lineage(source)
+        if state_dict is not None and merge_lora and _is_peft(model):
+            print("warning: the weights are sharded (ZeRO-3/FSDP): saving the LoRA adapters unmerged", file=sys.stderr)
+            merge_lora = False
         save_checkpoint(model, tokenizer, out, stage=cfg.stage, base_model=base, parents=parents,
                         config=cfg.model_dump(mode="json"), data=data_fingerprints, metrics=metrics,
                         model_kind=model_kind, merge_lora=merge_lora, state_dict=state_dict)
         # TRL's trainer wrote a card into the run folder naming the base as None (a local folder):
         # replace it with the checkpoint's own card, which names the parent.
         card = out / "README.md"
-        if card.is_file():
+        if card.is_file() and Path(cfg.output_dir).is_dir() and out.parent.resolve() == Path(cfg.output_dir).resolve():
             (Path(cfg.output_dir) / "README.md").write_text(card.read_text())
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
     return out
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, data_fingerprints: list[dict],
+                     metrics: dict[str, Any], model_kind: str = "policy", merge_lora: bool = True) -> Path:
+    """Save a TRL trainer's model as a Keel checkpoint in ``output_dir/model`` (``save_trained_model``).
+
+    The trainer's own periodic ``checkpoint-N`` saves are transformers' ``Trainer._save_checkpoint``,
+    which gathers ZeRO-3 / FSDP weights itself."""
+    return save_trained_model(trainer.accelerator, trainer.model_wrapped, trainer.accelerator.unwrap_model(trainer.model),
+                              tokenizer, Path(cfg.output_dir) / "model", cfg, source, data_fingerprints, metrics,
+                              model_kind=model_kind, merge_lora=merge_lora)
 
 
 def metrics_callbacks(cfg: StageConfig) -> list:

@@ -6,11 +6,46 @@ from align.sft import SFTStageConfig
 from tests.conftest import REPO
 
 
-def test_shipped_sft_configs_validate():
-    for name in ("sft.yaml", "sft-gpu.yaml", "agent-sft.yaml", "agent-sft-gpu.yaml"):
-        cfg = load_config(SFTStageConfig, REPO / "configs" / name)
-        assert cfg.stage == "sft" and cfg.model == "smollm2-135m"
-    # the shipped agent's recipe: the adapter's keel.json records the config it was trained with
+NOT_STAGE_CONFIGS = {"serve.yaml", "constitution.yaml"}  # the app's config and CAI's principles
+
+
+def test_every_shipped_stage_config_validates_as_print_config_does(capsys):
+    """Every configs/*.yaml of a stage (CPU, GPU, agent, tools variants) loads through the CLI's
+    ``--print-config`` path, names a known stage, and every stage ships a GPU config."""
+    import yaml
+
+    from align.cli import STAGES, main
+    from align.config import read_yaml_file
+
+    checked = {}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        if path.name in NOT_STAGE_CONFIGS:
+            continue
+        stage = read_yaml_file(path).get("stage")
+        assert stage in STAGES, f"{path.name}: stage {stage!r} is not one of {sorted(STAGES)}"
+        assert main([stage, "--config", str(path), "--print-config"]) == 0, path.name
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["stage"] == stage and printed["model"], path.name
+        checked[path.name] = printed
+    assert {f"{s}-gpu.yaml" for s in STAGES} <= set(checked), "a stage without a configs/<stage>-gpu.yaml"
+    for name, printed in checked.items():
+        if name.endswith("-gpu.yaml") and printed["stage"] != "cai":  # CAI generates, it does not train
+            bf16 = printed["training"]["bf16"] if "training" in printed else printed["bf16"]
+            assert bf16 is True, f"{name}: a GPU config trains in bf16"
+
+
+def test_print_config_rejects_a_bad_shipped_style_config(tmp_path, capsys):
+    """The check above can fail: a GPU config with a misspelt key is refused by the same path."""
+    from align.cli import main
+
+    bad = tmp_path / "ppo-gpu.yaml"
+    bad.write_text((REPO / "configs" / "ppo-gpu.yaml").read_text().replace("mini_batch_size", "minibatch_size"))
+    assert main(["ppo", "--config", str(bad), "--print-config"]) == 2
+    assert "ppo.minibatch_size: unknown key" in capsys.readouterr().err
+
+
+def test_shipped_agent_was_trained_with_the_gpu_recipe():
+    """The adapter's keel.json records the config it was trained with."""
     import json
 
     shipped = json.loads((REPO / "models" / "keel-agent" / "keel.json").read_text())["config"]
