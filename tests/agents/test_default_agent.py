@@ -20,6 +20,13 @@ def test_test_splits_share_no_question_with_training():
     assert len(held_out) >= len(ARITH_TEMPLATES["test"]) // 2  # half the test templates are never trained on
     assert all(t["answer"] == format_number(calculate(t["expression"])) for t in test)
     assert not {t["source"] for t in kb_tasks(split="train")} & {t["source"] for t in kb_tasks(split="test")}
+    # nor a document: pydoc ships "if" and "else" as one text under two keys
+    from pydoc_data.topics import topics
+
+    def text(task):
+        return topics[task["source"].split(":", 1)[1]].strip()
+
+    assert not {text(t) for t in kb_tasks(split="train")} & {text(t) for t in kb_tasks(split="test")}
     assert len(kb_tasks(100, split="test")) == 100
     assert not {t["question"] for t in plain_tasks(300, split="train")} & {t["question"] for t in plain_tasks(50)}
     assert len({t["question"] for t in harmful_tasks(50)}) > 20

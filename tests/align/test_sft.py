@@ -89,8 +89,12 @@ def _truncate(path, keep=0.5):
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-@pytest.mark.parametrize("damage", ["weights cut short", "optimizer cut short", "no trainer_state",
-                                    "trainer_state cut short"])
+# Each case trains and resumes (~1.5 min on 2 cores): one runs by default, the others with the slow
+# marker; tests/align/test_checkpoint.py tells every kind of damage apart without training.
+@pytest.mark.parametrize("damage", ["weights cut short",
+                                    pytest.param("optimizer cut short", marks=pytest.mark.slow),
+                                    pytest.param("no trainer_state", marks=pytest.mark.slow),
+                                    pytest.param("trainer_state cut short", marks=pytest.mark.slow)])
 def test_resume_skips_an_incomplete_checkpoint_and_says_so(tmp_path, tiny_model_dir, gsm8k_small, capsys, damage):
     run = tmp_path / "run"
     run_sft(_cfg(tiny_model_dir, gsm8k_small, run))  # checkpoint-4 and checkpoint-8
