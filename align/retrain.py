@@ -65,7 +65,7 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
                             f"({'edits and regenerates make pairs' if stage == 'dpo' else 'thumbs up and down'}).")
         extra = ["--data.path", str(out / "feedback" / DATASET_FOR_STAGE[stage]), "--output_dir", str(out)]
         if "model" not in given:
-            store = FeedbackStore(db)
+            store = FeedbackStore(db, read_only=True)
             ckpts = Counter(f["checkpoint_id"] for f in store.feedback())
             store.close()
             extra += ["--model", ckpts.most_common(1)[0][0]]

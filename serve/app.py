@@ -27,7 +27,7 @@ from typing import Any
 from align.errors import KeelError
 from serve.chat import (DEFAULT_SYSTEM_PROMPT, ChatModel, message_text, model_card, prompt_messages,
                         strip_sources)
-from serve.feedback import FeedbackStore
+from serve.feedback import FeedbackDBError, FeedbackStore
 
 log = logging.getLogger("keel.serve")
 
@@ -65,6 +65,9 @@ def _guarded(fallback):
         def inner(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
+            except FeedbackDBError as e:  # damaged / full / read-only: the operator needs the path, the user not
+                log.error("handler %s: %s", fn.__name__, e)
+                return fallback(e.user_message)
             except KeelError as e:
                 log.info("handler %s refused: %s", fn.__name__, e)
                 return fallback(str(e))
@@ -154,6 +157,9 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
                 try:
                     rid = store.add_response(_session(request), chat.checkpoint_id, prompt_messages(history, system),
                                              text, trace=turn.get("trace"), turn_id=entry["turn"])
+                except FeedbackDBError as e:  # damaged / full / read-only database: detail to the log
+                    log.error("answer not stored: %s", e)
+                    stored, status = False, f"{e.user_message} This answer cannot be rated."
                 except KeelError as e:  # too long to store: shown, but it cannot be rated
                     stored, status = False, f"This answer is not stored ({e}), so it cannot be rated."
             if regenerate and stored:

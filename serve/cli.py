@@ -145,6 +145,8 @@ def create_app(cfg: ServeConfig):
     import time
 
     started = time.time()
+    # First: a damaged or read-only feedback database stops the start at once (FeedbackDBError, one line).
+    store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
     retriever = None
     if cfg.agent.enabled and cfg.index != "none":
         from retrieval import Retriever
@@ -167,7 +169,6 @@ def create_app(cfg: ServeConfig):
                             regenerate_temperature=cfg.regenerate_temperature)
     print(f"[keel] loading the model {cfg.checkpoint}", flush=True)
     chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
-    store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
     if store is not None:
         print(f"feedback -> {store.path} (export: python -m serve export-feedback --db {store.path} --out DIR)")
     if cfg.switch_roots:

@@ -15,12 +15,32 @@ alternatives of one turn stay together even when the conversation before them ch
 meantime (an earlier answer edited); rows written before v2 fall back to grouping by session and
 conversation prefix. Every stored text field has a size limit (``LIMITS``); a longer value is
 refused with a ``DataError`` naming the field, before anything is written.
+
+Damage and failures (issue #21): every ``sqlite3.Error`` leaves this module as a
+``FeedbackDBError`` naming the file and what to do. A store checks the file with
+``PRAGMA quick_check`` when it opens (one pass over the b-trees, about a second per 100 MB), so a
+damaged file is refused at the app's start and before an export or retrain reads it; a write that
+meets damage later turns the store read-only-refusing (no more writes to a damaged file). A full
+disk (``SQLITE_FULL``) and a folder the app cannot write are named as such. A failed write rolls
+back: nothing is half-written.
+
+Reading without writing (``read_only=True``, used by the export and retrain): SQLite's
+``mode=ro`` reads a WAL database in a folder we cannot write only if its ``-shm`` file is there
+(it cannot create it). So we try ``mode=ro`` first (correct even while the app is writing); if
+SQLite cannot open that way and the ``-wal`` is absent or empty, every committed row is in the
+main file and ``immutable=1`` reads it without any side file; if a non-empty ``-wal`` is there
+without a usable ``-shm``, we copy the file and its ``-wal`` to a temporary folder and read the
+copy, so the rows only in the ``-wal`` are not lost (``immutable=1`` would silently miss them).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -69,6 +89,78 @@ CREATE INDEX IF NOT EXISTS feedback_kind ON feedback (kind, session_id);
 """
 
 
+class FeedbackDBError(DataError):
+    """The feedback database cannot be used: ``kind`` is ``"damaged"``, ``"full"``, ``"readonly"``
+    (cannot open or write the file or its folder), ``"locked"`` or ``"error"``. ``str(e)`` names the
+    file and what to do (for the operator and the CLIs); ``user_message`` is the short text the app
+    shows a user (no paths)."""
+
+    def __init__(self, message: str, kind: str, user_message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.user_message = user_message
+
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html)
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+
+
+def _damaged(path: Path, detail: str) -> FeedbackDBError:
+    return FeedbackDBError(
+        f"{path}: the feedback database is damaged ({detail}). Nothing more is written to it. Recover what is "
+        f"left with `sqlite3 {path} .recover | sqlite3 recovered.db` (SQLite 3.29+) and use recovered.db "
+        "(--feedback-db / --db / --from-feedback), or restore a backup of the file.",
+        "damaged", "Not saved: the feedback database is damaged; nothing was stored. The server log says what to do.")
+
+
+def db_error(path: Path, e: sqlite3.Error, action: str) -> FeedbackDBError:
+    """Translate a ``sqlite3`` error met while ``action`` (e.g. "writing") into a ``FeedbackDBError``."""
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(e)
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or "not a database" in text \
+            or "decode to UTF-8" in text:
+        return _damaged(path, text)
+    if code == _SQLITE_FULL or "disk is full" in text:
+        return FeedbackDBError(
+            f"{path}: the disk is full (SQLite: {text}) while {action}; that write was rolled back, nothing "
+            "half-written. Free space on that disk and retry.",
+            "full", "Not saved: the server's disk is full; nothing was stored. Tell the operator.")
+    if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM) or "readonly" in text \
+            or "unable to open" in text:
+        return FeedbackDBError(
+            f"{path}: cannot {'write' if action != 'reading' else 'open'} the feedback database (SQLite: {text}). "
+            "The app needs a writable folder for the file and its -wal/-shm files: make it writable, or choose "
+            "another --feedback-db (or 'none' to turn feedback off).",
+            "readonly", "Not saved: the feedback database is not writable; nothing was stored. Tell the operator.")
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return FeedbackDBError(
+            f"{path}: the feedback database stayed locked by another program for 30 s while {action} ({text}); "
+            "retry, or stop the other program.",
+            "locked", "Not saved: the feedback database is busy; try again in a moment.")
+    return FeedbackDBError(f"{path}: feedback database error while {action} (SQLite: {text})", "error",
+                           "Not saved: the feedback database failed; nothing was stored. The server log has details.")
+
+
+def _sql(action: str):
+    """Method decorator: ``sqlite3.Error`` -> ``FeedbackDBError`` naming the file; damage also stops writes."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.Error as e:
+                err = db_error(self.path, e, action)
+                if err.kind == "damaged":
+                    self._damage = err
+                raise err from e
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a row quick_check cannot see into
+                self._damage = _damaged(self.path, f"a stored JSON field does not parse: {e}")
+                raise self._damage from e
+        return inner
+    return wrap
+
+
 def context_hash(prompt: list[dict]) -> str:
     """Identity of a conversation prefix: the turns that an answer replied to. The system prompt is
     left out so that feedback given after the user edits it still finds the answer it is about."""
@@ -100,29 +192,93 @@ def _row_response(row) -> Response:
 
 
 class FeedbackStore:
-    """Thread-safe: every thread gets its own connection; every write is one transaction."""
+    """Thread-safe: every thread gets its own connection; every write is one transaction.
 
-    def __init__(self, path: str | Path):
+    ``read_only=True`` opens an existing database without writing to it (see the module docstring).
+    Raises ``FeedbackDBError`` (a ``DataError``) when the file is damaged, cannot be opened or written,
+    or the disk is full; ``DataError`` when its schema is newer than this Keel."""
+
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        self._damage: FeedbackDBError | None = None
+        self._copy_dir: str | None = None
         self._local = threading.local()
-        self._migrate()
+        if read_only:
+            self._uri = self._readonly_uri()
+            self._check()
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise FeedbackDBError(f"{self.path}: cannot create the folder for the feedback database ({e}); "
+                                      "choose another --feedback-db (or 'none')", "readonly",
+                                      "The feedback database is not writable.") from e
+            self._check()
+            self._migrate()
 
     # -- connections -------------------------------------------------------------------------
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        return sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False, uri=uri)
+
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
             try:
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
+                if self.read_only:
+                    db = self._connect(self._uri, uri=True)
+                else:
+                    db = self._connect(str(self.path))
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA busy_timeout=30000")
+                db.execute("PRAGMA foreign_keys=ON")
             except sqlite3.DatabaseError as e:
-                raise DataError(f"{self.path}: not a usable feedback database ({e})") from e
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA foreign_keys=ON")
+                err = db_error(self.path, e, "opening")
+                if err.kind == "error":  # e.g. a text file: "file is not a database" is caught above
+                    err = FeedbackDBError(f"{self.path}: not a usable feedback database ({e})", "damaged",
+                                          err.user_message)
+                raise err from e
             db.row_factory = sqlite3.Row
             self._local.db = db
         return db
+
+    def _readonly_uri(self) -> str:
+        """The URI to read ``self.path`` without writing to it; the choice is explained in the module docstring."""
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no feedback database here (the app writes one with --feedback-db)")
+        base = self.path.resolve().as_uri()
+        try:
+            probe = self._connect(base + "?mode=ro", uri=True)
+            try:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                probe.close()
+            return base + "?mode=ro"
+        except sqlite3.Error as e:
+            code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+            if code not in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM):
+                raise db_error(self.path, e, "reading") from e
+        wal = Path(str(self.path) + "-wal")
+        if not wal.exists() or wal.stat().st_size == 0:
+            return base + "?immutable=1"  # every committed row is in the main file
+        self._copy_dir = tempfile.mkdtemp(prefix="keel-feedback-")
+        copy = Path(self._copy_dir) / self.path.name
+        try:
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(wal, str(copy) + "-wal")
+        except OSError as e:
+            shutil.rmtree(self._copy_dir, ignore_errors=True)
+            raise FeedbackDBError(f"{self.path}: cannot read it and its -wal file ({e})", "readonly",
+                                  "The feedback database cannot be read.") from e
+        return copy.resolve().as_uri() + "?mode=ro"
+
+    @_sql("checking the file")
+    def _check(self) -> None:
+        """``PRAGMA quick_check``: refuse a damaged file before anything reads or writes it."""
+        rows = [r[0] for r in self._conn().execute("PRAGMA quick_check(5)").fetchall()]
+        if rows != ["ok"]:
+            raise _damaged(self.path, "; ".join(" ".join(r.split()) for r in rows)[:300])
 
     class _Tx:
         def __init__(self, db):
@@ -133,11 +289,33 @@ class FeedbackStore:
             return self.db
 
         def __exit__(self, exc_type, exc, tb):
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return False
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+            self._rollback()
+            return False  # the original error propagates
+
+        def _rollback(self):
+            # SQLite may have rolled back already (SQLITE_FULL, SQLITE_CORRUPT): a second ROLLBACK would
+            # raise "no transaction is active" and hide the real error.
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
 
     def _tx(self):
+        if self.read_only:
+            raise DataError(f"{self.path}: opened read-only; this store does not write")
+        if self._damage is not None:
+            raise self._damage
         return self._Tx(self._conn())
 
+    @_sql("migrating the schema")
     def _migrate(self) -> None:
         db = self._conn()
         db.executescript(_SCHEMA)
@@ -159,8 +337,12 @@ class FeedbackStore:
         if db is not None:
             db.close()
             self._local.db = None
+        if self._copy_dir is not None:
+            shutil.rmtree(self._copy_dir, ignore_errors=True)
+            self._copy_dir = None
 
     # -- writes --------------------------------------------------------------------------------
+    @_sql("writing")
     def add_response(self, session_id: str, checkpoint_id: str, prompt: list[dict], completion: str,
                      trace: dict | None = None, turn_id: str | None = None) -> str:
         """Record a served answer and return its id. ``turn_id`` names the turn it answers: the app gives
@@ -179,10 +361,12 @@ class FeedbackStore:
                         trace_json, turn_id))
         return rid
 
+    @_sql("reading")
     def response(self, response_id: str) -> Response | None:
         row = self._conn().execute("SELECT * FROM responses WHERE id=?", (response_id,)).fetchone()
         return None if row is None else _row_response(row)
 
+    @_sql("reading")
     def find_response(self, session_id: str, prompt: list[dict], completion: str) -> Response | None:
         """The latest served answer with this text for this conversation prefix in this session."""
         row = self._conn().execute(
@@ -190,6 +374,7 @@ class FeedbackStore:
             "ORDER BY created_at DESC LIMIT 1", (session_id, context_hash(prompt), completion)).fetchone()
         return None if row is None else _row_response(row)
 
+    @_sql("writing")
     def add_feedback(self, kind: str, *, session_id: str, checkpoint_id: str, prompt: list[dict], completion: str,
                      label: bool | None = None, edited: str | None = None, comment: str | None = None,
                      conversation: list[dict] | None = None, response_id: str | None = None) -> int:
@@ -221,6 +406,7 @@ class FeedbackStore:
                  conversation_json))
             return int(cur.lastrowid)
 
+    @_sql("writing")
     def add_comment(self, feedback_id: int, comment: str) -> None:
         """Attach a comment to an earlier feedback row (the comment box follows the thumbs)."""
         check_size("comment", comment)
@@ -229,16 +415,19 @@ class FeedbackStore:
                 raise DataError(f"no feedback row {feedback_id}")
 
     # -- reads ---------------------------------------------------------------------------------
+    @_sql("reading")
     def feedback(self, kind: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT * FROM feedback" + (" WHERE kind=?" if kind else "") + " ORDER BY id"
         rows = self._conn().execute(q, (kind,) if kind else ()).fetchall()
         return [dict(r, prompt=json.loads(r["prompt_json"]), conversation=json.loads(r["conversation_json"]))
                 for r in rows]
 
+    @_sql("reading")
     def responses(self) -> list[dict[str, Any]]:
         rows = self._conn().execute("SELECT * FROM responses ORDER BY created_at").fetchall()
-        return [dict(r, prompt=json.loads(r["prompt_json"])) for r in rows]
+        return [{"turn_id": None, **dict(r), "prompt": json.loads(r["prompt_json"])} for r in rows]  # v1: no turn_id
 
+    @_sql("reading")
     def counts(self) -> dict[str, int]:
         db = self._conn()
         out = {"responses": db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]}
@@ -339,12 +528,11 @@ def _dedupe(rows: Iterable[dict], keys: tuple[str, ...]) -> tuple[list[dict], in
 
 def export_feedback(db_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Write ``kto.jsonl`` (unpaired), ``preference.jsonl`` (pairs, for DPO and RM) and ``summary.json``."""
-    db_path = Path(db_path)
-    if not db_path.is_file():
-        raise DataError(f"{db_path}: no feedback database here (the app writes one with --feedback-db)")
-    store = FeedbackStore(db_path)
-    unpaired, pairs, summary = build_datasets(store)
-    store.close()
+    store = FeedbackStore(db_path, read_only=True)  # checks the file (quick_check); writes nothing to it
+    try:
+        unpaired, pairs, summary = build_datasets(store)
+    finally:
+        store.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("kto.jsonl", unpaired), ("preference.jsonl", pairs)):
