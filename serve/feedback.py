@@ -24,13 +24,15 @@ meets damage later turns the store read-only-refusing (no more writes to a damag
 disk (``SQLITE_FULL``) and a folder the app cannot write are named as such. A failed write rolls
 back: nothing is half-written.
 
-Reading without writing (``read_only=True``, used by the export and retrain): SQLite's
-``mode=ro`` reads a WAL database in a folder we cannot write only if its ``-shm`` file is there
-(it cannot create it). So we try ``mode=ro`` first (correct even while the app is writing); if
-SQLite cannot open that way and the ``-wal`` is absent or empty, every committed row is in the
-main file and ``immutable=1`` reads it without any side file; if a non-empty ``-wal`` is there
-without a usable ``-shm``, we copy the file and its ``-wal`` to a temporary folder and read the
-copy, so the rows only in the ``-wal`` are not lost (``immutable=1`` would silently miss them).
+Reading without writing (``read_only=True``, used by the export and retrain): first an ordinary
+connection with ``PRAGMA query_only`` (correct even while the app is writing; SQLite opens a file it
+may not write read-only by itself, and as the last connection it removes the ``-wal``/``-shm`` it
+made, which a ``mode=ro`` connection would leave behind). SQLite reads a WAL database in a folder we
+cannot write only if its ``-shm`` file is there (it cannot create one). So if it cannot open the
+file, and the ``-wal`` is absent or empty, every committed row is in the main file and
+``immutable=1`` reads it without any side file; if a non-empty ``-wal`` is there without a usable
+``-shm``, we copy the file and its ``-wal`` to a temporary folder and read the copy, so the rows only
+in the ``-wal`` are not lost (``immutable=1`` would silently miss them).
 """
 from __future__ import annotations
 
@@ -226,7 +228,8 @@ class FeedbackStore:
         if db is None:
             try:
                 if self.read_only:
-                    db = self._connect(self._uri, uri=True)
+                    db = self._connect(self._uri, uri=self._uri.startswith("file:"))
+                    db.execute("PRAGMA query_only=ON")
                 else:
                     db = self._connect(str(self.path))
                     db.execute("PRAGMA journal_mode=WAL")
@@ -244,17 +247,18 @@ class FeedbackStore:
         return db
 
     def _readonly_uri(self) -> str:
-        """The URI to read ``self.path`` without writing to it; the choice is explained in the module docstring."""
+        """The path or URI to read ``self.path`` without writing to it; the choice is explained in the module docstring."""
         if not self.path.is_file():
             raise DataError(f"{self.path}: no feedback database here (the app writes one with --feedback-db)")
         base = self.path.resolve().as_uri()
         try:
-            probe = self._connect(base + "?mode=ro", uri=True)
+            probe = self._connect(str(self.path))
             try:
+                probe.execute("PRAGMA query_only=ON")
                 probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
             finally:
                 probe.close()
-            return base + "?mode=ro"
+            return str(self.path)
         except sqlite3.Error as e:
             code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
             if code not in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM):
