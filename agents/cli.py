@@ -9,6 +9,17 @@ from pathlib import Path
 from align.errors import KeelError
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1 (steps, tokens, tasks, batch)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agents", description="Keel's ReAct agent")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -18,18 +29,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="keel-agent (Keel's agent adapter, default), smollm2-135m (the bare model), or any model reference")
     r.add_argument("--index", default="default",
                    help="retrieval index folder for the search tool: 'default' (the built-in one) or 'none'")
-    r.add_argument("--max-steps", type=int, default=4)
+    r.add_argument("--max-steps", type=_positive, default=4)
     r.add_argument("--agent.constrained", dest="constrained", choices=["true", "false"], default="true",
                    help="grammar-constrained tool calls")
     r.add_argument("--json", action="store_true", help="print the trace as JSON")
     e = sub.add_parser("eval", help="success rate, mean steps, tool-error rate")
     e.add_argument("--checkpoint", default="keel-agent")
     e.add_argument("--tasks", choices=["arith", "gsm8k"], default="arith")
-    e.add_argument("--n", type=int, default=200)
+    e.add_argument("--n", type=_positive, default=200)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--max-steps", type=int, default=6)
-    e.add_argument("--max-new-tokens", type=int, default=128, help="per step")
-    e.add_argument("--batch", type=int, default=8, help="tasks run at once, batched into one generate call")
+    e.add_argument("--max-steps", type=_positive, default=6)
+    e.add_argument("--max-new-tokens", type=_positive, default=128, help="per step")
+    e.add_argument("--batch", type=_positive, default=8, help="tasks run at once, batched into one generate call")
     e.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on a GPU) or bfloat16/float32")
     e.add_argument("--out", help="write the JSON report here")
     d = sub.add_parser("make-data", help="GSM8K worked solutions -> ReAct trajectories (TRL prompt-completion)")
@@ -53,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--dest", default=str(Path(__file__).resolve().parent.parent / "models" / "keel-agent"))
     sh.add_argument("--metrics", help="JSON file of evaluation figures to record in keel.json")
     a = p.parse_args(argv)
+    if a.cmd == "run" and not a.question.strip():
+        p.error("the question is empty")
     try:
         if a.cmd == "ship":
             from agents.agent_data import ship_adapter

@@ -146,9 +146,13 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
         turn: dict[str, Any] = {}
         shown: list[dict] = []
         fv = feedback_value(history, served)
+        # The status line is cleared once, when the answer starts; a message written while it streams
+        # (a rating clicked before the answer is stored: "not finished, nothing stored") then stays.
+        cleared = False
         for update in chat.respond(message, before, system, turn=turn, sample=regenerate):
             shown = update if isinstance(update, list) else [{"role": "assistant", "content": update}]
-            yield gr.update(value=history + shown, feedback_value=fv), gr.skip(), gr.skip()
+            yield gr.update(value=history + shown, feedback_value=fv), gr.skip(), (gr.skip() if cleared else "")
+            cleared = True
         text = turn.get("answer")
         status = ""
         if text:
@@ -170,7 +174,7 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
             entry["ids"].append(rid)
             entry["texts"].append(text)
             entry["label"] = None
-        yield chat_update(history + shown, served), served, status
+        yield chat_update(history + shown, served), served, (status or (gr.skip() if cleared else ""))
 
     @_guarded(lambda msg: (gr.skip(), gr.skip(), msg))
     def drop_last_turn(history: list[dict], system: str, served: dict, request: gr.Request):

@@ -27,14 +27,14 @@ class ServeConfig(Strict):
     checkpoint: str = "keel-agent"
     index: str = "default"
     host: str = "127.0.0.1"
-    port: int = 7860
+    port: int = Field(7860, ge=0, le=65535)  # 0: any free port
     agent: AgentSettings = Field(default_factory=AgentSettings)
-    max_steps: int = 4
-    max_new_tokens: int = 256
-    temperature: float = 0.0
+    max_steps: int = Field(4, ge=1, le=64)
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
     # Regenerate samples at this temperature (nucleus top_p 0.95) when `temperature` is 0 (greedy).
     regenerate_temperature: float = Field(0.8, gt=0, le=2)
-    concurrency: int = 1
+    concurrency: int = Field(1, ge=1, le=1024)
     batch: bool = False
     feedback_db: str = "runs/feedback.db"
     system_prompt: str = DEFAULT_PREAMBLE

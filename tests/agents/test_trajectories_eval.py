@@ -1,6 +1,8 @@
 import json
 import re
 
+import pytest
+
 from agents.agent import ReActAgent
 from agents.evaluate import arith_tasks, evaluate, extract_number, gsm8k_tasks, is_correct
 from agents.parsing import parse_react
@@ -56,3 +58,15 @@ def test_eval_counts_success_steps_and_tool_errors():
     assert report["success_rate"] == 0.5 and report["mean_steps"] == 2 and report["tool_error_rate"] == 0.5
     assert arith_tasks(3, seed=5) == arith_tasks(3, seed=5)
     assert len(gsm8k_tasks(5)) == 5
+
+
+@pytest.mark.parametrize("argv", [["run", "What is 2+2?", "--max-steps", "-2"], ["run", "   "],
+                                  ["eval", "--n", "0"], ["eval", "--max-new-tokens", "0"], ["eval", "--batch", "x"]])
+def test_agents_cli_refuses_out_of_range_values_before_loading_a_model(argv, capsys):
+    from agents.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err

@@ -83,6 +83,7 @@ def test_browser_chat_streams_shows_the_tool_step_and_stores_a_thumbs_up(tiny_mo
             assert partial, "the answer arrived in one piece, not streamed"
             expect(page.locator("#chatbot")).to_contain_text("calculator")  # the tool step is shown
             expect(page.locator("#chatbot")).to_contain_text("42")
+            expect(page.locator("#stop")).to_be_disabled(timeout=20_000)  # the answer is finished and stored
 
             page.get_by_role("button", name="Like").last.click()
             expect(page.locator("#feedback-status")).to_contain_text("Saved 👍", timeout=20_000)

@@ -21,6 +21,16 @@ def test_bad_config_names_the_key(tmp_path):
         serve_config(["--config", str(bad)])
 
 
+@pytest.mark.parametrize("flag,value,field", [("--concurrency", "0", "concurrency"),
+                                              ("--max-new-tokens", "0", "max_new_tokens"),
+                                              ("--temperature", "-1", "temperature"),
+                                              ("--temperature", "nan", "temperature"),
+                                              ("--max-steps", "0", "max_steps"), ("--port", "70000", "port")])
+def test_out_of_range_settings_are_refused_naming_the_field(flag, value, field):
+    with pytest.raises(ConfigError, match=field):
+        serve_config([flag, value])
+
+
 def test_export_feedback_command(tmp_path, capsys):
     store = FeedbackStore(tmp_path / "fb.db")
     store.add_feedback("rating", session_id="s", checkpoint_id="c", prompt=[{"role": "user", "content": "q"}],
