@@ -85,7 +85,7 @@ def test_browser_chat_streams_shows_the_tool_step_and_stores_a_thumbs_up(tiny_mo
             expect(page.locator("#chatbot")).to_contain_text("42")
             expect(page.locator("#stop")).to_be_disabled(timeout=20_000)  # the answer is finished and stored
 
-            page.get_by_role("button", name="Like").last.click()
+            _rate(page, 0, "Like")
             expect(page.locator("#feedback-status")).to_contain_text("Saved 👍", timeout=20_000)
             browser.close()
     finally:
