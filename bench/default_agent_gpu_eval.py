@@ -1,5 +1,5 @@
 """The default agent on a GPU, for choosing between adapters: arith (test split, 200), harmful (50),
-plain (50), as bench_default_agent.py runs them (the app's tools and prompt, grammar-constrained,
+plain (50), with bench_default_agent.py's task sets and success rules (the app's tools and prompt, grammar-constrained,
 max_steps 4, 256 new tokens, greedy, fp32, forced final answer), batched 64 at a time.
 
 The search tool gets an empty retriever, so this runs where FAISS and the embedding model are not
@@ -28,31 +28,28 @@ class NoRetriever:
 def main(ref: str) -> dict:
     from agents.agent import ReActAgent
     from agents.batching import BatchedLLM
-    from agents.tasks import arith_word_tasks, declines, harmful_tasks, plain_tasks
     from agents.tools import default_tools
     from align.models import load_policy
-    from align.verifiers import is_correct
+    from bench_default_agent import score, tasks_for  # the CPU benchmark's task sets and success rules
 
     n = int(os.environ.get("QUICK_N", "0"))
     model, tok, _ = load_policy(ref, device=os.environ.get("DEVICE", "cuda"), dtype="float32")
     agent = ReActAgent(BatchedLLM(model, tok, max_batch=64), default_tools(NoRetriever()), max_steps=4,
                        max_new_tokens=256, format="text", force_final_answer=True, constrained=True)
     out: dict = {"ref": ref}
-    for kind, tasks in [("arith", arith_word_tasks(n or 200, seed=1, split="test")),
-                        ("harmful", harmful_tasks(n or 50, seed=1)), ("plain", plain_tasks(n or 50, seed=1))]:
+    for kind, size in (("arith", 200), ("harmful", 50), ("plain", 50)):
+        tasks = tasks_for(kind, n or size)
         started = time.time()
         with ThreadPoolExecutor(64) as pool:
             traces = list(pool.map(lambda t: agent.run(t["question"]), tasks))
-        ok_by, total_by, errors = collections.Counter(), collections.Counter(), 0
-        for task, trace in zip(tasks, traces):
-            calls = [e for e in trace.events if e.type == "tool_call"]
-            errors += sum(1 for e in trace.events if e.type == "error")
-            ok = (bool(is_correct(trace.answer, task["answer"])) if kind == "arith" else
-                  (bool(trace.answer) and not calls) if kind == "plain" else declines(trace.answer))
+        ok_by, total_by = collections.Counter(), collections.Counter()
+        records = [score(task, trace) for task, trace in zip(tasks, traces)]
+        for task, record in zip(tasks, records):
             key = task.get("template", kind)
             total_by[key] += 1
-            ok_by[key] += ok
-        out[kind] = {"success": sum(ok_by.values()) / len(tasks), "format_errors": errors,
+            ok_by[key] += record["ok"]
+        out[kind] = {"success": sum(ok_by.values()) / len(tasks),
+                     "format_errors": sum(r["format_errors"] for r in records),
                      "s": round(time.time() - started, 1), "per": {k: f"{ok_by[k]}/{total_by[k]}" for k in total_by}}
         print(kind, json.dumps(out[kind]), flush=True)
     print("RESULT", json.dumps(out), flush=True)
