@@ -16,7 +16,13 @@ calculator, current_date), so what the adapter learns is exactly what the app as
   - ``harmless``: single-turn HH-RLHF harmless requests whose "chosen" reply declines or
     redirects (``agents.tasks.declines``), answered without a tool;
   - ``refusal``: harmful requests of the train split of ``agents.tasks.harmful_tasks`` (acts and
-    phrasings the evaluation never uses), declined with the reason and a safer alternative.
+    phrasings the evaluation never uses), declined with the reason and a safer alternative;
+  - ``tool_error``: arithmetic problems whose first calculator call has a mistake small models make
+    (a unit or word in the expression, an unclosed bracket, a variable name); the observation is the
+    real calculator's error and the agent writes the expression again, rather than inventing a number;
+  - ``multi_turn``: rows of the kinds above asked after one or two earlier exchanges (as the app
+    sends the chat history), so a follow-up question is answered on its own terms instead of
+    repeating the previous answer.
 
 A summary (rows per kind, skips, sha256 of the file) is returned and written beside the file.
 """
@@ -167,9 +173,79 @@ def refusal_rows(system: str, n: int, seed: int) -> list[dict]:
         rows.append(_row(system, t["question"], f"Thought: {DECLINE_THOUGHT}\nFinal Answer: {reply}", "refusal"))
     return rows
 
+_UNITS = ["dollars", "kg", "liters", "meters", "items", "hours", "km", "apples", "euros", "boxes"]
+_NAMES_FOR_NUMBERS = ["price", "total", "rate", "count", "width", "cost"]
+RETRY_THOUGHT = "The calculator takes only numbers and operators, so I will write the expression again correctly."
+
+
+def _mistake(expression: str, rng: random.Random) -> str:
+    """A wrong first try at ``expression`` of a kind small models write (the calculator rejects it)."""
+    first = re.match(r"\(?\s*(\d+(?:\.\d+)?)", expression)
+    kinds = ["unit", "trailing", "name"] + (["times"] if " * " in expression else []) + ["bracket"]
+    kind = rng.choice(kinds)
+    if kind == "unit" and first:
+        return expression[:first.end()] + f" {rng.choice(_UNITS)}" + expression[first.end():]
+    if kind == "times":
+        return expression.replace(" * ", " times ", 1)
+    if kind == "bracket":
+        return expression[:-1] if expression.endswith(")") else "(" + expression
+    if kind == "name" and first:
+        return expression[:first.start(1)] + rng.choice(_NAMES_FOR_NUMBERS) + expression[first.end(1):]
+    return expression + f" = {rng.choice(['total', 'answer', 'x'])}"
+
+
+def tool_error_rows(system: str, tools: ToolRegistry, n: int, seed: int) -> list[dict]:
+    """Recovering from a calculator error: the real tool's error, a corrected call, the answer."""
+    rng = random.Random(f"tool-error-{seed}")
+    calculator = tools.get("calculator")
+    rows = []
+    for t in arith_word_tasks(n, seed + 1, split="train"):
+        wrong = _mistake(t["expression"], rng)
+        error = calculator.run({"expression": wrong})
+        if error.ok:  # the calculator read it after all: not an error row
+            continue
+        result = format_number(calculate(t["expression"]))
+        steps = (f"Thought: I need to calculate this.\nAction: calculator\n"
+                 f"Action Input: {json.dumps({'expression': wrong})}\nObservation: {error.text}\n"
+                 f"Thought: {RETRY_THOUGHT}\nAction: calculator\n"
+                 f"Action Input: {json.dumps({'expression': t['expression']})}\nObservation: {result}\n"
+                 f"Thought: The calculator gives {result}.\nFinal Answer: {result}")
+        rows.append(_row(system, t["question"], steps, "tool_error"))
+    return rows
+
+
+def _final_answer(row: dict) -> str:
+    return row["completion"][0]["content"].rsplit("Final Answer: ", 1)[-1].strip()
+
+
+def multi_turn_rows(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` rows asked after one or two earlier exchanges taken from other rows of the mix.
+
+    The history is what the app sends: each earlier question and the answer it showed (for a search
+    answer, with the sources line the app appends)."""
+    rng = random.Random(f"multi-turn-{seed}")
+    targets = [r for r in rows if r["kind"] in ("arith", "kb", "plain", "refusal", "tool_error")]
+    out = []
+    for _ in range(n):
+        row = rng.choice(targets)
+        history = []
+        for earlier in rng.sample(rows, rng.choice([1, 1, 2])):
+            if earlier is row:
+                continue
+            answer = _final_answer(earlier)
+            source = re.search(r"\(source: ([^)]+)\)$", answer)
+            if source:
+                answer += f"\n\n**Sources:** {source.group(1)}"
+            history += [{"role": "user", "content": earlier["prompt"][-1]["content"]},
+                        {"role": "assistant", "content": answer}]
+        prompt = [row["prompt"][0], *history, row["prompt"][-1]]
+        out.append({"prompt": prompt, "completion": row["completion"], "kind": "multi_turn"})
+    return out
+
+
 def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 150, n_kb: int | None = None,
-              n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, model: str = "smollm2-135m",
-              retriever=None) -> dict:
+              n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, n_tool_error: int = 200,
+              n_multi_turn: int = 500, model: str = "smollm2-135m", retriever=None) -> dict:
     """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256."""
     from agents.tools import search_tool
     from retrieval.default_kb import open_default_index
@@ -180,7 +256,8 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 1
     kb, kb_skipped = kb_rows(system, retriever, search_tool(retriever), n_kb)
     rows = (arith_rows(system, n_arith, seed) + gsm8k_rows(system, tools, n_gsm8k) + kb
             + harmless_rows(system, n_harmless, seed) + refusal_rows(system, n_refusal, seed)
-            + plain_rows(system, n_plain, seed, model))
+            + tool_error_rows(system, tools, n_tool_error, seed) + plain_rows(system, n_plain, seed, model))
+    rows += multi_turn_rows(rows, n_multi_turn, seed)
     random.Random(seed).shuffle(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

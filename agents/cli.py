@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", required=True)
     d.add_argument("--limit", type=int)
     m = sub.add_parser("make-mix", help="the default agent's training mix (arith, gsm8k, kb, plain, harmless, "
-                                        "refusal)")
+                                        "refusal, tool_error, multi_turn)")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--n-arith", type=int, default=1500)
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--n-plain", type=int, default=300)
     m.add_argument("--n-harmless", type=int, default=150)
     m.add_argument("--n-refusal", type=int, default=150, help="Keel's own harmful requests (train split), declined")
+    m.add_argument("--n-tool-error", type=int, default=200, help="calculator mistakes, then a corrected call")
+    m.add_argument("--n-multi-turn", type=int, default=500, help="rows asked after earlier exchanges")
     m.add_argument("--model", default="smollm2-135m", help="writes the plain replies (self-distillation)")
     sh = sub.add_parser("ship", help="copy a LoRA run's adapter into models/keel-agent (fp16 weights, manifest)")
     sh.add_argument("run", help="run folder of configs/agent-sft.yaml (runs/agent-sft)")
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(build_mix(Path(a.out), seed=a.seed, n_arith=a.n_arith, n_gsm8k=a.n_gsm8k, n_kb=a.n_kb,
                                        n_plain=a.n_plain, n_harmless=a.n_harmless,
-                                       n_refusal=a.n_refusal, model=a.model), indent=2))
+                                       n_refusal=a.n_refusal, n_tool_error=a.n_tool_error,
+                                       n_multi_turn=a.n_multi_turn, model=a.model), indent=2))
         elif a.cmd == "make-data":
             from agents.trajectories import convert_file
 

@@ -310,6 +310,119 @@ def _t_discount_count(rng):
             f"{n} * {p} * (100 - {d}) / 100")
 
 
+# Rates per unit of area, time or distance, and "a start plus a rate" problems, in contexts the
+# test templates do not use (added for the v3 mix: v2 confused cost per square meter with cost per
+# meter, and speed x time + extra with a sum).
+def _t_carpet(rng):
+    a, b, c = _r(rng, 3, 30), _r(rng, 3, 30), _r(rng, 12, 95)
+    return (f"A hall is {a} m long and {b} m wide. Carpet costs ${c} per square meter. What does carpet for the "
+            "whole floor cost in dollars?", f"{a} * {b} * {c}")
+
+
+def _t_paint(rng):
+    a, b, c = _r(rng, 3, 40), _r(rng, 2, 9), _r(rng, 4, 30)
+    return (f"A wall is {a} meters wide and {b} meters high. Painting costs ${c} per square meter. What does it "
+            "cost to paint the wall?", f"{a} * {b} * {c}")
+
+
+def _t_harvest(rng):
+    a, b, c = _r(rng, 20, 400), _r(rng, 20, 400), _r(rng, 2, 9)
+    return (f"A field measures {a} m by {b} m and yields {c} kg of potatoes per square meter. How many kg of "
+            "potatoes does it yield?", f"{a} * {b} * {c}")
+
+
+def _t_tiles(rng):
+    a, b, c = _r(rng, 2, 20), _r(rng, 2, 20), _r(rng, 9, 60)
+    return (f"A kitchen floor is {a} m by {b} m and needs {c} tiles for each square meter. How many tiles are "
+            "needed?", f"{a} * {b} * {c}")
+
+
+def _t_trim(rng):
+    a, b, c = _r(rng, 3, 40), _r(rng, 3, 40), _r(rng, 3, 25)
+    return (f"A room is {a} m long and {b} m wide. Skirting board costs ${c} per meter of wall. What does "
+            "skirting board around the whole room cost?", f"2 * ({a} + {b}) * {c}")
+
+
+def _t_jog(rng):
+    n, a, b, c = rng.choice(_NAMES), _r(rng, 80, 250), _r(rng, 12, 90), _r(rng, 100, 2000)
+    return (f"{n} jogs at {a} meters per minute for {b} minutes and then walks another {c} meters. How many "
+            f"meters does {n} cover?", f"{a} * {b} + {c}")
+
+
+def _t_pump(rng):
+    a, b, c = _r(rng, 12, 300), _r(rng, 5, 90), _r(rng, 100, 9000)
+    return (f"A pool already holds {c} liters. A pump adds {a} liters per minute for {b} minutes. How many liters "
+            "does the pool hold then?", f"{c} + {a} * {b}")
+
+
+def _t_taxi(rng):
+    a, b, c = _r(rng, 2, 9), _r(rng, 12, 95), _r(rng, 3, 15)
+    return (f"A taxi charges ${c} to start and ${a} for every km. What does a {b} km ride cost in dollars?",
+            f"{c} + {a} * {b}")
+
+
+def _t_gym(rng):
+    a, b, c = _r(rng, 15, 90), _r(rng, 3, 24), _r(rng, 20, 200)
+    return (f"A gym charges a ${c} joining fee and ${a} per month. What do {b} months cost in total?",
+            f"{c} + {a} * {b}")
+
+
+def _t_orchard(rng):
+    a, b, c = _r(rng, 12, 80), _r(rng, 12, 60), _r(rng, 15, 300)
+    return (f"An orchard has {a} rows of {b} trees. The owner plants {c} more trees. How many trees are there now?",
+            f"{a} * {b} + {c}")
+
+
+def _t_stock(rng):
+    a, b = _r(rng, 12, 90), _r(rng, 3, 30)
+    c = a * b + _r(rng, 50, 3000)
+    return (f"A warehouse has {c} bags of rice and ships {a} bags every day. How many bags are left after {b} days?",
+            f"{c} - {a} * {b}")
+
+
+def _t_classroom(rng):
+    a, b, c = _r(rng, 4, 40), _r(rng, 12, 36), _r(rng, 25, 250)
+    return (f"A school has {a} classrooms with {b} desks each. A new desk costs ${c}. What does it cost to replace "
+            "every desk?", f"{a} * {b} * {c}")
+
+
+def _t_cinema(rng):
+    a, b, c = _r(rng, 10, 40), _r(rng, 12, 30), _r(rng, 6, 18)
+    return (f"A cinema has {a} rows of {b} seats and a ticket costs ${c}. How much money does a sold-out show take "
+            "in?", f"{a} * {b} * {c}")
+
+
+def _t_flour(rng):
+    a, b, c = _r(rng, 250, 900), _r(rng, 12, 80), _r(rng, 3, 30)
+    return (f"Each loaf uses {a} grams of flour. A baker makes {b} loaves a day. How many grams of flour are used in "
+            f"{c} days?", f"{a} * {b} * {c}")
+
+
+def _t_train_ride(rng):
+    a, b, c = _r(rng, 60, 300), _r(rng, 2, 9), _r(rng, 10, 90)
+    return (f"A train travels at {a} km per hour for {b} hours. Then it goes {c} km further at a slower speed. "
+            "What is the total distance in km?", f"{a} * {b} + {c}")
+
+
+def _t_deposit(rng):
+    a, b, c = _r(rng, 20, 400), _r(rng, 3, 40), _r(rng, 200, 8000)
+    return (f"A bank account holds ${c}. Every week ${a} is paid in. How much does it hold after {b} weeks?",
+            f"{c} + {a} * {b}")
+
+
+def _t_phone_plan(rng):
+    a, b, c = _r(rng, 15, 80), _r(rng, 6, 36), _r(rng, 100, 1200)
+    return (f"A phone costs ${c} and its plan costs ${a} per month. What do the phone and {b} months of the plan "
+            "cost together?", f"{c} + {a} * {b}")
+
+
+def _t_muffins(rng):
+    a, b = _r(rng, 12, 60), _r(rng, 6, 24)
+    c = _r(rng, 5, a * b - 1)
+    return (f"A cafe bakes {a} trays with {b} muffins on each tray. {c} muffins are sold. How many muffins remain?",
+            f"{a} * {b} - {c}")
+
+
 # Held out from training: only the test split uses these.
 def _t_bakery(rng):
     a, b, c = _r(rng, 12, 90), _r(rng, 12, 48), _r(rng, 12, 300)
@@ -341,7 +454,9 @@ ARITH_TEMPLATES: dict[str, list[Callable]] = {
               _t_factory, _t_box_volume, _t_room_area, _t_fence, _t_walk, _t_cyclist, _t_fuel, _t_salary_raise,
               _t_tip, _t_split_bill, _t_groups, _t_leftover_share, _t_change, _t_two_items, _t_profit,
               _t_population, _t_sum_three, _t_difference, _t_divide, _t_product_words, _t_mixed, _t_average_four,
-              _t_rent, _t_weeks_days, _t_hours_minutes, _t_packs, _t_seats_left, _t_discount_count],
+              _t_rent, _t_weeks_days, _t_hours_minutes, _t_packs, _t_seats_left, _t_discount_count,
+              _t_carpet, _t_paint, _t_harvest, _t_tiles, _t_trim, _t_jog, _t_pump, _t_taxi, _t_gym, _t_orchard,
+              _t_stock, _t_classroom, _t_cinema, _t_flour, _t_train_ride, _t_deposit, _t_phone_plan, _t_muffins],
     "test": [_t_bakery, _t_trip, _t_savings, _t_garden, _t_plain_product, _t_percent_of, _t_two_orders, _t_tank],
 }
 
@@ -359,6 +474,16 @@ def arith_word_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]
                     "answer": format_number(calculate(expression)), "template": template.__name__.lstrip("_"),
                     "template_trained": template in ARITH_TEMPLATES["train"]})
     return out
+
+
+def followup_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]:
+    """Arithmetic problems asked as the second turn of a chat whose first turn was another problem,
+    already answered (correctly), as the app sends the history. Success: the new answer, not the
+    previous one."""
+    first, second = arith_word_tasks(n, seed + 100, split), arith_word_tasks(n, seed + 200, split)
+    return [{**t, "kind": "followup", "history": [{"role": "user", "content": p["question"]},
+                                                 {"role": "assistant", "content": p["answer"]}]}
+            for p, t in zip(first, second)]
 
 
 # ---------------------------------------------------------------- knowledge-base questions

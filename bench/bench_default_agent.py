@@ -17,7 +17,8 @@ step, greedy, fp32, a forced answer at the step limit.
 
 Task sets (agents.tasks, test splits): arithmetic word problems (200; half from templates never
 trained on), knowledge-base questions on reference topics never trained on (100), plain requests
-(50), harmful requests Keel writes itself (50). Success: arith, the exact number; kb, the answer
+(50), harmful requests Keel writes itself (50), follow-up arithmetic (100: a test problem asked as the second
+turn after another, answered one; scored like arith). Success: arith, the exact number; kb, the answer
 names the right source (``python-docs:<topic>``); plain, an answer without a tool call; harmful,
 ``agents.tasks.declines`` (a lexical judge: declines/warns/redirects and lists no steps).
 """
@@ -34,14 +35,15 @@ OUT = REPO / "bench" / "results"
 V1_COMMIT = "86e4600"  # the first shipped keel-agent (64 CPU steps on the 1,146-row mix)
 V1_DIR = REPO / "runs" / "keel-agent-v1"
 MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True)}
-SETS = ("arith", "kb", "plain", "harmful")
-FULL_N = (200, 100, 50, 50)
+SETS = ("arith", "kb", "plain", "harmful", "followup")
+FULL_N = (200, 100, 50, 50, 100)
 
 
 def tasks_for(kind: str, n: int) -> list[dict]:
-    from agents.tasks import arith_word_tasks, harmful_tasks, kb_tasks, plain_tasks
+    from agents.tasks import arith_word_tasks, followup_tasks, harmful_tasks, kb_tasks, plain_tasks
 
     return {"arith": lambda: arith_word_tasks(n, seed=1, split="test"), "kb": lambda: kb_tasks(n, split="test"),
+            "followup": lambda: followup_tasks(n, seed=1, split="test"),
             "plain": lambda: plain_tasks(n, seed=1, split="test"), "harmful": lambda: harmful_tasks(n, seed=1)}[kind]()
 
 
@@ -66,7 +68,7 @@ def score(task: dict, trace) -> dict:
     obs = [e for e in trace.events if e.type == "observation"]
     answer = trace.answer
     kind = task["kind"]
-    if kind == "arith":
+    if kind in ("arith", "followup"):
         ok = bool(is_correct(answer, task["answer"]))
         unnecessary = sum(1 for c in calls if c.tool != "calculator")
     elif kind == "kb":
@@ -114,7 +116,7 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
         tasks = tasks_for(kind, n)
         started = time.perf_counter()
         with ThreadPoolExecutor(batch) as pool:
-            traces = list(tqdm(pool.map(lambda t: agent.run(t["question"]), tasks), total=len(tasks),
+            traces = list(tqdm(pool.map(lambda t: agent.run(t["question"], t.get("history")), tasks), total=len(tasks),
                                desc=f"{name} {kind}"))
         records = [score(t, tr) for t, tr in zip(tasks, traces)]
         report = {"model": name, "checkpoint": MODELS[name][0], "constrained": MODELS[name][1], "set": kind,
@@ -147,7 +149,7 @@ def latency(per_set: int) -> None:
         for task in tasks_for(kind, per_set):
             for name, agent in agents.items():
                 started = time.perf_counter()
-                agent.run(task["question"])
+                agent.run(task["question"], task.get("history"))
                 times[name].append(time.perf_counter() - started)
     out = {name: {"answers": len(ts), "median_s": statistics.median(ts),
                   "p95_s": sorted(ts)[max(0, int(round(0.95 * len(ts))) - 1)]} for name, ts in times.items()}
@@ -196,7 +198,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--model", choices=list(MODELS), required=True)
-    q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful")
+    q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful,followup")
     q.add_argument("--batch", type=int, default=16)
     q.add_argument("--sets", help="only these sets, e.g. arith or kb,plain,harmful (one process per group)")
     lt = sub.add_parser("latency")

@@ -4,10 +4,11 @@ import json
 import pytest
 
 from agents.agent import react_system_prompt
-from agents.agent_data import arith_rows, harmless_rows, refusal_rows
+from agents.agent_data import arith_rows, harmless_rows, multi_turn_rows, refusal_rows, tool_error_rows
 from agents.calculator import calculate, format_number
 from agents.parsing import parse_react
-from agents.tasks import ARITH_TEMPLATES, arith_word_tasks, declines, harmful_tasks, kb_tasks, plain_tasks
+from agents.tasks import (ARITH_TEMPLATES, arith_word_tasks, declines, followup_tasks, harmful_tasks, kb_tasks,
+                          plain_tasks)
 from agents.tools import default_tools
 from align.models import SHIPPED_DIR
 
@@ -70,7 +71,60 @@ def test_arith_train_templates_cover_many_structures():
     import re
 
     shapes = collections.Counter(re.sub(r"\d+", "n", e) for e in expressions.values())
-    assert len(shapes) >= 20 and max(shapes.values()) <= 6
+    # three-factor products (area x price, rate x time x count) are the commonest kind, at most a fifth
+    assert len(shapes) >= 25 and max(shapes.values()) <= len(expressions) // 5
+
+
+def test_tool_error_rows_recover_from_the_real_calculator_error():
+    tools = default_tools()
+    rows = tool_error_rows(react_system_prompt(tools), tools, 120, seed=0)
+    assert len(rows) >= 100  # nearly every mistake is one the calculator rejects
+    kinds = set()
+    for row in rows:
+        text = row["completion"][0]["content"]
+        first = parse_react(text.split("\nObservation:")[0])
+        wrong = first.action_input["expression"]
+        error = text.split("Observation: ")[1].splitlines()[0]
+        assert error == tools.get("calculator").run({"expression": wrong}).text and error.startswith("Error:")
+        second = parse_react(text.split("\nObservation:")[1].split("\n", 1)[1])
+        right = second.action_input["expression"]
+        result = format_number(calculate(right))
+        assert text.split("Observation: ")[2].splitlines()[0] == result
+        assert text.endswith(f"Final Answer: {result}")
+        kinds.add("unit" if any(u in wrong for u in ("dollars", "kg", "liters", "meters", "items", "hours", "km",
+                                                      "apples", "euros", "boxes")) else
+                  "times" if "times" in wrong else "=" if "=" in wrong else
+                  "bracket" if wrong.count("(") != wrong.count(")") else "name")
+    assert kinds == {"unit", "times", "=", "bracket", "name"}
+
+
+def test_multi_turn_rows_answer_the_last_question_after_earlier_exchanges():
+    tools = default_tools()
+    system = react_system_prompt(tools)
+    base = arith_rows(system, 30, seed=0) + refusal_rows(system, 10, seed=0)
+    rows = multi_turn_rows(base, 40, seed=0)
+    by_question = {r["prompt"][-1]["content"]: r for r in base}
+    assert len(rows) == 40 and any(len(r["prompt"]) == 6 for r in rows)  # some with two earlier exchanges
+    for row in rows:
+        prompt = row["prompt"]
+        assert prompt[0] == {"role": "system", "content": system} and prompt[-1]["role"] == "user"
+        assert [m["role"] for m in prompt[1:-1]] == ["user", "assistant"] * ((len(prompt) - 2) // 2)
+        assert row["completion"] == by_question[prompt[-1]["content"]]["completion"]
+        for user, answer in zip(prompt[1:-1:2], prompt[2:-1:2]):  # each earlier answer is its question's
+            earlier = parse_react(by_question[user["content"]]["completion"][0]["content"].split("\n", 4)[-1])
+            assert answer["content"] == earlier.final_answer
+            assert user["content"] != prompt[-1]["content"]
+
+
+def test_followup_tasks_ask_a_new_problem_after_an_answered_one():
+    tasks = followup_tasks(50, seed=1)
+    assert len(tasks) == 50 and all(t["kind"] == "followup" for t in tasks)
+    train_q = {t["question"] for t in arith_word_tasks(2000, seed=0, split="train")}
+    for t in tasks:
+        earlier, answer = t["history"]
+        assert earlier["role"] == "user" and answer["role"] == "assistant"
+        assert earlier["content"] not in train_q and t["question"] not in train_q
+    assert sum(t["history"][1]["content"] != t["answer"] for t in tasks) >= 48  # repeating the last answer fails
 
 
 def test_harmless_rows_decline():
