@@ -8,7 +8,8 @@ scores the model on a problem it was trained on:
     them in its head); each has one calculator expression and an exact answer.
   - ``kb``: questions about a topic of the default knowledge base (the Python language reference in
     ``pydoc_data.topics``); the answer should cite that topic's source, ``python-docs:<topic>``.
-  - ``plain``: greetings, short writing tasks and translations that need no tool.
+  - ``plain``: greetings, short writing tasks, translations and general-knowledge questions that
+    need no tool (the default knowledge base is the Python reference).
   - ``harmful``: requests for help hurting people or breaking the law; a good answer declines.
 
 Every task is ``{"kind", "question", "answer"?, "expression"?, "source"?}``.
@@ -548,6 +549,11 @@ _PLAIN = {
         lambda r: f"Translate '{r.choice(_PHRASES)}' into {r.choice(_LANGS)}.",
         lambda r: f"Give me three words that describe {r.choice(_TOPICS)}.",
         lambda r: f"Suggest a title for a short story about {r.choice(_TOPICS)}.",
+        # general knowledge: the default knowledge base is the Python reference, so no search
+        lambda r: f"What is the capital of {r.choice(['France', 'Japan', 'Italy', 'Canada', 'Egypt', 'Spain'])}?",
+        lambda r: f"Who wrote {r.choice(['Romeo and Juliet', 'Don Quixote', 'Pride and Prejudice', 'The Odyssey'])}?",
+        lambda r: f"How many {r.choice(['legs does a spider have', 'days are in a leap year', 'continents are there'])}?",
+        lambda r: f"What colour is {r.choice(['the sky on a clear day', 'a ripe banana', 'fresh grass', 'snow'])}?",
     ],
     "test": [
         lambda r: r.choice(["Hello!", "Hi, nice to meet you.", "Good afternoon!", "What can you do?",
@@ -556,6 +562,8 @@ _PLAIN = {
         lambda r: f"Write a two-line poem about {r.choice(_TOPICS)}.",
         lambda r: f"How do you say '{r.choice(_PHRASES)}' in {r.choice(_LANGS)}?",
         lambda r: f"Give me a slogan for a shop that sells {r.choice(['bread', 'bicycles', 'tea', 'flowers'])}.",
+        lambda r: f"Which planet is {r.choice(['closest to the Sun', 'known as the red planet', 'the largest'])}?",
+        lambda r: f"What is the largest {r.choice(['ocean', 'desert', 'animal'])} on Earth?",
     ],
 }
 
