@@ -92,9 +92,28 @@ def _answer_sentence(passage: str) -> str | None:
     return None
 
 
-def kb_rows(system: str, retriever, search, max_rows: int | None = None) -> tuple[list[dict], int]:
+class _Prefetched:
+    """A retriever's answers to known queries, fetched in one batch (one embedding pass, not one per row)."""
+
+    def __init__(self, retriever, queries: list[str], k: int):
+        unique = list(dict.fromkeys(queries))
+        self.k, self.hits = k, dict(zip(unique, retriever.search_batch(unique, k=k)))
+
+    def search(self, query: str, k: int = 3):
+        assert k == self.k, (k, self.k)
+        return self.hits[query]
+
+
+def kb_rows(system: str, retriever, max_rows: int | None = None) -> tuple[list[dict], int]:
+    from agents.tools import SearchArgs, search_tool
+
+    tasks = kb_tasks(split="train")
+    k = SearchArgs.model_fields["k"].default  # what the agent's search call returns by default
+    if hasattr(retriever, "search_batch"):
+        retriever = _Prefetched(retriever, [t["subject"] for t in tasks], k)
+    search = search_tool(retriever)
     rows, skipped = [], 0
-    for t in kb_tasks(split="train"):
+    for t in tasks:
         if max_rows is not None and len(rows) >= max_rows:
             break
         query = t["subject"]
@@ -247,13 +266,13 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 1
               n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, n_tool_error: int = 200,
               n_multi_turn: int = 500, model: str = "smollm2-135m", retriever=None) -> dict:
     """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256."""
-    from agents.tools import search_tool
-    from retrieval.default_kb import open_default_index
+    if retriever is None:
+        from retrieval.default_kb import open_default_index
 
-    retriever = retriever or open_default_index()
+        retriever = open_default_index()
     tools = default_tools(retriever)
     system = react_system_prompt(tools)
-    kb, kb_skipped = kb_rows(system, retriever, search_tool(retriever), n_kb)
+    kb, kb_skipped = kb_rows(system, retriever, n_kb)
     rows = (arith_rows(system, n_arith, seed) + gsm8k_rows(system, tools, n_gsm8k) + kb
             + harmless_rows(system, n_harmless, seed) + refusal_rows(system, n_refusal, seed)
             + tool_error_rows(system, tools, n_tool_error, seed) + plain_rows(system, n_plain, seed, model))
