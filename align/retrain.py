@@ -47,7 +47,7 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     stage = loaded.get("stage") if isinstance(loaded, dict) else None
     if stage not in DATASET_FOR_STAGE:
         raise ConfigError(f"{config}: stage {stage!r} cannot train on feedback; use a {' or '.join(DATASET_FOR_STAGE)} config")
-    if not Path(db).is_file():
+    if "://" not in db and not Path(db).is_file():  # a database URL (postgresql://) is checked when opened
         raise DataError(f"{db}: no feedback database here (the app writes runs/feedback.db by default)")
 
     given = {o.split("=")[0].lstrip("-").replace("-", "_") for o in overrides if o.startswith("--")}

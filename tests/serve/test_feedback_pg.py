@@ -400,3 +400,17 @@ def test_two_writer_processes_one_killed_with_sigkill_lose_no_acknowledged_write
     summary = export_feedback(url, tmp_path / "out")
     kto = load_data(DataConfig(path=str(tmp_path / "out" / "kto.jsonl"), eval_size=0), accept=("unpaired_preference",))
     assert len(kto.train) == summary["unpaired_rows"] == len(ratings)
+
+
+def test_retrain_reads_feedback_from_a_postgres_url(pg_url, tmp_path, capsys):
+    from align.cli import main as align_main
+
+    store = FeedbackStore(pg_url)
+    write_scenario(store)
+    store.close()
+    capsys.readouterr()
+    # The export runs from the URL; six rated answers are too few to train on, which is said plainly.
+    assert align_main(["retrain", "--from-feedback", pg_url, "--output_dir", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "only 6 rated answers" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
