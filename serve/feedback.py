@@ -259,6 +259,16 @@ def is_database_url(target: str | Path) -> bool:
     return isinstance(target, str) and "://" in target
 
 
+def display_target(target: str | Path) -> str:
+    """``target`` as messages show it: a database URL with its password as ``***``."""
+    if not is_database_url(target):
+        return str(target)
+    try:
+        return sa.make_url(str(target)).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<a database URL that does not parse>"
+
+
 def parse_target(target: str | Path) -> tuple[str, Path | sa.URL]:
     """``(backend, where)``: ``("sqlite", Path)`` for a path or ``sqlite:///PATH``, ``("postgresql", URL)``
     for ``postgresql://`` / ``postgres://`` / ``postgresql+psycopg://``. Raises ``DataError`` naming the
