@@ -320,21 +320,40 @@ def test_postgres_through_the_app_handlers_records_the_serving_model(tiny_model_
 
 
 # -- two writer processes, one killed with SIGKILL mid-write -------------------------------------------
+# "store": the store's own calls in a loop (an answer, then a rating of it). "app": the app's handlers
+# (tests/serve/app_driver.py: the functions Gradio calls, a scripted agent on the tiny model) asking a
+# question and rating the answer, as two app replicas would. A line "ACK i fid" is printed only after
+# the write returned: that feedback row (and the answer it rates) must be in the database afterwards.
 WRITER = r"""
-import sys, time
+import sys
 from serve.feedback import FeedbackStore
-url, name = sys.argv[1], sys.argv[2]
+mode, url, name, model = sys.argv[1:5]
 store = FeedbackStore(url)   # both processes open (and migrate) the same empty database at once
-print("READY", flush=True)
+if mode == "app":
+    from tests.serve.app_driver import AppDriver
+    a = AppDriver(model, None, [f"{name} answer {i}" for i in range(3000)], session=name, store=store)
+    checkpoint = a.chat.checkpoint_id
+else:
+    checkpoint = "ckpt-" + name
+print("READY", checkpoint, flush=True)
 i = 0
 while True:
-    prompt = [{"role": "user", "content": f"{name} question {i}"}]
-    answer = f"{name} answer {i} " + "x" * 2000
+    question = f"{name} question {i}"
     print(f"BEGIN {i}", flush=True)
-    rid = store.add_response(name, "ckpt-" + name, prompt, answer)
-    fid = store.add_feedback("rating", session_id=name, checkpoint_id="ckpt-" + name, prompt=prompt,
-                             completion=answer, label=i % 3 != 0, response_id=rid)
-    print(f"ACK {i} {rid} {fid}", flush=True)   # both writes returned: both must be stored
+    if mode == "app":
+        a.clear()
+        a.ask(question)
+        saved = a.rate(0, i % 3 != 0).startswith("Saved")
+        fid = a.last_feedback
+    else:
+        prompt = [{"role": "user", "content": question}]
+        answer = f"{name} answer {i} " + "x" * 2000
+        rid = store.add_response(name, checkpoint, prompt, answer)
+        fid = store.add_feedback("rating", session_id=name, checkpoint_id=checkpoint, prompt=prompt,
+                                 completion=answer, label=i % 3 != 0, response_id=rid)
+        saved = True
+    if saved:
+        print(f"ACK {i} {fid}", flush=True)   # the write returned: it must be stored
     i += 1
 """
 
@@ -344,15 +363,13 @@ def _reader(proc, lines: list[str]):
         lines.append(line.strip())
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_two_writer_processes_one_killed_with_sigkill_lose_no_acknowledged_write(backend, tmp_path, request):
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else str(tmp_path / "fb.db")
+def two_writers_one_killed(mode: str, url: str, model: str, tmp_path: Path, before_kill: int, after_kill: int):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     procs, lines, readers = {}, {}, []
     for name in ("a", "b"):
         lines[name] = []
-        procs[name] = subprocess.Popen([sys.executable, "-c", WRITER, url, name], cwd=ROOT, env=env, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs[name] = subprocess.Popen([sys.executable, "-c", WRITER, mode, url, name, model], cwd=ROOT, env=env,
+                                       text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         th = threading.Thread(target=_reader, args=(procs[name], lines[name]), daemon=True)
         th.start()
         readers.append(th)
@@ -361,19 +378,21 @@ def test_two_writer_processes_one_killed_with_sigkill_lose_no_acknowledged_write
         return [x for x in lines[name] if x.startswith("ACK")]
 
     try:
-        deadline = time.time() + 240
-        while min(len(acks("a")), len(acks("b"))) < 30:
+        deadline = time.time() + 400
+        # Kill writer a once both have written a while and a is inside a write (its last word: BEGIN).
+        while min(len(acks("a")), len(acks("b"))) < before_kill or not lines["a"][-1].startswith("BEGIN"):
             for name, p in procs.items():
                 assert p.poll() is None, f"writer {name} died: {p.stderr.read()[-3000:]}"
             assert time.time() < deadline, f"writers too slow: {len(acks('a'))}, {len(acks('b'))} acks"
-            time.sleep(0.05)
-        procs["a"].send_signal(signal.SIGKILL)  # mid-stream: it is always inside or between writes
+            time.sleep(0.002)
+        procs["a"].send_signal(signal.SIGKILL)
         procs["a"].wait(timeout=30)
+        assert procs["a"].returncode == -signal.SIGKILL
         killed_at = len(acks("b"))
-        while len(acks("b")) < killed_at + 20:  # the survivor keeps writing to the same database
+        while len(acks("b")) < killed_at + after_kill:  # the survivor keeps writing to the same database
             assert procs["b"].poll() is None, procs["b"].stderr.read()[-3000:]
             assert time.time() < deadline
-            time.sleep(0.05)
+            time.sleep(0.02)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -382,24 +401,43 @@ def test_two_writer_processes_one_killed_with_sigkill_lose_no_acknowledged_write
         for th in readers:
             th.join(timeout=10)
 
+    checkpoint = {name: lines[name][0].split()[1] for name in procs}
     store = FeedbackStore(url, read_only=True)
-    response_ids = {r["id"] for r in store.responses()}
+    responses = {r["id"]: r for r in store.responses()}
     ratings = {r["id"]: r for r in store.feedback("rating")}
     lost = []
     for name in ("a", "b"):
         for line in acks(name):
-            _, i, rid, fid = line.split()
-            if rid not in response_ids or int(fid) not in ratings or ratings[int(fid)]["response_id"] != rid:
+            _, i, fid = line.split()
+            row = ratings.get(int(fid))
+            served = responses.get(row["response_id"]) if row else None
+            if (served is None or row["session_id"] != name
+                    or served["prompt"][-1]["content"] != f"{name} question {i}"):
                 lost.append((name, i))
     assert not lost, f"acknowledged writes missing: {lost[:10]}"
-    # Nothing half-written either: every rating points at a stored answer of its own writer.
-    assert all(r["response_id"] in response_ids and r["checkpoint_id"] == "ckpt-" + r["session_id"]
+    # Nothing half-written either: every rating rates a stored answer of its own writer, and records
+    # the model (checkpoint) that served it.
+    assert all(r["response_id"] in responses and r["checkpoint_id"] == checkpoint[r["session_id"]]
                for r in ratings.values())
-    assert len(acks("a")) >= 30 and len(acks("b")) >= 50
+    # The write in flight when a died is stored whole (its COMMIT had gone through) or not at all.
+    in_flight = f"a question {lines['a'][-1].split()[1]}"
+    assert len([r for r in responses.values() if r["prompt"][-1]["content"] == in_flight]) <= 1
     store.close()
     summary = export_feedback(url, tmp_path / "out")
     kto = load_data(DataConfig(path=str(tmp_path / "out" / "kto.jsonl"), eval_size=0), accept=("unpaired_preference",))
-    assert len(kto.train) == summary["unpaired_rows"] == len(ratings)
+    assert len(kto.train) == summary["unpaired_rows"] == len(ratings) >= before_kill * 2 + after_kill
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_two_writer_processes_one_killed_with_sigkill_lose_no_acknowledged_write(backend, tmp_path, request):
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else str(tmp_path / "fb.db")
+    two_writers_one_killed("store", url, "", tmp_path, before_kill=30, after_kill=20)
+
+
+@pytest.mark.slow
+def test_two_app_processes_on_postgres_one_killed_with_sigkill_lose_no_acknowledged_rating(
+        pg_url, tiny_model_dir, tmp_path):
+    two_writers_one_killed("app", pg_url, str(tiny_model_dir), tmp_path, before_kill=10, after_kill=10)
 
 
 def test_retrain_reads_feedback_from_a_postgres_url(pg_url, tmp_path, capsys):
