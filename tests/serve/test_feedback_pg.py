@@ -253,6 +253,26 @@ def test_postgres_sixteen_threads_writing_at_once_lose_nothing(pg_url):
     fresh.close()
 
 
+def test_postgres_sessions_commit_synchronously_and_read_only_sessions_cannot_write(pg_cluster, pg_url):
+    import sqlalchemy as sa
+
+    dbname = pg_url.split("/")[3].split("?")[0]
+    import psycopg
+
+    with psycopg.connect(host=str(pg_cluster.base), port=pg_cluster.port, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:  # a server set up for speed over durability
+        conn.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = off')
+    store = FeedbackStore(pg_url)
+    with store._connection(write=True) as conn:  # the durability promise holds anyway
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "on"
+    store.close()
+    ro = FeedbackStore(pg_url, read_only=True)
+    with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+        with ro._connection() as conn:
+            conn.execute(sa.text("INSERT INTO meta VALUES ('x', 'y')"))
+    ro.close()
+
+
 def test_postgres_errors_name_the_url_without_its_password(pg_cluster, pg_url, tmp_path, capsys):
     wrong_port = f"postgresql://keel:sekrit@/keel?host={pg_cluster.base}&port={pg_cluster.port + 1}"
     with pytest.raises(FeedbackDBError) as e:
