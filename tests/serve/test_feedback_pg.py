@@ -291,6 +291,8 @@ def test_postgres_errors_name_the_url_without_its_password(pg_cluster, pg_url, t
     assert "Traceback" not in capsys.readouterr().err
     with pytest.raises(DataError, match="unsupported database 'mysql'"):
         FeedbackStore("mysql://u@h/db")
+    with pytest.raises(FeedbackDBError, match="no feedback tables"):  # an export before the app ever ran
+        export_feedback(pg_url, tmp_path / "out")
     store = FeedbackStore(pg_url)
     with pytest.raises(DataError, match="completion contains the character U\\+0000"):
         store.add_response("s", "c", Q, "a\x00b")
