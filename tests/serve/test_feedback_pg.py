@@ -475,3 +475,23 @@ def test_retrain_reads_feedback_from_a_postgres_url(pg_url, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "only 6 rated answers" in err and "Traceback" not in err and "sekrit" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_feedback_db_targets_a_path_a_sqlite_url_or_a_postgres_url(tmp_path):
+    from serve.feedback import display_target, parse_target
+
+    assert parse_target(tmp_path / "fb.db") == ("sqlite", tmp_path / "fb.db")
+    assert parse_target("runs/feedback.db") == ("sqlite", Path("runs/feedback.db"))
+    assert parse_target("sqlite:///runs/feedback.db") == ("sqlite", Path("runs/feedback.db"))
+    assert parse_target(f"sqlite:///{tmp_path}/fb.db") == ("sqlite", tmp_path / "fb.db")
+    backend, url = parse_target("postgres://keel:pw@db.example:5433/fb")
+    assert backend == "postgresql" and url.drivername == "postgresql+psycopg" and url.port == 5433
+    for bad, said in (("sqlite://", "name the database file"), ("sqlite:///:memory:", "in-memory"),
+                      ("postgresql://keel@db.example", "name the database"), ("redis://h/0", "unsupported")):
+        with pytest.raises(DataError, match=said):
+            parse_target(bad)
+    assert display_target("postgresql://keel:pw@h/fb") == "postgresql://keel:***@h/fb"
+    store = FeedbackStore(f"sqlite:///{tmp_path}/via-url.db")  # the same SQLite store as a plain path
+    store.add_response("s", "c", Q, "4")
+    store.close()
+    assert FeedbackStore(tmp_path / "via-url.db", read_only=True).counts() == {"responses": 1}
