@@ -182,7 +182,8 @@ def _retrain(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m align retrain",
                                 description="Export the app's feedback and train a new checkpoint on it. "
                                             "Unknown --key value pairs override config fields.")
-    p.add_argument("--from-feedback", required=True, metavar="DB", help="the app's feedback database (runs/feedback.db)")
+    p.add_argument("--from-feedback", required=True, metavar="DB",
+                   help="the app's feedback database (runs/feedback.db, or its postgresql:// URL)")
     p.add_argument("--config", help="a kto or dpo config (default configs/kto.yaml)")
     p.add_argument("--resume", action="store_true")
     a, overrides = p.parse_known_args(argv)

@@ -35,7 +35,7 @@ CPU_FLOPS_PER_CORE = 5.0e10
 
 
 def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False) -> Path:
-    from serve.feedback import FeedbackStore, export_feedback  # the app owns the database format
+    from serve.feedback import FeedbackStore, display_target, export_feedback  # the app owns the database format
 
     if config is None:  # the default: ./configs/kto.yaml, else the one beside this Keel (any working folder)
         config = "configs/kto.yaml"
@@ -47,7 +47,7 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     stage = loaded.get("stage") if isinstance(loaded, dict) else None
     if stage not in DATASET_FOR_STAGE:
         raise ConfigError(f"{config}: stage {stage!r} cannot train on feedback; use a {' or '.join(DATASET_FOR_STAGE)} config")
-    if not Path(db).is_file():
+    if "://" not in db and not Path(db).is_file():  # a database URL (postgresql://) is checked when opened
         raise DataError(f"{db}: no feedback database here (the app writes runs/feedback.db by default)")
 
     given = {o.split("=")[0].lstrip("-").replace("-", "_") for o in overrides if o.startswith("--")}
@@ -60,7 +60,7 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
         summary = export_feedback(db, scratch)
         rows = summary["unpaired_rows"] if stage == "kto" else summary["pairs"]
         if rows < MIN_ROWS:
-            raise DataError(f"{db}: only {rows} {'rated answers' if stage == 'kto' else 'preference pairs'} so far; "
+            raise DataError(f"{display_target(db)}: only {rows} {'rated answers' if stage == 'kto' else 'preference pairs'} so far; "
                             f"{stage} needs at least {MIN_ROWS}. Collect more feedback in the app "
                             f"({'edits and regenerates make pairs' if stage == 'dpo' else 'thumbs up and down'}).")
         extra = ["--data.path", str(out / "feedback" / DATASET_FOR_STAGE[stage]), "--output_dir", str(out)]
@@ -77,7 +77,7 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
         cfg_cls = getattr(module, f"{stage.upper()}StageConfig")
         cfg = load_config(cfg_cls, config, [*extra, *overrides])  # the user's flags win
         cfg = _size_for_data(cfg, rows - eval_rows, given)
-        plan = describe_plan(cfg, db, rows, scratch / DATASET_FOR_STAGE[stage])
+        plan = describe_plan(cfg, display_target(db), rows, scratch / DATASET_FOR_STAGE[stage])
         print(plan, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         if (out / "feedback").exists():

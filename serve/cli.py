@@ -67,7 +67,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="agent steps per answer")
     p.add_argument("--agent.constrained", dest="constrained", choices=["true", "false"],
                    help="grammar-constrained tool calls (default true)")
-    p.add_argument("--feedback-db", help="SQLite feedback database (default runs/feedback.db; 'none' turns it off)")
+    p.add_argument("--feedback-db", help="feedback database: a SQLite file (default runs/feedback.db), sqlite:///PATH, "
+                                         "or postgresql://USER@HOST:PORT/DB to share one among app replicas; "
+                                         "'none' turns it off")
     p.add_argument("--system-prompt")
     p.add_argument("--regenerate-temperature", type=float,
                    help="sampling temperature of Regenerate when --temperature is 0 (default 0.8)")
@@ -101,7 +103,8 @@ def export_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m serve export-feedback",
                                 description="Write the app's feedback as TRL datasets: kto.jsonl (prompt, completion, "
                                             "label) and preference.jsonl (prompt, chosen, rejected)")
-    p.add_argument("--db", default="runs/feedback.db")
+    p.add_argument("--db", default="runs/feedback.db", help="the app's --feedback-db: a SQLite file or a "
+                                                             "postgresql:// URL")
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     from serve.feedback import export_feedback
@@ -170,7 +173,7 @@ def create_app(cfg: ServeConfig):
     print(f"[keel] loading the model {cfg.checkpoint}", flush=True)
     chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
     if store is not None:
-        print(f"feedback -> {store.path} (export: python -m serve export-feedback --db {store.path} --out DIR)")
+        print(f"feedback -> {store.location} (export: python -m serve export-feedback --db {store.location} --out DIR)")
     if cfg.switch_roots:
         print(f"checkpoint switching on, limited to: {', '.join(cfg.switch_roots)}")
     demo = build_app(chat, store, cfg.system_prompt, switch_roots=cfg.switch_roots)
