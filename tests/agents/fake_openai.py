@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeOpenAIServer:
     def __init__(self, replies: list[str | dict] | None = None, model: str = "tiny", max_context: int = 100_000,
-                 fail_first: int = 0, delay_s: float = 0.0):
+                 fail_first: int = 0, delay_s: float = 0.0, port: int = 0):
         self.replies = list(replies or ["Hello."])
+        self.models = [model]  # served names; POST /v1/load_lora_adapter adds one (as vLLM does)
         self.model, self.max_context, self.fail_first, self.delay_s = model, max_context, fail_first, delay_s
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -40,9 +41,11 @@ class FakeOpenAIServer:
                 self.close_connection = True
 
             def do_GET(self):
+                if self.path == "/health":
+                    return self._json(200, {})
                 if self.path.rstrip("/") == "/v1/models":
                     return self._json(200, {"object": "list", "data": [
-                        {"id": owner.model, "object": "model", "created": 0, "owned_by": "fake"}]})
+                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in owner.models]})
                 return self._json(404, {"error": {"message": "Not Found", "code": 404}})
 
             def do_POST(self):
@@ -54,7 +57,10 @@ class FakeOpenAIServer:
                     time.sleep(owner.delay_s)
                 if n <= owner.fail_first:
                     return self._json(503, {"error": {"message": "server busy", "code": 503}})
-                if body.get("model") != owner.model:
+                if self.path == "/v1/load_lora_adapter":
+                    owner.models.append(body["lora_name"])
+                    return self._json(200, {})
+                if body.get("model") not in owner.models:
                     return self._json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
                                                       "type": "NotFoundError", "code": 404}})
                 chat = self.path.endswith("/chat/completions")
@@ -85,7 +91,7 @@ class FakeOpenAIServer:
                     else:
                         choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
                         obj = "text_completion"
-                    return self._json(200, {"id": "x", "object": obj, "created": 0, "model": owner.model,
+                    return self._json(200, {"id": "x", "object": obj, "created": 0, "model": body.get("model"),
                                             "choices": [choice], "usage": usage})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -102,23 +108,23 @@ class FakeOpenAIServer:
                 for piece in pieces:
                     choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
                               else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
-                    send({"id": "x", "object": obj, "created": 0, "model": owner.model, "choices": [choice]})
+                    send({"id": "x", "object": obj, "created": 0, "model": body.get("model"), "choices": [choice]})
                 if chat and calls:
                     for i, c in enumerate(calls):
                         args = json.dumps(c["arguments"])
                         for k, frag in enumerate([args[: len(args) // 2], args[len(args) // 2:]]):
                             fn = {"arguments": frag, **({"name": c["name"]} if k == 0 else {})}
-                            send({"id": "x", "object": obj, "created": 0, "model": owner.model, "choices": [
+                            send({"id": "x", "object": obj, "created": 0, "model": body.get("model"), "choices": [
                                 {"index": 0, "delta": {"tool_calls": [{"index": i, "type": "function",
                                                                        **({"id": f"c{i}"} if k == 0 else {}),
                                                                        "function": fn}]},
                                  "finish_reason": None}]})
                 if (body.get("stream_options") or {}).get("include_usage"):
-                    send({"id": "x", "object": obj, "created": 0, "model": owner.model, "choices": [], "usage": usage})
+                    send({"id": "x", "object": obj, "created": 0, "model": body.get("model"), "choices": [], "usage": usage})
                 send("[DONE]")
                 self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
