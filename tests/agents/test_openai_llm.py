@@ -1,6 +1,7 @@
 """agents.openai_llm against an in-process fake OpenAI-compatible server (tests/agents/fake_openai.py)."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -167,3 +168,18 @@ def test_api_key_env(monkeypatch):
         api_key_from_env("KEEL_TEST_KEY")
     monkeypatch.setenv("KEEL_TEST_KEY", "sk-1")
     assert api_key_from_env("KEEL_TEST_KEY") == "sk-1"
+
+
+def test_agents_cli_runs_through_a_server(capsys, embedded_dir):
+    from agents.cli import main
+
+    with FakeOpenAIServer([CALL, FINAL]) as srv:
+        rc = main(["run", "What is 17*23?", "--index", "none", "--llm-url", srv.url, "--llm-template", "checkpoint",
+                   "--checkpoint", str(embedded_dir), "--json"])
+        assert rc == 0
+        assert srv.posts[0]["path"] == "/v1/completions" and "structured_outputs" in srv.posts[0]
+    trace = json.loads(capsys.readouterr().out)
+    assert trace["answer"] == "391"
+    with FakeOpenAIServer() as srv:
+        assert main(["run", "hi", "--index", "none", "--llm-url", srv.url, "--llm-model", "nope"]) == 2
+    assert "does not serve a model named 'nope'" in capsys.readouterr().err
