@@ -172,3 +172,21 @@ def test_engine_start_failures_name_the_log(fake_vllm, tmp_path, tiny_model_dir,
     with pytest.raises(EngineError, match="did not become healthy within 2 s"):
         engine.start(resolve_model(str(tiny_model_dir)))
     assert not engine.running
+
+
+def test_serve_cli_engine_vllm_wires_the_child_process(fake_vllm, tmp_path, tiny_model_dir):
+    from serve.cli import _engine_chat
+
+    adapter = _adapter(tmp_path, "run-x", tiny_model_dir, r=12)
+    yaml = tmp_path / "s.yaml"
+    yaml.write_text(f"engine_log_dir: {tmp_path / 'logs'}\nengine_start_timeout_s: 60\n")
+    cfg = serve_config(["--config", str(yaml), "--engine", "vllm", "--vllm-python", sys.executable,
+                        "--checkpoint", str(adapter), "--vllm-arg=--max-num-seqs=4"])
+    chat = _engine_chat(cfg, ChatSettings(), None)
+    try:
+        log = chat.engine.log_path.read_text()
+        assert chat.engine.log_path.parent == tmp_path / "logs"
+        assert "--max-lora-rank 16" in log  # rank 12 rounded up to one vLLM accepts
+        assert "--max-num-seqs=4" in log and chat.served_by == f"run-x @ {chat.engine.url}"
+    finally:
+        chat.engine.stop()

@@ -91,3 +91,12 @@ def test_switching_to_another_adapter_loads_it_into_the_running_server(engine_ch
     assert engine_chat.llm.model == "agent-copy" and "agent-copy" in engine_chat.llm.served_models()
     gen = engine_chat.llm.generate([{"role": "user", "content": "Hi"}], stop=[], max_new_tokens=4)
     assert gen.tokens >= 1
+
+
+def test_real_server_errors_are_named(engine_chat):
+    from agents.openai_llm import ContextTooLongError, ModelNotServedError, OpenAILLM
+
+    with pytest.raises(ContextTooLongError, match="too long for keel-agent"):
+        engine_chat.llm.generate([{"role": "user", "content": "word " * 3000}], stop=[], max_new_tokens=8)
+    with pytest.raises(ModelNotServedError, match="it serves: .*keel-agent"):
+        OpenAILLM(engine_chat.url, "no-such-model")
