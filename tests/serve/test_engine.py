@@ -190,3 +190,26 @@ def test_serve_cli_engine_vllm_wires_the_child_process(fake_vllm, tmp_path, tiny
         assert "--max-num-seqs=4" in log and chat.served_by == f"run-x @ {chat.engine.url}"
     finally:
         chat.engine.stop()
+
+
+def test_app_through_a_server_stores_the_served_model_and_reports_engine_failures(tmp_path, tiny_model_dir):
+    from tests.serve.app_driver import AppDriver
+
+    with FakeOpenAIServer([" ok\nFinal Answer: 5"], max_context=3000) as srv:
+        chat = RemoteChatModel(None, ChatSettings(), url=srv.url, local_template=False, timeout_s=5)
+        chat.llm.max_retries = 0
+        chat.llm.client = chat.llm.client.with_options(max_retries=0)
+        app = AppDriver(tiny_model_dir, tmp_path / "fb.db", [], chat=chat)
+        app.ask("2+3?")
+        assert app.history[-1]["content"][0]["text"] == "5"
+        app.rate(0, True)
+        rows = app.store.responses()
+        assert [r["checkpoint_id"] for r in rows] == [f"tiny @ {srv.url}"]
+        assert [f["checkpoint_id"] for f in app.store.feedback()] == [f"tiny @ {srv.url}"]
+        assert json.loads(rows[0]["trace_json"])["served_by"] == f"tiny @ {srv.url}"
+        status = app.ask("x" * 4000)  # over the fake's context
+        assert "too long for the model" in status and "press the 🗑️ icon" in status
+    app.clear()
+    status = app.ask("again?")  # the server is gone
+    assert "The model server did not answer" in status and srv.url not in status
+    assert len(app.store.responses()) == 1  # nothing stored for the failures
