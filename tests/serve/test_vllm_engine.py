@@ -96,7 +96,7 @@ def test_switching_to_another_adapter_loads_it_into_the_running_server(engine_ch
 def test_real_server_errors_are_named(engine_chat):
     from agents.openai_llm import ContextTooLongError, ModelNotServedError, OpenAILLM
 
-    with pytest.raises(ContextTooLongError, match="too long for keel-agent"):
+    with pytest.raises(ContextTooLongError, match=f"too long for {engine_chat.llm.model} .*maximum context length"):
         engine_chat.llm.generate([{"role": "user", "content": "word " * 3000}], stop=[], max_new_tokens=8)
     with pytest.raises(ModelNotServedError, match="it serves: .*keel-agent"):
         OpenAILLM(engine_chat.url, "no-such-model")
