@@ -141,9 +141,7 @@ class VLLMEngine:
             rank = _rank_slot(_lora_rank(source))
             cmd += ["--enable-lora", "--max-lora-rank", str(rank),
                     "--lora-modules", f"{_lora_name(source)}={Path(source.path).resolve()}"]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        return cmd + self.extra_args
+        return cmd + self.extra_args  # the API key goes in the environment (VLLM_API_KEY), not on the command line
 
     def start(self, source: ModelSource) -> str:
         """Start the server on ``source`` and wait until it is healthy; returns the served model name."""
@@ -158,6 +156,8 @@ class VLLMEngine:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
         env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
+        if self.api_key:  # not in argv, where `ps` and the log would show it
+            env["VLLM_API_KEY"] = self.api_key
         if not _cuda():  # vLLM's CPU backend: a small KV cache and no thread pinning on a shared machine
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

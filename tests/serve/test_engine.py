@@ -86,6 +86,7 @@ FAKE_API_SERVER = textwrap.dedent('''
     sys.path.insert(0, os.environ["KEEL_REPO"])
     from tests.agents.fake_openai import FakeOpenAIServer
     print("fake vllm argv:", " ".join(sys.argv[1:]), flush=True)
+    print("api key set:", bool(os.environ.get("VLLM_API_KEY")), flush=True)
     if os.environ.get("FAKE_VLLM_FAIL"):
         print("RuntimeError: cannot load the model", flush=True)
         sys.exit(1)
@@ -174,19 +175,22 @@ def test_engine_start_failures_name_the_log(fake_vllm, tmp_path, tiny_model_dir,
     assert not engine.running
 
 
-def test_serve_cli_engine_vllm_wires_the_child_process(fake_vllm, tmp_path, tiny_model_dir):
+def test_serve_cli_engine_vllm_wires_the_child_process(fake_vllm, tmp_path, tiny_model_dir, monkeypatch):
     from serve.cli import _engine_chat
 
+    monkeypatch.setenv("KEEL_TEST_VLLM_KEY", "sk-secret")
     adapter = _adapter(tmp_path, "run-x", tiny_model_dir, r=12)
     yaml = tmp_path / "s.yaml"
     yaml.write_text(f"engine_log_dir: {tmp_path / 'logs'}\nengine_start_timeout_s: 60\n")
     cfg = serve_config(["--config", str(yaml), "--engine", "vllm", "--vllm-python", sys.executable,
-                        "--checkpoint", str(adapter), "--vllm-arg=--max-num-seqs=4"])
+                        "--checkpoint", str(adapter), "--vllm-arg=--max-num-seqs=4",
+                        "--llm-api-key-env", "KEEL_TEST_VLLM_KEY"])
     chat = _engine_chat(cfg, ChatSettings(), None)
     try:
         log = chat.engine.log_path.read_text()
         assert chat.engine.log_path.parent == tmp_path / "logs"
         assert "--max-lora-rank 16" in log  # rank 12 rounded up to one vLLM accepts
+        assert "api key set: True" in log and "sk-secret" not in log  # in its environment, not argv
         assert "--max-num-seqs=4" in log and chat.served_by == f"run-x @ {chat.engine.url}"
     finally:
         chat.engine.stop()
@@ -213,3 +217,4 @@ def test_app_through_a_server_stores_the_served_model_and_reports_engine_failure
     status = app.ask("again?")  # the server is gone
     assert "The model server did not answer" in status and srv.url not in status
     assert len(app.store.responses()) == 1  # nothing stored for the failures
+
