@@ -10,7 +10,9 @@ whole process group) when the app exits. A LoRA checkpoint is served as a LoRA m
 model; switching to another adapter on the same base loads it into the running server through
 vLLM's dynamic LoRA endpoint (``POST /v1/load_lora_adapter``, enabled by
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``); a full checkpoint, another base or a larger LoRA rank
-restarts the server.
+restarts the server. ``/health`` and ``/v1/load_lora_adapter`` are vLLM's own endpoints, outside
+the OpenAI API that the ``openai`` client covers, so they are called with ``httpx`` (which the
+client is built on).
 
 ``RemoteChatModel`` is ``serve.chat.ChatModel`` with generation done by ``agents.openai_llm.
 OpenAILLM``: no weights are loaded in the app, only the tokenizer when the chat template is applied
