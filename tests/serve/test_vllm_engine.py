@@ -100,3 +100,18 @@ def test_real_server_errors_are_named(engine_chat):
         engine_chat.llm.generate([{"role": "user", "content": "word " * 3000}], stop=[], max_new_tokens=8)
     with pytest.raises(ModelNotServedError, match="it serves: .*keel-agent"):
         OpenAILLM(engine_chat.url, "no-such-model")
+
+
+def test_the_chat_api_with_the_servers_template_continues_the_agents_step(engine_chat):
+    """--llm-url with the server's own template: vLLM's continue_final_message keeps "Thought:" going."""
+    from agents.agent import ReActAgent
+    from agents.openai_llm import OpenAILLM
+
+    llm = OpenAILLM(engine_chat.url, "keel-agent", timeout_s=600)
+    assert llm.api == "chat"
+    started = time.time()
+    trace = ReActAgent(llm, engine_chat.tools, max_steps=3, max_new_tokens=64, constrained=True,
+                       force_final_answer=True).run("What is 348 * 27?")
+    print(f"[vllm] agent answer through the chat API in {time.time() - started:.1f} s: {trace.answer!r}")
+    assert trace.tool_calls and trace.tool_calls[0].tool == "calculator"
+    assert trace.answer and "9396" in trace.answer.replace(",", "")
