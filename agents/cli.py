@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--agent.constrained", dest="constrained", choices=["true", "false"], default="true",
                    help="grammar-constrained tool calls")
     r.add_argument("--json", action="store_true", help="print the trace as JSON")
+    r.add_argument("--llm-url", help="generate on this OpenAI-compatible server (http://HOST:PORT/v1), e.g. vLLM")
+    r.add_argument("--llm-model", help="model name on that server (default: the only one it serves)")
+    r.add_argument("--llm-api-key-env", metavar="VAR", help="environment variable holding the server's API key")
+    r.add_argument("--llm-template", choices=["server", "checkpoint"], default="server",
+                   help="with --llm-url: the server's chat template (default), or --checkpoint's applied here")
     e = sub.add_parser("eval", help="success rate, mean steps, tool-error rate")
     e.add_argument("--checkpoint", default="keel-agent")
     e.add_argument("--tasks", choices=["arith", "gsm8k"], default="arith")
@@ -96,8 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                 from retrieval.default_kb import open_default_index
 
                 retriever = open_default_index() if a.index == "default" else Retriever.open(a.index)
-            model, tok, _ = load_policy(a.checkpoint)
-            agent = ReActAgent(TransformersLLM(model, tok), default_tools(retriever), max_steps=a.max_steps,
+            if a.llm_url:
+                from agents.openai_llm import OpenAILLM, api_key_from_env
+                from align.models import load_tokenizer
+
+                tok = load_tokenizer(a.checkpoint, padding_side="left") if a.llm_template == "checkpoint" else None
+                llm = OpenAILLM(a.llm_url, a.llm_model, api_key=api_key_from_env(a.llm_api_key_env), tokenizer=tok)
+            else:
+                model, tok, _ = load_policy(a.checkpoint)
+                llm = TransformersLLM(model, tok)
+            agent = ReActAgent(llm, default_tools(retriever), max_steps=a.max_steps,
                                constrained=a.constrained == "true", force_final_answer=True)
             trace = agent.run(a.question)
             if a.json:

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from agents.openai_llm import ContextTooLongError, LLMServerError
 from align.errors import KeelError
 from serve.chat import (DEFAULT_SYSTEM_PROMPT, ChatModel, message_text, model_card, prompt_messages,
                         strip_sources)
@@ -125,6 +126,13 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
         """Stream the answer to the last user message; record it once it is complete."""
         try:
             yield from _answer(history, system, served, request)
+        except LLMServerError as e:  # the engine failed (down, context too long): say which, details to the log
+            ref = uuid.uuid4().hex[:8]
+            log.error("answer failed (error %s): %s", ref, e)
+            msg = (f"This conversation is too long for the model; press the 🗑️ icon to start a new one (error {ref})."
+                   if isinstance(e, ContextTooLongError) else
+                   f"The model server did not answer (error {ref}); nothing was stored. Try again in a moment.")
+            yield (history or []) + [{"role": "assistant", "content": msg}], gr.skip(), msg
         except Exception:  # noqa: BLE001
             msg = _error_message("answer")
             yield (history or []) + [{"role": "assistant", "content": msg}], gr.skip(), msg

@@ -9,6 +9,8 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from agents.agent import DEFAULT_PREAMBLE
@@ -41,6 +43,23 @@ class ServeConfig(Strict):
     auth: str | None = None
     # Folders whose Keel checkpoints users may switch the app to (for everyone). Empty: switching is off.
     switch_roots: list[str] = Field(default_factory=list)
+    # Generation in a serving engine (docs/serving.md). engine: transformers = in this process;
+    # vllm = the app starts vLLM's OpenAI server on `checkpoint` (Python: vllm_python).
+    engine: Literal["transformers", "vllm"] = "transformers"
+    # An OpenAI-compatible server that is already running (http://HOST:PORT/v1); llm_model: its
+    # model name (default: the only one it serves); llm_api_key_env: the variable holding its key.
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key_env: str | None = None
+    # llm_url only: "server" = the server applies its chat template (chat API); "checkpoint" = Keel
+    # applies `checkpoint`'s template (completions API; `checkpoint` must be what the server serves).
+    llm_template: Literal["server", "checkpoint"] = "server"
+    llm_timeout_s: float = Field(120.0, gt=0, le=3600)
+    vllm_python: str | None = None  # default: .venv-vllm/bin/python (scripts/setup_vllm_cpu.sh)
+    vllm_args: list[str] = Field(default_factory=list)  # more `vllm serve` flags
+    vllm_max_model_len: int = Field(2048, ge=128)
+    engine_start_timeout_s: float = Field(900.0, gt=0)
+    engine_log_dir: str = "runs/engine"  # vLLM's log goes here
 
     @field_validator("agent", mode="before")
     @classmethod
@@ -76,6 +95,17 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--switch-root", action="append", metavar="DIR",
                    help="let users switch the app (for everyone) to the Keel checkpoints in DIR; repeatable. "
                         "Without it switching is off")
+    p.add_argument("--engine", choices=["transformers", "vllm"],
+                   help="transformers: generate in this process (default); vllm: start vLLM's OpenAI server on the "
+                        "checkpoint as a child process (docs/serving.md)")
+    p.add_argument("--vllm-python", help="the Python of vLLM's venv (default .venv-vllm/bin/python)")
+    p.add_argument("--vllm-arg", action="append", metavar="ARG",
+                   help="one more flag for `vllm serve` (repeatable; e.g. --vllm-arg=--gpu-memory-utilization=0.5)")
+    p.add_argument("--llm-url", help="answer through this running OpenAI-compatible server (http://HOST:PORT/v1)")
+    p.add_argument("--llm-model", help="model name on that server (default: the only one it serves)")
+    p.add_argument("--llm-api-key-env", metavar="VAR", help="environment variable holding the server's API key")
+    p.add_argument("--llm-template", choices=["server", "checkpoint"],
+                   help="with --llm-url: the server's chat template (default), or --checkpoint's applied here")
     return p
 
 
@@ -83,7 +113,8 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
     a = _serve_parser().parse_args(argv)
     overrides = []
     for key in ("checkpoint", "index", "host", "port", "max_new_tokens", "temperature", "concurrency", "auth",
-                "max_steps", "feedback_db", "system_prompt", "regenerate_temperature"):
+                "max_steps", "feedback_db", "system_prompt", "regenerate_temperature", "engine", "vllm_python",
+                "llm_url", "llm_model", "llm_api_key_env", "llm_template"):
         value = getattr(a, key)
         if value is not None:
             overrides += [f"--{key}", str(value)]
@@ -96,6 +127,12 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
     cfg = load_config(ServeConfig, a.config, overrides)
     if a.switch_root:
         cfg.switch_roots = list(a.switch_root)
+    if a.vllm_arg:
+        cfg.vllm_args = list(a.vllm_arg)
+    if cfg.engine == "vllm" and cfg.llm_url:
+        raise KeelError("--engine vllm starts its own server; drop --llm-url (or drop --engine to use that server)")
+    if cfg.batch and (cfg.engine == "vllm" or cfg.llm_url):
+        raise KeelError("--batch batches in this process; with an engine the engine batches: drop --batch")
     return cfg
 
 
@@ -139,6 +176,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _engine_chat(cfg: ServeConfig, settings, retriever):
+    """The chat model when an engine generates: a vLLM child process, or a server at --llm-url."""
+    from agents.openai_llm import api_key_from_env
+    from serve.engine import RemoteChatModel, VLLMEngine, engine_python_default, stop_on_sigterm
+
+    key = api_key_from_env(cfg.llm_api_key_env)
+    if cfg.engine == "vllm":
+        engine = VLLMEngine(cfg.vllm_python or engine_python_default(), cfg.engine_log_dir,
+                            max_model_len=cfg.vllm_max_model_len, extra_args=cfg.vllm_args,
+                            start_timeout_s=cfg.engine_start_timeout_s, api_key=key)
+        stop_on_sigterm()
+        chat = RemoteChatModel(cfg.checkpoint, settings, retriever, engine=engine, api_key=key,
+                               timeout_s=cfg.llm_timeout_s)
+    else:
+        print(f"[keel] answering through {cfg.llm_url}", flush=True)
+        chat = RemoteChatModel(cfg.checkpoint if cfg.llm_template == "checkpoint" else None, settings, retriever,
+                               url=cfg.llm_url, model=cfg.llm_model, api_key=key,
+                               local_template=cfg.llm_template == "checkpoint", timeout_s=cfg.llm_timeout_s)
+    print(f"[keel] generation: {chat.served_by}", flush=True)
+    return chat
+
+
 def create_app(cfg: ServeConfig):
     """Load the model, the retriever and the feedback store once, and build the app."""
     from serve.app import build_app
@@ -170,8 +229,11 @@ def create_app(cfg: ServeConfig):
     settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent.enabled,
                             max_steps=cfg.max_steps, batch=cfg.batch, constrained=cfg.agent.constrained,
                             regenerate_temperature=cfg.regenerate_temperature)
-    print(f"[keel] loading the model {cfg.checkpoint}", flush=True)
-    chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
+    if cfg.engine == "vllm" or cfg.llm_url:
+        chat = _engine_chat(cfg, settings, retriever)
+    else:
+        print(f"[keel] loading the model {cfg.checkpoint}", flush=True)
+        chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
     if store is not None:
         print(f"feedback -> {store.location} (export: python -m serve export-feedback --db {store.location} --out DIR)")
     if cfg.switch_roots:
