@@ -239,3 +239,62 @@ def test_browser_walks_the_whole_feedback_loop(tiny_model_dir, tmp_path):
         demo.close()
     last = FeedbackStore(db).feedback("rating")[-1]
     assert last["completion"] == "From the new checkpoint." and last["checkpoint_id"] == str((out / "model").resolve())
+
+
+@pytest.mark.integration
+def test_browser_uploads_a_document_and_the_answer_cites_it(tmp_path):
+    """The app as `python -m serve` starts it (the default agent, keel-agent, over the default
+    knowledge base): upload a small Markdown file with a made-up fact in the Knowledge base panel,
+    ask about it, and the answer gives the fact and cites the uploaded file; the shipped default
+    knowledge base is not written."""
+    _need_browser()
+    import hashlib
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from retrieval.default_kb import default_index_dir, open_default_index
+    from serve.app import APP_CSS
+    from serve.cli import ServeConfig, create_app
+
+    open_default_index(progress=False).close()  # built once per machine (1-2 min), as the app's first start does
+
+    def shipped():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in default_index_dir().iterdir()
+                if p.name in ("manifest.json", "index.faiss", "docstore.sqlite")}
+
+    before = shipped()
+    doc = tmp_path / "quillfeather-relay.md"
+    doc.write_text("# Quillfeather relay\n\nThe Quillfeather relay on deck nine resets every 47 minutes. "
+                   "Engineer Ottoline Marsh logs each reset.\n", encoding="utf-8")
+    cfg = ServeConfig(kb_dir=str(tmp_path / "kb"), feedback_db=str(tmp_path / "feedback.db"))
+    demo = create_app(cfg)
+    demo.queue(default_concurrency_limit=cfg.concurrency).launch(server_name="127.0.0.1", server_port=None,
+                                                                 prevent_thread_lock=True, quiet=True, css=APP_CSS)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                                        headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(demo.local_url)
+            page.get_by_text("Knowledge base", exact=True).click()
+            expect(page.locator("#kb-documents")).to_contain_text("python-docs:pydoc_data.topics")
+            page.locator('#kb-upload input[type="file"]').set_input_files(str(doc))
+            expect(page.locator("#kb-status")).to_contain_text("1 added", timeout=120_000)
+            expect(page.locator("#kb-status")).to_contain_text("quillfeather-relay.md: added")
+            expect(page.locator("#kb-documents")).to_contain_text("quillfeather-relay.md")
+            _shot(page, tmp_path, "kb-01-uploaded")
+
+            page.locator("#message textarea").fill("How often does the Quillfeather relay reset?")
+            page.locator("#send").click()
+            expect(page.locator("#send")).to_be_enabled(timeout=240_000)
+            chat = page.locator("#chatbot")
+            # The search step's observation names the uploaded file (collapsed step; its title is shown).
+            expect(chat).to_contain_text("search(", timeout=10_000)
+            answer = page.locator('#chatbot [data-testid="bot"]').last
+            expect(answer).to_contain_text("47 minutes")
+            expect(answer).to_contain_text("quillfeather-relay.md")  # the answer's sources cite the upload
+            _shot(page, tmp_path, "kb-02-answer")
+            browser.close()
+    finally:
+        demo.close()
+    assert shipped() == before
