@@ -86,6 +86,9 @@ def copy_index(src: Path, dst: Path) -> None:
     tmp.mkdir(parents=True)
     try:
         for f in sorted(src.iterdir()):
+            if f.is_dir():
+                shutil.copytree(f, tmp / f.name)
+                continue
             if not f.is_file() or f.name.endswith(_SKIP_COPY):
                 continue
             if f.suffix == ".sqlite":
@@ -123,6 +126,7 @@ class AppKnowledgeBase:
         self.base_name, self.base_lock = base_name, base_lock
         self._writer_embedder = writer_embedder
         self._writer = None
+        self._retired = None  # the reader replaced by the last write; closed at the next one
         self._write_lock = threading.Lock()  # one write at a time in this process
         self._file_lock = FileLock(str(self.dir.parent / f".{self.dir.name}.lock"))  # and across processes
         self.current = base  # the reader that searches; replaced (one assignment) after each write
@@ -222,7 +226,10 @@ class AppKnowledgeBase:
         """Open a fresh reader on what the writer committed and make searches use it."""
         from retrieval import Retriever
 
-        self.current = Retriever.open(self.index_dir, embedder=self.current.embedder)
+        fresh = Retriever.open(self.index_dir, embedder=self.current.embedder)
+        if self._retired is not None:
+            self._retired.close()  # replaced a whole write ago: no search is still running on it
+        self._retired, self.current = self.current, fresh
 
     def upload(self, files: list[tuple[str, str | Path]], on_progress: Callable[[str], None] | None = None
                ) -> UploadResult:
