@@ -191,9 +191,13 @@ class AppKnowledgeBase:
     @staticmethod
     def safe_name(name: str) -> str:
         """The upload's file name without folders, with characters outside letters, digits and ``._-
-        ()+,`` replaced by ``_``; never hidden."""
+        ()+,`` replaced by ``_``; never hidden; at most 150 bytes (the type ending kept)."""
         base = _SAFE_NAME.sub("_", Path(str(name).replace("\\", "/")).name).strip()
-        return ("_" + base[1:]) if base.startswith(".") else (base or "upload")
+        base = ("_" + base[1:]) if base.startswith(".") else (base or "upload")
+        if len(base.encode()) > 150:  # file systems allow 255 bytes; room for the staging prefix
+            stem, suffix = Path(base).stem, Path(base).suffix[:16]
+            base = stem.encode()[:150 - len(suffix.encode())].decode(errors="ignore") + suffix
+        return base
 
     def _writer_kb(self):
         """The writer: the app's copy of the index, opened with its own embedding model. Copies the

@@ -165,6 +165,16 @@ def test_uploading_the_same_document_again_reports_a_duplicate(tiny_model_dir, t
     assert "copy of relay.md: duplicate of relay.md" in statuses[-1], statuses
     assert app.kb.current.info()["counts"]["chunks"] == chunks and set(app.listed()) >= {"relay.md"}
     assert not (app.kb.uploads / "copy of relay.md").exists()
+    # A PDF through retrieval's PDF loader; a name with folders lands in uploads/ under its last part only.
+    from tests.retrieval.conftest import make_pdf
+
+    received = tmp_path / "received.pdf"
+    received.write_bytes(make_pdf(["The Brindlewick pump holds 380 litres."]))
+    result = app.kb.upload([("../../manual.pdf", received)])  # the name as an API client might send it
+    assert "manual.pdf: added" in result.message(), result.message()
+    assert (app.kb.uploads / "manual.pdf").is_file() and not (tmp_path / "manual.pdf").exists()
+    hit = app.kb.search("How many litres does the Brindlewick pump hold?", k=1)[0]
+    assert hit.source == str(app.kb.uploads / "manual.pdf") and hit.heading == "page 1"
     # The same name with new content replaces the old version (as `retrieval add` does for a changed file).
     statuses, _ = app.upload(("relay.md", "The Quillfeather relay now resets every 12 minutes."))
     assert "relay.md: replaced the earlier version" in statuses[-1], statuses
