@@ -199,6 +199,11 @@ class AppKnowledgeBase:
             base = stem.encode()[:150 - len(suffix.encode())].decode(errors="ignore") + suffix
         return base
 
+    def _locked(self):
+        """The cross-process lock beside the folder (in its parent, made if missing)."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        return self._file_lock
+
     def _writer_kb(self):
         """The writer: the app's copy of the index, opened with its own embedding model. Copies the
         base on the first write (copy-on-write)."""
@@ -263,7 +268,7 @@ class AppKnowledgeBase:
             dup = next(n for n in names if names.count(n) > 1)
             raise UploadError(f"{dup} is chosen twice in this upload; upload it once")
         result = UploadResult()
-        with self._write_lock, self._file_lock:
+        with self._write_lock, self._locked():
             writer = self._writer_kb()
             self.uploads.mkdir(parents=True, exist_ok=True)
             try:
@@ -332,7 +337,7 @@ class AppKnowledgeBase:
         if file not in known:
             raise UploadError("That document is not in the knowledge base (any more); refresh the list.")
         row = known[file]
-        with self._write_lock, self._file_lock:
+        with self._write_lock, self._locked():
             writer = self._writer_kb()
             try:
                 writer.remove([file])

@@ -70,10 +70,10 @@ class App:
     """The app with a Knowledge base panel; handlers are called with the inputs their events are wired to."""
 
     def __init__(self, tiny_model_dir, tmp_path, base, embedder, steps=(), limits=None, writer=None,
-                 auth_required=False, username=None):
+                 auth_required=False, username=None, kb_dir="app-kb"):
         from retrieval import Retriever
 
-        self.kb = AppKnowledgeBase(tmp_path / "app-kb", Retriever.open(base, embedder=embedder), base, "shipped",
+        self.kb = AppKnowledgeBase(tmp_path / kb_dir, Retriever.open(base, embedder=embedder), base, "shipped",
                                    limits=limits, writer_embedder=lambda _m: writer or embedder)
         self.llm = ScriptedLLM(list(steps))
         self.chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=self.llm,
@@ -156,7 +156,7 @@ def test_upload_adds_the_document_the_search_tool_finds_it_and_the_shipped_kb_is
 
 
 def test_uploading_the_same_document_again_reports_a_duplicate(tiny_model_dir, tmp_path, base, embedder):
-    app = App(tiny_model_dir, tmp_path, base, embedder)
+    app = App(tiny_model_dir, tmp_path, base, embedder, kb_dir="runs/not-made-yet/kb")
     app.upload(("relay.md", FACT))
     chunks = app.kb.current.info()["counts"]["chunks"]
     statuses, _ = app.upload(("relay.md", FACT))
