@@ -278,3 +278,33 @@ def test_serve_config_knows_the_upload_fields(tmp_path):
         serve_config(["--config", str(bad)])
     with pytest.raises((KeelError, SystemExit)):
         serve_config(["--upload-max-mb", "0"])
+
+
+@pytest.mark.integration
+def test_a_chat_is_answered_through_the_live_queue_while_an_upload_embeds(tiny_model_dir, tmp_path, base, embedder):
+    """The running server, with one generation at a time (the default): an upload held mid-embedding
+    does not hold the chat's queue, because it runs in its own group."""
+    from gradio_client import Client, handle_file
+
+    writer = SlowEmbedder(embedder)
+    app = App(tiny_model_dir, tmp_path, base, embedder, writer=writer,
+              steps=[' Look.\nAction: search\nAction Input: {"query": "for loop"}', " ok\nFinal Answer: In order."])
+    app.demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.demo.local_url, verbose=False)
+        doc = tmp_path / "relay.md"
+        doc.write_text(FACT, encoding="utf-8")
+        job = client.submit([handle_file(str(doc))], api_name="/kb_upload")
+        assert writer.started.wait(60), "the upload never started embedding"
+        history = [{"role": "user", "content": [{"type": "text", "text": "How does a for loop iterate?"}]}]
+        t0 = time.monotonic()
+        out = client.predict(history, "", api_name="/answer")
+        took = time.monotonic() - t0
+        assert not job.done() and took < 30, took  # answered while the upload still embeds
+        assert "In order." in str(out[0])
+        writer.release.set()
+        status = job.result(timeout=60)[0]
+        assert "relay.md: added" in status
+    finally:
+        writer.release.set()
+        app.demo.close()
