@@ -22,6 +22,7 @@ opened reader replaces it in one assignment. The next search after an upload fin
 new document; a search running meanwhile sees the knowledge base as it was.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -159,10 +160,19 @@ class AppKnowledgeBase:
 
     # ------------------------------------------------------------ reads
     def search(self, *args, **kwargs):
-        return self.current.search(*args, **kwargs)
+        """``Retriever.search`` on the current reader; an uploaded file's source reads
+        ``uploads/<name>`` (what the chat cites), not the server's path."""
+        return [self._short(h) for h in self.current.search(*args, **kwargs)]
 
     def search_batch(self, *args, **kwargs):
-        return self.current.search_batch(*args, **kwargs)
+        return [[self._short(h) for h in hits] for hits in self.current.search_batch(*args, **kwargs)]
+
+    def _short(self, hit):
+        prefix = str(self.uploads) + os.sep
+        source = getattr(hit, "source", "")
+        if isinstance(source, str) and source.startswith(prefix) and dataclasses.is_dataclass(hit):
+            return dataclasses.replace(hit, source="uploads/" + source[len(prefix):])
+        return hit
 
     def documents(self) -> list[dict]:
         """``{"file", "name", "origin", "documents", "chunks"}`` per indexed file; ``origin`` is

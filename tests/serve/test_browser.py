@@ -294,12 +294,13 @@ def test_browser_uploads_a_document_and_the_answer_cites_it(tmp_path):
             chat.get_by_text("search(query=", exact=False).first.click()
             observation = chat.get_by_text("resets every 47 minutes", exact=False).first
             expect(observation).to_be_visible(timeout=10_000)
-            assert "quillfeather-relay.md § Quillfeather relay" in observation.inner_text()
+            assert "(uploads/quillfeather-relay.md § Quillfeather relay)" in observation.inner_text()
+            assert str(tmp_path) not in chat.inner_text()  # the server path of the upload is not shown
             time.sleep(1)  # let the opened step finish drawing before the shot
             page.screenshot(path=os.path.join(SHOTS or str(tmp_path), "kb-02a-observation.png"))
             answer = page.locator('#chatbot [data-testid="bot"]').last
             sources = answer.inner_text().split("Sources:")[-1]
-            assert "quillfeather-relay.md" in sources.split(";")[0], sources  # cited first among the sources
+            assert sources.split(";")[0].strip() == "uploads/quillfeather-relay.md § Quillfeather relay", sources
             # The 135M agent does not always answer from passage [1] (with other passages beside it, it
             # has answered from a Keel doc): the answer's own text is reported, not asserted.
             print("keel-agent answered:", answer.inner_text().split("Sources:")[0].strip().splitlines()[-1])

@@ -137,10 +137,11 @@ def test_upload_adds_the_document_the_search_tool_finds_it_and_the_shipped_kb_is
     assert len(listed) == 3 and table is not None and len(table) == 3
     # The agent's search tool sees it at once: no restart, and the chat shows the uploaded file as the source.
     hit = app.kb.search(QUESTION, k=1)[0]
-    assert hit.source == str(app.kb.uploads / "relay notes.md") and "47 minutes" in hit.text
+    assert hit.source == "uploads/relay notes.md" and "47 minutes" in hit.text  # no server path shown
     shown = app.ask(QUESTION)
     observation = next(m["content"] for m in shown if "Observation" in str(m.get("content")))
-    assert "relay notes.md" in observation and "Quillfeather" in observation
+    assert "(uploads/relay notes.md § Relay)" in observation and "Quillfeather" in observation
+    assert str(app.kb.dir) not in observation  # the server path of the upload is not shown
     assert "relay notes.md" in shown[-1]["content"]  # the answer's sources name the file
     # The shipped index is byte-for-byte the same; the app wrote its own copy.
     assert digests(base) == before
@@ -174,7 +175,7 @@ def test_uploading_the_same_document_again_reports_a_duplicate(tiny_model_dir, t
     assert "manual.pdf: added" in result.message(), result.message()
     assert (app.kb.uploads / "manual.pdf").is_file() and not (tmp_path / "manual.pdf").exists()
     hit = app.kb.search("How many litres does the Brindlewick pump hold?", k=1)[0]
-    assert hit.source == str(app.kb.uploads / "manual.pdf") and hit.heading == "page 1"
+    assert hit.source == "uploads/manual.pdf" and hit.heading == "page 1"
     # The same name with new content replaces the old version (as `retrieval add` does for a changed file).
     statuses, _ = app.upload(("relay.md", "The Quillfeather relay now resets every 12 minutes."))
     assert "relay.md: replaced the earlier version" in statuses[-1], statuses
