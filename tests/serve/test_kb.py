@@ -135,6 +135,7 @@ def test_upload_adds_the_document_the_search_tool_finds_it_and_the_shipped_kb_is
     listed = app.listed()
     assert listed["relay notes.md"][1] == "uploaded" and listed["relay notes.md"][3] >= 1  # chunk count
     assert len(listed) == 3 and table is not None and len(table) == 3
+    assert sum(row[3] for row in listed.values()) == app.kb.current.info()["counts"]["chunks"]
     # The agent's search tool sees it at once: no restart, and the chat shows the uploaded file as the source.
     hit = app.kb.search(QUESTION, k=1)[0]
     assert hit.source == "uploads/relay notes.md" and "47 minutes" in hit.text  # no server path shown
