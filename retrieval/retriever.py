@@ -567,3 +567,13 @@ class Retriever:
         """Indexed files: ``{"file", "encoding", "complete"}`` (encoding None for PDF and in-memory documents)."""
         rows = self.store.db.execute("SELECT file, encoding, complete FROM files ORDER BY file")
         return [{"file": f, "encoding": e, "complete": bool(c)} for f, e, c in rows]
+
+    def file_summaries(self) -> list[dict]:
+        """Indexed files with their sizes: ``{"file", "documents", "chunks", "complete"}``, by file key
+        (what ``remove`` takes). A JSONL file or a synthetic key holds many documents."""
+        rows = self.store.db.execute(
+            "SELECT f.file, f.complete, COUNT(DISTINCT d.source), COUNT(c.id) FROM files f "
+            "LEFT JOIN documents d ON d.file = f.file LEFT JOIN chunks c ON c.source = d.source "
+            "GROUP BY f.file ORDER BY f.file")
+        return [{"file": f, "documents": n_docs, "chunks": n_chunks, "complete": bool(c)}
+                for f, c, n_docs, n_chunks in rows]

@@ -106,7 +106,9 @@ def feedback_value(history: list[dict], served: dict) -> list[str | None]:
 
 
 def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-              switch_roots: list[str] | None = None):
+              switch_roots: list[str] | None = None, kb=None, auth_required: bool = False):
+    """``kb``: a ``serve.kb.AppKnowledgeBase`` adds the Knowledge base panel (uploads, documents,
+    removal); ``auth_required``: the app runs with a login, so writes need a signed-in user."""
     import gradio as gr
 
     def chat_update(history: list[dict], served: dict):
@@ -305,6 +307,10 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
             comment = gr.Textbox(show_label=False, placeholder="What was good or wrong?", lines=2,
                                  elem_id="comment", max_length=4_000)
             comment_btn = gr.Button("Save comment", size="sm", elem_id="comment-save")
+        if kb is not None:
+            from serve.kb import build_kb_panel
+
+            build_kb_panel(kb, auth_required)
         last_feedback = gr.State(None)
         served = gr.State(new_served())
 

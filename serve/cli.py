@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -60,6 +61,24 @@ class ServeConfig(Strict):
     vllm_max_model_len: int = Field(2048, ge=128)
     engine_start_timeout_s: float = Field(900.0, gt=0)
     engine_log_dir: str = "runs/engine"  # vLLM's log goes here
+    # This app's own knowledge base (serve/kb.py): uploads from the chat go here, to a copy of --index
+    # made on the first upload; the shipped default is never written. 'none' turns uploads off.
+    kb_dir: str = "runs/kb"
+    upload_max_mb: float = Field(20.0, gt=0, le=10_000, allow_inf_nan=False)  # per file
+    upload_max_files: int = Field(10, ge=1, le=1000)  # per upload
+    upload_types: list[str] = Field(default_factory=lambda: [".txt", ".md", ".markdown", ".html", ".htm", ".pdf",
+                                                             ".jsonl"])
+
+    @field_validator("upload_types")
+    @classmethod
+    def _known_types(cls, value):
+        from retrieval.loaders import SUFFIXES
+
+        value = [v.lower() if v.startswith(".") else "." + v.lower() for v in value]
+        unknown = [v for v in value if v not in SUFFIXES]
+        if unknown:
+            raise ValueError(f"{unknown} cannot be indexed; the retrieval loaders read {', '.join(SUFFIXES)}")
+        return value
 
     @field_validator("agent", mode="before")
     @classmethod
@@ -106,6 +125,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-api-key-env", metavar="VAR", help="environment variable holding the server's API key")
     p.add_argument("--llm-template", choices=["server", "checkpoint"],
                    help="with --llm-url: the server's chat template (default), or --checkpoint's applied here")
+    p.add_argument("--kb-dir", help="this app's knowledge base folder for uploaded documents (default runs/kb; "
+                                     "'none' turns uploads off)")
+    p.add_argument("--upload-max-mb", type=float, help="largest uploaded file, in MB (default 20)")
     return p
 
 
@@ -114,7 +136,8 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
     overrides = []
     for key in ("checkpoint", "index", "host", "port", "max_new_tokens", "temperature", "concurrency", "auth",
                 "max_steps", "feedback_db", "system_prompt", "regenerate_temperature", "engine", "vllm_python",
-                "llm_url", "llm_model", "llm_api_key_env", "llm_template"):
+                "llm_url", "llm_model", "llm_api_key_env", "llm_template",
+                "kb_dir", "upload_max_mb"):
         value = getattr(a, key)
         if value is not None:
             overrides += [f"--{key}", str(value)]
@@ -162,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             auth = tuple(cfg.auth.split(":", 1))
             if len(auth) != 2:
                 raise KeelError("--auth must be USER:PASSWORD")
-        demo = create_app(cfg)
+        demo = create_app(cfg, auth_required=auth is not None)
     except KeelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -198,7 +221,7 @@ def _engine_chat(cfg: ServeConfig, settings, retriever):
     return chat
 
 
-def create_app(cfg: ServeConfig):
+def create_app(cfg: ServeConfig, auth_required: bool = False):
     """Load the model, the retriever and the feedback store once, and build the app."""
     from serve.app import build_app
     from serve.chat import ChatModel, ChatSettings
@@ -209,7 +232,7 @@ def create_app(cfg: ServeConfig):
     started = time.time()
     # First: a damaged or read-only feedback database stops the start at once (FeedbackDBError, one line).
     store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
-    retriever = None
+    retriever = base_folder = base_lock = None
     if cfg.agent.enabled and cfg.index != "none":
         from retrieval import Retriever
         from retrieval.default_kb import default_index_dir, open_default_index
@@ -223,9 +246,23 @@ def create_app(cfg: ServeConfig):
                 print("[keel] opening the default knowledge base (re-embedding Keel's docs only if they changed)",
                       flush=True)
             retriever = open_default_index()
+            base_folder = default_index_dir()
+            base_lock = str(base_folder.parent / f".{base_folder.name}.lock")  # open_default_index's lock
         else:
             print(f"[keel] opening the knowledge base {cfg.index}", flush=True)
             retriever = Retriever.open(cfg.index)
+            base_folder = retriever.folder
+    kb = None
+    if retriever is not None and cfg.kb_dir != "none":
+        from serve.kb import AppKnowledgeBase, UploadLimits
+
+        base_name = "default" if cfg.index == "default" else str(Path(cfg.index).expanduser().resolve())
+        kb = AppKnowledgeBase(cfg.kb_dir, retriever, base_folder, base_name, base_lock,
+                              UploadLimits(cfg.upload_max_mb, cfg.upload_max_files, tuple(cfg.upload_types)))
+        print(f"[keel] uploads -> {kb.dir} ("
+              + ("this app's copy of the knowledge base" if kb.copied else "copied from the base on the first upload")
+              + ")", flush=True)
+        retriever = kb  # the search tool reads the app's knowledge base, which uploads replace in place
     settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent.enabled,
                             max_steps=cfg.max_steps, batch=cfg.batch, constrained=cfg.agent.constrained,
                             regenerate_temperature=cfg.regenerate_temperature)
@@ -238,7 +275,8 @@ def create_app(cfg: ServeConfig):
         print(f"feedback -> {store.location} (export: python -m serve export-feedback --db {store.location} --out DIR)")
     if cfg.switch_roots:
         print(f"checkpoint switching on, limited to: {', '.join(cfg.switch_roots)}")
-    demo = build_app(chat, store, cfg.system_prompt, switch_roots=cfg.switch_roots)
+    demo = build_app(chat, store, cfg.system_prompt, switch_roots=cfg.switch_roots, kb=kb,
+                     auth_required=auth_required)
     print(f"[keel] ready in {time.time() - started:.0f} s: serving {chat.short_name} on http://{cfg.host}:{cfg.port}",
           flush=True)
     return demo

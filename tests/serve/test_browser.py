@@ -239,3 +239,80 @@ def test_browser_walks_the_whole_feedback_loop(tiny_model_dir, tmp_path):
         demo.close()
     last = FeedbackStore(db).feedback("rating")[-1]
     assert last["completion"] == "From the new checkpoint." and last["checkpoint_id"] == str((out / "model").resolve())
+
+
+@pytest.mark.integration
+def test_browser_uploads_a_document_and_the_answer_cites_it(tmp_path):
+    """The app as `python -m serve` starts it (the default agent, keel-agent, over the default
+    knowledge base): upload a small Markdown file with a made-up fact in the Knowledge base panel,
+    ask about it: the search step shows the uploaded passage and the answer's sources cite the file;
+    remove it again. The shipped default knowledge base is not written. What keel-agent (135M)
+    writes from the passages is not asserted: it does not reliably answer from the right one."""
+    _need_browser()
+    import hashlib
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from retrieval.default_kb import default_index_dir, open_default_index
+    from serve.app import APP_CSS
+    from serve.cli import ServeConfig, create_app
+
+    open_default_index(progress=False).close()  # built once per machine (1-2 min), as the app's first start does
+
+    def shipped():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in default_index_dir().iterdir()
+                if p.name in ("manifest.json", "index.faiss", "docstore.sqlite")}
+
+    before = shipped()
+    doc = tmp_path / "quillfeather-relay.md"
+    doc.write_text("# Quillfeather relay\n\nThe Quillfeather relay on deck nine resets every 47 minutes. "
+                   "Engineer Ottoline Marsh logs each reset.\n", encoding="utf-8")
+    cfg = ServeConfig(kb_dir=str(tmp_path / "kb"), feedback_db=str(tmp_path / "feedback.db"))
+    demo = create_app(cfg)
+    demo.queue(default_concurrency_limit=cfg.concurrency).launch(server_name="127.0.0.1", server_port=None,
+                                                                 prevent_thread_lock=True, quiet=True, css=APP_CSS)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                                        headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(demo.local_url)
+            page.get_by_text("Knowledge base", exact=True).click()
+            expect(page.locator("#kb-documents")).to_contain_text("python-docs:pydoc_data.topics")
+            page.locator('#kb-upload input[type="file"]').set_input_files(str(doc))
+            expect(page.locator("#kb-status")).to_contain_text("1 added", timeout=120_000)
+            expect(page.locator("#kb-status")).to_contain_text("quillfeather-relay.md: added")
+            expect(page.locator("#kb-documents")).to_contain_text("quillfeather-relay.md")
+            _shot(page, tmp_path, "kb-01-uploaded")
+
+            page.locator("#message textarea").fill("How often does the Quillfeather relay reset?")
+            page.locator("#send").click()
+            chat = page.locator("#chatbot")
+            expect(chat).to_contain_text("Sources:", timeout=240_000)  # written with the final answer
+            expect(page.locator("#stop")).to_be_disabled(timeout=60_000)  # and the answer is complete
+            # Opened, the search step shows the uploaded passage with its file as the source.
+            chat.get_by_text("search(query=", exact=False).first.click()
+            observation = chat.get_by_text("resets every 47 minutes", exact=False).first
+            expect(observation).to_be_visible(timeout=10_000)
+            assert "(uploads/quillfeather-relay.md § Quillfeather relay)" in observation.inner_text()
+            assert str(tmp_path) not in chat.inner_text()  # the server path of the upload is not shown
+            time.sleep(1)  # let the opened step finish drawing before the shot
+            page.screenshot(path=os.path.join(SHOTS or str(tmp_path), "kb-02a-observation.png"))
+            answer = page.locator('#chatbot [data-testid="bot"]').last
+            sources = answer.inner_text().split("Sources:")[-1]
+            assert sources.split(";")[0].strip() == "uploads/quillfeather-relay.md § Quillfeather relay", sources
+            # The 135M agent does not always answer from passage [1] (with other passages beside it, it
+            # has answered from a Keel doc): the answer's own text is reported, not asserted.
+            print("keel-agent answered:", answer.inner_text().split("Sources:")[0].strip().splitlines()[-1])
+            _shot(page, tmp_path, "kb-02-answer")
+
+            page.locator("#kb-pick input").click()
+            page.get_by_role("option", name="quillfeather-relay.md (uploaded, 1 chunks)").click()
+            page.locator("#kb-remove").click()
+            expect(page.locator("#kb-status")).to_contain_text("Removed quillfeather-relay.md", timeout=60_000)
+            expect(page.locator("#kb-documents")).not_to_contain_text("quillfeather-relay.md")
+            _shot(page, tmp_path, "kb-03-removed")
+            browser.close()
+    finally:
+        demo.close()
+    assert shipped() == before
