@@ -13,8 +13,12 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.errors import RetrievalError
+from retrieval.lexical import FTS_TABLE, FTS_TOKENIZER, LEXICAL_VERSION, fts_query, lexical_text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Version 3 added the lexical index ``chunks_fts`` (an FTS5 table, rowid = chunk id; see
+# retrieval/lexical.py). Version-2 docstores are migrated on open in one transaction, the table
+# filled from the stored chunk texts; so is a docstore whose ``lexical_version`` is older.
 # Version 2 added ``files`` (one row per indexed file: content hash, detected text encoding, whether
 # all its chunks are stored) and ``names`` (the paths a user named when adding a file, so that
 # ``remove`` accepts the same names). Version-1 docstores are migrated on open.
@@ -35,6 +39,13 @@ CREATE TABLE IF NOT EXISTS names (
     name TEXT NOT NULL, abspath TEXT NOT NULL, file TEXT NOT NULL, PRIMARY KEY (name, file));
 CREATE INDEX IF NOT EXISTS names_abspath ON names(abspath);
 """
+_FTS_SCHEMA = f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(lex, tokenize=\"{FTS_TOKENIZER}\")"
+
+
+def _check_fts5(db: sqlite3.Connection, path: Path) -> None:
+    if "ENABLE_FTS5" not in {r[0] for r in db.execute("PRAGMA compile_options")}:
+        raise RetrievalError(f"docstore {path}: this Python's SQLite ({sqlite3.sqlite_version}) is built without FTS5, "
+                             "which the lexical index needs; use a Python whose sqlite3 has FTS5 (CPython's builds do)")
 
 
 def _now() -> str:
@@ -49,13 +60,20 @@ class DocStore:
             self.db = sqlite3.connect(str(path), check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             if create:
+                _check_fts5(self.db, path)
                 self.db.executescript(_SCHEMA)
+                self.db.execute(_FTS_SCHEMA)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('lexical_version', ?)", (str(LEXICAL_VERSION),))
                 self.db.commit()
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if ok == "ok" and version is not None and int(version[0]) == 1:
                 self._migrate_from_1()
+                version = ("2",)
+            if ok == "ok" and version is not None and int(version[0]) in (2, 3):
+                _check_fts5(self.db, path)
+                self._sync_lexical(int(version[0]))
                 version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as e:
             raise RetrievalError(f"docstore {path} is damaged: {e}") from None
@@ -70,7 +88,36 @@ class DocStore:
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO files (file, sha256, encoding, complete, added_at) "
                             "SELECT file, MIN(sha256), NULL, 1, MIN(added_at) FROM documents GROUP BY file")
+            self.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    def _sync_lexical(self, version: int) -> None:
+        """Make the lexical index hold exactly the stored chunks, in one transaction: create it in a
+        version-2 docstore, re-fill it when its tokenisation (``lexical_version``) is older or its
+        row count differs from the chunks' (a docstore changed by a Keel without it)."""
+        if version == 3:
+            lex = self.db.execute("SELECT value FROM meta WHERE key = 'lexical_version'").fetchone()
+            if lex is not None and int(lex[0]) == LEXICAL_VERSION and \
+                    self.db.execute(f"SELECT COUNT(*) FROM {FTS_TABLE}").fetchone()[0] == \
+                    self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]:
+                return
+        self.rebuild_lexical()
+
+    def rebuild_lexical(self) -> None:
+        """Drop and re-fill the lexical index from the stored chunk texts, in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
+            self.db.execute(_FTS_SCHEMA)
+            rows = self.db.execute("SELECT id, text FROM chunks ORDER BY id")
+            while batch := rows.fetchmany(4096):
+                self.db.executemany(f"INSERT INTO {FTS_TABLE} (rowid, lex) VALUES (?, ?)",
+                                    [(i, lexical_text(t)) for i, t in batch])
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('lexical_version', ?)", (str(LEXICAL_VERSION),))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -117,6 +164,16 @@ class DocStore:
         keys = ("id", "source", "title", "heading", "start", "end", "text")
         return {r[0]: dict(zip(keys, r)) for r in rows}
 
+    def lexical_search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """The ``k`` chunks with the best BM25 score for ``query``: ``[(chunk id, score)]``, best
+        first, score = -``bm25()`` (higher is better, unbounded). Empty when the query has no terms."""
+        match = fts_query(query)
+        if match is None:
+            return []
+        rows = self.db.execute(f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
+                               f"ORDER BY bm25({FTS_TABLE}) LIMIT ?", (match, k))
+        return [(int(i), -float(s)) for i, s in rows]
+
     def vectors(self, ids: list[int], dim: int) -> np.ndarray:
         marks = ",".join("?" * len(ids))
         found = dict(self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", list(ids)))
@@ -132,6 +189,8 @@ class DocStore:
     # ---- writes (the caller commits or rolls back)
     def delete_files(self, files: list[str]) -> None:
         for f in files:
+            self.db.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid IN (SELECT c.id FROM chunks c JOIN documents d "
+                            "ON c.source = d.source WHERE d.file = ?)", (f,))
             self.db.execute("DELETE FROM chunks WHERE source IN (SELECT source FROM documents WHERE file = ?)", (f,))
             self.db.execute("DELETE FROM documents WHERE file = ?", (f,))
             self.db.execute("DELETE FROM files WHERE file = ?", (f,))
@@ -157,6 +216,7 @@ class DocStore:
                 "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (c.source, c.title, c.heading, c.start, c.end, c.text, v.astype("float32").tobytes()))
             ids.append(cur.lastrowid)
+            self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, lex) VALUES (?, ?)", (cur.lastrowid, lexical_text(c.text)))
         return ids
 
     def finish_file(self, file: str, names: list[tuple[str, str]]) -> None:
@@ -178,5 +238,7 @@ class DocStore:
                     "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (c.source, c.title, c.heading, c.start, c.end, c.text, vectors[row].astype("float32").tobytes()))
                 ids.append(cur.lastrowid)
+                self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, lex) VALUES (?, ?)",
+                                (cur.lastrowid, lexical_text(c.text)))
                 row += 1
         return ids
