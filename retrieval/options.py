@@ -13,7 +13,7 @@ INDEX_PARAM_KEYS = ("nlist", "nprobe", "m", "M", "ef_construction", "ef_search")
 SEARCH_MODES = ("dense", "lexical", "hybrid")
 # Hybrid was measured best on the default knowledge base's query set (bench/RESULTS.md, "Hybrid search").
 DEFAULT_MODE = "hybrid"
-HYBRID_CANDIDATES = 50  # chunks from each of dense and lexical that reciprocal rank fusion ranks
+HYBRID_CANDIDATES = 100  # chunks from each of dense and lexical that reciprocal rank fusion ranks (tuned on dev)
 
 
 def check_mode(mode, name: str = "mode") -> str:

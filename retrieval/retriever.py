@@ -24,7 +24,7 @@ from retrieval.chunking import Chunk, check_window, iter_chunks
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
-from retrieval.lexical import RRF_K, rrf
+from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, rrf
 from retrieval.options import DEFAULT_MODE, HYBRID_CANDIDATES, check_chunking, check_index_params, check_mode, check_search
 from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
 from retrieval.text import BinaryFileError
@@ -143,7 +143,9 @@ def mmr(query: np.ndarray, candidates: np.ndarray, k: int, lambda_: float) -> li
 
 class Retriever:
     commit_every = COMMIT_EVERY
-    rrf_k = RRF_K  # reciprocal rank fusion constant (Cormack et al. 2009)
+    rrf_k = RRF_K  # reciprocal rank fusion constant (Cormack et al. 2009; tuned: retrieval/lexical.py)
+    lexical_weight = 1.0  # weight of the lexical ranking in the fusion (the dense one has 1)
+    exact_weight, title_weight = EXACT_WEIGHT, TITLE_WEIGHT  # bm25 column weights (retrieval/lexical.py)
     candidates = HYBRID_CANDIDATES  # chunks taken from each of dense and lexical before fusion (hybrid)
     default_mode = DEFAULT_MODE  # the mode of ``search(mode=None)``, which the agent's search tool uses
 
@@ -531,7 +533,7 @@ class Retriever:
 
         ``mode``: ``"dense"`` (FAISS, cosine similarity), ``"lexical"`` (BM25 over the FTS5 index,
         exact identifiers and operator symbols kept: retrieval/lexical.py) or ``"hybrid"`` (both,
-        fused by reciprocal rank fusion, ``rrf_k`` = 60, each side's best ``candidates`` chunks);
+        fused by reciprocal rank fusion of each side's best ``candidates`` chunks, constant ``rrf_k``);
         None is ``default_mode`` (hybrid, measured best: bench/RESULTS.md). ``Hit.score`` is the
         cosine similarity (dense), -bm25 (lexical, higher is better) or the RRF score (hybrid).
 
@@ -557,11 +559,12 @@ class Retriever:
             if mode == "dense":
                 hits = dense[qi]
             else:
-                lexical = self.store.lexical_search(text, want)
+                lexical = self.store.lexical_search(text, want, self.exact_weight, self.title_weight)
                 if mode == "lexical":
                     ranked = lexical
                 else:
-                    ranked = rrf([[h.id for h in dense[qi]], [i for i, _ in lexical]], self.rrf_k)[:want]
+                    ranked = rrf([[h.id for h in dense[qi]], [i for i, _ in lexical]], self.rrf_k,
+                                 [1.0, self.lexical_weight])[:want]
                 rows = self.store.get([i for i, _ in ranked])
                 hits = [Hit(score=score, **rows[i]) for i, score in ranked if i in rows]
                 if min_score is not None and hits:

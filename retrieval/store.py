@@ -13,7 +13,7 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.errors import RetrievalError
-from retrieval.lexical import FTS_TABLE, FTS_TOKENIZER, LEXICAL_VERSION, fts_query, lexical_text
+from retrieval.lexical import EXACT_WEIGHT, TITLE_WEIGHT, FTS_TABLE, FTS_TOKENIZER, LEXICAL_VERSION, fts_query, lexical_columns
 
 SCHEMA_VERSION = 3
 # Version 3 added the lexical index ``chunks_fts`` (an FTS5 table, rowid = chunk id; see
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS names (
     name TEXT NOT NULL, abspath TEXT NOT NULL, file TEXT NOT NULL, PRIMARY KEY (name, file));
 CREATE INDEX IF NOT EXISTS names_abspath ON names(abspath);
 """
-_FTS_SCHEMA = f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(lex, tokenize=\"{FTS_TOKENIZER}\")"
+_FTS_SCHEMA = f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(words, exact, title, tokenize=\"{FTS_TOKENIZER}\")"
 
 
 def _check_fts5(db: sqlite3.Connection, path: Path) -> None:
@@ -108,10 +108,10 @@ class DocStore:
         try:
             self.db.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
             self.db.execute(_FTS_SCHEMA)
-            rows = self.db.execute("SELECT id, text FROM chunks ORDER BY id")
+            rows = self.db.execute("SELECT id, text, title, heading FROM chunks ORDER BY id")
             while batch := rows.fetchmany(4096):
-                self.db.executemany(f"INSERT INTO {FTS_TABLE} (rowid, lex) VALUES (?, ?)",
-                                    [(i, lexical_text(t)) for i, t in batch])
+                self.db.executemany(f"INSERT INTO {FTS_TABLE} (rowid, words, exact, title) VALUES (?, ?, ?, ?)",
+                                    [(i, *lexical_columns(t, ti, h)) for i, t, ti, h in batch])
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('lexical_version', ?)", (str(LEXICAL_VERSION),))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             self.db.commit()
@@ -164,14 +164,18 @@ class DocStore:
         keys = ("id", "source", "title", "heading", "start", "end", "text")
         return {r[0]: dict(zip(keys, r)) for r in rows}
 
-    def lexical_search(self, query: str, k: int) -> list[tuple[int, float]]:
+    def lexical_search(self, query: str, k: int, exact_weight: float = EXACT_WEIGHT,
+                       title_weight: float = TITLE_WEIGHT) -> list[tuple[int, float]]:
         """The ``k`` chunks with the best BM25 score for ``query``: ``[(chunk id, score)]``, best
-        first, score = -``bm25()`` (higher is better, unbounded). Empty when the query has no terms."""
+        first, score = -``bm25()`` (higher is better, unbounded), matches of exact tokens and of the
+        title or heading weighted ``exact_weight`` and ``title_weight`` times. Empty when the query
+        has no terms."""
         match = fts_query(query)
         if match is None:
             return []
-        rows = self.db.execute(f"SELECT rowid, bm25({FTS_TABLE}) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
-                               f"ORDER BY bm25({FTS_TABLE}) LIMIT ?", (match, k))
+        w, t = float(exact_weight), float(title_weight)
+        rows = self.db.execute(f"SELECT rowid, bm25({FTS_TABLE}, 1.0, {w!r}, {t!r}) AS s FROM {FTS_TABLE} "
+                               f"WHERE {FTS_TABLE} MATCH ? ORDER BY s LIMIT ?", (match, k))
         return [(int(i), -float(s)) for i, s in rows]
 
     def vectors(self, ids: list[int], dim: int) -> np.ndarray:
@@ -216,7 +220,8 @@ class DocStore:
                 "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (c.source, c.title, c.heading, c.start, c.end, c.text, v.astype("float32").tobytes()))
             ids.append(cur.lastrowid)
-            self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, lex) VALUES (?, ?)", (cur.lastrowid, lexical_text(c.text)))
+            self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, words, exact, title) VALUES (?, ?, ?, ?)",
+                            (cur.lastrowid, *lexical_columns(c.text, c.title, c.heading)))
         return ids
 
     def finish_file(self, file: str, names: list[tuple[str, str]]) -> None:
@@ -238,7 +243,7 @@ class DocStore:
                     "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (c.source, c.title, c.heading, c.start, c.end, c.text, vectors[row].astype("float32").tobytes()))
                 ids.append(cur.lastrowid)
-                self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, lex) VALUES (?, ?)",
-                                (cur.lastrowid, lexical_text(c.text)))
+                self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, words, exact, title) VALUES (?, ?, ?, ?)",
+                                (cur.lastrowid, *lexical_columns(c.text, c.title, c.heading)))
                 row += 1
         return ids
