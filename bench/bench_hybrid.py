@@ -9,17 +9,17 @@
 2. speed: lexical (FTS5 bm25) query latency p50/p99 on a docstore of N synthetic chunks (random
    200-word windows of the default knowledge base's own text, so posting lists have the real
    word distribution), beside a NumPy brute-force dense search over N 384-d vectors in the same
-   run; the dense FAISS part is bench/bench_retrieval.py's figure (IVF-Flat).
+   run. 3. dense: the FAISS part at N vectors, k 10 and k 100 (the depth hybrid fetches).
 
     python bench/bench_hybrid.py quality [--queries bench/queries/default_kb_hybrid.jsonl]
     python bench/bench_hybrid.py speed --sizes 100000,1000000
+    python bench/bench_hybrid.py dense --sizes 1000000
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -151,13 +151,42 @@ def speed(a) -> dict:
     return {"lexical_speed": rows}
 
 
+def dense(a) -> dict:
+    """The dense part of a hybrid search at N vectors: the default index (auto: IVF-Flat, nprobe 16)
+    asked for k = 10 (a dense search) and for k = ``HYBRID_CANDIDATES`` (what hybrid fetches), on
+    bench_retrieval.py's Gaussian-mixture vectors; baseline NumPy brute force, same run."""
+    import bench_retrieval as br
+    from retrieval.index import VectorIndex, choose_index_type
+    from retrieval.options import HYBRID_CANDIDATES
+
+    rows = []
+    for n in map(int, a.sizes.split(",")):
+        centers = np.random.default_rng(123).normal(size=(max(10, n // 500), br.DIM)).astype("float32") / np.sqrt(br.DIM)
+        queries, x = br.mixture(200, 999, centers), br.mixture(n, 1, centers)
+        kind = choose_index_type("auto", n)
+        t = time.perf_counter()
+        index = VectorIndex.create(kind, br.DIM, x)
+        index.add(np.arange(n, dtype="int64"), x)
+        build = time.perf_counter() - t
+        row = {"n": n, "index": kind, "params": dict(index.params), "build_s": build}
+        for k in (10, HYBRID_CANDIDATES):
+            _, times = br.latencies(lambda q: index.search(q, k)[1], queries)
+            row[f"p50_ms_k{k}"], row[f"p99_ms_k{k}"] = float(np.percentile(times, 50)), float(np.percentile(times, 99))
+        _, times = br.latencies(br.numpy_search(x, HYBRID_CANDIDATES), queries)
+        row["numpy_p50_ms"] = float(np.percentile(times, 50))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del index, x
+    return {"dense_speed": rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["quality", "speed"])
+    p.add_argument("what", choices=["quality", "speed", "dense"])
     p.add_argument("--queries", default=str(REPO / "bench" / "queries" / "default_kb_hybrid.jsonl"))
     p.add_argument("--sizes", default="100000,1000000")
     a = p.parse_args()
-    out = quality(a) if a.what == "quality" else speed(a)
+    out = {"quality": quality, "speed": speed, "dense": dense}[a.what](a)
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / f"hybrid_{a.what}.json").write_text(json.dumps(out, indent=2))
 
