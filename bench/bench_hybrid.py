@@ -95,6 +95,18 @@ def quality(a) -> dict:
         print(f"\n{name}: {len(qs)} queries\n| mode | recall@1 | recall@5 | recall@10 | MRR |\n|---|---|---|---|---|")
         for m, r in rows.items():
             print(f"| {m} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | {r['mrr']:.3f} |")
+    # End-to-end latency of one Retriever.search (query embedding included), per mode, same queries.
+    texts = [q["query"] for q in sets["test"]]
+    out["search_ms"] = {}
+    for mode in ("dense", "lexical", "hybrid"):
+        kb.search(texts[0], k=5, mode=mode)
+        times = []
+        for t in texts:
+            t0 = time.perf_counter()
+            kb.search(t, k=5, mode=mode)
+            times.append((time.perf_counter() - t0) * 1000)
+        out["search_ms"][mode] = {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
+    print("search latency, one query, k 5, embedding included:", json.dumps(out["search_ms"]))
     return out
 
 

@@ -553,7 +553,11 @@ class Retriever:
         want = fetch_k or (max(4 * k, 20) if mmr_lambda is not None else k)
         if mode == "hybrid":
             want = max(want, self.candidates)
-        dense = self._dense(q, want, min_score if mode == "dense" else None) if mode != "lexical" else None
+        if mode == "dense":
+            dense = self._dense(q, want, min_score)
+        elif mode == "hybrid":  # only the ids take part in the fusion; tombstones drop out after it
+            fetched = self.index.search(q, want + self.manifest["counts"].get("tombstones", 0))[1]
+            dense = [[int(i) for i in row if i >= 0] for row in fetched]
         results = []
         for qi, text in enumerate(queries):
             if mode == "dense":
@@ -563,8 +567,10 @@ class Retriever:
                 if mode == "lexical":
                     ranked = lexical
                 else:
-                    ranked = rrf([[h.id for h in dense[qi]], [i for i, _ in lexical]], self.rrf_k,
-                                 [1.0, self.lexical_weight])[:want]
+                    ranked = rrf([dense[qi][:want], [i for i, _ in lexical]], self.rrf_k,
+                                 [1.0, self.lexical_weight])
+                # the texts of the hits returned, or of every candidate that MMR or min_score look at
+                ranked = ranked[:k if mmr_lambda is None and min_score is None else max(want, k)]
                 rows = self.store.get([i for i, _ in ranked])
                 hits = [Hit(score=score, **rows[i]) for i, score in ranked if i in rows]
                 if min_score is not None and hits:
