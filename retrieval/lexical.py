@@ -21,7 +21,7 @@ and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars
                ``nonlocal`` are ordinary words and stay searchable.
 
 Queries are OR-ed (any term may match) and BM25 weighs rare terms such as ``op_at`` far above
-``the``. ``LEXICAL_VERSION`` is stored in the docstore: when the tokenisation changes, the table is
+``the``; stop words, and terms in more than ``MAX_DF`` chunks, are left out of a query. ``LEXICAL_VERSION`` is stored in the docstore: when the tokenisation changes, the table is
 rebuilt from the stored chunk texts on open.
 
 Fusion is reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009): a candidate's score
@@ -40,6 +40,12 @@ FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 RRF_K = 5
 EXACT_WEIGHT = 4.0  # bm25() column weight of the exact-token column against the words column
 TITLE_WEIGHT = 2.0  # bm25() column weight of the title-and-heading column
+# Query terms found in more than this many chunks are left out of the search (the rarest term is
+# kept when all are that common). FTS5 scores every chunk an OR query matches (about 3 us each on
+# these CPUs), so a term in most chunks ("not", "in") made one search take 0.37 s at 100k chunks.
+# Below 10,000 chunks nothing is ever left out (the default knowledge base has 970); above, terms
+# in more than 10,000 chunks weigh least in BM25 (idf ~ log(N / df)). bench/RESULTS.md, "Hybrid search".
+MAX_DF = 10_000
 
 # Python's operators and delimiters that carry meaning in a question, longest first so that
 # ``**=`` is read before ``**`` and ``*``. Brackets, commas and dots are left out: they are
@@ -102,11 +108,16 @@ why will work works would you your
 """.split())
 
 
-def fts_query(query: str) -> str | None:
-    """An FTS5 MATCH expression: the query's distinct terms less stop words, quoted, OR-ed; None
-    when it has no terms."""
+def query_terms(query: str) -> list[str]:
+    """The query's distinct terms less stop words (all of them when only stop words are left)."""
     terms = list(dict.fromkeys(lexical_terms(query)))
-    terms = [t for t in terms if t not in QUERY_STOPWORDS] or terms
+    return [t for t in terms if t not in QUERY_STOPWORDS] or terms
+
+
+def fts_query(query: str | list[str]) -> str | None:
+    """An FTS5 MATCH expression: the query's terms (``query_terms``, or the given list), quoted,
+    OR-ed; None when it has no terms."""
+    terms = query_terms(query) if isinstance(query, str) else query
     return " OR ".join(f'"{t}"' for t in terms) if terms else None
 
 

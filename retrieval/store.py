@@ -13,7 +13,8 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.errors import RetrievalError
-from retrieval.lexical import EXACT_WEIGHT, TITLE_WEIGHT, FTS_TABLE, FTS_TOKENIZER, LEXICAL_VERSION, fts_query, lexical_columns
+from retrieval.lexical import (EXACT_WEIGHT, FTS_TABLE, FTS_TOKENIZER, LEXICAL_VERSION, MAX_DF, TITLE_WEIGHT,
+                               fts_query, lexical_columns, query_terms)
 
 SCHEMA_VERSION = 3
 # Version 3 added the lexical index ``chunks_fts`` (an FTS5 table, rowid = chunk id; see
@@ -54,6 +55,7 @@ def _now() -> str:
 
 class DocStore:
     def __init__(self, path: Path, create: bool = False):
+        self._n_fts: int | None = None
         if not create and not path.is_file():
             raise RetrievalError(f"docstore {path} is missing")
         try:
@@ -104,6 +106,7 @@ class DocStore:
 
     def rebuild_lexical(self) -> None:
         """Drop and re-fill the lexical index from the stored chunk texts, in one transaction."""
+        self._n_fts = None
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
@@ -164,15 +167,28 @@ class DocStore:
         keys = ("id", "source", "title", "heading", "start", "end", "text")
         return {r[0]: dict(zip(keys, r)) for r in rows}
 
+    def _n_lexical(self) -> int:
+        """Rows of the lexical index (cached; writes through this store reset it)."""
+        if self._n_fts is None:
+            self._n_fts = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return self._n_fts
+
     def lexical_search(self, query: str, k: int, exact_weight: float = EXACT_WEIGHT,
-                       title_weight: float = TITLE_WEIGHT) -> list[tuple[int, float]]:
+                       title_weight: float = TITLE_WEIGHT, max_df: int | None = MAX_DF) -> list[tuple[int, float]]:
         """The ``k`` chunks with the best BM25 score for ``query``: ``[(chunk id, score)]``, best
         first, score = -``bm25()`` (higher is better, unbounded), matches of exact tokens and of the
-        title or heading weighted ``exact_weight`` and ``title_weight`` times. Empty when the query
-        has no terms."""
-        match = fts_query(query)
-        if match is None:
+        title or heading weighted ``exact_weight`` and ``title_weight`` times. Query terms in more
+        than ``max_df`` chunks are left out (``retrieval.lexical.MAX_DF``; None keeps all). Empty when
+        the query has no terms."""
+        terms = query_terms(query)
+        if not terms:
             return []
+        if len(terms) > 1 and max_df is not None and self._n_lexical() > max_df:
+            # document frequency of each term, counted up to the cut-off only (cheap for common terms)
+            df = {t: self.db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
+                                     "LIMIT ?)", (f'"{t}"', max_df + 1)).fetchone()[0] for t in terms}
+            terms = [t for t in terms if df[t] <= max_df] or [min(terms, key=df.get)]
+        match = fts_query(terms)
         w, t = float(exact_weight), float(title_weight)
         rows = self.db.execute(f"SELECT rowid, bm25({FTS_TABLE}, 1.0, {w!r}, {t!r}) AS s FROM {FTS_TABLE} "
                                f"WHERE {FTS_TABLE} MATCH ? ORDER BY s LIMIT ?", (match, k))
@@ -192,6 +208,7 @@ class DocStore:
 
     # ---- writes (the caller commits or rolls back)
     def delete_files(self, files: list[str]) -> None:
+        self._n_fts = None
         for f in files:
             self.db.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid IN (SELECT c.id FROM chunks c JOIN documents d "
                             "ON c.source = d.source WHERE d.file = ?)", (f,))
@@ -214,6 +231,7 @@ class DocStore:
         self.db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, 0, ?)", (source, file, sha256, title, _now()))
 
     def add_chunks(self, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
+        self._n_fts = None
         ids = []
         for c, v in zip(chunks, vectors):
             cur = self.db.execute(
@@ -233,6 +251,7 @@ class DocStore:
 
     def insert(self, file: str, sha256: str, docs: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray) -> list[int]:
         """Insert documents ``(source, title, chunks)`` of one file; returns the new chunk ids in order."""
+        self._n_fts = None
         now = _now()
         ids, row = [], 0
         for source, title, chunks in docs:

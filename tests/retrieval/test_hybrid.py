@@ -225,3 +225,14 @@ def test_agent_search_tool_uses_the_default_hybrid_mode(kb):
 
     out = search_tool(kb).run({"query": "what does @ do for multiplying matrices", "k": 1}).text
     assert "matmul.md" in out
+
+
+def test_terms_in_too_many_chunks_are_left_out_of_a_large_index(kb):
+    # "note" is in five chunks: above max_df it is left out, and only the rarer term is searched
+    everything = kb.store.lexical_search("nonlocal note", 10, max_df=None)
+    assert len(everything) == 5
+    kept = kb.store.lexical_search("nonlocal note", 10, max_df=3)
+    assert [kb.store.get([i])[i]["source"].rsplit("/", 1)[-1] for i, _ in kept] == ["nonlocal.md"]
+    # when every term is that common, the rarest one is still searched
+    assert len(kb.store.lexical_search("note", 10, max_df=3)) == 5
+    assert len(kb.store.lexical_search("note in", 10, max_df=3)) == 4  # "in": 4 chunks, "note": 5
