@@ -75,7 +75,13 @@ class DocStore:
                 version = ("2",)
             if ok == "ok" and version is not None and int(version[0]) in (2, 3):
                 _check_fts5(self.db, path)
-                self._sync_lexical(int(version[0]))
+                try:
+                    self._sync_lexical(int(version[0]))
+                except sqlite3.OperationalError as e:  # read-only file or folder, or locked by a writer
+                    raise RetrievalError(f"docstore {path} needs its lexical index made or refreshed (schema "
+                                         f"{version[0]} -> {SCHEMA_VERSION}, nothing is re-embedded) but cannot be "
+                                         f"written now: {e} (a read-only file, or another process writing it); "
+                                         "open it again once it is writable") from None
                 version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as e:
             raise RetrievalError(f"docstore {path} is damaged: {e}") from None

@@ -238,3 +238,21 @@ def test_terms_in_too_many_chunks_are_left_out_of_a_large_index(kb):
     alone = [{i for i, _ in kb.store.lexical_search(t, 10, max_df=None)} for t in ("note", "in")]
     assert min(len(a) for a in alone) > 3
     assert {i for i, _ in kb.store.lexical_search("note in", 10, max_df=3)} == min(alone, key=len)
+
+
+def test_old_knowledge_base_that_cannot_be_written_gets_a_clear_error(tmp_path, notes, embedder):
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([notes])
+    kb.close()
+    store = tmp_path / "idx" / "docstore.sqlite"
+    _make_schema_2(store)
+    writer = sqlite3.connect(store)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(RetrievalError, match="lexical index made or refreshed .* cannot be written now"):
+            Retriever.open(tmp_path / "idx", embedder=embedder)
+    finally:
+        writer.rollback()
+        writer.close()
+    assert Retriever.open(tmp_path / "idx", embedder=embedder).store.db.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
