@@ -569,8 +569,10 @@ class Retriever:
                 else:
                     ranked = rrf([dense[qi][:want], [i for i, _ in lexical]], self.rrf_k,
                                  [1.0, self.lexical_weight])
-                # the texts of the hits returned, or of every candidate that MMR or min_score look at
-                ranked = ranked[:k if mmr_lambda is None and min_score is None else max(want, k)]
+                # the texts of the hits returned (and room for HNSW tombstones, which drop out
+                # below), or of every candidate that MMR or min_score look at
+                tombstones = self.manifest["counts"].get("tombstones", 0)
+                ranked = ranked[:k + tombstones if mmr_lambda is None and min_score is None else max(want, k)]
                 rows = self.store.get([i for i, _ in ranked])
                 hits = [Hit(score=score, **rows[i]) for i, score in ranked if i in rows]
                 if min_score is not None and hits:
