@@ -11,7 +11,7 @@ another on-disk index beside FAISS.
 
 Tokenisation. FTS5's ``unicode61`` tokenizer drops every symbol and splits ``__slots__`` into
 ``slots``, so a question that hinges on one exact token (``@``, ``**``, ``//``, ``__slots__``)
-could not match. ``lexical_text`` therefore pre-tokenises in Python, the same way for passages
+could not match. ``lexical_terms`` therefore pre-tokenises in Python, the same way for passages
 and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars '_'``) keeps whole:
 
   identifiers  ``__slots__`` -> ``__slots__ slots`` (exact name, and the bare word for "slots")
@@ -20,8 +20,13 @@ and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars
   words        lower-cased, Porter-stemmed by FTS5 (``slots`` matches ``slot``); keywords such as
                ``nonlocal`` are ordinary words and stay searchable.
 
+The table has three columns (``lexical_columns``): ``words``, ``exact`` (operator and underscore-name
+terms) and ``title`` (document title and chunk heading); ``bm25()`` weighs them 1, ``EXACT_WEIGHT``
+and ``TITLE_WEIGHT``. It stores its own copy of these terms (about the size of the chunk texts).
+
 Queries are OR-ed (any term may match) and BM25 weighs rare terms such as ``op_at`` far above
-``the``; stop words, and terms in more than ``MAX_DF`` chunks, are left out of a query. ``LEXICAL_VERSION`` is stored in the docstore: when the tokenisation changes, the table is
+``the``; stop words, and terms in more than ``MAX_DF`` chunks, are left out of a query.
+``LEXICAL_VERSION`` is stored in the docstore: when the tokenisation changes, the table is
 rebuilt from the stored chunk texts on open.
 
 Fusion is reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009): a candidate's score
