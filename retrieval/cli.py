@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="diversify with MMR, 0..1 (1 = relevance only)")
     s.add_argument("--min-score", type=_float_between(-1, 1, " (cosine similarity)"),
                    help="drop hits below this cosine similarity, -1..1")
+    s.add_argument("--mode", choices=["dense", "lexical", "hybrid"],
+                   help="dense (FAISS), lexical (BM25, exact identifiers and symbols) or hybrid (both, fused by "
+                        "reciprocal rank); default hybrid")
     s.add_argument("--json", action="store_true")
     i = sub.add_parser("info", help="show an index's manifest")
     i.add_argument("index")
@@ -109,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("index")
     rb.add_argument("--index-type", choices=["auto", "flat", "ivf-flat", "ivf-pq", "hnsw"])
     rb.add_argument("--index-param", action="append", default=[], metavar="KEY=VALUE")
-    e = sub.add_parser("eval", help="recall@k and MRR on a query file")
+    e = sub.add_parser("eval", help="recall@1/5/10 and MRR of every search mode on a query file")
     e.add_argument("index")
-    e.add_argument("queries", help='JSONL: {"query": ..., "relevant": [source ids]}')
-    e.add_argument("-k", type=_int_at_least(1), default=10)
+    e.add_argument("queries", help='JSONL: {"query": ..., "relevant": [source ids], "split": optional}')
+    e.add_argument("-k", type=_int_at_least(1), default=10, help="deepest cut-off (default 10)")
+    e.add_argument("--mode", action="append", choices=["dense", "lexical", "hybrid"],
+                   help="evaluate only this mode (repeatable; default all three)")
+    e.add_argument("--split", help="only the query lines with this split (e.g. dev or test)")
     e.add_argument("--out", help="write the JSON report here")
     sub.add_parser("default", help="build (or refresh) the default knowledge base and print its folder")
     args = p.parse_args(argv)
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "remove":
             print(f"removed {open_kb(args.index).remove(args.docs)} files")
         elif args.cmd == "search":
-            _print_hits(open_kb(args.index).search(args.query, args.k, args.mmr, args.min_score), args.json)
+            _print_hits(open_kb(args.index).search(args.query, args.k, args.mmr, args.min_score, mode=args.mode),
+                        args.json)
         elif args.cmd == "info":
             print(json.dumps(open_kb(args.index).info(), indent=2))
         elif args.cmd == "rebuild":
@@ -161,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             kb.rebuild(args.index_type, _index_params(args.index_param) or None)
             print(f"rebuilt {args.index}: {kb.manifest['index_type']}, {kb.manifest['counts']['index_vectors']} vectors")
         elif args.cmd == "eval":
-            from retrieval.evaluate import evaluate, read_queries
+            from retrieval.evaluate import evaluate, format_table, read_queries
 
-            report = evaluate(open_kb(args.index), read_queries(Path(args.queries)), args.k)
-            print(f"queries {report['queries']}  recall@{args.k} {report[f'recall@{args.k}']:.3f}  MRR {report['mrr']:.3f}")
+            queries = read_queries(Path(args.queries), args.split)
+            report = {**evaluate(open_kb(args.index), queries, args.k, args.mode), "split": args.split}
+            print(format_table(report))
             if args.out:
                 Path(args.out).write_text(json.dumps(report, indent=2))
         elif args.cmd == "default":

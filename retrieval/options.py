@@ -10,6 +10,17 @@ import math
 from retrieval.errors import RetrievalError
 
 INDEX_PARAM_KEYS = ("nlist", "nprobe", "m", "M", "ef_construction", "ef_search")
+SEARCH_MODES = ("dense", "lexical", "hybrid")
+# Hybrid was measured best on the default knowledge base's query set (bench/RESULTS.md, "Hybrid search").
+DEFAULT_MODE = "hybrid"
+HYBRID_CANDIDATES = 100  # chunks from each of dense and lexical that reciprocal rank fusion ranks (tuned on dev)
+
+
+def check_mode(mode, name: str = "mode") -> str:
+    """One of ``SEARCH_MODES``."""
+    if mode not in SEARCH_MODES:
+        raise RetrievalError(f"{name} must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    return mode
 
 
 def _is_int(value) -> bool:

@@ -24,7 +24,8 @@ from retrieval.chunking import Chunk, check_window, iter_chunks
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
-from retrieval.options import check_chunking, check_index_params, check_search
+from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, rrf
+from retrieval.options import DEFAULT_MODE, HYBRID_CANDIDATES, check_chunking, check_index_params, check_mode, check_search
 from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
 from retrieval.text import BinaryFileError
 from retrieval.store import DocStore
@@ -142,6 +143,11 @@ def mmr(query: np.ndarray, candidates: np.ndarray, k: int, lambda_: float) -> li
 
 class Retriever:
     commit_every = COMMIT_EVERY
+    rrf_k = RRF_K  # reciprocal rank fusion constant (Cormack et al. 2009; tuned: retrieval/lexical.py)
+    lexical_weight = 1.0  # weight of the lexical ranking in the fusion (the dense one has 1)
+    exact_weight, title_weight = EXACT_WEIGHT, TITLE_WEIGHT  # bm25 column weights (retrieval/lexical.py)
+    candidates = HYBRID_CANDIDATES  # chunks taken from each of dense and lexical before fusion (hybrid)
+    default_mode = DEFAULT_MODE  # the mode of ``search(mode=None)``, which the agent's search tool uses
 
     def __init__(self, folder: Path, manifest: dict, index: VectorIndex, store: DocStore, embedder: Embedder):
         self.folder, self.manifest, self.index, self.store, self.embedder = folder, manifest, index, store, embedder
@@ -490,7 +496,9 @@ class Retriever:
 
     def rebuild(self, index_type: str | None = None, index_params: dict | None = None,
                 requested: str | None = None) -> None:
-        """A fresh index from the stored vectors: another type, new IVF centroids, or HNSW without tombstones."""
+        """A fresh index from the stored vectors: another type, new IVF centroids, or HNSW without
+        tombstones; the lexical index is re-filled from the stored texts too (one transaction)."""
+        self.store.rebuild_lexical()
         check_index_params(index_params or {}, self.manifest["dim"])
         ids, vectors = self.store.all_vectors(self.manifest["dim"])
         kind = choose_index_type(index_type or self.manifest["index_type"], len(ids))
@@ -512,34 +520,80 @@ class Retriever:
 
     # ------------------------------------------------------------ search
     def search(self, query: str, k: int = 5, mmr_lambda: float | None = None, min_score: float | None = None,
-               fetch_k: int | None = None) -> list[Hit]:
+               fetch_k: int | None = None, mode: str | None = None) -> list[Hit]:
         """The k best chunks for one query; see ``search_batch``."""
         if not isinstance(query, str):
             raise RetrievalError(f"query must be a string, got {type(query).__name__}")
-        return self.search_batch([query], k, mmr_lambda, min_score, fetch_k)[0]
+        return self.search_batch([query], k, mmr_lambda, min_score, fetch_k, mode=mode)[0]
 
     def search_batch(self, queries: list[str], k: int = 5, mmr_lambda: float | None = None,
-                     min_score: float | None = None, fetch_k: int | None = None) -> list[list[Hit]]:
+                     min_score: float | None = None, fetch_k: int | None = None,
+                     mode: str | None = None) -> list[list[Hit]]:
         """The k best chunks for each query (a list of strings), best first.
 
-        ``mmr_lambda`` in [0, 1] diversifies with MMR; ``min_score`` (cosine similarity, -1..1) drops
-        weaker hits; ``fetch_k`` >= k candidates are fetched first. Out-of-range values raise
-        ``RetrievalError`` naming the option.
+        ``mode``: ``"dense"`` (FAISS, cosine similarity), ``"lexical"`` (BM25 over the FTS5 index,
+        exact identifiers and operator symbols kept: retrieval/lexical.py) or ``"hybrid"`` (both,
+        fused by reciprocal rank fusion of each side's best ``candidates`` chunks, constant ``rrf_k``);
+        None is ``default_mode`` (hybrid, measured best: bench/RESULTS.md). ``Hit.score`` is the
+        cosine similarity (dense), -bm25 (lexical, higher is better) or the RRF score (hybrid).
+
+        ``mmr_lambda`` in [0, 1] diversifies with MMR (relevance = cosine similarity to the query)
+        over the mode's best ``fetch_k`` candidates; ``min_score`` (cosine similarity, -1..1) drops
+        hits less similar to the query, in every mode; ``fetch_k`` >= k candidates are fetched
+        first. Out-of-range values raise ``RetrievalError`` naming the option.
         """
         if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
             raise RetrievalError("queries must be a list of strings")
         check_search(k, mmr_lambda, min_score, fetch_k)
+        mode = check_mode(self.default_mode if mode is None else mode)
         if self.index is None or not queries:
             return [[] for _ in queries]
-        q = self.embedder.encode(list(queries))
+        needs_vectors = mode != "lexical" or mmr_lambda is not None or min_score is not None
+        q = self.embedder.encode(list(queries)) if needs_vectors else None
+        want = fetch_k or (max(4 * k, 20) if mmr_lambda is not None else k)
+        if mode == "hybrid":
+            want = max(want, self.candidates)
+        if mode == "dense":
+            dense = self._dense(q, want, min_score)
+        elif mode == "hybrid":  # only the ids take part in the fusion; tombstones drop out after it
+            fetched = self.index.search(q, want + self.manifest["counts"].get("tombstones", 0))[1]
+            dense = [[int(i) for i in row if i >= 0] for row in fetched]
+        results = []
+        for qi, text in enumerate(queries):
+            if mode == "dense":
+                hits = dense[qi]
+            else:
+                lexical = self.store.lexical_search(text, want, self.exact_weight, self.title_weight)
+                if mode == "lexical":
+                    ranked = lexical
+                else:
+                    ranked = rrf([dense[qi][:want], [i for i, _ in lexical]], self.rrf_k,
+                                 [1.0, self.lexical_weight])
+                # the texts of the hits returned (and room for HNSW tombstones, which drop out
+                # below), or of every candidate that MMR or min_score look at
+                tombstones = self.manifest["counts"].get("tombstones", 0)
+                ranked = ranked[:k + tombstones if mmr_lambda is None and min_score is None else max(want, k)]
+                rows = self.store.get([i for i, _ in ranked])
+                hits = [Hit(score=score, **rows[i]) for i, score in ranked if i in rows]
+                if min_score is not None and hits:
+                    cos = self.store.vectors([h.id for h in hits], self.manifest["dim"]) @ q[qi]
+                    hits = [h for h, c in zip(hits, cos) if c >= min_score]
+            if mmr_lambda is not None and len(hits) > k:
+                cand = self.store.vectors([h.id for h in hits], self.manifest["dim"])
+                hits = [hits[j] for j in mmr(q[qi], cand, k, mmr_lambda)]
+            results.append(hits[:k])
+        return results
+
+    def _dense(self, q: np.ndarray, want: int, min_score: float | None) -> list[list[Hit]]:
+        """The ``want`` nearest chunks of each query vector by cosine similarity, best first."""
         tombstones = self.manifest["counts"].get("tombstones", 0)
         # PQ scores are approximate: fetch more and re-rank exactly with the stored vectors.
         rerank = self.manifest["index_type"] == "ivf-pq"
-        fetch = (fetch_k or (max(4 * k, 20) if (mmr_lambda is not None or rerank) else k)) + tombstones
+        fetch = (max(want, 20) if rerank else want) + tombstones
         scores, ids = self.index.search(q, fetch)
         rows = self.store.get(sorted({int(i) for i in ids.ravel() if i >= 0}))
         results = []
-        for qi in range(len(queries)):
+        for qi in range(len(q)):
             hits = [Hit(score=float(s), **rows[int(i)]) for s, i in zip(scores[qi], ids[qi])
                     if i >= 0 and int(i) in rows]  # ids missing from the docstore are HNSW tombstones
             if rerank and hits:
@@ -549,10 +603,7 @@ class Retriever:
                 hits.sort(key=lambda h: -h.score)
             if min_score is not None:
                 hits = [h for h in hits if h.score >= min_score]
-            if mmr_lambda is not None and len(hits) > k:
-                cand = self.store.vectors([h.id for h in hits], self.manifest["dim"])
-                hits = [hits[j] for j in mmr(q[qi], cand, k, mmr_lambda)]
-            results.append(hits[:k])
+            results.append(hits[:want])
         return results
 
     def info(self) -> dict:

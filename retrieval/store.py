@@ -13,8 +13,13 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.errors import RetrievalError
+from retrieval.lexical import (EXACT_WEIGHT, FTS_TABLE, FTS_TOKENIZER, LEXICAL_VERSION, MAX_DF, TITLE_WEIGHT,
+                               fts_query, lexical_columns, query_terms)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Version 3 added the lexical index ``chunks_fts`` (an FTS5 table, rowid = chunk id; see
+# retrieval/lexical.py). Version-2 docstores are migrated on open in one transaction, the table
+# filled from the stored chunk texts; so is a docstore whose ``lexical_version`` is older.
 # Version 2 added ``files`` (one row per indexed file: content hash, detected text encoding, whether
 # all its chunks are stored) and ``names`` (the paths a user named when adding a file, so that
 # ``remove`` accepts the same names). Version-1 docstores are migrated on open.
@@ -35,6 +40,13 @@ CREATE TABLE IF NOT EXISTS names (
     name TEXT NOT NULL, abspath TEXT NOT NULL, file TEXT NOT NULL, PRIMARY KEY (name, file));
 CREATE INDEX IF NOT EXISTS names_abspath ON names(abspath);
 """
+_FTS_SCHEMA = f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(words, exact, title, tokenize=\"{FTS_TOKENIZER}\")"
+
+
+def _check_fts5(db: sqlite3.Connection, path: Path) -> None:
+    if "ENABLE_FTS5" not in {r[0] for r in db.execute("PRAGMA compile_options")}:
+        raise RetrievalError(f"docstore {path}: this Python's SQLite ({sqlite3.sqlite_version}) is built without FTS5, "
+                             "which the lexical index needs; use a Python whose sqlite3 has FTS5 (CPython's builds do)")
 
 
 def _now() -> str:
@@ -43,19 +55,33 @@ def _now() -> str:
 
 class DocStore:
     def __init__(self, path: Path, create: bool = False):
+        self._n_fts: int | None = None
         if not create and not path.is_file():
             raise RetrievalError(f"docstore {path} is missing")
         try:
             self.db = sqlite3.connect(str(path), check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             if create:
+                _check_fts5(self.db, path)
                 self.db.executescript(_SCHEMA)
+                self.db.execute(_FTS_SCHEMA)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('lexical_version', ?)", (str(LEXICAL_VERSION),))
                 self.db.commit()
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if ok == "ok" and version is not None and int(version[0]) == 1:
                 self._migrate_from_1()
+                version = ("2",)
+            if ok == "ok" and version is not None and int(version[0]) in (2, 3):
+                _check_fts5(self.db, path)
+                try:
+                    self._sync_lexical(int(version[0]))
+                except sqlite3.OperationalError as e:  # read-only file or folder, or locked by a writer
+                    raise RetrievalError(f"docstore {path} needs its lexical index made or refreshed (schema "
+                                         f"{version[0]} -> {SCHEMA_VERSION}, nothing is re-embedded) but cannot be "
+                                         f"written now: {e} (a read-only file, or another process writing it); "
+                                         "open it again once it is writable") from None
                 version = (str(SCHEMA_VERSION),)
         except sqlite3.DatabaseError as e:
             raise RetrievalError(f"docstore {path} is damaged: {e}") from None
@@ -70,7 +96,37 @@ class DocStore:
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO files (file, sha256, encoding, complete, added_at) "
                             "SELECT file, MIN(sha256), NULL, 1, MIN(added_at) FROM documents GROUP BY file")
+            self.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    def _sync_lexical(self, version: int) -> None:
+        """Make the lexical index hold exactly the stored chunks, in one transaction: create it in a
+        version-2 docstore, re-fill it when its tokenisation (``lexical_version``) is older or its
+        row count differs from the chunks' (a docstore changed by a Keel without it)."""
+        if version == 3:
+            lex = self.db.execute("SELECT value FROM meta WHERE key = 'lexical_version'").fetchone()
+            if lex is not None and int(lex[0]) == LEXICAL_VERSION and \
+                    self.db.execute(f"SELECT COUNT(*) FROM {FTS_TABLE}").fetchone()[0] == \
+                    self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]:
+                return
+        self.rebuild_lexical()
+
+    def rebuild_lexical(self) -> None:
+        """Drop and re-fill the lexical index from the stored chunk texts, in one transaction."""
+        self._n_fts = None
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
+            self.db.execute(_FTS_SCHEMA)
+            rows = self.db.execute("SELECT id, text, title, heading FROM chunks ORDER BY id")
+            while batch := rows.fetchmany(4096):
+                self.db.executemany(f"INSERT INTO {FTS_TABLE} (rowid, words, exact, title) VALUES (?, ?, ?, ?)",
+                                    [(i, *lexical_columns(t, ti, h)) for i, t, ti, h in batch])
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('lexical_version', ?)", (str(LEXICAL_VERSION),))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -117,6 +173,33 @@ class DocStore:
         keys = ("id", "source", "title", "heading", "start", "end", "text")
         return {r[0]: dict(zip(keys, r)) for r in rows}
 
+    def _n_lexical(self) -> int:
+        """Rows of the lexical index (cached; writes through this store reset it)."""
+        if self._n_fts is None:
+            self._n_fts = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return self._n_fts
+
+    def lexical_search(self, query: str, k: int, exact_weight: float = EXACT_WEIGHT,
+                       title_weight: float = TITLE_WEIGHT, max_df: int | None = MAX_DF) -> list[tuple[int, float]]:
+        """The ``k`` chunks with the best BM25 score for ``query``: ``[(chunk id, score)]``, best
+        first, score = -``bm25()`` (higher is better, unbounded), matches of exact tokens and of the
+        title or heading weighted ``exact_weight`` and ``title_weight`` times. Query terms in more
+        than ``max_df`` chunks are left out (``retrieval.lexical.MAX_DF``; None keeps all). Empty when
+        the query has no terms."""
+        terms = query_terms(query)
+        if not terms:
+            return []
+        if len(terms) > 1 and max_df is not None and self._n_lexical() > max_df:
+            # document frequency of each term, counted up to the cut-off only (cheap for common terms)
+            df = {t: self.db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
+                                     "LIMIT ?)", (f'"{t}"', max_df + 1)).fetchone()[0] for t in terms}
+            terms = [t for t in terms if df[t] <= max_df] or [min(terms, key=df.get)]
+        match = fts_query(terms)
+        w, t = float(exact_weight), float(title_weight)
+        rows = self.db.execute(f"SELECT rowid, bm25({FTS_TABLE}, 1.0, {w!r}, {t!r}) AS s FROM {FTS_TABLE} "
+                               f"WHERE {FTS_TABLE} MATCH ? ORDER BY s LIMIT ?", (match, k))
+        return [(int(i), -float(s)) for i, s in rows]
+
     def vectors(self, ids: list[int], dim: int) -> np.ndarray:
         marks = ",".join("?" * len(ids))
         found = dict(self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", list(ids)))
@@ -131,7 +214,10 @@ class DocStore:
 
     # ---- writes (the caller commits or rolls back)
     def delete_files(self, files: list[str]) -> None:
+        self._n_fts = None
         for f in files:
+            self.db.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid IN (SELECT c.id FROM chunks c JOIN documents d "
+                            "ON c.source = d.source WHERE d.file = ?)", (f,))
             self.db.execute("DELETE FROM chunks WHERE source IN (SELECT source FROM documents WHERE file = ?)", (f,))
             self.db.execute("DELETE FROM documents WHERE file = ?", (f,))
             self.db.execute("DELETE FROM files WHERE file = ?", (f,))
@@ -151,12 +237,15 @@ class DocStore:
         self.db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, 0, ?)", (source, file, sha256, title, _now()))
 
     def add_chunks(self, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
+        self._n_fts = None
         ids = []
         for c, v in zip(chunks, vectors):
             cur = self.db.execute(
                 "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (c.source, c.title, c.heading, c.start, c.end, c.text, v.astype("float32").tobytes()))
             ids.append(cur.lastrowid)
+            self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, words, exact, title) VALUES (?, ?, ?, ?)",
+                            (cur.lastrowid, *lexical_columns(c.text, c.title, c.heading)))
         return ids
 
     def finish_file(self, file: str, names: list[tuple[str, str]]) -> None:
@@ -168,6 +257,7 @@ class DocStore:
 
     def insert(self, file: str, sha256: str, docs: list[tuple[str, str, list[Chunk]]], vectors: np.ndarray) -> list[int]:
         """Insert documents ``(source, title, chunks)`` of one file; returns the new chunk ids in order."""
+        self._n_fts = None
         now = _now()
         ids, row = [], 0
         for source, title, chunks in docs:
@@ -178,5 +268,7 @@ class DocStore:
                     "INSERT INTO chunks (source, title, heading, start, end, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (c.source, c.title, c.heading, c.start, c.end, c.text, vectors[row].astype("float32").tobytes()))
                 ids.append(cur.lastrowid)
+                self.db.execute(f"INSERT INTO {FTS_TABLE} (rowid, words, exact, title) VALUES (?, ?, ?, ?)",
+                                (cur.lastrowid, *lexical_columns(c.text, c.title, c.heading)))
                 row += 1
         return ids

@@ -1,0 +1,139 @@
+"""The lexical (BM25) half of hybrid search: an SQLite FTS5 table in the docstore, and rank fusion.
+
+Why FTS5 and not bm25s or tantivy: the docstore is already an SQLite file, and an FTS5 table in
+it is written in the same transaction as the chunks it indexes, so the lexical index can never be
+out of step with the vectors' docstore (an add, a remove or a rebuild commits both or neither),
+and no second index file needs its own checksums, locking and crash recovery. FTS5 ranks with
+BM25 (``bm25()``, k1 = 1.2, b = 0.75) and ships with CPython's sqlite3 (checked on open: a build
+of SQLite without FTS5 gets a ``RetrievalError`` saying so). bm25s would keep a separate in-memory
+index that must be re-built or re-saved on every change; tantivy adds a Rust dependency and
+another on-disk index beside FAISS.
+
+Tokenisation. FTS5's ``unicode61`` tokenizer drops every symbol and splits ``__slots__`` into
+``slots``, so a question that hinges on one exact token (``@``, ``**``, ``//``, ``__slots__``)
+could not match. ``lexical_terms`` therefore pre-tokenises in Python, the same way for passages
+and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars '_'``) keeps whole:
+
+  identifiers  ``__slots__`` -> ``__slots__ slots`` (exact name, and the bare word for "slots")
+  operators    ``@`` -> ``op_at``, ``**`` -> ``op_pow``, ``//`` -> ``op_floordiv``, ``:=`` -> ``op_walrus`` ...
+               (the longest operator wins: ``**=`` is one term, not ``**`` and ``=``)
+  words        lower-cased, Porter-stemmed by FTS5 (``slots`` matches ``slot``); keywords such as
+               ``nonlocal`` are ordinary words and stay searchable.
+
+The table has three columns (``lexical_columns``): ``words``, ``exact`` (operator and underscore-name
+terms) and ``title`` (document title and chunk heading); ``bm25()`` weighs them 1, ``EXACT_WEIGHT``
+and ``TITLE_WEIGHT``. It stores its own copy of these terms (about the size of the chunk texts).
+
+Queries are OR-ed (any term may match) and BM25 weighs rare terms such as ``op_at`` far above
+``the``; stop words, and terms in more than ``MAX_DF`` chunks, are left out of a query.
+``LEXICAL_VERSION`` is stored in the docstore: when the tokenisation changes, the table is
+rebuilt from the stored chunk texts on open.
+
+Fusion is reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009): a candidate's score
+is the sum over rankings of ``weight / (k + rank)``, rank counted from 1. The paper's k is 60; Keel
+uses 5, measured better on its dev queries (a first place in either ranking counts for more).
+"""
+from __future__ import annotations
+
+import re
+
+LEXICAL_VERSION = 1
+FTS_TABLE = "chunks_fts"
+FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
+# Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
+# (bench/RESULTS.md, "Hybrid search"): the paper's k = 60 ranked 5 points lower at recall@1 there.
+RRF_K = 5
+EXACT_WEIGHT = 4.0  # bm25() column weight of the exact-token column against the words column
+TITLE_WEIGHT = 2.0  # bm25() column weight of the title-and-heading column
+# Query terms found in more than this many chunks are left out of the search (the rarest term is
+# kept when all are that common). FTS5 scores every chunk an OR query matches (about 3 us each on
+# these CPUs), so a term in most chunks ("not", "in") made one search take 0.37 s at 100k chunks.
+# Below 10,000 chunks nothing is ever left out (the default knowledge base has 970); above, terms
+# in more than 10,000 chunks weigh least in BM25 (idf ~ log(N / df)). bench/RESULTS.md, "Hybrid search".
+MAX_DF = 10_000
+
+# Python's operators and delimiters that carry meaning in a question, longest first so that
+# ``**=`` is read before ``**`` and ``*``. Brackets, commas and dots are left out: they are
+# everywhere in code and prose and say nothing on their own.
+OPERATORS = {
+    "::=": "op_grammar", "**=": "op_powassign", "//=": "op_floordivassign", ">>=": "op_rshiftassign", "<<=": "op_lshiftassign",
+    "...": "op_ellipsis", "->": "op_arrow", ":=": "op_walrus", "**": "op_pow", "//": "op_floordiv",
+    "==": "op_eq", "!=": "op_ne", "<=": "op_le", ">=": "op_ge", "<<": "op_lshift", ">>": "op_rshift",
+    "+=": "op_addassign", "-=": "op_subassign", "*=": "op_mulassign", "/=": "op_divassign",
+    "%=": "op_modassign", "@=": "op_matmulassign", "&=": "op_andassign", "|=": "op_orassign",
+    "^=": "op_xorassign", "@": "op_at", "*": "op_star", "/": "op_div", "%": "op_mod", "+": "op_plus",
+    "-": "op_minus", "~": "op_invert", "&": "op_amp", "|": "op_pipe", "^": "op_caret", "<": "op_lt",
+    ">": "op_gt", "=": "op_assign", "#": "op_hash", "\\": "op_backslash",
+}
+_TOKEN = re.compile(r"[^\W\d_]\w*|_\w*|\d+|" + "|".join(re.escape(op) for op in sorted(OPERATORS, key=len, reverse=True)))
+
+
+def lexical_terms(text: str) -> list[str]:
+    """The terms of ``text`` (a passage or a query), in order; see the module docstring."""
+    terms: list[str] = []
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok in OPERATORS:
+            terms.append(OPERATORS[tok])
+            continue
+        tok = tok.lower()
+        if tok.strip("_"):
+            terms.append(tok)
+            bare = tok.strip("_")
+            if bare != tok:
+                terms.append(bare)
+            if "_" in bare:  # snake_case: its words too ("reverse_order" -> "reverse", "order")
+                terms += [w for w in bare.split("_") if w]
+    return terms
+
+
+def is_exact(term: str) -> bool:
+    """An operator symbol's term or a name with leading or trailing underscores (``__slots__``)."""
+    return term.startswith("op_") or term.startswith("_") or term.endswith("_")
+
+
+def lexical_columns(text: str, title: str | None = None, heading: str | None = None) -> tuple[str, str, str]:
+    """What FTS5 indexes for a passage: ``(words, exact, title)``, each space-separated terms.
+    ``exact`` holds the operator and underscore-name terms, ``title`` the document's title and the
+    chunk's heading; ``bm25()`` weighs them ``EXACT_WEIGHT`` and ``TITLE_WEIGHT`` times ``words``."""
+    terms = lexical_terms(text)
+    return (" ".join(t for t in terms if not is_exact(t)), " ".join(t for t in terms if is_exact(t)),
+            " ".join(lexical_terms(" ".join(x for x in (title, heading) if x))))
+
+
+# Words of a question that say nothing about its subject ("what does @ do"); dropped from queries
+# (not from passages) unless nothing else is left. Python's keywords are never in this list.
+QUERY_STOPWORDS = frozenset("""
+a about actually am an any anything are be been being but can could did do does doing done exactly explain
+explained get gets getting give go goes happen happens happened has have having he her here how i i'd i'm
+it its it's just know let like ll me mean means meaning my of on our please really s say says should she
+so some someone something tell than thanks that the their them then there these they thing things this those
+to under understand up us use used uses using ve want was way ways we were what when where which who whom
+why will work works would you your
+""".split())
+
+
+def query_terms(query: str) -> list[str]:
+    """The query's distinct terms less stop words (all of them when only stop words are left)."""
+    terms = list(dict.fromkeys(lexical_terms(query)))
+    return [t for t in terms if t not in QUERY_STOPWORDS] or terms
+
+
+def fts_query(query: str | list[str]) -> str | None:
+    """An FTS5 MATCH expression: the query's terms (``query_terms``, or the given list), quoted,
+    OR-ed; None when it has no terms."""
+    terms = query_terms(query) if isinstance(query, str) else query
+    return " OR ".join(f'"{t}"' for t in terms) if terms else None
+
+
+def rrf(rankings: list[list[int]], k: int = RRF_K, weights: list[float] | None = None) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion of ranked id lists (best first): ``[(id, score)]``, best first.
+
+    score(id) = sum over rankings r holding id of ``weights[r] / (k + rank_r(id))``, rank from 1.
+    Ties keep the order in which ids are first met (first ranking first)."""
+    weights = weights or [1.0] * len(rankings)
+    scores: dict[int, float] = {}
+    for ranking, w in zip(rankings, weights):
+        for rank, i in enumerate(ranking, 1):
+            scores[i] = scores.get(i, 0.0) + w / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])

@@ -1,0 +1,258 @@
+"""Hybrid search: the lexical (FTS5) index, its upkeep and migration, rank fusion, and eval per mode."""
+import json
+import sqlite3
+
+import pytest
+
+from retrieval import lexical
+from retrieval.cli import main
+from retrieval.errors import RetrievalError
+from retrieval.evaluate import evaluate
+from retrieval.lexical import lexical_terms, rrf
+from retrieval.retriever import Retriever
+
+# One short note per exact token, written so that its prose says little about the token's meaning,
+# beside notes whose prose is close to the questions' wording but lacks the token.
+NOTES = {
+    "matmul.md": "# Note 7\n\nIn release 3.5 the symbol @ was added to the grammar; a class may define a hook for it.",
+    "power.md": "# Note 8\n\nThe token ** binds more tightly than unary minus on its left; -1 ** 2 is -1.",
+    "floordiv.md": "# Note 9\n\nFor ints, 7 // 2 gives 3 and -7 // 2 gives -4, see the table in section 6.",
+    "slots.md": "# Note 10\n\nListing names in __slots__ removes the per-instance dictionary.",
+    "nonlocal.md": "# Note 11\n\nWriting nonlocal x in an inner def rebinds x in the closest enclosing def.",
+    # paraphrases of the questions' topics, without their words
+    "operators.md": "# Linear algebra\n\nThe product of an m-by-n and an n-by-p table of numbers, computed row "
+                    "by column, as in numpy.",
+    "classes.md": "# RAM\n\nReducing the RAM each object takes by fixing its set of fields.",
+    "scopes.md": "# Inner functions\n\nAn inner function can rebind a variable that belongs to the function "
+                 "around it.",
+    "division.md": "# Quotients\n\nSplitting whole numbers rounds the quotient towards minus infinity.",
+    "exponent.md": "# Raising to a power\n\nA base raised to a power, e.g. two cubed is eight.",
+}
+# (question, the note that answers it): each hinges on one exact token.
+QUESTIONS = [
+    ("what does @ do for multiplying matrices", "matmul.md"),
+    ("what does ** do, exponentiation", "power.md"),
+    ("what does // do when dividing integers", "floordiv.md"),
+    ("what is __slots__ for, saving memory per instance", "slots.md"),
+    ("what does nonlocal do in closures", "nonlocal.md"),
+]
+
+
+@pytest.fixture
+def notes(tmp_path):
+    d = tmp_path / "notes"
+    d.mkdir()
+    for name, text in NOTES.items():
+        (d / name).write_text(text)
+    return d
+
+
+@pytest.fixture
+def kb(tmp_path, notes, embedder):
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([notes])
+    return kb
+
+
+def _top(kb, question, mode):
+    return kb.search(question, k=1, mode=mode)[0].source.rsplit("/", 1)[-1]
+
+
+def test_terms_keep_dunders_operators_and_keywords():
+    assert lexical_terms("x.__slots__ = ()") == ["x", "__slots__", "slots", "op_assign"]
+    # the longest operator wins; the grammar's ::= is not the walrus operator
+    assert lexical_terms("a ** b **= c // d @ e := f ::= g") == [
+        "a", "op_pow", "b", "op_powassign", "c", "op_floordiv", "d", "op_at", "e", "op_walrus", "f", "op_grammar", "g"]
+    assert lexical_terms("nonlocal count") == ["nonlocal", "count"]
+    assert lexical_terms("reverse_order") == ["reverse_order", "reverse", "order"]
+    # query stop words go, Python keywords stay; a query of stop words only keeps them
+    assert lexical.fts_query("what does @ do in a lambda") == '"op_at" OR "in" OR "lambda"'
+    assert lexical.fts_query("what does it do") == '"what" OR "does" OR "it" OR "do"'
+    assert lexical.fts_query("?!,") is None
+
+
+@pytest.mark.parametrize("question,note", QUESTIONS)
+def test_lexical_and_hybrid_find_the_passage_of_an_exact_token(kb, question, note):
+    assert _top(kb, question, "lexical") == note
+    assert _top(kb, question, "hybrid") == note
+    assert _top(kb, question, None) == note  # the default mode is hybrid
+
+
+def test_dense_alone_misses_exact_token_passages(kb):
+    # what the lexical index is for: dense search ranks the notes that talk like the question first
+    missed = [q for q, note in QUESTIONS if _top(kb, q, "dense") != note]
+    assert len(missed) >= 2, missed
+
+
+def _fts_rows(kb) -> dict[int, str]:
+    return dict(kb.store.db.execute(f"SELECT rowid, exact FROM {lexical.FTS_TABLE}"))
+
+
+def _in_step(kb) -> None:
+    chunks = {i for (i,) in kb.store.db.execute("SELECT id FROM chunks")}
+    assert set(_fts_rows(kb)) == chunks
+
+
+def test_lexical_index_in_step_after_add_replace_remove_rebuild(tmp_path, notes, embedder):
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([notes])
+    _in_step(kb)
+    (notes / "slots.md").write_text("# Note 10\n\nThe hook __getattr__ runs when normal lookup fails.")
+    assert kb.add([notes]).replaced == 1
+    _in_step(kb)
+    assert kb.search("__slots__", k=5, mode="lexical") == []
+    assert _top(kb, "__getattr__", "lexical") == "slots.md"
+    kb.remove([notes / "matmul.md"])
+    _in_step(kb)
+    assert all(not h.source.endswith("matmul.md") for h in kb.search("@", k=5, mode="lexical"))
+    kb.add_documents([__import__("retrieval.loaders", fromlist=["Document"]).Document(
+        "mem:1", "mem", "The __init_subclass__ hook runs for each subclass.")], "mem")
+    _in_step(kb)
+    kb.rebuild("hnsw")
+    _in_step(kb)
+    kb.close()
+    kb = Retriever.open(tmp_path / "idx", embedder=embedder)
+    assert _top(kb, "__init_subclass__", "lexical") == "mem:1"
+
+
+def _make_schema_2(path):
+    """What a Keel before hybrid search wrote: no lexical table, schema_version 2."""
+    db = sqlite3.connect(path)
+    db.execute(f"DROP TABLE {lexical.FTS_TABLE}")
+    db.execute("DELETE FROM meta WHERE key = 'lexical_version'")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+
+
+def test_schema_2_knowledge_base_migrates_on_open_transactionally(tmp_path, notes, embedder, monkeypatch):
+    Retriever.create(tmp_path / "idx", embedder=embedder).add([notes])
+    store = tmp_path / "idx" / "docstore.sqlite"
+    _make_schema_2(store)
+    # a failure half-way leaves the docstore as it was (schema 2, no lexical table) ...
+    calls = {"n": 0}
+    real = lexical.lexical_columns
+
+    def failing(*a):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("killed")
+        return real(*a)
+
+    monkeypatch.setattr("retrieval.store.lexical_columns", failing)
+    with pytest.raises(RuntimeError):
+        Retriever.open(tmp_path / "idx", embedder=embedder)
+    db = sqlite3.connect(store)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert not db.execute("SELECT name FROM sqlite_master WHERE name = ?", (lexical.FTS_TABLE,)).fetchall()
+    db.close()
+    monkeypatch.setattr("retrieval.store.lexical_columns", real)
+    # ... and the next open migrates it, with nothing for the user to do
+    kb = Retriever.open(tmp_path / "idx", embedder=embedder)
+    assert kb.store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    _in_step(kb)
+    assert _top(kb, "what does @ do for multiplying matrices", "hybrid") == "matmul.md"
+
+
+def test_lexical_index_out_of_step_or_older_tokenisation_is_refilled_on_open(tmp_path, notes, embedder):
+    Retriever.create(tmp_path / "idx", embedder=embedder).add([notes])
+    db = sqlite3.connect(tmp_path / "idx" / "docstore.sqlite")
+    db.execute(f"DELETE FROM {lexical.FTS_TABLE} WHERE rowid IN (SELECT MIN(rowid) FROM {lexical.FTS_TABLE})")
+    db.commit()
+    db.close()
+    _in_step(Retriever.open(tmp_path / "idx", embedder=embedder))
+    db = sqlite3.connect(tmp_path / "idx" / "docstore.sqlite")
+    db.execute(f"UPDATE {lexical.FTS_TABLE} SET exact = ''")
+    db.execute("UPDATE meta SET value = '0' WHERE key = 'lexical_version'")
+    db.commit()
+    db.close()
+    kb = Retriever.open(tmp_path / "idx", embedder=embedder)
+    assert "op_at" in " ".join(_fts_rows(kb).values())
+
+
+def test_rrf_orders_by_summed_reciprocal_ranks():
+    # 3: 1/63 + 1/61 = 0.03227 beats 2: 2/62 = 0.03226; then 1 (1/61), then 4 (1/63)
+    assert [i for i, _ in rrf([[1, 2, 3], [3, 2, 4]], k=60)] == [3, 2, 1, 4]
+    fused = dict(rrf([[1, 2, 3], [3, 2, 4]], k=60))
+    assert fused[3] == pytest.approx(1 / 63 + 1 / 61)
+    # a small k lets a first place win; a weight tips the balance to one ranking
+    # ties keep the order of first appearance; a weight tips the balance to one ranking
+    assert [i for i, _ in rrf([[1, 2], [2, 1]], k=60)] == [1, 2]
+    assert [i for i, _ in rrf([[1, 2], [2, 1]], k=60, weights=[1.0, 2.0])] == [2, 1]
+    # a smaller k favours first places: 5 (first once) beats 6 (third twice) only when k < 1
+    assert [i for i, _ in rrf([[5, 8, 6], [7, 9, 6]], k=60)][0] == 6
+    assert [i for i, _ in rrf([[5, 8, 6], [7, 9, 6]], k=0.5)][:2] == [5, 7]
+
+
+def test_mode_option_is_checked_and_on_the_cli(kb, capsys):
+    with pytest.raises(RetrievalError, match="mode must be one of dense, lexical, hybrid, got 'bm25'"):
+        kb.search("x", mode="bm25")
+    assert main(["search", str(kb.folder), "what does // do", "--mode", "lexical", "--json", "-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("["):])[0]["source"].endswith("floordiv.md")
+    with pytest.raises(SystemExit):
+        main(["search", str(kb.folder), "x", "--mode", "sparse"])
+    assert "invalid choice: 'sparse'" in capsys.readouterr().err
+    # min_score (cosine) and MMR apply in every mode
+    assert kb.search("what does @ do for multiplying matrices", k=3, mode="lexical", min_score=0.99) == []
+    assert len(kb.search("what does @ do for multiplying matrices", k=2, mode="hybrid", mmr_lambda=0.5)) == 2
+
+
+def test_eval_reports_every_mode_in_one_run(kb, tmp_path, capsys):
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("\n".join(json.dumps({"query": q, "relevant": [n], "split": "test" if i % 2 else "dev"})
+                                 for i, (q, n) in enumerate(QUESTIONS)))
+    report = evaluate(kb, [json.loads(line) for line in queries.read_text().splitlines()], k=10)
+    assert set(report["modes"]) == {"dense", "lexical", "hybrid"} and report["default_mode"] == "hybrid"
+    for r in report["modes"].values():
+        assert set(r) >= {"recall@1", "recall@5", "recall@10", "mrr"}
+        assert r["recall@1"] <= r["recall@5"] <= r["recall@10"] and 0 <= r["mrr"] <= 1
+    assert report["modes"]["lexical"]["recall@1"] == 1.0 and report["modes"]["hybrid"]["recall@1"] == 1.0
+    assert report["modes"]["dense"]["recall@1"] < 1.0
+    assert report["mrr"] == report["modes"]["hybrid"]["mrr"]
+    assert main(["eval", str(kb.folder), str(queries), "--split", "dev", "--out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "3 queries (dev); default mode hybrid" in out
+    for mode in ("dense", "lexical", "hybrid"):
+        assert any(line.split()[0] == mode for line in out.splitlines() if line.strip())
+    assert set(json.loads((tmp_path / "r.json").read_text())["modes"]) == {"dense", "lexical", "hybrid"}
+    assert main(["eval", str(kb.folder), str(queries), "--split", "nope"]) == 2
+    assert "no queries with split 'nope'" in capsys.readouterr().err
+
+
+def test_agent_search_tool_uses_the_default_hybrid_mode(kb):
+    from agents.tools import search_tool
+
+    out = search_tool(kb).run({"query": "what does @ do for multiplying matrices", "k": 1}).text
+    assert "matmul.md" in out
+
+
+def test_terms_in_too_many_chunks_are_left_out_of_a_large_index(kb):
+    # "note" is in five chunks: above max_df it is left out, and only the rarer term is searched
+    everything = kb.store.lexical_search("nonlocal note", 10, max_df=None)
+    assert len(everything) == 5
+    kept = kb.store.lexical_search("nonlocal note", 10, max_df=3)
+    assert [kb.store.get([i])[i]["source"].rsplit("/", 1)[-1] for i, _ in kept] == ["nonlocal.md"]
+    # when every term is that common, the rarest one is still searched
+    assert len(kb.store.lexical_search("note", 10, max_df=3)) == 5
+    alone = [{i for i, _ in kb.store.lexical_search(t, 10, max_df=None)} for t in ("note", "in")]
+    assert min(len(a) for a in alone) > 3
+    assert {i for i, _ in kb.store.lexical_search("note in", 10, max_df=3)} == min(alone, key=len)
+
+
+def test_old_knowledge_base_that_cannot_be_written_gets_a_clear_error(tmp_path, notes, embedder):
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([notes])
+    kb.close()
+    store = tmp_path / "idx" / "docstore.sqlite"
+    _make_schema_2(store)
+    writer = sqlite3.connect(store)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(RetrievalError, match="lexical index made or refreshed .* cannot be written now"):
+            Retriever.open(tmp_path / "idx", embedder=embedder)
+    finally:
+        writer.rollback()
+        writer.close()
+    assert Retriever.open(tmp_path / "idx", embedder=embedder).store.db.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
