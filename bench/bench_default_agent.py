@@ -102,14 +102,25 @@ def summarise(records: list[dict]) -> dict:
                if records and "gold_among_sources_shown" in records[0] else {})}
 
 
-def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = None) -> None:
+class SearchMode:
+    """The default retriever with its search mode fixed (dense | lexical | hybrid), for comparing modes."""
+
+    def __init__(self, retriever, mode: str):
+        self.retriever, self.mode = retriever, mode
+
+    def search(self, query: str, k: int = 3):
+        return self.retriever.search(query, k=k, mode=self.mode)
+
+
+def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = None, mode: str | None = None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
     from retrieval.default_kb import open_default_index
 
-    agent = make_agent(name, batch, open_default_index(progress=False))
+    retriever = open_default_index(progress=False)
+    agent = make_agent(name, batch, SearchMode(retriever, mode) if mode else retriever)
     for kind, n in zip(SETS, sizes):
         if only and kind not in only:
             continue
@@ -120,9 +131,11 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
                                desc=f"{name} {kind}"))
         records = [score(t, tr) for t, tr in zip(tasks, traces)]
         report = {"model": name, "checkpoint": MODELS[name][0], "constrained": MODELS[name][1], "set": kind,
+                  "search_mode": mode or "default",
                   **summarise(records), "wall_s": round(time.perf_counter() - started, 1), "records": records}
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / f"default-agent-{name}-{kind}.json").write_text(json.dumps(report, indent=2))
+        suffix = f"-{mode}" if mode else ""
+        (OUT / f"default-agent-{name}-{kind}{suffix}.json").write_text(json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "records"}))
 
 
@@ -201,13 +214,16 @@ def main() -> None:
     q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful,followup")
     q.add_argument("--batch", type=int, default=16)
     q.add_argument("--sets", help="only these sets, e.g. arith or kb,plain,harmful (one process per group)")
+    q.add_argument("--search-mode", choices=["dense", "lexical", "hybrid"],
+                   help="fix the search tool's retrieval mode (default: the retriever's default); results get a suffix")
     lt = sub.add_parser("latency")
     lt.add_argument("--per-set", type=int, default=8)
     sub.add_parser("table")
     sub.add_parser("restore-v1")
     a = p.parse_args()
     if a.cmd == "quality":
-        quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None)
+        quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None,
+                a.search_mode)
     elif a.cmd == "restore-v1":
         restore_v1()
     elif a.cmd == "latency":
