@@ -385,8 +385,9 @@ def simulate(url: str, plan: list[dict], judge: Callable, seed: int = 0, keep_co
                 counts["answers"] += 1
                 fix = correction(task)
                 if verdict is False and turn["edit_if_wrong"] and fix is not None:
+                    previous = copy.deepcopy(group[off].get("content"))
+                    # as the Chatbot's frontend does: the edited text replaces the message, then the event fires
                     tab.values[tab.id_of("chatbot")][start + off]["content"] = [{"type": "text", "text": fix}]
-                    previous = group[off].get("content")
                     tab.trigger("chatbot", "edit", {"index": start + off, "value": fix, "previous_value": previous})
                     row.update(action="edit", edited=fix)
                     counts["edits"] += 1
