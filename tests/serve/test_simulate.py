@@ -151,3 +151,11 @@ def test_varied_feedback_or_an_explicit_override_passes_the_guard_rail(tmp_path,
     rt.retrain(str(_db(tmp_path / "a.db", 3, 4)), None, ["--output_dir", str(tmp_path / "a")])
     rt.retrain(str(_db(tmp_path / "b.db", 1, 12)), None, ["--output_dir", str(tmp_path / "b")], allow_one_source=True)
     assert len(seen) == 2
+
+
+def test_the_reward_model_judge_scores_and_thresholds(tiny_model_dir):
+    judge = sim.make_judge(f"rm:{tiny_model_dir}", threshold=-1e9)
+    task = {"kind": "plain", "question": "Say hello."}
+    assert judge(task, "Hello!", []) is True and isinstance(judge.last_score, float)
+    judge.threshold = judge.last_score  # liked only above the threshold
+    assert judge(task, "Hello!", []) is False
