@@ -25,7 +25,10 @@ What one run does:
   4. a round whose held-out success falls by more than its noise (one binomial standard error of the
      difference) is reported as ``fell``; with ``--keep-best`` the app is switched back to the best
      checkpoint so far (restarted on it, with the same database, when that is the round-0 model, which
-     is not under the switch root), which then serves the next round.
+     is not under the switch root), which then serves the next round;
+  5. with ``--gold`` (and ``--stage dpo --proxy``) each retrain runs the over-optimisation monitor
+     (``align.monitor``: gold and proxy reward and KL on samples during training); its warnings are
+     copied into the round's JSON.
 
 Writes ``OUT/round-<r>.json`` per round (simulation counts, what the app stored, retrain summary,
 held-out scores, KL, wall time per phase), ``OUT/summary.json`` (with a projection of the wall time of
@@ -176,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--kl-tokens", type=int, default=48, help="sampled tokens per answer for the KL estimate")
+    p.add_argument("--gold", help="gold reward (RM checkpoint, ensemble or module:function): runs the "
+                                  "over-optimisation monitor in each round's retrain (DPO stage; needs --proxy)")
+    p.add_argument("--proxy", help="proxy reward for the monitor (the reward the preference data stands for)")
     p.add_argument("--retrain-arg", action="append", default=[], help="extra `align retrain` flag (repeatable), "
                                                                          "e.g. --retrain-arg=--training.max_length=512")
     p.add_argument("--out", help="run folder (default runs/loop-<time>)")
@@ -188,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from serve import simulate as sim
 
+    if a.gold:
+        if a.stage != "dpo" or not a.proxy:
+            raise SystemExit("--gold: the over-optimisation monitor runs in DPO retrains (--stage dpo) and needs --proxy")
+        a.retrain_arg += ["--monitor.gold", a.gold, "--monitor.proxy", a.proxy]
     out = Path(a.out or REPO / "runs" / f"loop-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     roots = out / "ckpts"
     roots.mkdir(parents=True, exist_ok=True)
@@ -248,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             h = _heldout(ev)
             prev = rounds[-1]["heldout"]
             noise = math.sqrt(prev["stderr"] ** 2 + h["stderr"] ** 2)
-            row = {"round": r, "checkpoint": new, "parent": parent, "answers": report["counts_sent"]["answers"],
+            row = {"round": r, "stage": a.stage, "checkpoint": new, "parent": parent, "answers": report["counts_sent"]["answers"],
                    "counts_sent": report["counts_sent"], "stored": report.get("stored"),
                    "stored_vs_sent": report.get("stored_vs_sent"), "judge_accept_rate": report["judge_accept_rate"],
                    "retrain_summary": _json(ckpt_dir / "feedback" / "summary.json"), "heldout": h,
+                   "monitor_warnings": [line for line in (out / f"retrain-{r}.log").read_text().splitlines()
+                                        if "[keel] WARNING" in line],
                    "kl_to_round0": round(kl, 4), "change_vs_previous": round(h["success"] - prev["success"], 4),
                    "noise": round(noise, 4), "fell": h["success"] < prev["success"] - noise,
                    "vs_round0": {"difference": round(h["success"] - r0["heldout"]["success"], 4),
@@ -316,12 +328,14 @@ def _json(path: Path):
 
 
 def project(rounds: list[dict], heldout: int, answers: int = 200, n_rounds: int = 3, target_heldout: int = 100) -> dict:
-    """Wall time of ``n_rounds`` x ``answers`` from this run's per-answer, per-row and per-task times."""
+    """Wall time of ``n_rounds`` x ``answers`` from this run's per-answer, per-row (KTO rows or DPO pairs)
+    and per-task times."""
     done = [r for r in rounds if r["round"] > 0]
     if not done:
         return {}
     per_answer = sum(r["wall_s"]["simulate"] for r in done) / max(1, sum(r["answers"] for r in done))
-    rows = [((r.get("retrain_summary") or {}).get("unpaired_rows") or 1) for r in done]
+    rows = [((r.get("retrain_summary") or {}).get("pairs" if r.get("stage") == "dpo" else "unpaired_rows") or 1)
+            for r in done]
     per_row = sum(r["wall_s"]["retrain"] for r in done) / max(1, sum(rows))
     per_task = sum(r["wall_s"]["heldout"] for r in rounds) / (len(rounds) * heldout)
     per_kl = sum(r["wall_s"]["kl"] for r in done) / (len(done) * heldout)
