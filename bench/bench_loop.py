@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             wall["kl"] = round(time.perf_counter() - t, 1)
             h = _heldout(ev)
             prev = rounds[-1]["heldout"]
-            noise = math.sqrt(prev["stderr"] ** 2 + h["stderr"] ** 2)
+            verdict = round_verdict(prev, h, best["heldout"])
             row = {"round": r, "stage": a.stage, "checkpoint": new, "parent": parent, "answers": report["counts_sent"]["answers"],
                    "counts_sent": report["counts_sent"], "stored": report.get("stored"),
                    "stored_vs_sent": report.get("stored_vs_sent"), "judge_accept_rate": report["judge_accept_rate"],
@@ -265,15 +265,15 @@ def main(argv: list[str] | None = None) -> int:
                    "monitor_warnings": [line for line in (out / f"retrain-{r}.log").read_text().splitlines()
                                         if "[keel] WARNING" in line],
                    "kl_to_round0": round(kl, 4), "change_vs_previous": round(h["success"] - prev["success"], 4),
-                   "noise": round(noise, 4), "fell": h["success"] < prev["success"] - noise,
+                   "noise": round(verdict["noise"], 4), "fell": verdict["fell"],
                    "vs_round0": {"difference": round(h["success"] - r0["heldout"]["success"], 4),
                                  "ratio": round(h["success"] / r0["heldout"]["success"], 3)
                                  if r0["heldout"]["success"] else None}}
             if row["fell"]:
                 print(f"[loop] round {r}: held-out success FELL {prev['success']:.3f} -> {h['success']:.3f} "
-                      f"(noise {noise:.3f})", flush=True)
+                      f"(noise {verdict['noise']:.3f})", flush=True)
             served = new
-            if h["success"] > best["heldout"]["success"]:
+            if verdict["new_best"]:
                 best = row
             elif a.keep_best and best is not row:
                 t = time.perf_counter()
@@ -312,6 +312,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(out / "loop-rounds.png", a.plot)
     print(json.dumps({"projection": summary["projection"], "best_round": best["round"]}, indent=2))
     return 0
+
+
+def round_verdict(prev: dict, new: dict, best: dict) -> dict:
+    """Did a round's held-out success fall, and is it the best so far? ``prev``/``new``/``best`` are
+    held-out summaries ``{"success", "stderr"}`` (fractions). ``noise`` is the standard error of the
+    difference of two binomial proportions; ``fell``: the success dropped by more than that;
+    ``new_best``: strictly better than the best so far (a tie keeps the earlier, already-served one)."""
+    noise = math.sqrt(prev["stderr"] ** 2 + new["stderr"] ** 2)
+    return {"noise": noise, "fell": new["success"] < prev["success"] - noise, "new_best": new["success"] > best["success"]}
 
 
 def _heldout(ev: dict) -> dict:
