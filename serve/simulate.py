@@ -218,11 +218,15 @@ def last_turn(history: list[dict]) -> tuple[int, list[dict]]:
 
 
 def final_answer(group: list[dict]) -> tuple[int, str]:
-    """The answer message of an assistant group (the last one without a step title): (offset, text)."""
+    """The answer message of an assistant group (the last one without a step title): (offset, text),
+    without the "Sources:" line the app appends (the judge scores what the model wrote, as the app
+    stores it); (-1, "") when the group has no answer."""
+    from serve.chat import strip_sources
+
     for i in range(len(group) - 1, -1, -1):
         if not (group[i].get("metadata") or {}).get("title"):
-            return i, _text(group[i].get("content"))
-    return len(group) - 1, _text(group[-1].get("content")) if group else ""
+            return i, strip_sources(_text(group[i].get("content")))
+    return -1, ""
 
 
 # -------------------------------------------------------------------------------------------- tasks
@@ -377,6 +381,12 @@ def simulate(url: str, plan: list[dict], judge: Callable, seed: int = 0, keep_co
                 start, group = last_turn(history)
                 off, answer = final_answer(group)
                 steps = [m for m in group if (m.get("metadata") or {}).get("title")]
+                if off < 0:  # no answer came back (stopped, or an error message only): nothing to rate
+                    row.update(answer=None, judged=None, action="no-answer",
+                               status=_text(tab.value("feedback-status")))
+                    sent.append(row)
+                    bar.update(1)
+                    continue
                 verdict = judge(task, answer, steps)
                 row.update(answer=answer, answer_s=round(time.perf_counter() - t0, 2), judged=verdict,
                            status=_text(tab.value("feedback-status")))

@@ -159,3 +159,16 @@ def test_the_reward_model_judge_scores_and_thresholds(tiny_model_dir):
     assert judge(task, "Hello!", []) is True and isinstance(judge.last_score, float)
     judge.threshold = judge.last_score  # liked only above the threshold
     assert judge(task, "Hello!", []) is False
+
+
+def test_the_judge_scores_what_the_model_wrote_not_the_sources_the_app_appends():
+    from serve.chat import SOURCES_MARK
+
+    task = {"kind": "kb", "question": "What does a for loop do?", "source": "python-docs:for"}
+    group = [{"role": "assistant", "content": "search(for)", "metadata": {"title": "🛠️ search"}},
+             {"role": "assistant", "content": [{"type": "text", "text": "It loops." + SOURCES_MARK + "python-docs:for"}]}]
+    off, answer = sim.final_answer(group)
+    assert off == 1 and answer == "It loops."
+    assert sim.VerifierJudge()(task, answer, group[:1]) is False
+    assert sim.VerifierJudge()(task, "See python-docs:for.", group[:1]) is True
+    assert sim.final_answer([]) == (-1, "")
