@@ -186,8 +186,10 @@ def _retrain(argv: list[str]) -> int:
                    help="the app's feedback database (runs/feedback.db, or its postgresql:// URL)")
     p.add_argument("--config", help="a kto or dpo config (default configs/kto.yaml)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--allow-one-source", action="store_true",
+                   help="train even if all feedback comes from one session or is about one prompt")
     a, overrides = p.parse_known_args(argv)
-    out = retrain(a.from_feedback, a.config, overrides, resume=a.resume)
+    out = retrain(a.from_feedback, a.config, overrides, resume=a.resume, allow_one_source=a.allow_one_source)
     print(f"[keel] checkpoint written to {out}\n[keel] serve it: python -m serve --checkpoint {out}")
     return 0
 

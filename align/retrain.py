@@ -10,6 +10,8 @@ follows the data (``RETRAIN_EPOCHS`` passes over it, not the config's fixed ``ma
 without a GPU the run trains LoRA adapters (merged on save) at a LoRA learning rate. It prints, before
 anything heavy, how many rows, which parent, where it writes and a rough time estimate; the
 trainer's progress bar then counts steps. A refused run (too few rows, bad config) leaves no folder.
+Guard rail of the loop (``check_sources``): feedback that all comes from one session, or whose rows are
+all about one prompt, is refused unless ``--allow-one-source`` says it is deliberate.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ CPU_MICRO_BATCH = 4
 CPU_FLOPS_PER_CORE = 5.0e10
 
 
-def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False) -> Path:
+def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False,
+            allow_one_source: bool = False) -> Path:
     from serve.feedback import FeedbackStore, display_target, export_feedback  # the app owns the database format
 
     if config is None:  # the default: ./configs/kto.yaml, else the one beside this Keel (any working folder)
@@ -63,6 +66,8 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
             raise DataError(f"{display_target(db)}: only {rows} {'rated answers' if stage == 'kto' else 'preference pairs'} so far; "
                             f"{stage} needs at least {MIN_ROWS}. Collect more feedback in the app "
                             f"({'edits and regenerates make pairs' if stage == 'dpo' else 'thumbs up and down'}).")
+        if not allow_one_source:
+            check_sources(db, scratch / DATASET_FOR_STAGE[stage])
         extra = ["--data.path", str(out / "feedback" / DATASET_FOR_STAGE[stage]), "--output_dir", str(out)]
         if "model" not in given:
             store = FeedbackStore(db, read_only=True)
@@ -86,6 +91,33 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return getattr(module, f"run_{stage}")(cfg, resume=resume)
+
+
+def check_sources(db: str, data_file: Path) -> None:
+    """Guard rail of the feedback loop: refuse training data that all comes from one session (one
+    user's taste, or one scripted client) or one prompt (the model would learn one answer, not a
+    behaviour). Sessions: the ``session_id`` of the ratings and edits in ``db``; prompts: the
+    conversations (system prompt left out) of the rows in ``data_file``. Raises ``DataError``."""
+    from serve.feedback import FeedbackStore, display_target
+
+    store = FeedbackStore(db, read_only=True)
+    try:
+        sessions = {f["session_id"] for f in store.feedback() if f["kind"] in ("rating", "edit")}
+    finally:
+        store.close()
+    prompts = set()
+    for line in data_file.read_text().splitlines():
+        if line.strip():
+            prompt = json.loads(line)["prompt"]
+            prompts.add(json.dumps([[m.get("role"), m.get("content")] for m in prompt if m.get("role") != "system"]))
+    why = None
+    if len(sessions) == 1:
+        why = f"all its ratings and edits come from one session ({next(iter(sessions))[:40]})"
+    elif len(prompts) == 1:
+        why = "all its rows are about one prompt"
+    if why:
+        raise DataError(f"{display_target(db)}: {why}; training on it would fit one user or one question, not the users. Collect "
+                        "feedback from more sessions and prompts, or pass --allow-one-source if this is deliberate.")
 
 
 def _size_for_data(cfg, train_rows: int, given: set[str]):

@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "export-feedback":
             return export_main(argv[1:])
+        if argv and argv[0] == "simulate":
+            from serve.simulate import simulate_main
+
+            return simulate_main(argv[1:])
         cfg = serve_config(argv)
         auth = None
         if cfg.auth:

@@ -217,7 +217,7 @@ def test_browser_walks_the_whole_feedback_loop(tiny_model_dir, tmp_path):
 
             # retrain on CPU from the app's database, into the folder the operator allowed
             out = runs / "kto-feedback"
-            assert align_main(["retrain", "--from-feedback", str(db), "--output_dir", str(out),
+            assert align_main(["retrain", "--from-feedback", str(db), "--output_dir", str(out), "--allow-one-source",
                                "--training.per_device_train_batch_size", "4", "--training.max_length", "128"]) == 0
             manifest = json.loads((out / "model" / "keel.json").read_text())
             assert manifest["parents"] == [str(tiny_model_dir)]

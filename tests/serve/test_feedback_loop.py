@@ -278,7 +278,8 @@ def test_the_loop_on_the_embedded_model_retrains_and_the_app_switches(tmp_path, 
         a.ask(f"Say something about the number {i}.")
         a.rate(i, i % 2 == 0)
     out = tmp_path / "runs" / "kto-feedback"
-    assert align_main(["retrain", "--from-feedback", str(tmp_path / "fb.db"), "--output_dir", str(out)]) == 0
+    assert align_main(["retrain", "--from-feedback", str(tmp_path / "fb.db"), "--output_dir", str(out),
+                       "--allow-one-source"]) == 0  # one test user: deliberate
     manifest = json.loads((out / "model" / "keel.json").read_text())
     assert manifest["parents"] == ["smollm2-135m"] and manifest["config"]["lora"]["enabled"]
     _, msg, _ = a.fns["on_switch"]("runs/kto-feedback/model")

@@ -1,0 +1,366 @@
+"""The feedback loop, measured: rounds of simulated users -> retrain -> switch the running app -> held-out score.
+
+    # the issue's measurement (not run yet: hours on 2 CPU cores, see docs/loop.md):
+    OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
+        --keep-best --plot docs/img/loop-rounds.png
+    # a smoke run of every phase (minutes):
+    OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 1 --answers 8 --heldout 8 --checkpoint keel-agent
+
+What one run does:
+  1. starts the app (``python -m serve``) on ``--checkpoint``, on a free port, with its own feedback
+     database and ``--switch-root`` on this run's checkpoint folder;
+  2. round 0: scores the served checkpoint on held-out tasks (the *test* split of the same kinds;
+     the simulated users ask *train*-split questions, so no round sees a held-out task), scored with
+     ``bench/bench_default_agent.py``'s ``score``/``summarise`` (success, format errors), agent settings
+     as the app's (tools, ``--max-steps``, ``--max-new-tokens``, greedy, forced final answer);
+  3. each round: ``python -m serve simulate`` logic (``serve.simulate.run``) sends ``--answers``
+     questions from ``--users`` sessions and rates/edits/regenerates as the judge decides;
+     ``python -m align retrain --from-feedback DB`` (KTO on the ratings and edits by default,
+     ``--stage dpo`` for the pairs from edits and rated alternatives) trains a new checkpoint, from the
+     round-0 model on all the feedback so far (``--train-from round0``, default: no compounding of
+     repeated data) or from the served one (``current``); the app is switched to it through its own
+     switch event (the "Model" accordion's Load button, over HTTP); it is scored on the same held-out
+     tasks, and its KL to the round-0 model is estimated on held-out prompts
+     (``align.monitor.sample_and_kl``: mean over sampled answers of sum_t log pi/pi_0, nats per answer);
+  4. a round whose held-out success falls by more than its noise (one binomial standard error of the
+     difference) is reported as ``fell``; with ``--keep-best`` the app is switched back to the best
+     checkpoint so far (restarted on it, with the same database, when that is the round-0 model, which
+     is not under the switch root), which then serves the next round;
+  5. with ``--gold`` (and ``--stage dpo --proxy``) each retrain runs the over-optimisation monitor
+     (``align.monitor``: gold and proxy reward and KL on samples during training); its warnings are
+     copied into the round's JSON.
+
+Writes ``OUT/round-<r>.json`` per round (simulation counts, what the app stored, retrain summary,
+held-out scores, KL, wall time per phase), ``OUT/summary.json`` (with a projection of the wall time of
+3 rounds x 200 answers from this run's per-unit times) and the curve ``OUT/loop-rounds.png``
+(``--plot`` copies it, e.g. to ``docs/img/loop-rounds.png``). Baseline in the same run: round 0, the
+checkpoint the loop started from; each round reports its success minus round 0's and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def heldout_tasks(kinds: str, n: int, seed: int) -> list[dict]:
+    from agents.tasks import arith_word_tasks, harmful_tasks, kb_tasks, plain_tasks
+
+    if kinds == "arith":
+        return arith_word_tasks(n, seed=seed, split="test")
+    if kinds == "kb":
+        return kb_tasks(n, seed=seed, split="test")
+    if kinds == "hh":
+        return harmful_tasks((n + 1) // 2, seed=seed, split="test") + plain_tasks(n // 2, seed=seed, split="test")
+    raise SystemExit(f"--tasks {kinds}: held-out scoring knows arith, kb and hh")
+
+
+def evaluate(ref: str, tasks: list[dict], max_steps: int, max_new_tokens: int, retriever) -> dict:
+    """Held-out score of checkpoint ``ref``, run as the app runs it (agent, tools, greedy)."""
+    from tqdm.auto import tqdm
+
+    from agents.agent import ReActAgent, TransformersLLM
+    from agents.tools import default_tools
+    from align.models import load_policy
+    from bench_default_agent import score, summarise
+
+    model, tok, _ = load_policy(ref)
+    constrained = True  # the app's default (agent.constrained), used when the LLM supports grammars
+    llm = TransformersLLM(model, tok)
+    agent = ReActAgent(llm, default_tools(retriever), max_steps=max_steps, max_new_tokens=max_new_tokens,
+                       force_final_answer=True, constrained=constrained and getattr(llm, "supports_grammar", False))
+    records = [score(t, agent.run(t["question"])) for t in tqdm(tasks, desc=f"held-out {Path(ref).name}")]
+    return {**summarise(records), "records": records}
+
+
+def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int) -> float:
+    """Mean sampled KL(pi || pi_0) in nats per answer on the held-out questions (plain chat prompts)."""
+    from align.models import load_policy
+    from align.monitor import sample_and_kl
+
+    if ref == ref0:
+        return 0.0
+    policy, tok, _ = load_policy(ref, padding_side="left")
+    reference, _, _ = load_policy(ref0, padding_side="left")
+    prompts = [[{"role": "user", "content": t["question"]}] for t in tasks]
+    kls = []
+    for i in range(0, len(prompts), 4):
+        _, kl = sample_and_kl(policy, reference, tok, prompts[i:i + 4], max_new_tokens, 1.0, seed=seed + i)
+        kls.append(kl * len(prompts[i:i + 4]))
+    return sum(kls) / len(prompts)
+
+
+def start_app(checkpoint: str, db: Path, roots: Path, port: int, args, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "serve", "--checkpoint", checkpoint, "--feedback-db", str(db), "--port", str(port),
+           "--switch-root", str(roots), "--index", args.index, "--max-steps", str(args.max_steps),
+           "--max-new-tokens", str(args.max_new_tokens)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def switch(url: str, name: str) -> str:
+    from serve.simulate import AppError, BrowserSession
+
+    tab = BrowserSession(url)
+    try:
+        tab.trigger("switch-refresh", "click")  # as a user does: ↻ lists the new checkpoint, then choose it, Load
+        tab.set_value("switch-to", name)
+        tab.trigger("switch-load", "click")
+        status = str(tab.value("switch-status") or "")
+    finally:
+        tab.close()
+    if "Now serving" not in status:
+        raise AppError(f"switching the app to {name} failed: {status}")
+    return status
+
+
+def plot(rounds: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["round"] for r in rounds]
+    succ = [100 * r["heldout"]["success"] for r in rounds]
+    err = [100 * r["heldout"]["stderr"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.errorbar(xs, succ, yerr=err, marker="o", capsize=3, label="held-out success (%)")
+    ax.plot(xs, [100 * r["heldout"]["format_errors_per_task"] for r in rounds], marker="s", ls="--",
+            label="format errors per 100 tasks")
+    ax.set_xlabel("round")
+    ax.set_ylabel("%")
+    ax.set_xticks(xs)
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r["kl_to_round0"] for r in rounds], color="tab:red", marker="^", label="KL to round 0 (nats)")
+    ax2.set_ylabel("KL to round 0 (nats per answer)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="best", fontsize=8)
+    n = rounds[0]["heldout"]["tasks"]
+    ax.set_title(f"Keel feedback loop: {rounds[-1].get('answers', 0)} answers/round, {n} held-out tasks")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--answers", type=int, default=200, help="simulated answers per round")
+    p.add_argument("--turns", type=int, default=2, help="questions per simulated user")
+    p.add_argument("--heldout", type=int, default=100, help="held-out tasks scored after each round")
+    p.add_argument("--checkpoint", default="keel-agent", help="round-0 model")
+    p.add_argument("--tasks", default="arith", help="arith | kb | hh (the simulated users' and held-out kinds)")
+    p.add_argument("--judge", default="verifier", help="verifier | rm:PATH")
+    p.add_argument("--stage", default="kto", choices=["kto", "dpo"], help="retrain on ratings (kto) or pairs (dpo)")
+    p.add_argument("--train-from", default="round0", choices=["round0", "current"])
+    p.add_argument("--edit-share", type=float, default=0.2)
+    p.add_argument("--regenerate-share", type=float, default=0.2)
+    p.add_argument("--keep-best", action="store_true", help="serve the best checkpoint so far after each round")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", default="none", help="the app's retrieval index (kb tasks need 'default')")
+    p.add_argument("--max-steps", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--kl-tokens", type=int, default=48, help="sampled tokens per answer for the KL estimate")
+    p.add_argument("--gold", help="gold reward (RM checkpoint, ensemble or module:function): runs the "
+                                  "over-optimisation monitor in each round's retrain (DPO stage; needs --proxy)")
+    p.add_argument("--proxy", help="proxy reward for the monitor (the reward the preference data stands for)")
+    p.add_argument("--retrain-arg", action="append", default=[], help="extra `align retrain` flag (repeatable), "
+                                                                         "e.g. --retrain-arg=--training.max_length=512")
+    p.add_argument("--out", help="run folder (default runs/loop-<time>)")
+    p.add_argument("--plot", help="also copy the curve here (e.g. docs/img/loop-rounds.png)")
+    a = p.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+    from serve import simulate as sim
+
+    if a.gold:
+        if a.stage != "dpo" or not a.proxy:
+            raise SystemExit("--gold: the over-optimisation monitor runs in DPO retrains (--stage dpo) and needs --proxy")
+        a.retrain_arg += ["--monitor.gold", a.gold, "--monitor.proxy", a.proxy]
+    out = Path(a.out or REPO / "runs" / f"loop-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    roots = out / "ckpts"
+    roots.mkdir(parents=True, exist_ok=True)
+    db = out / "feedback.db"
+    retriever = None
+    if a.index != "none":
+        from retrieval.default_kb import open_default_index
+
+        retriever = open_default_index(progress=False)
+    held = heldout_tasks(a.tasks, a.heldout, a.seed + 1000)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    app = start_app(a.checkpoint, db, roots, port, a, out / "app.log")
+    rounds: list[dict] = []
+    try:
+        sim.wait_for_app(url, timeout=900, proc=app)
+        startup_s = time.perf_counter() - t0
+        print(f"[loop] app on {url} after {startup_s:.0f} s; run folder {out}", flush=True)
+        t = time.perf_counter()
+        ev = evaluate(a.checkpoint, held, a.max_steps, a.max_new_tokens, retriever)
+        r0 = {"round": 0, "checkpoint": a.checkpoint, "served": a.checkpoint, "answers": 0,
+              "heldout": _heldout(ev), "kl_to_round0": 0.0, "wall_s": {"app_start": round(startup_s, 1),
+                                                                       "heldout": round(time.perf_counter() - t, 1)}}
+        (out / "round-0.json").write_text(json.dumps({**r0, "records": ev["records"]}, indent=2))
+        rounds.append(r0)
+        print(f"[loop] round 0: held-out success {r0['heldout']['success']:.3f}", flush=True)
+        best, served = r0, a.checkpoint
+        users = max(1, math.ceil(a.answers / a.turns))
+        for r in range(1, a.rounds + 1):
+            wall = {}
+            t = time.perf_counter()
+            report = sim.run(url, a.tasks, users, a.turns, a.judge, seed=a.seed + r, edit_share=a.edit_share,
+                             regenerate_share=a.regenerate_share, db=str(db), report=str(out / f"simulate-{r}.json"))
+            wall["simulate"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            ckpt_dir = roots / f"round-{r}"
+            parent = a.checkpoint if a.train_from == "round0" else served
+            cmd = [sys.executable, "-m", "align", "retrain", "--from-feedback", str(db),
+                   "--config", str(REPO / "configs" / f"{a.stage}.yaml"), "--output_dir", str(ckpt_dir),
+                   "--model", parent, *a.retrain_arg]
+            with (out / f"retrain-{r}.log").open("w") as log:
+                rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+            wall["retrain"] = round(time.perf_counter() - t, 1)
+            if rc != 0:
+                tail = (out / f"retrain-{r}.log").read_text()[-600:]
+                raise SystemExit(f"[loop] round {r}: retrain failed (exit {rc}); {out}/retrain-{r}.log ends:\n{tail}")
+            new = str(ckpt_dir / "model")
+            t = time.perf_counter()
+            switch(url, f"{roots.name}/round-{r}/model")
+            wall["switch"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            ev = evaluate(new, held, a.max_steps, a.max_new_tokens, retriever)
+            wall["heldout"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            kl = kl_to_round0(new, a.checkpoint, held, a.kl_tokens, a.seed)
+            wall["kl"] = round(time.perf_counter() - t, 1)
+            h = _heldout(ev)
+            prev = rounds[-1]["heldout"]
+            verdict = round_verdict(prev, h, best["heldout"])
+            row = {"round": r, "stage": a.stage, "checkpoint": new, "parent": parent, "answers": report["counts_sent"]["answers"],
+                   "counts_sent": report["counts_sent"], "stored": report.get("stored"),
+                   "stored_vs_sent": report.get("stored_vs_sent"), "judge_accept_rate": report["judge_accept_rate"],
+                   "retrain_summary": _json(ckpt_dir / "feedback" / "summary.json"), "heldout": h,
+                   "monitor_warnings": [line for line in (out / f"retrain-{r}.log").read_text().splitlines()
+                                        if "[keel] WARNING" in line],
+                   "kl_to_round0": round(kl, 4), "change_vs_previous": round(h["success"] - prev["success"], 4),
+                   "noise": round(verdict["noise"], 4), "fell": verdict["fell"],
+                   "vs_round0": {"difference": round(h["success"] - r0["heldout"]["success"], 4),
+                                 "ratio": round(h["success"] / r0["heldout"]["success"], 3)
+                                 if r0["heldout"]["success"] else None}}
+            if row["fell"]:
+                print(f"[loop] round {r}: held-out success FELL {prev['success']:.3f} -> {h['success']:.3f} "
+                      f"(noise {verdict['noise']:.3f})", flush=True)
+            served = new
+            if verdict["new_best"]:
+                best = row
+            elif a.keep_best and best is not row:
+                t = time.perf_counter()
+                if best["round"] == 0:  # not under the switch root: restart the app on it (same database)
+                    app.terminate()
+                    app.wait(60)
+                    app = start_app(a.checkpoint, db, roots, port, a, out / f"app-{r}.log")
+                    sim.wait_for_app(url, timeout=900, proc=app)
+                    served = a.checkpoint
+                    row["kept"] = "round 0 (app restarted on it)"
+                else:
+                    switch(url, f"{roots.name}/round-{best['round']}/model")
+                    served = best["checkpoint"]
+                    row["kept"] = f"round {best['round']}"
+                wall["keep_best_switch"] = round(time.perf_counter() - t, 1)
+            row["served_next"] = served
+            row["wall_s"] = wall
+            rounds.append(row)
+            (out / f"round-{r}.json").write_text(json.dumps({**row, "records": ev["records"]}, indent=2))
+            print(f"[loop] round {r}: held-out success {h['success']:.3f} (round 0 {r0['heldout']['success']:.3f}), "
+                  f"KL {kl:.3f}, wall {wall}", flush=True)
+    finally:
+        app.terminate()
+        try:
+            app.wait(30)
+        except subprocess.TimeoutExpired:
+            app.kill()
+    summary = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+               "checkpoint": a.checkpoint, "tasks": a.tasks, "stage": a.stage, "train_from": a.train_from,
+               "best_round": best["round"], "rounds": rounds, "projection": project(rounds, a.heldout)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if len(rounds) > 1:
+        plot(rounds, out / "loop-rounds.png")
+        if a.plot:
+            Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "loop-rounds.png", a.plot)
+    print(json.dumps({"projection": summary["projection"], "best_round": best["round"]}, indent=2))
+    return 0
+
+
+def round_verdict(prev: dict, new: dict, best: dict) -> dict:
+    """Did a round's held-out success fall, and is it the best so far? ``prev``/``new``/``best`` are
+    held-out summaries ``{"success", "stderr"}`` (fractions). ``noise`` is the standard error of the
+    difference of two binomial proportions; ``fell``: the success dropped by more than that;
+    ``new_best``: strictly better than the best so far (a tie keeps the earlier, already-served one)."""
+    noise = math.sqrt(prev["stderr"] ** 2 + new["stderr"] ** 2)
+    return {"noise": noise, "fell": new["success"] < prev["success"] - noise, "new_best": new["success"] > best["success"]}
+
+
+def _heldout(ev: dict) -> dict:
+    n, s = ev["tasks"], ev["success"]
+    return {"tasks": n, "success": s, "stderr": math.sqrt(max(s * (1 - s), 1e-12) / n),
+            "format_errors_per_task": ev["format_errors_per_task"], "mean_steps": ev["mean_steps"]}
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def project(rounds: list[dict], heldout: int, answers: int = 200, n_rounds: int = 3, target_heldout: int = 100) -> dict:
+    """Wall time of ``n_rounds`` x ``answers`` from this run's per-answer, per-row (KTO rows or DPO pairs)
+    and per-task times."""
+    done = [r for r in rounds if r["round"] > 0]
+    if not done:
+        return {}
+    per_answer = sum(r["wall_s"]["simulate"] for r in done) / max(1, sum(r["answers"] for r in done))
+    rows = [((r.get("retrain_summary") or {}).get("pairs" if r.get("stage") == "dpo" else "unpaired_rows") or 1)
+            for r in done]
+    per_row = sum(r["wall_s"]["retrain"] for r in done) / max(1, sum(rows))
+    per_task = sum(r["wall_s"]["heldout"] for r in rounds) / (len(rounds) * heldout)
+    per_kl = sum(r["wall_s"]["kl"] for r in done) / (len(done) * heldout)
+    rows_per_answer = sum(rows) / max(1, sum(r["answers"] for r in done))
+    seconds = 0.0
+    for k in range(1, n_rounds + 1):  # the retrain sees all feedback so far
+        seconds += per_answer * answers + per_row * rows_per_answer * answers * k
+        seconds += (per_task + per_kl) * target_heldout
+    seconds += per_task * target_heldout  # round 0
+    return {"rounds": n_rounds, "answers_per_round": answers, "heldout": target_heldout,
+            "s_per_answer": round(per_answer, 2), "retrain_s_per_row": round(per_row, 2),
+            "heldout_s_per_task": round(per_task, 2), "kl_s_per_task": round(per_kl, 2),
+            "total_hours": round(seconds / 3600, 1),
+            "note": "linear in answers/rows/tasks from this run's times; retrain has a fixed start-up cost too, so "
+                    "the per-row rate of a tiny run overstates it"}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""bench/bench_loop.py: the round verdict (fell / best so far) and, slow, one whole round end to end."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import bench_loop  # noqa: E402
+
+
+def held(success, n=100):
+    return bench_loop._heldout({"tasks": n, "success": success, "format_errors_per_task": 0.0, "mean_steps": 1.0})
+
+
+def test_a_round_that_falls_beyond_its_noise_is_reported_and_a_tie_keeps_the_earlier_best():
+    v = bench_loop.round_verdict(held(0.60), held(0.45), held(0.60))
+    assert v["fell"] and not v["new_best"] and 0.06 < v["noise"] < 0.08  # sqrt(2 * 0.24 / 100) ~ 0.069
+    v = bench_loop.round_verdict(held(0.60), held(0.56), held(0.60))
+    assert not v["fell"] and not v["new_best"]  # within the noise
+    assert bench_loop.round_verdict(held(0.60), held(0.60), held(0.60))["new_best"] is False
+    assert bench_loop.round_verdict(held(0.50), held(0.62), held(0.60))["new_best"] is True
+    # fewer tasks, more noise: the same drop is not a fall on 8 tasks
+    assert not bench_loop.round_verdict(held(0.75, 8), held(0.625, 8), held(0.75, 8))["fell"]
+
+
+@pytest.mark.slow
+def test_one_round_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
+    """App start, simulate (stored = sent), retrain, switch the running app, held-out, KL, keep-best
+    (the round-0 model stays best on a tie: the app is restarted on it), JSON and curve."""
+    out = tmp_path / "loop"
+    assert bench_loop.main(["--rounds", "1", "--answers", "8", "--heldout", "2", "--checkpoint", str(tiny_model_dir),
+                            "--max-new-tokens", "8", "--max-steps", "1", "--kl-tokens", "4", "--edit-share", "0.6",
+                            "--keep-best", "--out", str(out), "--retrain-arg=--training.max_length=256"]) == 0
+    r1 = json.loads((out / "round-1.json").read_text())
+    assert r1["stored_vs_sent"]["match"] and r1["counts_sent"]["answers"] >= 8
+    assert (out / "ckpts" / "round-1" / "model" / "keel.json").is_file()
+    assert r1["kept"].startswith("round 0") and r1["served_next"] == str(tiny_model_dir)
+    assert (out / "loop-rounds.png").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_round"] == 0 and summary["projection"]["total_hours"] > 0
