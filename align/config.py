@@ -14,6 +14,7 @@ are decoded as UTF-8 with an optional byte-order mark; a file that is not UTF-8 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -218,6 +219,10 @@ def _format_errors(err: ValidationError, sources: dict[str, str]) -> str:
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None, **defaults) -> C:
+    """Read ``path`` (YAML), apply ``overrides`` (``["--a.b", "1"]``) and validate as ``cls``.
+
+    An override naming a key that ``cls.moved_keys`` maps to its new place is applied there, with
+    a FutureWarning naming the new key. Raises ``ConfigError`` naming the key and its source."""
     data: dict[str, Any] = dict(defaults)
     sources: dict[str, str] = {}
     file_label = str(path) if path else "defaults"
@@ -228,7 +233,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{p}: top level must be a mapping of keys to values")
         data.update(loaded)
     sources[""] = file_label
+    moved = getattr(cls, "moved_keys", {})
     for key, value in parse_overrides(overrides or []):
+        if key in moved:  # an old name on the command line overrides the file's value under the new one
+            warnings.warn(f"command line --{key}: {key} is deprecated, use {moved[key]}", FutureWarning, stacklevel=2)
+            key = moved[key]
         _set_dotted(data, key, value)
         sources[key] = f"command line --{key}"
     try:

@@ -15,7 +15,6 @@ or message lists) and returns one float per pair. Implementations:
 from __future__ import annotations
 
 import importlib
-import math
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence
 
@@ -201,8 +200,3 @@ def load_reward(spec: str | dict[str, Any], batch_size: int = 8, device: str | N
         return load_reward({"ensemble": members, "combine": info.get("combine", "mean"), "k": info.get("k", 1.0)},
                            batch_size, device)
     return RewardModelScorer(spec, batch_size=batch_size, device=device)
-
-
-def finite(scores: Sequence[float]) -> list[float]:
-    """NaN/inf scores (a broken verifier) become 0 so one bad reward cannot poison a batch."""
-    return [s if math.isfinite(s) else 0.0 for s in scores]
