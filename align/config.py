@@ -43,6 +43,8 @@ ReportTo = Annotated[list[Tracker], BeforeValidator(_as_list)]
 
 
 class DataConfig(Strict):
+    """Where a stage's data comes from and how it is split (``data:``)."""
+
     path: str = Field(description="JSONL/JSONL.GZ/Parquet file, or a Hugging Face dataset id")
     format: Literal["auto", "hh", "gsm8k", "trl"] = "auto"
     hf_split: str = Field("train", description="split to read when `path` is a hub dataset")
@@ -54,6 +56,8 @@ class DataConfig(Strict):
 
 
 class LoraSettings(Strict):
+    """LoRA adapters (``lora:``): rank, alpha, dropout, target modules, merge on save."""
+
     enabled: bool = False
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -62,6 +66,7 @@ class LoraSettings(Strict):
     merge_on_save: bool = True
 
     def to_peft(self, task_type: str = "CAUSAL_LM"):
+        """The equivalent ``peft.LoraConfig`` for ``task_type``."""
         from peft import LoraConfig
 
         return LoraConfig(

@@ -28,6 +28,10 @@ log = logging.getLogger("keel.monitor")
 
 
 class MonitorSettings(Strict):
+    """The ``monitor:`` section of a stage: gold and proxy rewards, the prompts, how often to check
+    (training steps) and what to do when gold falls while proxy rises.
+    """
+
     gold: str | dict[str, Any] = Field(description="gold reward: RM checkpoint, ensemble folder or module:function")
     proxy: str | dict[str, Any] | None = Field(
         None, description="proxy reward; default: the reward the stage optimises (GRPO/PPO); DPO must name one")
@@ -50,6 +54,10 @@ def _slope(ys: Sequence[float]) -> float:
 
 @dataclass
 class OverOptimisationMonitor:
+    """The history of (step, proxy, gold, KL) checks and the divergence test of Gao et al. 2022;
+    KL in nats per sequence.
+    """
+
     window: int = 3
     min_drop: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -73,6 +81,7 @@ class OverOptimisationMonitor:
         return _slope(gold) < 0 < _slope(proxy) and gold[-1] < best_gold - self.min_drop
 
     def message(self) -> str:
+        """The warning text for the last ``window`` checks (call after an alert)."""
         first, last = self.history[-self.window], self.history[-1]
         return (f"reward over-optimisation: over the last {self.window} checks (steps {first['step']}-{last['step']}) "
                 f"proxy rose {first['monitor/proxy']:.3f} -> {last['monitor/proxy']:.3f} while gold fell "

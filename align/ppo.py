@@ -123,6 +123,10 @@ MOVED_TO_TRAINING = {"ppo.learning_rate": "learning_rate", "ppo.max_grad_norm": 
 
 
 class KLSettings(Strict):
+    """The KL penalty (``kl:``): beta, the adaptive controller's target (nats per sequence) and
+    horizon (samples), and the per-token estimator (k1 or k3, Schulman).
+    """
+
     beta: float = Field(0.05, ge=0, description="initial KL coefficient")
     adaptive: bool = False
     target: float = Field(6.0, gt=0, description="target sequence KL (nats) for the adaptive controller")
@@ -131,6 +135,10 @@ class KLSettings(Strict):
 
 
 class RolloutSettings(Strict):
+    """Sampling for the rollout (``rollout:``): tokens per response, temperature, top-p, prompt
+    length kept (tokens, the end of the prompt), and the penalty for a response without EOS.
+    """
+
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(1.0, gt=0, le=1, description="below 1 the samples no longer come from the pi whose "
@@ -140,6 +148,13 @@ class RolloutSettings(Strict):
 
 
 class PPOStageConfig(StageConfig):
+    """``python -m align ppo``'s config: ``ppo:`` (the algorithm), ``training:`` (optimiser, logging,
+    saving, as every stage), ``kl:``, ``rollout:``, ``lora:``, an optional ``monitor:``.
+
+    Old places of the ``training:`` keys are read with a FutureWarning (``MOVED_TO_TRAINING``);
+    both places set in one file is a ConfigError.
+    """
+
     stage: Literal["ppo"] = "ppo"
     output_dir: str = "runs/ppo"
     data: DataConfig
@@ -191,6 +206,7 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.v.bias)
 
     def forward(self, h):
+        """h: (B, T, hidden) float -> values (B, T)."""
         return self.v(h).squeeze(-1)
 
 
@@ -337,6 +353,7 @@ class Rollout:
 
     @property
     def T(self) -> int:
+        """The response width: the longest response in the batch, in tokens."""
         return self.responses.shape[1]
 
     @property
@@ -680,6 +697,7 @@ class PPOTrainer:
             self.monitor.history = state["monitor"]
 
     def policy_for_saving(self):
+        """The trained policy (with its LoRA adapters, if any), unwrapped from accelerate."""
         return self.acc.unwrap_model(self.model).policy
 
 
@@ -704,6 +722,13 @@ def _disable_dropout(model) -> None:
 
 
 def run_ppo(cfg: PPOStageConfig, resume: bool = False) -> Path:
+    """Train with PPO as ``cfg`` says and save ``output_dir/model`` (a Keel checkpoint of the policy,
+    LoRA merged unless ``lora.merge_on_save: false``); returns that folder.
+
+    ``resume``: continue from the last complete ``checkpoint-N`` of ``output_dir``. Raises
+    ConfigError/KeelError for a bad config, model or data, CheckpointError for a checkpoint that
+    cannot be read safely, and refuses to overwrite a finished run (``prepare_run_dir``).
+    """
     from transformers import set_seed
 
     from align.training import save_trained_model
