@@ -158,6 +158,28 @@ def test_tiny_ppo_update_moves_the_parameters_with_finite_losses(tmp_path, tiny_
     assert rollout.input_ids.shape[1] == rollout.attention_mask.shape[1] > rollout.T
 
 
+def test_fused_first_pass_gives_the_same_update_as_a_separate_value_pass(tmp_path, tiny_model_dir):
+    """One minibatch per rollout: taking V_old from the first update's forward pass (no extra
+    value pass) must produce the same advantages and losses as a separate value pass."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    runs, advantages = {}, {}
+    for name, fused in (("fused", True), ("separate", False)):
+        cfg = _cfg(tiny_model_dir, data, tmp_path / name, "tests.align.test_ppo:the_word_reward", "--updates", "1",
+                   "--ppo.mini_batch_size", "4", "--ppo.ppo_epochs", "1")
+        torch.manual_seed(0)  # the same fresh value head in both
+        trainer = PPOTrainer(cfg)
+        trainer.fused_first_pass = lambda fused=fused: fused
+        torch.manual_seed(0)
+        rollout, first_pass = trainer.rollout(trainer.prompts[:4])
+        assert (first_pass is not None) == fused
+        torch.manual_seed(1)
+        runs[name] = trainer.optimise(rollout, first_pass)
+        advantages[name] = rollout.advantages
+    assert torch.allclose(advantages["fused"], advantages["separate"], atol=1e-5)
+    for key in ("policy_loss", "value_loss", "entropy"):
+        assert runs["fused"][key] == pytest.approx(runs["separate"][key], rel=1e-4, abs=1e-6), key
+
+
 def the_count(prompts, responses, **_):
     """How often a response says "the": dense enough for a few PPO updates to move."""
     return [float(sum(w.strip(".,!?;:").lower() == "the" for w in r.split())) for r in responses]
