@@ -33,6 +33,10 @@ NATIVE_REMINDER = ('Call a tool as <tool_call>{"name": "<tool>", "arguments": {.
 
 @dataclass
 class Event:
+    """One thing that happened in a run: a thought, tool call, observation, final answer, format
+    error, or (live display only) the text generated so far; ``step`` counts from 1.
+    """
+
     type: EventType
     content: str
     step: int
@@ -45,6 +49,10 @@ class Event:
 
 @dataclass
 class Trace:
+    """A whole run as plain data (JSON via ``to_dict``/``from_dict``): the events, the answer, steps
+    and tokens used, why it stopped, the format, and the text-format scratchpad.
+    """
+
     question: str
     events: list[Event] = field(default_factory=list)
     answer: str | None = None
@@ -226,6 +234,13 @@ def react_step(generated: str, tools: ToolRegistry, step: int, *,
 
 
 class ReActAgent:
+    """The ReAct loop (Yao et al. 2022) over any ``LLM`` backend and a ``ToolRegistry``, in the text
+    or the native tool-call format (module docstring). ``run`` returns a Trace; ``stream``
+    yields its Events as they happen. At most ``max_steps`` steps of ``max_new_tokens`` tokens,
+    ``token_budget`` tokens in all. The text format's step is ``react_step``, which GRPO's
+    tool rollout (``agents.rl``) shares.
+    """
+
     def __init__(self, llm: LLM, tools: ToolRegistry, *, max_steps: int = 6, max_new_tokens: int = 256,
                  token_budget: int = 2048, format: Literal["auto", "text", "native"] = "auto",
                  system_prompt: str | None = None, plain_answer_is_final: bool = True, stream_tokens: bool = False,
@@ -252,6 +267,7 @@ class ReActAgent:
         self.force_final_answer = force_final_answer
 
     def run(self, question: str, history: list[dict] | None = None) -> Trace:
+        """Answer ``question`` (after the chat ``history``); returns the finished Trace."""
         trace = Trace(question=question, format=self.format)
         for _ in self.stream(question, history, trace):
             pass
