@@ -123,11 +123,12 @@ def test_separate_value_model_and_rm_reward(tmp_path, tiny_model_dir):
     assert torch.allclose(rollout.scores, torch.tensor(trainer.reward(rollout.prompts, [t.strip() for t in rollout.texts])))
     # V_old is the critic's score head on its own backbone at the response positions
     backbone = getattr(model.value_model, model.value_model.base_model_prefix)
-    with torch.no_grad():
+    # (in the trainer's precision: accelerate's state is per process, and an earlier bf16 run sets it)
+    with torch.no_grad(), trainer.acc.autocast():
         h = backbone(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
                      position_ids=position_ids(rollout.attention_mask)).last_hidden_state
-        v = model.value_model.score(h[:, -(rollout.T + 1):-1]).squeeze(-1)
-    assert torch.allclose(rollout.values_old, v, atol=1e-5)
+        v = model.value_model.score(h[:, -(rollout.T + 1):-1]).squeeze(-1).float()
+    assert torch.allclose(rollout.values_old, v, atol=1e-4)
     stats = trainer.optimise(rollout, first_pass)
     assert math.isfinite(stats["value_loss"]) and stats["value_loss"] > 0
     moved = [k for k, v in model.value_model.named_parameters() if v.requires_grad and not torch.equal(v, critic[k])]
