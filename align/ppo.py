@@ -525,14 +525,14 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "clip_frac",
                                                           "value_clip_frac", "approx_kl", "grad_norm")}
         epochs_run = 0
-        for epoch in range(p.ppo_epochs):
-            # the fused pass covers every row in rollout order; other passes see shuffled minibatches
-            order = torch.arange(n) if epoch == 0 and first_pass is not None else torch.randperm(n)
+        for _ in range(p.ppo_epochs):
+            order = torch.randperm(n)
             epoch_kl = []
             for start in range(0, n, p.mini_batch_size):
                 idx = order[start:start + p.mini_batch_size]
                 with self.acc.accumulate(self.model):
-                    if first_pass is not None:
+                    if first_pass is not None:  # the fused pass: every row, in rollout order (the
+                        idx = torch.arange(n)     # minibatch is the whole rollout; its loss is the same)
                         (logits, values), first_pass = first_pass, None
                     else:
                         logits, values = self.model(rollout.input_ids[idx], rollout.attention_mask[idx], T,
