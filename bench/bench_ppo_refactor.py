@@ -1,8 +1,8 @@
 """PPO before vs after issue 17's refactor (shared ``align.logprobs``, typed ``Rollout``,
 advantages once), same process, same run: seconds per update and the first update's numbers.
 
-    git show 1a7f911:align/ppo.py > bench/_ppo_before.py      # the baseline: PPO before the refactor
-    python bench/bench_ppo_refactor.py --old bench/_ppo_before.py [--updates 5] [--batch 8] [--mini 8]
+    git show 1a7f911:align/ppo.py > /tmp/_ppo_before.py      # the baseline: PPO before the refactor
+    python bench/bench_ppo_refactor.py --old /tmp/_ppo_before.py [--updates 5] [--batch 8] [--mini 8]
         [--epochs 4] [--new-tokens 32] [--reps 2] [--model smollm2-135m]
 
 The two versions alternate (old, new, old, new ...) so that a machine's load drifts over both.
