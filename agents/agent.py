@@ -33,6 +33,10 @@ NATIVE_REMINDER = ('Call a tool as <tool_call>{"name": "<tool>", "arguments": {.
 
 @dataclass
 class Event:
+    """One thing that happened in a run: a thought, tool call, observation, final answer, format
+    error, or (live display only) the text generated so far; ``step`` counts from 1.
+    """
+
     type: EventType
     content: str
     step: int
@@ -45,12 +49,16 @@ class Event:
 
 @dataclass
 class Trace:
+    """A whole run as plain data (JSON via ``to_dict``/``from_dict``): the events, the answer, steps
+    and tokens used, why it stopped, the format, and the text-format scratchpad.
+    """
+
     question: str
     events: list[Event] = field(default_factory=list)
     answer: str | None = None
     steps: int = 0
     tokens: int = 0
-    stopped: str = ""  # final_answer | max_steps | token_budget
+    stopped: str = ""  # final_answer | forced_answer | max_steps | token_budget
     format: str = "text"
     transcript: str = ""  # the text-format scratchpad, for training data
 
@@ -164,7 +172,75 @@ def react_system_prompt(tools: ToolRegistry, preamble: str | None = None) -> str
     return "\n".join(lines)
 
 
+def call_tool(tools: ToolRegistry, name: str, args, step: int) -> Event:
+    """Run the tool ``name`` with ``args``; returns its "observation" Event (``ok`` False, and a
+    message listing the tools, for a name ``tools`` does not have; the tool's own errors are
+    in its result text)."""
+    tool = tools.get(name)
+    started = time.perf_counter()
+    if tool is None:
+        return Event("observation", f"Error: unknown tool {name!r}. Available tools: {', '.join(tools.names())}.",
+                     step, tool=name, ok=False)
+    result = tool.run(args)
+    return Event("observation", result.text, step, tool=tool.name, ok=result.ok,
+                 duration_s=round(time.perf_counter() - started, 4))
+
+
+@dataclass
+class StepResult:
+    """What one text-ReAct step left behind (``react_step``'s return value)."""
+
+    transcript: str                  # what the step adds to the scratchpad, its observation included
+    final_answer: str | None = None  # set when the step answered: the episode is over
+    observation: str | None = None   # the text given back to the model: the tool's result or the parse error
+
+
+def _step_text(generated: str) -> str:
+    """The model's text after the primed "Thought:", as one step starting with "Thought:"."""
+    if _LABEL_START.match(generated):  # " Final Answer: 4" right after the primed "Thought:"
+        return "Thought:\n" + generated.lstrip()
+    return "Thought:" + (generated if generated.startswith((" ", "\n")) else " " + generated)
+
+
+def react_step(generated: str, tools: ToolRegistry, step: int, *,
+               plain_answer_is_final: bool = False) -> Iterator[Event]:
+    """One text-ReAct step (Yao et al. 2022), shared by ``ReActAgent`` and GRPO's tool-loop rollout
+    (``agents.rl``): read what the model wrote after the primed ``Thought:`` (up to, not
+    including, ``Observation:``), and run the tool it calls.
+
+    A generator: yields the step's Events (thought, tool_call, observation; or error when the text
+    cannot be read) as they happen and returns a ``StepResult``; a final answer is in the result,
+    for the caller to record before it announces it. Text that cannot
+    be read is answered with the parse error as the observation; with ``plain_answer_is_final``,
+    text with no ReAct label at all is the final answer. Raises nothing for any model text."""
+    text = _step_text(generated)
+    try:
+        parsed = parse_react(text)
+    except ParseError as e:
+        if plain_answer_is_final and not _has_labels(generated) and generated.strip():
+            return StepResult(text.rstrip(), final_answer=generated.strip())
+        yield Event("error", str(e).replace(FORMAT_REMINDER, "").strip(), step, raw=generated.strip())
+        return StepResult(text.rstrip() + f"\nObservation: {e}\n", observation=str(e))
+    if parsed.thought:
+        yield Event("thought", parsed.thought, step)
+    if parsed.final_answer is not None:
+        return StepResult(parsed.consumed, final_answer=parsed.final_answer)
+    args = parsed.action_input
+    yield Event("tool_call", json.dumps(args) if not isinstance(args, str) else args, step,
+                tool=parsed.action, args=args)
+    obs = call_tool(tools, parsed.action, args, step)
+    yield obs
+    return StepResult(parsed.consumed + f"\nObservation: {obs.content}\n", observation=obs.content)
+
+
 class ReActAgent:
+    """The ReAct loop (Yao et al. 2022) over any ``LLM`` backend and a ``ToolRegistry``, in the text
+    or the native tool-call format (module docstring). ``run`` returns a Trace; ``stream``
+    yields its Events as they happen. At most ``max_steps`` steps of ``max_new_tokens`` tokens,
+    ``token_budget`` tokens in all. The text format's step is ``react_step``, which GRPO's
+    tool rollout (``agents.rl``) shares.
+    """
+
     def __init__(self, llm: LLM, tools: ToolRegistry, *, max_steps: int = 6, max_new_tokens: int = 256,
                  token_budget: int = 2048, format: Literal["auto", "text", "native"] = "auto",
                  system_prompt: str | None = None, plain_answer_is_final: bool = True, stream_tokens: bool = False,
@@ -191,6 +267,7 @@ class ReActAgent:
         self.force_final_answer = force_final_answer
 
     def run(self, question: str, history: list[dict] | None = None) -> Trace:
+        """Answer ``question`` (after the chat ``history``); returns the finished Trace."""
         trace = Trace(question=question, format=self.format)
         for _ in self.stream(question, history, trace):
             pass
@@ -240,14 +317,7 @@ class ReActAgent:
         return min(self.max_new_tokens, self.token_budget - trace.tokens)
 
     def _call_tool(self, name: str, args, step: int) -> Event:
-        tool = self.tools.get(name)
-        started = time.perf_counter()
-        if tool is None:
-            return Event("observation", f"Error: unknown tool {name!r}. Available tools: {', '.join(self.tools.names())}.",
-                         step, tool=name, ok=False)
-        result = tool.run(args)
-        return Event("observation", result.text, step, tool=tool.name, ok=result.ok,
-                     duration_s=round(time.perf_counter() - started, 4))
+        return call_tool(self.tools, name, args, step)
 
     def _text_loop(self, question, history, trace) -> Iterator[Event]:
         system = {"role": "system", "content": react_system_prompt(self.tools, self.system_prompt)}
@@ -262,35 +332,13 @@ class ReActAgent:
             gen = yield from self._generate(messages, step, stop=STOP_SEQUENCES, grammar=self._grammar(),
                                             max_new_tokens=self._budget(trace), continue_final=True)
             trace.tokens += gen.tokens
-            if _LABEL_START.match(gen.text):  # " Final Answer: 4" right after the primed "Thought:"
-                text = "Thought:\n" + gen.text.lstrip()
-            else:
-                text = "Thought:" + (gen.text if gen.text.startswith((" ", "\n")) else " " + gen.text)
-            try:
-                parsed = parse_react(text)
-            except ParseError as e:
-                if self.plain_answer_is_final and step == 1 and not _has_labels(gen.text) and gen.text.strip():
-                    trace.transcript = scratch + text.rstrip()
-                    yield Event("final_answer", gen.text.strip(), step)
-                    return
-                yield Event("error", str(e).replace(FORMAT_REMINDER, "").strip(), step, raw=gen.text.strip())
-                scratch += text.rstrip() + f"\nObservation: {e}\n"
-                trace.transcript = scratch
-                continue
-            if parsed.thought:
-                yield Event("thought", parsed.thought, step)
-            if parsed.final_answer is not None:
-                scratch += parsed.consumed
-                trace.transcript = scratch
-                yield Event("final_answer", parsed.final_answer, step)
-                return
-            args = parsed.action_input
-            yield Event("tool_call", json.dumps(args) if not isinstance(args, str) else args, step,
-                        tool=parsed.action, args=args)
-            obs = self._call_tool(parsed.action, args, step)
-            yield obs
-            scratch += parsed.consumed + f"\nObservation: {obs.content}\n"
+            result = yield from react_step(gen.text, self.tools, step,
+                                           plain_answer_is_final=self.plain_answer_is_final and step == 1)
+            scratch += result.transcript
             trace.transcript = scratch
+            if result.final_answer is not None:
+                yield Event("final_answer", result.final_answer, step)
+                return
         if self.force_final_answer and self._budget(trace) > 0:
             messages = base + [{"role": "assistant", "content": scratch + "Thought: I must answer now.\nFinal Answer:"}]
             gen = yield from self._generate(messages, self.max_steps, stop=STOP_SEQUENCES + ["\nThought:"],

@@ -37,6 +37,10 @@ MAX_JSON_DEPTH = 32
 
 @dataclass
 class ParsedStep:
+    """One ReAct step as read by ``parse_react``: the thought, then either a tool call (``action``,
+    ``action_input``) or a ``final_answer``; ``consumed`` is the text the step used.
+    """
+
     thought: str = ""
     action: str | None = None
     action_input: Any = None

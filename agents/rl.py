@@ -2,7 +2,8 @@
 
 ``react_rollout`` is a TRL ``rollout_func`` (``GRPOTrainer(rollout_func=...)``, enabled in Keel by
 ``tool_loop:`` in a GRPO config). For each prompt it runs the text ReAct loop of
-``agents.agent``: generate until the model writes ``Observation:``, run the tool it asked for,
+``agents.agent`` through its one step function, ``react_step``: generate until the model writes
+``Observation:``, run the tool it asked for,
 append the observation and continue, until a ``Final Answer``, EOS, the step limit or the
 completion budget. The completion GRPO trains on is the concatenation of the model's tokens and
 the observation tokens; ``env_mask`` marks the observation tokens 0 so that the loss only covers
@@ -20,8 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from agents.agent import STOP_SEQUENCES, react_system_prompt
-from agents.parsing import ParseError, parse_react
+from agents.agent import STOP_SEQUENCES, react_step, react_system_prompt
 from agents.tools import ToolRegistry
 
 _FINAL = re.compile(r"Final Answer\s*:", re.I)
@@ -90,14 +90,36 @@ def make_react_rollout(tools: ToolRegistry, max_steps: int = 4, tokens_per_step:
     return rollout
 
 
+def _run(step_events):
+    """Drive a ``react_step`` generator to its end (the rollout keeps no events); its StepResult."""
+    while True:
+        try:
+            next(step_events)
+        except StopIteration as done:
+            return done.value
+
+
 @torch.no_grad()
 def run_episodes(model, tok, prompts: Sequence[list[dict]], tools: ToolRegistry, *, max_steps: int,
                  tokens_per_step: int, max_completion_length: int, temperature: float = 1.0, top_p: float = 1.0,
                  preamble: str | None = None) -> dict[str, list]:
-    from align.generate import generation_kwargs
+    """Run one ReAct episode per prompt with ``tools``, all prompts batched step by step.
+
+    Each step samples up to ``tokens_per_step`` tokens per active episode (``align.logprobs.sample``:
+    untruncated top-k, left-padded batch, log-probs from the sampling logits at ``temperature``),
+    stopping at ``Observation:`` or EOS; ``agents.agent.react_step`` reads the step and runs the
+    tool, exactly as ``ReActAgent`` does, and the observation's tokens are appended. An episode
+    ends at a final answer, EOS, text without a tool call, ``max_steps`` or
+    ``max_completion_length`` tokens.
+
+    Returns TRL's rollout dict of per-prompt lists: ``prompt_ids``, ``completion_ids`` (model and
+    observation tokens), ``logprobs`` (log pi(y_t) in nats for the model's tokens, 0.0 for the
+    observation's) and ``env_mask`` (1 for the model's tokens, 0 for the observation's), each
+    completion list at most ``max_completion_length`` long."""
+    from align.logprobs import sample
 
     system = react_system_prompt(tools, preamble)
-    eos, pad = tok.eos_token_id, tok.pad_token_id
+    pad = tok.pad_token_id
     episodes = []
     for p in prompts:
         msgs = [{"role": "system", "content": system}] + [m for m in p if m.get("role") != "system"]
@@ -108,7 +130,7 @@ def run_episodes(model, tok, prompts: Sequence[list[dict]], tools: ToolRegistry,
     was_training = model.training
     model.eval()
     try:
-        for _ in range(max_steps):
+        for step in range(1, max_steps + 1):
             active = [e for e in episodes if not e["done"]]
             room = max_completion_length - max((len(e["completion_ids"]) for e in active), default=0)
             if not active or room <= 0:
@@ -120,42 +142,23 @@ def run_episodes(model, tok, prompts: Sequence[list[dict]], tools: ToolRegistry,
             for i, r in enumerate(rows):
                 input_ids[i, width - len(r):] = torch.tensor(r)
                 attention[i, width - len(r):] = 1
-            kwargs = generation_kwargs(tok, min(tokens_per_step, room), temperature, top_p, stop=STOP_SEQUENCES)
-            kwargs["top_k"] = 0
-            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
-                                 **kwargs, output_logits=True, return_dict_in_generate=True)
-            new = out.sequences[:, width:].cpu()
-            logp = torch.log_softmax(torch.stack(out.logits, 1).float().cpu() / temperature, -1)
+            enc = {"input_ids": input_ids.to(model.device), "attention_mask": attention.to(model.device)}
+            s = sample(model, tok, enc, min(tokens_per_step, room), temperature, top_p, stop=STOP_SEQUENCES)
             for i, e in enumerate(active):
-                toks = new[i].tolist()
-                n = len(toks)
-                for j, t in enumerate(toks):
-                    if t == eos:
-                        n = j + 1
-                        break
-                    if t == pad:
-                        n = j
-                        break
-                toks = toks[:n]
+                n = int(s.mask[i].sum())
+                toks = s.responses[i, :n].tolist()
                 e["completion_ids"] += toks
-                e["logprobs"] += [float(logp[i, j, t]) for j, t in enumerate(toks)]
-                e["env_mask"] += [1] * len(toks)
+                e["logprobs"] += s.logprobs[i, :n].tolist()
+                e["env_mask"] += [1] * n
                 step_text = tok.decode(toks, skip_special_tokens=True)
-                if (toks and toks[-1] == eos) or "Observation:" not in step_text:
+                if (toks and toks[-1] == tok.eos_token_id) or "Observation:" not in step_text:
                     e["done"] = True
                     continue
-                try:
-                    parsed = parse_react("Thought:" + step_text.split("Observation:")[0])
-                except ParseError as err:
-                    observation = f"Error: {err}"
-                else:
-                    if parsed.final_answer is not None:
-                        e["done"] = True
-                        continue
-                    tool = tools.get(parsed.action)
-                    observation = (tool.run(parsed.action_input).text if tool is not None else
-                                   f"Error: unknown tool {parsed.action!r}. Available tools: {', '.join(tools.names())}.")
-                env = tok(f" {observation}\nThought:", add_special_tokens=False)["input_ids"]
+                result = _run(react_step(step_text.split("Observation:")[0], tools, step))
+                if result.final_answer is not None:
+                    e["done"] = True
+                    continue
+                env = tok(f" {result.observation}\nThought:", add_special_tokens=False)["input_ids"]
                 e["completion_ids"] += env
                 e["logprobs"] += [0.0] * len(env)
                 e["env_mask"] += [0] * len(env)

@@ -40,6 +40,8 @@ from align.errors import ConfigError, DataError, KeelError
 
 
 class Principle(Strict):
+    """One constitutional principle: critique and revision requests, and the judge's question."""
+
     name: str
     critique: str
     revision: str
@@ -47,6 +49,8 @@ class Principle(Strict):
 
 
 class Example(Strict):
+    """A few-shot example of critique and revision under one principle."""
+
     prompt: str
     answer: str
     principle: str
@@ -55,10 +59,13 @@ class Example(Strict):
 
 
 class Constitution(Strict):
+    """The principles and few-shot examples CAI critiques and revises with (configs/constitution.yaml)."""
+
     principles: list[Principle] = Field(min_length=1)
     examples: list[Example] = Field(default_factory=list)
 
     def get(self, name: str) -> Principle:
+        """The principle called ``name``. Raises ConfigError when there is none."""
         for p in self.principles:
             if p.name == name:
                 return p
@@ -66,6 +73,8 @@ class Constitution(Strict):
 
 
 class JudgeSettings(Strict):
+    """The AI judge that labels which of two answers is better (default: the policy itself)."""
+
     enabled: bool = True
     model: str | None = Field(None, description="judge model reference; default: the policy")
     mode: Literal["logprob", "generate"] = "logprob"
@@ -73,6 +82,8 @@ class JudgeSettings(Strict):
 
 
 class CAIStageConfig(StageConfig):
+    """``python -m align cai``'s config: Constitutional AI data generation (Bai et al. 2022)."""
+
     stage: Literal["cai"] = "cai"
     output_dir: str = "runs/cai"
     data: DataConfig
@@ -86,6 +97,9 @@ class CAIStageConfig(StageConfig):
 
 
 def load_constitution(path: str | Path) -> Constitution:
+    """Read and validate a constitution YAML file. Raises ConfigError naming the file and key, or
+    an example's unknown principle.
+    """
     from align.config import load_config
 
     c = load_config(Constitution, path)  # YAML reading and field-naming errors, as for every config
@@ -99,6 +113,7 @@ SYSTEM = "You review an assistant's answers against a principle, then improve th
 
 
 def conversation_text(prompt: Sequence[dict]) -> str:
+    """A chat prompt as plain ``Role: content`` lines, system messages left out."""
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt if m.get("role") != "system")
 
 
@@ -123,6 +138,7 @@ def critique_messages(c: Constitution, prompt: Sequence[dict], answer: str, prin
 
 def revision_messages(c: Constitution, prompt: Sequence[dict], answer: str, principle: Principle,
                       critique: str) -> list[dict]:
+    """Few-shot examples, then the critique of ``answer`` and the request to revise it."""
     msgs = [{"role": "system", "content": SYSTEM}]
     for ex in c.examples:
         p = c.get(ex.principle)
@@ -137,6 +153,7 @@ def revision_messages(c: Constitution, prompt: Sequence[dict], answer: str, prin
 
 
 def judge_messages(prompt: Sequence[dict], first: str, second: str, principle: Principle) -> list[dict]:
+    """The judging conversation: ``principle``'s question about answers A (``first``) and B (``second``)."""
     return [{"role": "system", "content": "You compare two assistant responses and answer with one letter."},
             {"role": "user", "content": f"Conversation:\n{conversation_text(prompt)}\n\nResponse A:\n{first}\n\n"
                                         f"Response B:\n{second}\n\n{principle.judge} Answer with A or B."}]
@@ -176,6 +193,10 @@ class Generator:
 
 
 class Judge:
+    """An AI judge over a causal LM: P(A is better) from the A/B token log-probs (``logprob``) or
+    from a generated letter (``generate``). Raises KeelError when A or B is not one token.
+    """
+
     def __init__(self, model, tokenizer, mode: str = "logprob"):
         self.model, self.tok, self.mode = model, tokenizer, mode
         self.letter_ids = [self._letter_id(x) for x in ("A", "B")]
@@ -235,6 +256,7 @@ def read_done(path: Path) -> dict[str, dict]:
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to the JSONL file ``path`` (UTF-8, one object per line)."""
     with open(path, "a", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -266,6 +288,10 @@ def _prompts(cfg: CAIStageConfig) -> list[tuple[str, list[dict]]]:
 
 
 def run_cai(cfg: CAIStageConfig, resume: bool = False) -> Path:
+    """Generate Constitutional AI data as ``cfg`` says: answers, critiques, revisions, and judged
+    preference pairs; resumable by row id. Writes cai.jsonl, pairs.jsonl and sft.jsonl under
+    ``output_dir`` and returns that folder.
+    """
     from tqdm.auto import tqdm
 
     from align.models import load_policy

@@ -29,6 +29,10 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 class Manifest(BaseModel):
     # Newer Keel versions may add fields; older readers keep them rather than fail.
+    """``keel.json`` in a checkpoint folder: stage, model kind, base model and parents (lineage),
+    the run's config, data fingerprints, final metrics, package versions and time written.
+    """
+
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     keel_format: int
@@ -44,6 +48,7 @@ class Manifest(BaseModel):
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that make a checkpoint reproducible (those installed)."""
     out = {"python": platform.python_version()}
     for pkg in ("keel", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
         try:

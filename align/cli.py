@@ -198,6 +198,9 @@ COMMANDS = {"plot": _plot, "chat": _chat, "info": _info, "retrain": _retrain, "r
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m align STAGE|COMMAND ...``: run it and return the exit status (0 done, 2 a
+    KeelError, printed without a traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     names = sorted(STAGES) + sorted(COMMANDS)
     if not argv or argv[0] in ("-h", "--help"):

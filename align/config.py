@@ -14,6 +14,7 @@ are decoded as UTF-8 with an optional byte-order mark; a file that is not UTF-8 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -42,6 +43,8 @@ ReportTo = Annotated[list[Tracker], BeforeValidator(_as_list)]
 
 
 class DataConfig(Strict):
+    """Where a stage's data comes from and how it is split (``data:``)."""
+
     path: str = Field(description="JSONL/JSONL.GZ/Parquet file, or a Hugging Face dataset id")
     format: Literal["auto", "hh", "gsm8k", "trl"] = "auto"
     hf_split: str = Field("train", description="split to read when `path` is a hub dataset")
@@ -53,6 +56,8 @@ class DataConfig(Strict):
 
 
 class LoraSettings(Strict):
+    """LoRA adapters (``lora:``): rank, alpha, dropout, target modules, merge on save."""
+
     enabled: bool = False
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -61,6 +66,7 @@ class LoraSettings(Strict):
     merge_on_save: bool = True
 
     def to_peft(self, task_type: str = "CAUSAL_LM"):
+        """The equivalent ``peft.LoraConfig`` for ``task_type``."""
         from peft import LoraConfig
 
         return LoraConfig(
@@ -218,6 +224,10 @@ def _format_errors(err: ValidationError, sources: dict[str, str]) -> str:
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None, **defaults) -> C:
+    """Read ``path`` (YAML), apply ``overrides`` (``["--a.b", "1"]``) and validate as ``cls``.
+
+    An override naming a key that ``cls.moved_keys`` maps to its new place is applied there, with
+    a FutureWarning naming the new key. Raises ``ConfigError`` naming the key and its source."""
     data: dict[str, Any] = dict(defaults)
     sources: dict[str, str] = {}
     file_label = str(path) if path else "defaults"
@@ -228,7 +238,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{p}: top level must be a mapping of keys to values")
         data.update(loaded)
     sources[""] = file_label
+    moved = getattr(cls, "moved_keys", {})
     for key, value in parse_overrides(overrides or []):
+        if key in moved:  # an old name on the command line overrides the file's value under the new one
+            warnings.warn(f"command line --{key}: {key} is deprecated, use {moved[key]}", FutureWarning, stacklevel=2)
+            key = moved[key]
         _set_dotted(data, key, value)
         sources[key] = f"command line --{key}"
     try:

@@ -76,6 +76,8 @@ _FINAL = re.compile(r"\n?####\s*(.+?)\s*$", re.S)
 
 @dataclass
 class GSM8KProblem:
+    """One GSM8K row: the question, the worked solution and the final number."""
+
     question: str
     solution: str  # worked reasoning, calculator annotations kept (the agent converter uses them)
     final: str  # the number after ####, commas removed
@@ -87,6 +89,9 @@ class GSM8KProblem:
 
 
 def parse_gsm8k(row: dict[str, Any]) -> GSM8KProblem:
+    """A GSM8K row (``question``, ``answer`` ending in ``#### n``) as a GSM8KProblem. Raises
+    ValueError for a missing key, no ``####`` line or a final answer that is not a number.
+    """
     for key in ("question", "answer"):
         if not isinstance(row.get(key), str):
             raise ValueError(f"missing or non-string key {key!r}")
@@ -102,6 +107,9 @@ def parse_gsm8k(row: dict[str, Any]) -> GSM8KProblem:
 
 
 def gsm8k_to_sft(row: dict[str, Any]) -> dict[str, Any]:
+    """A GSM8K row as a TRL prompt/completion row: the reasoning without calculator annotations,
+    then ``#### n``; ``final`` kept for verifiers. Raises ValueError as ``parse_gsm8k``.
+    """
     p = parse_gsm8k(row)
     return {
         "prompt": [{"role": "user", "content": p.question}],
@@ -124,6 +132,9 @@ TRL_FORMATS: dict[str, tuple[str, ...]] = {
 
 
 def detect_trl_format(row: dict[str, Any]) -> str:
+    """The TRL dataset format whose keys ``row`` has (most specific first). Raises ValueError when
+    none matches.
+    """
     for name, keys in TRL_FORMATS.items():
         if all(k in row for k in keys):
             return name
@@ -149,6 +160,9 @@ def _check_messages(value: Any, key: str) -> None:
 
 
 def validate_trl_row(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """Check ``row`` against TRL format ``fmt`` (keys present, messages well formed, label a bool);
+    returns it. Raises ValueError naming the key at fault.
+    """
     keys = TRL_FORMATS[fmt]
     missing = [k for k in keys if k not in row]
     if missing:
@@ -262,12 +276,17 @@ def _row_converter(fmt: str, first: dict[str, Any]) -> tuple[str, Callable[[dict
 
 @dataclass
 class LoadedData:
+    """A stage's data: train and eval ``datasets.Dataset`` (eval may be None) and the fingerprint
+    (file hash, format, counts) written to the checkpoint manifest.
+    """
+
     train: Any  # datasets.Dataset
     eval: Any  # datasets.Dataset or None
     fingerprint: dict[str, Any]
 
     @property
     def format(self) -> str:
+        """The format the rows were read as (``hh``, ``gsm8k`` or ``trl:<kind>``)."""
         return self.fingerprint["format"]
 
 
@@ -337,6 +356,7 @@ def load_data(cfg: DataConfig, accept: tuple[str, ...] | None = None,
 
 
 def trl_kind(fmt: str) -> str:
+    """The TRL kind of a Keel format: hh -> preference, gsm8k -> prompt_completion, trl:X -> X."""
     return {"hh": "preference", "gsm8k": "prompt_completion"}.get(fmt, fmt.removeprefix("trl:"))
 
 

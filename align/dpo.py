@@ -16,11 +16,13 @@ from align.config import TRLStageConfig
 from align.data import load_data
 from align.models import load_policy
 from align.monitor import MonitorSettings, monitor_callback
-from align.sft import training_dtype
+from align.models import training_dtype
 from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class DPOStageConfig(TRLStageConfig):
+    """``python -m align dpo``'s config: TRL's DPO on preference pairs (beta, loss type, reference)."""
+
     stage: Literal["dpo"] = "dpo"
     output_dir: str = "runs/dpo"
     beta: float = Field(0.1, gt=0, description="strength of the implicit KL anchor to the reference")
@@ -30,6 +32,9 @@ class DPOStageConfig(TRLStageConfig):
 
 
 def run_dpo(cfg: DPOStageConfig, resume: bool = False) -> Path:
+    """Direct preference optimisation (Rafailov et al. 2023, TRL DPOTrainer) as ``cfg`` says; writes
+    and returns ``output_dir/model``. Raises KeelError subclasses for bad config, data or model.
+    """
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 

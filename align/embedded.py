@@ -20,6 +20,8 @@ from align.errors import ModelNotFoundError
 
 @dataclass(frozen=True)
 class EmbeddedModel:
+    """A model shipped as a pip package holding one GGUF file (no download at run time)."""
+
     name: str
     package: str  # importable name, located with find_spec but never imported
     pip_name: str
@@ -40,10 +42,14 @@ SMOLLM2_PAD_TOKEN = "<|endoftext|>"
 
 
 def cache_dir() -> Path:
+    """Keel's cache folder: $KEEL_CACHE_DIR, else ~/.cache/keel."""
     return Path(os.environ.get("KEEL_CACHE_DIR") or Path.home() / ".cache" / "keel")
 
 
 def gguf_path(model: EmbeddedModel) -> Path:
+    """The GGUF file inside the embedded model's package. Raises ModelNotFoundError naming the
+    package to install, or the folder without a .gguf file.
+    """
     spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
@@ -58,6 +64,9 @@ def gguf_path(model: EmbeddedModel) -> Path:
 
 
 def converted_dir(model: EmbeddedModel) -> Path:
+    """Where the fp32 safetensors conversion of ``model`` is cached (named after the GGUF file's
+    name and size, so a new package release converts again).
+    """
     src = gguf_path(model)
     stat = src.stat()
     # The GGUF file's name and size identify the package release well enough to invalidate the cache.

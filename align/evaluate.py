@@ -44,6 +44,9 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[dict]], max_new_toke
 
 def gsm8k_suite(model, tokenizer, n: int, path: Path = HELDOUT_GSM8K, max_new_tokens: int = 256,
                 batch_size: int = 8, suffix: str = GSM8K_SUFFIX) -> dict[str, Any]:
+    """Accuracy on the first ``n`` held-out GSM8K problems: greedy answers of at most
+    ``max_new_tokens`` tokens, checked by ``is_correct``; returns the counts and per-problem records.
+    """
     from align.data import parse_gsm8k, read_jsonl
 
     rows = read_jsonl(path)[:n]
@@ -60,6 +63,7 @@ def gsm8k_suite(model, tokenizer, n: int, path: Path = HELDOUT_GSM8K, max_new_to
 
 
 def hh_prompts(n: int, path: Path = HH) -> list[list[dict]]:
+    """The last ``n`` prompts of the HH harmless file (the split the shipped configs hold out)."""
     from align.config import DataConfig
     from align.data import load_data
 
@@ -71,6 +75,11 @@ def hh_prompts(n: int, path: Path = HH) -> list[list[dict]]:
 
 def winrate_suite(model, tokenizer, parent_ref: str, rm_spec: str | dict, n: int, max_new_tokens: int = 96,
                   batch_size: int = 8, prompts: Sequence[list[dict]] | None = None) -> dict[str, Any]:
+    """Win rate of ``model`` against its parent under a reward model, on ``n`` prompts (greedy,
+    ``max_new_tokens``), and the KL to the parent estimated on samples at temperature 1
+    (``align.monitor.sample_and_kl``: nats per response, k1, untruncated sampling).
+    Ties count half. Returns the numbers and per-prompt records.
+    """
     from align.models import load_policy
     from align.monitor import sample_and_kl
     from align.rewards import load_reward
@@ -97,6 +106,9 @@ def winrate_suite(model, tokenizer, parent_ref: str, rm_spec: str | dict, n: int
 
 
 def parent_of(source) -> str:
+    """The model a checkpoint was trained from (its manifest's first parent, else its base model).
+    Raises ConfigError when it has no Keel manifest.
+    """
     m = source.manifest
     if m is None:
         raise ConfigError(f"{source.ref} has no Keel manifest to name its parent; pass --parent")
@@ -104,6 +116,7 @@ def parent_of(source) -> str:
 
 
 def format_results(results: list[dict[str, Any]]) -> str:
+    """Evaluation results as a Markdown table (one row per suite)."""
     lines = ["| suite | n | result | detail |", "|---|---|---|---|"]
     for r in results:
         if r["suite"] == "gsm8k":

@@ -44,6 +44,7 @@ def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float = 0.0, 
 @torch.inference_mode()
 def chat_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 256,
                temperature: float = 0.0, top_p: float = 0.95) -> str:
+    """One reply to ``messages`` (greedy at temperature 0), at most ``max_new_tokens`` tokens, stripped."""
     enc = _inputs(tokenizer, messages, model.device)
     out = model.generate(**enc, **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p))
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

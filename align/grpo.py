@@ -26,7 +26,7 @@ from align.errors import ConfigError
 from align.models import load_policy
 from align.monitor import MonitorSettings, monitor_callback
 from align.rewards import load_reward
-from align.sft import training_dtype
+from align.models import training_dtype
 from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
@@ -45,6 +45,7 @@ class RewardSpec(Strict):
 
     @property
     def label(self) -> str:
+        """The reward's name in the logs: the function's name, or ``rm``/``rm_<checkpoint folder>``."""
         if self.function:
             return self.function.rsplit(":", 1)[-1]
         return "rm" if isinstance(self.rm, dict) else f"rm_{Path(str(self.rm)).parent.name or 'model'}"
@@ -60,6 +61,10 @@ class ToolLoopSettings(Strict):
 
 
 class GRPOStageConfig(TRLStageConfig):
+    """``python -m align grpo``'s config: TRL's GRPO with weighted rewards, optional vLLM and an
+    optional multi-turn tool loop (``tool_loop:``).
+    """
+
     stage: Literal["grpo"] = "grpo"
     output_dir: str = "runs/grpo"
     prompt_suffix: str = Field("", description="appended to each user prompt, e.g. an answer-format instruction")
@@ -155,6 +160,9 @@ def _use_vllm(setting: bool | None) -> bool:
 
 
 def run_grpo(cfg: GRPOStageConfig, resume: bool = False) -> Path:
+    """GRPO (Shao et al. 2024, TRL GRPOTrainer) as ``cfg`` says; writes and returns
+    ``output_dir/model``. Raises ConfigError naming the field for inconsistent batch/generation sizes.
+    """
     from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 

@@ -16,11 +16,13 @@ from align.config import TRLStageConfig
 from align.data import load_data
 from align.errors import DataError
 from align.models import load_policy
-from align.sft import training_dtype
+from align.models import training_dtype
 from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class KTOStageConfig(TRLStageConfig):
+    """``python -m align kto``'s config: TRL's KTO on unpaired desirable/undesirable rows."""
+
     stage: Literal["kto"] = "kto"
     output_dir: str = "runs/kto"
     beta: float = Field(0.1, gt=0)
@@ -40,6 +42,9 @@ def pairs_to_unpaired(dataset):
 
 
 def run_kto(cfg: KTOStageConfig, resume: bool = False) -> Path:
+    """KTO (Ethayarajh et al. 2024, TRL KTOTrainer) as ``cfg`` says; writes and returns
+    ``output_dir/model``. Raises KeelError subclasses for bad config or data (e.g. one label only).
+    """
     from transformers import set_seed
     from trl import KTOConfig, KTOTrainer
 

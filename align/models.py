@@ -32,6 +32,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 @dataclass
 class ModelSource:
+    """Where a model reference resolved to: ``kind`` (embedded, checkpoint, adapter, folder, hub), the
+    path ``from_pretrained`` receives, the Keel manifest if any, the base of an adapter, and
+    the places tried.
+    """
+
     ref: str
     path: str  # what from_pretrained receives: a folder or a hub id
     kind: SourceKind
@@ -41,6 +46,7 @@ class ModelSource:
 
     @property
     def display_name(self) -> str:
+        """The reference, with its stage and base model when it is a Keel checkpoint."""
         if self.manifest is not None:
             return f"{self.ref} ({self.manifest.stage} of {self.manifest.base_model})"
         return self.ref
@@ -81,6 +87,12 @@ def hub_reachable() -> bool:
 
 
 def resolve_model(ref: str | Path) -> ModelSource:
+    """Resolve a model reference, trying in order: a model shipped in models/, an embedded name
+    (converted once), a local folder (Keel checkpoint, run folder with ``model/``, adapter,
+    plain transformers folder), a hub id (cache only when offline).
+
+    Raises ModelNotFoundError listing every place tried, or naming what is missing.
+    """
     ref = str(ref)
     tried: list[str] = []
     if ref in SHIPPED_MODELS:
@@ -142,6 +154,7 @@ def resolve_model(ref: str | Path) -> ModelSource:
 
 
 def pick_device(device: str | None = None) -> torch.device:
+    """``device`` as given, or (None/"auto") CUDA when available, else CPU."""
     if device and device != "auto":
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,3 +271,9 @@ def load_value_model(ref: str | ModelSource, device: str | None = None, dtype="a
     """Critic for PPO: the same one-output architecture as a reward model; PPO reads its head at
     every position rather than only the last. Returns (model, tokenizer, source)."""
     return _load_scalar_head(ref, device, dtype, merge_adapters)
+
+
+def training_dtype(dtype: str) -> str:
+    """The dtype to load weights in for training: a stage's ``dtype`` with ``auto`` -> ``float32``
+    (master weights stay fp32; bf16 comes from the trainer's autocast, ``training.bf16``)."""
+    return "float32" if dtype == "auto" else dtype

@@ -28,6 +28,10 @@ log = logging.getLogger("keel.monitor")
 
 
 class MonitorSettings(Strict):
+    """The ``monitor:`` section of a stage: gold and proxy rewards, the prompts, how often to check
+    (training steps) and what to do when gold falls while proxy rises.
+    """
+
     gold: str | dict[str, Any] = Field(description="gold reward: RM checkpoint, ensemble folder or module:function")
     proxy: str | dict[str, Any] | None = Field(
         None, description="proxy reward; default: the reward the stage optimises (GRPO/PPO); DPO must name one")
@@ -50,6 +54,10 @@ def _slope(ys: Sequence[float]) -> float:
 
 @dataclass
 class OverOptimisationMonitor:
+    """The history of (step, proxy, gold, KL) checks and the divergence test of Gao et al. 2022;
+    KL in nats per sequence.
+    """
+
     window: int = 3
     min_drop: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -73,6 +81,7 @@ class OverOptimisationMonitor:
         return _slope(gold) < 0 < _slope(proxy) and gold[-1] < best_gold - self.min_drop
 
     def message(self) -> str:
+        """The warning text for the last ``window`` checks (call after an alert)."""
         first, last = self.history[-self.window], self.history[-1]
         return (f"reward over-optimisation: over the last {self.window} checks (steps {first['step']}-{last['step']}) "
                 f"proxy rose {first['monitor/proxy']:.3f} -> {last['monitor/proxy']:.3f} while gold fell "
@@ -82,11 +91,18 @@ class OverOptimisationMonitor:
 @torch.inference_mode()
 def sample_and_kl(policy, reference, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int,
                   temperature: float, seed: int = 0) -> tuple[list[str], float]:
-    """Sample one response per prompt from ``policy``; return them and the mean sequence KL estimate
-    sum_t (log pi(y_t) - log pi_ref(y_t)) over the sampled tokens (k1: unbiased for samples from pi).
-    ``reference`` is a model, or a context-manager factory that switches the policy into its
-    reference (LoRA adapters off)."""
-    from align.generate import encode_chats, generation_kwargs
+    """Sample one response per prompt from ``policy`` and estimate KL(pi || pi_ref) on them.
+
+    Returns (the B response texts, the mean over the B prompts of sum_t k1_t), in nats per
+    sequence. The samples are drawn untruncated (``top_k=0``, ``top_p=1``) at ``temperature``,
+    and the log-probs follow the attention mask's positions (``align.logprobs``), so the
+    estimate is unbiased for the KL between the temperature-scaled policy and reference over
+    responses of at most ``max_new_tokens`` tokens; at ``temperature`` 1 that is the policies'
+    own KL. ``reference`` is a model, or a context-manager factory that switches the policy into
+    its reference (LoRA adapters off). Sampling is seeded by ``seed`` and leaves torch's global
+    RNG as it was. Raises ValueError for temperature <= 0."""
+    from align.generate import encode_chats
+    from align.logprobs import kl_estimate, response_logprobs, sample
 
     enc = encode_chats(tokenizer, prompts, policy.device)
     was_training = policy.training
@@ -95,33 +111,18 @@ def sample_and_kl(policy, reference, tokenizer, prompts: Sequence[list[dict]], m
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     try:
-        out = policy.generate(**enc, **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p=1.0))
+        s = sample(policy, tokenizer, enc, max_new_tokens, temperature, top_p=1.0)
     finally:
         torch.random.set_rng_state(torch_state)
-    prompt_len = enc["input_ids"].shape[1]
-    response = out[:, prompt_len:]
-    mask = torch.ones_like(response, dtype=torch.bool)
-    for i, row in enumerate(response):  # everything after the first EOS is padding
-        ends = (row == tokenizer.eos_token_id).nonzero()
-        if len(ends):
-            mask[i, int(ends[0]) + 1:] = False
-    attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
-
-    def logprobs(model) -> torch.Tensor:
-        logits = model(input_ids=out, attention_mask=attention).logits[:, prompt_len - 1:-1].float()
-        logits = logits / temperature
-        return torch.log_softmax(logits, -1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
-
-    lp = logprobs(policy)
     if callable(reference) and not isinstance(reference, torch.nn.Module):
         with reference():
-            lp_ref = logprobs(policy)
+            logp_ref = response_logprobs(policy, s.input_ids, s.attention_mask, s.responses, temperature)
     else:
-        lp_ref = logprobs(reference)
-    kl = ((lp - lp_ref) * mask).sum(-1).mean().item()
+        logp_ref = response_logprobs(reference, s.input_ids, s.attention_mask, s.responses, temperature)
+    kl = (kl_estimate(s.logprobs, logp_ref, "k1") * s.mask).sum(-1).mean().item()
     if was_training:
         policy.train()
-    texts = tokenizer.batch_decode(response, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(s.responses, skip_special_tokens=True)
     return [t.strip() for t in texts], kl
 
 

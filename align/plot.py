@@ -13,6 +13,10 @@ _SKIP_SUFFIXES = ("_runtime", "_per_second")  # trainer bookkeeping, not learnin
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Draw every learning curve of a run's metrics.jsonl (and the over-optimisation picture when
+    the run has monitor records) as PNG files; ``out``: their folder (default: the run folder).
+    Returns the files written. Raises KeelError when the run has no metrics.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

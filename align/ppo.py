@@ -2,8 +2,8 @@
 
 TRL removed its PPOTrainer in 2026, so Keel keeps its own, on ``accelerate``: the same code runs
 on one CPU and under ``accelerate launch`` on many GPUs. It is written by hand, not wrapped,
-because no maintained library ships it any more; it reads top to bottom like the papers' PPO
-section. Four roles:
+because no maintained library ships it any more; like CleanRL's ``ppo.py`` it reads top to
+bottom: ``PPOTrainer.train`` is the loop, ``rollout`` steps 1-3, ``optimise`` step 4. Four roles:
 
     pi_theta   the policy being trained (optionally LoRA)
     pi_ref     the frozen reference: a copy of the initial policy, or, with LoRA, the same
@@ -12,33 +12,43 @@ section. Four roles:
     V_psi      the value model: a scalar head on the policy's own backbone (``value_model:
                shared``, one forward pass gives logits and values) or a separate backbone
 
-For each batch of prompts x:
+For each batch of B prompts x (T: the longest response in the batch, in tokens):
 
-1. Rollout. y ~ pi_theta(.|x) with temperature and top-p, stopping at EOS; the sampling logits
-   give log pi_theta_old(y_t) for free (no second forward pass).
-2. Evaluation. log pi_ref(y_t) from the reference; the score s = r_phi(x, y); per-token KL
-   estimate kl_t = log pi_theta_old(y_t) - log pi_ref(y_t) (k1; k3 = (rho - 1) - log rho with
-   rho = pi_ref/pi_theta as an option); the shaped reward
-        r_t = -beta * kl_t  +  [t = T] * s              (InstructGPT)
+1. Rollout. y ~ pi_theta(.|x) at the rollout temperature, untruncated (top_k=0), stopping at
+   EOS; the sampling logits give log pi_theta_old(y_t) for free (no second forward pass).
+   Sampling and log-probs are ``align.logprobs``, shared with the monitor and evaluation.
+2. Evaluation. log pi_ref(y_t) from the reference; the score s = r_phi(x, y); the per-token KL
+   estimate kl_t (nats per token), k1 = log pi_theta_old(y_t) - log pi_ref(y_t) or k3 (Schulman,
+   "Approximating KL divergence"; ``kl.estimator``); the shaped reward
+        r_t = -beta * kl_t  +  [t = T_y] * s              (InstructGPT)
    with an optional penalty when y has no EOS, and optional whitening/clipping of s.
-3. Advantages. Values V_t from V_psi; GAE:
-        delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = sum_l (gamma*lambda)^l delta_{t+l},
-        returns R_t = A_t + V_t;  A whitened over the batch.
-4. Update. For ``ppo_epochs`` passes over shuffled minibatches:
-        rho_t = exp(log pi_theta(y_t) - log pi_theta_old(y_t))
-        L_clip = -mean(min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t))
-        L_V    = 0.5 * mean(max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2))
-        L      = L_clip + vf_coef * L_V - ent_coef * H
-   with gradient accumulation, gradient clipping, and an early stop when the approximate KL
-   between pi_theta_old and pi_theta, mean((rho - 1) - log rho), exceeds ``target_approx_kl``.
+3. Advantages, once per rollout. V_old,t from V_psi; GAE (Schulman et al. 2016):
+        delta_t = r_t + gamma * V_old,t+1 - V_old,t,   A_t = sum_l (gamma*lambda)^l delta_{t+l},
+        returns R_t = A_t + V_old,t;  A whitened over the batch.
+   With one minibatch per rollout and no accumulation, the first update's forward pass runs at
+   the rollout's parameters on the rollout's rows, so V_old is taken from it ("fused first pass",
+   ``PPOTrainer.old_values``) instead of from a separate value pass.
+4. Update. For ``ppo_epochs`` passes over shuffled minibatches, with the PPO ratio
+        ratio_t = pi_theta(y_t) / pi_theta_old(y_t)
+        L_clip  = -mean(min(ratio_t A_t, clip(ratio_t, 1-eps, 1+eps) A_t))
+        L_V     = 0.5 * mean(max((V - R)^2, (clip(V, V_old - eps_v, V_old + eps_v) - R)^2))
+        L       = L_clip + vf_coef * L_V - ent_coef * H
+   with gradient accumulation, gradient clipping, and an early stop when approx-KL, the k3
+   estimate of KL(pi_theta_old || pi_theta), mean((ratio - 1) - log ratio), exceeds
+   ``target_approx_kl``.
 5. KL control. Fixed beta, or the adaptive controller of Ziegler et al.:
         e = clip(KL / KL_target - 1, -0.2, 0.2),   beta <- beta * (1 + e * n / horizon)
-   where KL is the batch's mean sequence KL and n the number of samples in the batch.
+   where KL is the batch's mean sequence KL (nats) and n the number of samples in the batch;
+   ``horizon`` is in samples.
 
 Logits are only computed at response positions (``logits_to_keep``); nothing computed for the
 same tokens is computed twice; every step logs score, KL, beta, returns, entropy, clip fraction,
 value loss, approx-KL, response length and tokens/s to metrics.jsonl; checkpoints are periodic
 and ``--resume`` continues from the last one.
+
+Config: the PPO maths under ``ppo:``, the optimiser, logging and saving under ``training:`` with
+the names every other stage uses (``--training.learning_rate``); the old places of those keys
+(``ppo.learning_rate``, top-level ``save_steps`` ...) are still read, with a warning naming the new key.
 """
 from __future__ import annotations
 
@@ -48,29 +58,36 @@ import pickle
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from align.config import DataConfig, LoraSettings, ReportTo, StageConfig, Strict
 from align.data import load_data
 from align.errors import CheckpointError, ConfigError, KeelError
+from align.logprobs import (entropy_from_logits, kl_estimate, position_ids, response_forward, response_logits,
+                            response_logprobs, response_mask, sample, token_logprobs)
 from align.monitor import MonitorSettings, OverOptimisationMonitor
 from align.training import METRICS_FILE, append_metrics, prepare_run_dir
+
+__all__ = ["PPOStageConfig", "PPOTrainer", "Rollout", "run_ppo", "gae", "shaped_rewards", "policy_loss",
+           "value_loss", "masked_mean", "masked_whiten", "AdaptiveKLController", "FixedKLController",
+           # re-exported from align.logprobs, where they live
+           "position_ids", "token_logprobs", "entropy_from_logits", "kl_estimate", "response_mask"]
 
 
 # ---------------------------------------------------------------------------------------- config
 class PPOSettings(Strict):
+    """The PPO algorithm's own hyper-parameters (``ppo:``)."""
+
     batch_size: int = Field(8, ge=1, description="prompts per rollout (per process)")
     mini_batch_size: int = Field(8, ge=1, description="samples per optimiser step (before accumulation)")
-    gradient_accumulation_steps: int = Field(1, ge=1)
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
-    learning_rate: float = Field(1e-6, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
     clip_epsilon: float = Field(0.2, gt=0, description="policy ratio clip eps")
     value_clip: float = Field(0.2, gt=0, description="value clip eps_v")
     vf_coef: float = Field(0.1, ge=0)
@@ -82,23 +99,62 @@ class PPOSettings(Strict):
     score_clip: float | None = Field(None, gt=0)
 
 
+class PPOTrainingSettings(Strict):
+    """Optimiser, logging and saving (``training:``), named as in every other stage's ``training:``
+    (transformers' TrainingArguments); only the ones PPO uses, so that none is silently ignored."""
+
+    learning_rate: float = Field(1e-6, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    bf16: bool | None = Field(None, description="bf16 autocast through accelerate's mixed precision (weights stay in "
+                                                "`dtype`); None: whatever `accelerate launch` / its config says")
+    logging_steps: int = Field(1, ge=1, description="updates between metrics.jsonl records")
+    save_steps: int = Field(10, ge=1, description="updates between checkpoints")
+    save_total_limit: int | None = Field(2, ge=0, description="checkpoints kept; None or 0: all")
+    report_to: ReportTo = Field(default_factory=list, description="experiment trackers through accelerate: trackio, "
+                                "wandb, mlflow, tensorboard, none (metrics.jsonl is always written)")
+
+
+# Keys that moved to ``training:``: old dotted place -> the key under ``training``.
+MOVED_TO_TRAINING = {"ppo.learning_rate": "learning_rate", "ppo.max_grad_norm": "max_grad_norm",
+                     "ppo.gradient_accumulation_steps": "gradient_accumulation_steps", "bf16": "bf16",
+                     "logging_steps": "logging_steps", "save_steps": "save_steps",
+                     "save_total_limit": "save_total_limit", "report_to": "report_to"}
+
+
 class KLSettings(Strict):
+    """The KL penalty (``kl:``): beta, the adaptive controller's target (nats per sequence) and
+    horizon (samples), and the per-token estimator (k1 or k3, Schulman).
+    """
+
     beta: float = Field(0.05, ge=0, description="initial KL coefficient")
     adaptive: bool = False
     target: float = Field(6.0, gt=0, description="target sequence KL (nats) for the adaptive controller")
-    horizon: int = Field(10000, ge=1)
-    estimator: Literal["k1", "k3"] = "k1"
+    horizon: int = Field(10000, ge=1, description="samples over which the adaptive controller closes the gap")
+    estimator: Literal["k1", "k3"] = Field("k1", description="per-token KL estimator (Schulman): k1 or k3")
 
 
 class RolloutSettings(Strict):
+    """Sampling for the rollout (``rollout:``): tokens per response, temperature, top-p, prompt
+    length kept (tokens, the end of the prompt), and the penalty for a response without EOS.
+    """
+
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="below 1 the samples no longer come from the pi whose "
+                                                      "log-probs PPO and the KL estimate use")
     max_prompt_length: int = Field(256, ge=8)
     missing_eos_penalty: float | None = Field(None, ge=0)
 
 
 class PPOStageConfig(StageConfig):
+    """``python -m align ppo``'s config: ``ppo:`` (the algorithm), ``training:`` (optimiser, logging,
+    saving, as every stage), ``kl:``, ``rollout:``, ``lora:``, an optional ``monitor:``.
+
+    Old places of the ``training:`` keys are read with a FutureWarning (``MOVED_TO_TRAINING``);
+    both places set in one file is a ConfigError.
+    """
+
     stage: Literal["ppo"] = "ppo"
     output_dir: str = "runs/ppo"
     data: DataConfig
@@ -106,23 +162,42 @@ class PPOStageConfig(StageConfig):
     value_model: str = Field("shared", description="'shared' (a head on the policy backbone) or a model reference")
     updates: int = Field(20, ge=1, description="rollout + optimisation rounds")
     ppo: PPOSettings = Field(default_factory=PPOSettings)
+    training: PPOTrainingSettings = Field(default_factory=PPOTrainingSettings)
     kl: KLSettings = Field(default_factory=KLSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    bf16: bool | None = Field(None, description="bf16 autocast through accelerate's mixed precision (weights stay in "
-                                                "`dtype`); None: whatever `accelerate launch` / its config says")
-    logging_steps: int = Field(1, ge=1)
-    report_to: ReportTo = Field(default_factory=list, description="experiment trackers through accelerate: trackio, "
-                                "wandb, mlflow, tensorboard, none (metrics.jsonl is always written)")
     sample_every: int = Field(5, ge=1, description="log example responses every N updates")
-    save_steps: int = Field(10, ge=1)
-    save_total_limit: int | None = 2
     monitor: MonitorSettings | None = None
+    moved_keys: ClassVar[dict[str, str]] = {old: f"training.{new}" for old, new in MOVED_TO_TRAINING.items()}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_deprecated_keys(cls, data: Any) -> Any:
+        """Read the keys' old places (``ppo.learning_rate``, top-level ``save_steps`` ...) into
+        ``training:``, warning with the new name; raises ConfigError when both places are set."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        training = dict(data.get("training") or {})
+        for old, new in MOVED_TO_TRAINING.items():
+            section, _, key = old.rpartition(".")
+            holder = data.get(section) if section else data
+            if not isinstance(holder, dict) or key not in holder:
+                continue
+            if section:
+                holder = data[section] = dict(holder)
+            if new in training:
+                raise ConfigError(f"{old} and training.{new} are both set; keep training.{new} ({old} is its old name)")
+            training[new] = holder.pop(key)
+            warnings.warn(f"PPO config: {old} is deprecated, use training.{new}", FutureWarning, stacklevel=2)
+        if training:
+            data["training"] = training
+        return data
 
 
 # ------------------------------------------------------------------------------------- the models
 class ValueHead(nn.Module):
-    """V_psi on the policy's own last hidden state."""
+    """V_psi on the policy's own last hidden state: (B, T, hidden) -> (B, T) values."""
 
     def __init__(self, hidden: int):
         super().__init__()
@@ -131,6 +206,7 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.v.bias)
 
     def forward(self, h):
+        """h: (B, T, hidden) float -> values (B, T)."""
         return self.v(h).squeeze(-1)
 
 
@@ -142,64 +218,42 @@ class ActorCritic(nn.Module):
         self.policy, self.value_head, self.value_model = policy, value_head, value_model
 
     def forward(self, input_ids, attention_mask, n_response: int, temperature: float):
-        """Log-prob inputs for the last ``n_response`` tokens: (logits at the positions that predict
-        them, values at the same positions). Logits are never built for prompt positions."""
-        pos = position_ids(attention_mask)
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                          logits_to_keep=n_response + 1, output_hidden_states=self.value_head is not None,
-                          use_cache=False)
-        logits = out.logits[:, :-1].float() / temperature
+        """input_ids, attention_mask: (B, L); the last ``n_response`` = T tokens are the response.
+        Returns (logits / temperature (B, T, V) that predict them, values (B, T) at the same
+        positions). Logits are never built for prompt positions."""
+        out = response_forward(self.policy, input_ids, attention_mask, n_response,
+                               output_hidden_states=self.value_head is not None)
+        logits = response_logits(out, temperature)
         if self.value_head is not None:
             values = self.value_head(out.hidden_states[-1][:, -(n_response + 1):-1].float())
         else:
             backbone = getattr(self.value_model, self.value_model.base_model_prefix)
-            h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+            h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                          use_cache=False).last_hidden_state
             values = self.value_model.score(h[:, -(n_response + 1):-1]).squeeze(-1).float()
         return logits, values
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as generation computes them; a plain forward would
-    otherwise count the pads and score every token at a shifted position."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 # ------------------------------------------------------------------------------------ the maths
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """Mean of ``x`` where ``mask`` is 1 (same shape); over all of it, or along ``dim``."""
     mask = mask.to(x.dtype)
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std over the positions where ``mask`` is 1 (same shape as ``x``)."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
-    return out if shift_mean else out + mean
-
-
-def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token KL(pi || pi_ref) estimates on samples from pi (Schulman, "Approximating KL divergence")."""
-    log_ratio = logp - logp_ref
-    if estimator == "k1":
-        return log_ratio
-    rho = torch.exp(-log_ratio)  # pi_ref / pi
-    return (rho - 1) - torch.log(rho)
+    return (x - mean) * torch.rsqrt(var + 1e-8)
 
 
 def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
-    """r_t = -beta * kl_t on every response token, plus the score on the last one."""
+    """r_t = -beta * kl_t on every response token, plus the score on the last one.
+
+    scores (B,), kl and mask (B, T) -> (B, T)."""
     rewards = -beta * kl * mask
     last = mask.sum(1).long().clamp(min=1) - 1
     rewards[torch.arange(len(scores)), last] += scores
@@ -208,7 +262,8 @@ def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, b
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over response tokens; V after the last token is 0."""
+    """Generalised advantage estimation (Schulman et al. 2016) over response tokens; V after the
+    last token is 0. rewards, values, mask: (B, T) -> (advantages, returns), each (B, T)."""
     values = values * mask
     advantages = torch.zeros_like(rewards)
     last = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
@@ -224,7 +279,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped surrogate; returns (loss, clip fraction, approx-KL old->new)."""
+    """Clipped surrogate (Schulman et al. 2017) on (B, T) tensors; returns scalars (loss, clip
+    fraction, approx-KL): the k3 estimate of KL(pi_old || pi) in nats per token."""
     log_ratio = logp - logp_old
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -237,7 +293,7 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
 
 def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss; returns (loss, clip fraction)."""
+    """Clipped value loss on (B, T) tensors; returns scalars (loss, clip fraction)."""
     clipped = values_old + torch.clamp(values - values_old, -eps, eps)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (clipped - returns) ** 2
@@ -247,13 +303,15 @@ def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Te
 
 @dataclass
 class AdaptiveKLController:
-    """Ziegler et al. 2019: proportional control of beta toward a target KL."""
+    """Ziegler et al. 2019: proportional control of beta toward a target KL (nats per sequence);
+    ``horizon`` in samples."""
 
     beta: float
     target: float
     horizon: int
 
     def update(self, kl: float, n_samples: int) -> float:
+        """Move beta after a batch of ``n_samples`` whose mean sequence KL was ``kl``; returns it."""
         error = max(-0.2, min(0.2, kl / self.target - 1))
         self.beta *= 1 + error * n_samples / self.horizon
         return self.beta
@@ -261,21 +319,56 @@ class AdaptiveKLController:
 
 @dataclass
 class FixedKLController:
+    """A constant beta."""
+
     beta: float
 
     def update(self, kl: float, n_samples: int) -> float:
+        """Returns beta unchanged."""
         return self.beta
 
 
+# --------------------------------------------------------------------------------- the rollout
+@dataclass(frozen=True)
+class Rollout:
+    """Everything one update needs about one batch of B prompts, built once by
+    ``PPOTrainer.rollout`` and only read afterwards. P: prompt width (left-padded), T: the
+    longest response in the batch."""
+
+    input_ids: torch.Tensor       # (B, P+T) long: prompt, then response (pad after its end)
+    attention_mask: torch.Tensor  # (B, P+T) long: 0 on left pads and after each response's end
+    responses: torch.Tensor       # (B, T) long
+    mask: torch.Tensor            # (B, T) float: 1 on response tokens, EOS included
+    logp_old: torch.Tensor        # (B, T) log pi_theta_old(y_t) at the rollout temperature, nats
+    kl: torch.Tensor              # (B, T) per-token KL estimate to pi_ref, nats (0 off the mask)
+    rewards: torch.Tensor         # (B, T) shaped rewards r_t
+    values_old: torch.Tensor      # (B, T) V_psi at the rollout's parameters
+    advantages: torch.Tensor      # (B, T) GAE, whitened over the batch, 0 off the mask
+    returns: torch.Tensor         # (B, T) A_t + V_old,t (not whitened)
+    scores: torch.Tensor          # (B,) the reward's scores, before penalty, whitening or clipping
+    has_eos: torch.Tensor         # (B,) float: 1 where the response ended with EOS
+    beta: float                   # the KL coefficient the rewards were shaped with
+    prompts: list                 # B chat prompts (lists of messages)
+    texts: list                   # B decoded responses
+
+    @property
+    def T(self) -> int:
+        """The response width: the longest response in the batch, in tokens."""
+        return self.responses.shape[1]
+
+    @property
+    def kl_seq(self) -> torch.Tensor:
+        """(B,) sequence KL estimate, nats per sequence."""
+        return self.kl.sum(1)
+
+
 # ----------------------------------------------------------------------------------- the trainer
-def response_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 up to and including the first EOS, 0 after it."""
-    is_eos = responses == eos_id
-    after = torch.cumsum(is_eos.long(), 1) - is_eos.long()
-    return (after == 0).long()
-
-
 class PPOTrainer:
+    """The PPO loop of the module docstring, for one process of an ``accelerate`` run.
+
+    Raises ConfigError when the tokenizer pads with EOS (response ends could not be found) and
+    KeelError when the data has fewer prompts than ``ppo.batch_size``."""
+
     def __init__(self, cfg: PPOStageConfig, accelerator=None):
         from accelerate import Accelerator
 
@@ -285,10 +378,11 @@ class PPOTrainer:
         from align.training import trackers
 
         self.cfg = cfg
-        self.trackers = trackers(cfg.report_to, field="report_to")
-        self.acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
+        t = cfg.training
+        self.trackers = trackers(t.report_to, field="training.report_to")
+        self.acc = accelerator or Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
                                               cpu=not torch.cuda.is_available(),
-                                              mixed_precision={True: "bf16", False: "no", None: None}[cfg.bf16],
+                                              mixed_precision={True: "bf16", False: "no", None: None}[t.bf16],
                                               log_with=self.trackers or None, project_dir=cfg.output_dir)
         dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
         policy, self.tokenizer, self.source = load_policy(cfg.model, device="cpu", dtype=dtype)
@@ -313,7 +407,7 @@ class PPOTrainer:
             self.model = ActorCritic(policy, None, value_model)
         self.reward = load_reward(cfg.reward, batch_size=cfg.ppo.mini_batch_size, device=str(self.acc.device))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.ppo.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, eps=1e-5)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         k = cfg.kl
         self.kl_ctl = AdaptiveKLController(k.beta, k.target, k.horizon) if k.adaptive else FixedKLController(k.beta)
@@ -355,79 +449,79 @@ class PPOTrainer:
         return encode_chats(self.tokenizer, prompts, self.acc.device, self.cfg.rollout.max_prompt_length)
 
     # -- 1-3: rollout, evaluation, advantages ----------------------------------------------------
-    @torch.no_grad()
-    def rollout(self, prompts) -> dict[str, Any]:
-        from align.generate import generation_kwargs
+    def rollout(self, prompts: list[list[dict]]) -> tuple[Rollout, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Steps 1-3 for B chat prompts: sample, score, shape the rewards, compute the advantages.
 
-        r = self.cfg.rollout
+        Returns the ``Rollout`` and, with a fused first pass, the first minibatch's forward output
+        (logits (B, T, V), values (B, T), with gradients) for ``optimise``; else None."""
+        r, p = self.cfg.rollout, self.cfg.ppo
         model = self.acc.unwrap_model(self.model)
         model.eval()
-        enc = self._encode(prompts)
-        kwargs = generation_kwargs(self.tokenizer, r.max_new_tokens, r.temperature, r.top_p)
-        kwargs["top_k"] = 0  # sample from the distribution whose log-probs PPO uses, untruncated
-        gen = model.policy.generate(**enc, **kwargs, output_logits=True, return_dict_in_generate=True)
-        ctx = enc["input_ids"].shape[1]
-        responses = gen.sequences[:, ctx:]
-        T = responses.shape[1]
-        # log pi_theta_old from the sampling logits: the forward pass generation already did
-        logits = torch.stack(gen.logits, 1)[:, :T].float() / r.temperature
-        logp_old = token_logprobs(logits, responses)
-        del logits
-        mask = response_mask(responses, self.eos_id)
-        responses = torch.where(mask.bool(), responses, torch.full_like(responses, self.tokenizer.pad_token_id))
-        input_ids = torch.cat([enc["input_ids"], responses], 1)
-        attention = torch.cat([enc["attention_mask"], mask], 1)
-        # With one minibatch per rollout, the first update's forward pass runs at these same
-        # parameters on these same tokens: its values are V_old, so the value pass waits for it.
-        fused = self._fused_first_pass()
-        values = None if fused else model(input_ids, attention, T, r.temperature)[1]
-        logp_ref = token_logprobs(self._reference_logits(model, input_ids, attention, T), responses)
-        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        scores = torch.tensor(self.reward(prompts, [t.strip() for t in texts]), dtype=torch.float32,
-                              device=self.acc.device)
-        raw_scores = scores.clone()
-        has_eos = (responses == self.eos_id).any(1)
-        if r.missing_eos_penalty is not None:
-            scores = scores - r.missing_eos_penalty * (~has_eos).float()
-        if self.cfg.ppo.whiten_scores and len(scores) > 1:
-            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
-        if self.cfg.ppo.score_clip is not None:
-            scores = scores.clamp(-self.cfg.ppo.score_clip, self.cfg.ppo.score_clip)
-        maskf = mask.float()
-        kl = kl_estimate(logp_old, logp_ref, self.cfg.kl.estimator) * maskf
-        beta = self.kl_ctl.beta
-        rewards = shaped_rewards(scores, kl, maskf, beta)
-        advantages = returns = None
-        if values is not None:
-            advantages, returns = self.advantages(rewards, values, maskf)
+        with torch.no_grad():
+            # 1. rollout: y ~ pi_theta_old, and log pi_theta_old(y_t) from the sampling logits
+            s = sample(model.policy, self.tokenizer, self._encode(prompts), r.max_new_tokens, r.temperature, r.top_p)
+            input_ids, attention, responses, T = s.input_ids, s.attention_mask, s.responses, s.responses.shape[1]
+            mask = s.mask.float()
+            # 2. evaluation: reference log-probs, scores, per-token KL, shaped rewards
+            logp_ref = self._reference_logprobs(model, input_ids, attention, responses)
+            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            raw_scores = torch.tensor(self.reward(prompts, [t.strip() for t in texts]), dtype=torch.float32,
+                                      device=self.acc.device)
+            has_eos = (responses == self.eos_id).any(1)
+            scores = raw_scores
+            if r.missing_eos_penalty is not None:
+                scores = scores - r.missing_eos_penalty * (~has_eos).float()
+            if p.whiten_scores and len(scores) > 1:
+                scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+            if p.score_clip is not None:
+                scores = scores.clamp(-p.score_clip, p.score_clip)
+            kl = kl_estimate(s.logprobs, logp_ref, self.cfg.kl.estimator) * mask
+            beta = self.kl_ctl.beta
+            rewards = shaped_rewards(scores, kl, mask, beta)
+        # 3. values and advantages, once for all epochs
         model.train()
-        return {"input_ids": input_ids, "attention_mask": attention, "responses": responses, "mask": maskf,
-                "logp_old": logp_old, "values_old": values, "advantages": advantages, "returns": returns,
-                "scores": raw_scores, "kl_seq": kl.sum(1), "rewards": rewards, "has_eos": has_eos.float(),
-                "texts": texts, "prompts": prompts, "T": T, "beta": beta}
+        values_old, first_pass = self.old_values(input_ids, attention, T)
+        with torch.no_grad():
+            advantages, returns = gae(rewards, values_old, mask, p.gamma, p.lam)
+            advantages = masked_whiten(advantages, mask) * mask
+        rollout = Rollout(input_ids=input_ids, attention_mask=attention, responses=responses, mask=mask,
+                          logp_old=s.logprobs, kl=kl, rewards=rewards, values_old=values_old, advantages=advantages,
+                          returns=returns, scores=raw_scores, has_eos=has_eos.float(), beta=beta,
+                          prompts=list(prompts), texts=texts)
+        return rollout, first_pass
 
-    def advantages(self, rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        advantages, returns = gae(rewards, values, mask, self.cfg.ppo.gamma, self.cfg.ppo.lam)
-        return masked_whiten(advantages, mask) * mask, returns
+    def fused_first_pass(self) -> bool:
+        """Whether one minibatch covers the rollout and nothing is accumulated: then the first
+        update's forward pass is at the rollout's parameters on the rollout's rows."""
+        return self.cfg.ppo.mini_batch_size >= self.cfg.ppo.batch_size and \
+            self.cfg.training.gradient_accumulation_steps == 1
 
-    def _fused_first_pass(self) -> bool:
-        return self.cfg.ppo.mini_batch_size >= self.cfg.ppo.batch_size and self.cfg.ppo.gradient_accumulation_steps == 1
+    def old_values(self, input_ids, attention, T: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """V_old (B, T). Fused first pass: run the first update's forward pass now, with
+        gradients, read V_old from it and return its output for ``optimise`` to use as is (no
+        separate value pass). Without accumulation ``accumulate`` never enters ``no_sync``, so
+        running this forward pass before it is the same under DDP. Else a no-grad value pass."""
+        if self.fused_first_pass():
+            logits, values = self.model(input_ids, attention, T, self.cfg.rollout.temperature)
+            return values.detach(), (logits, values)
+        with torch.no_grad():
+            return self.model(input_ids, attention, T, self.cfg.rollout.temperature)[1], None
 
-    def _reference_logits(self, model, input_ids, attention, T):
-        r = self.cfg.rollout
-        kwargs = dict(input_ids=input_ids, attention_mask=attention, position_ids=position_ids(attention),
-                      logits_to_keep=T + 1, use_cache=False)
+    def _reference_logprobs(self, model, input_ids, attention, responses) -> torch.Tensor:
+        temperature = self.cfg.rollout.temperature
         if self.reference is not None:
-            out = self.reference(**kwargs)
-        else:
-            with model.policy.disable_adapter():
-                out = model.policy(**kwargs)
-        return out.logits[:, :-1].float() / r.temperature
+            return response_logprobs(self.reference, input_ids, attention, responses, temperature)
+        with model.policy.disable_adapter():
+            return response_logprobs(model.policy, input_ids, attention, responses, temperature)
 
     # -- 4: the update ------------------------------------------------------------------------------
-    def optimise(self, batch: dict[str, Any]) -> dict[str, float]:
+    def optimise(self, rollout: Rollout, first_pass: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> dict[str, float]:
+        """Step 4: ``ppo_epochs`` passes of clipped-surrogate updates over shuffled minibatches of
+        ``rollout`` (read only). ``first_pass``: the fused first pass's forward output, used as
+        the first minibatch's. Returns the mean losses, fractions and grad norm over the steps."""
         p = self.cfg.ppo
-        n, T = batch["input_ids"].shape[0], batch["T"]
+        n, T = rollout.input_ids.shape[0], rollout.T
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "clip_frac",
                                                           "value_clip_frac", "approx_kl", "grad_norm")}
         epochs_run = 0
@@ -437,24 +531,23 @@ class PPOTrainer:
             for start in range(0, n, p.mini_batch_size):
                 idx = order[start:start + p.mini_batch_size]
                 with self.acc.accumulate(self.model):
-                    logits, values = self.model(batch["input_ids"][idx], batch["attention_mask"][idx], T,
-                                                self.cfg.rollout.temperature)
-                    mask = batch["mask"][idx]
-                    if batch["advantages"] is None:  # fused first pass: these values are V_old
-                        v_old = torch.zeros_like(batch["mask"])
-                        v_old[idx] = values.detach()
-                        batch["values_old"] = v_old
-                        batch["advantages"], batch["returns"] = self.advantages(batch["rewards"], v_old, batch["mask"])
-                    logp = token_logprobs(logits, batch["responses"][idx])
-                    pg, clip_frac, approx_kl = policy_loss(logp, batch["logp_old"][idx], batch["advantages"][idx],
+                    if first_pass is not None:  # the fused pass: every row, in rollout order (the
+                        idx = torch.arange(n)     # minibatch is the whole rollout; its loss is the same)
+                        (logits, values), first_pass = first_pass, None
+                    else:
+                        logits, values = self.model(rollout.input_ids[idx], rollout.attention_mask[idx], T,
+                                                    self.cfg.rollout.temperature)
+                    mask = rollout.mask[idx]
+                    logp = token_logprobs(logits, rollout.responses[idx])
+                    pg, clip_frac, approx_kl = policy_loss(logp, rollout.logp_old[idx], rollout.advantages[idx],
                                                            mask, p.clip_epsilon)
-                    vf, vf_clip = value_loss(values, batch["values_old"][idx], batch["returns"][idx], mask,
+                    vf, vf_clip = value_loss(values, rollout.values_old[idx], rollout.returns[idx], mask,
                                              p.value_clip)
                     ent = masked_mean(entropy_from_logits(logits), mask)
                     loss = pg + p.vf_coef * vf - p.ent_coef * ent
                     self.acc.backward(loss)
                     if self.acc.sync_gradients:
-                        norm = self.acc.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
+                        norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.training.max_grad_norm)
                         stats["grad_norm"].append(float(norm))
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -471,8 +564,12 @@ class PPOTrainer:
 
     # -- the loop -------------------------------------------------------------------------------------
     def train(self, resume_from: Path | None = None) -> dict[str, Any]:
+        """Run ``updates`` rounds of rollout (1-3), update (4) and KL control (5), logging each
+        and checkpointing every ``training.save_steps``; ``resume_from``: a checkpoint folder to
+        continue from. Returns the last logged record."""
         from tqdm.auto import tqdm
 
+        t = self.cfg.training
         if resume_from is not None:
             self._load_state(resume_from)
         batches = self._batches()
@@ -483,24 +580,24 @@ class PPOTrainer:
         bar = tqdm(total=self.cfg.updates, initial=self.update_step, desc="ppo", disable=not self.acc.is_main_process)
         while self.update_step < self.cfg.updates:
             started = time.perf_counter()
-            prompts = next(batches)
-            batch = self.rollout(prompts)
+            rollout, first_pass = self.rollout(next(batches))
             rollout_s = time.perf_counter() - started
-            stats = self.optimise(batch)
+            stats = self.optimise(rollout, first_pass)
             self.update_step += 1
-            kl_mean = float(self.acc.gather(batch["kl_seq"]).mean())
-            n_total = batch["kl_seq"].shape[0] * self.acc.num_processes
+            # 5. KL control
+            kl_mean = float(self.acc.gather(rollout.kl_seq).mean())
+            n_total = rollout.kl_seq.shape[0] * self.acc.num_processes
             new_beta = self.kl_ctl.update(kl_mean, n_total)
             seconds = time.perf_counter() - started
-            tokens = float(self.acc.gather(batch["mask"].sum()).sum())
-            rec = {"step": self.update_step, "score": float(self.acc.gather(batch["scores"]).mean()),
-                   "kl": kl_mean, "beta": batch["beta"], "beta_next": new_beta,
-                   "shaped_return": float(self.acc.gather(batch["rewards"].sum(1)).mean()),
-                   "response_length": float(self.acc.gather(batch["mask"].sum(1)).mean()),
-                   "eos_rate": float(self.acc.gather(batch["has_eos"]).mean()),
+            tokens = float(self.acc.gather(rollout.mask.sum()).sum())
+            rec = {"step": self.update_step, "score": float(self.acc.gather(rollout.scores).mean()),
+                   "kl": kl_mean, "beta": rollout.beta, "beta_next": new_beta,
+                   "shaped_return": float(self.acc.gather(rollout.rewards.sum(1)).mean()),
+                   "response_length": float(self.acc.gather(rollout.mask.sum(1)).mean()),
+                   "eos_rate": float(self.acc.gather(rollout.has_eos).mean()),
                    "tokens_per_s": tokens / seconds, "update_s": seconds, "rollout_s": rollout_s, **stats}
             if self.monitor is not None and self.update_step % self.cfg.monitor.every_n_steps == 0:
-                gold = self.gold(batch["prompts"], [t.strip() for t in batch["texts"]])
+                gold = self.gold(rollout.prompts, [x.strip() for x in rollout.texts])
                 check = self.monitor.record(self.update_step, rec["score"], sum(gold) / len(gold), kl_mean)
                 rec.update({k: v for k, v in check.items() if k != "step"})
                 if rec["monitor/alert"]:
@@ -511,14 +608,14 @@ class PPOTrainer:
                         last = rec
                         break
             if self.update_step % self.cfg.sample_every == 0 or self.update_step == 1:
-                rec["samples"] = [{"prompt": p[-1]["content"][:300], "response": t[:300]}
-                                  for p, t in zip(batch["prompts"][:2], batch["texts"][:2])]
-            if self.update_step % self.cfg.logging_steps == 0 or self.update_step == self.cfg.updates:
+                rec["samples"] = [{"prompt": p[-1]["content"][:300], "response": x[:300]}
+                                  for p, x in zip(rollout.prompts[:2], rollout.texts[:2])]
+            if self.update_step % t.logging_steps == 0 or self.update_step == self.cfg.updates:
                 self._log(rec)
-            if self.update_step % self.cfg.save_steps == 0:
+            if self.update_step % t.save_steps == 0:
                 self.save_state()
             bar.update(1)
-            bar.set_postfix(score=f"{rec['score']:.3f}", kl=f"{kl_mean:.2f}", beta=f"{batch['beta']:.3f}")
+            bar.set_postfix(score=f"{rec['score']:.3f}", kl=f"{kl_mean:.2f}", beta=f"{rollout.beta:.3f}")
             last = rec
         bar.close()
         if self.trackers:
@@ -570,7 +667,7 @@ class PPOTrainer:
         return out
 
     def _prune(self):
-        limit = self.cfg.save_total_limit
+        limit = self.cfg.training.save_total_limit
         if not limit:
             return
         ckpts = sorted(Path(self.cfg.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
@@ -600,6 +697,7 @@ class PPOTrainer:
             self.monitor.history = state["monitor"]
 
     def policy_for_saving(self):
+        """The trained policy (with its LoRA adapters, if any), unwrapped from accelerate."""
         return self.acc.unwrap_model(self.model).policy
 
 
@@ -624,6 +722,13 @@ def _disable_dropout(model) -> None:
 
 
 def run_ppo(cfg: PPOStageConfig, resume: bool = False) -> Path:
+    """Train with PPO as ``cfg`` says and save ``output_dir/model`` (a Keel checkpoint of the policy,
+    LoRA merged unless ``lora.merge_on_save: false``); returns that folder.
+
+    ``resume``: continue from the last complete ``checkpoint-N`` of ``output_dir``. Raises
+    ConfigError/KeelError for a bad config, model or data, CheckpointError for a checkpoint that
+    cannot be read safely, and refuses to overwrite a finished run (``prepare_run_dir``).
+    """
     from transformers import set_seed
 
     from align.training import save_trained_model
@@ -632,7 +737,7 @@ def run_ppo(cfg: PPOStageConfig, resume: bool = False) -> Path:
     set_seed(cfg.seed)
     trainer = PPOTrainer(cfg)
     final = trainer.train(resume_from=last)
-    if trainer.update_step % cfg.save_steps:
+    if trainer.update_step % cfg.training.save_steps:
         trainer.save_state()
     metrics = {k: v for k, v in final.items() if k != "samples"}
     return save_trained_model(trainer.acc, trainer.model, trainer.policy_for_saving(), trainer.tokenizer,

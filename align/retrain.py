@@ -38,6 +38,13 @@ CPU_FLOPS_PER_CORE = 5.0e10
 
 def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False,
             allow_one_source: bool = False) -> Path:
+    """``python -m align retrain --from-feedback DB``: export the app's feedback database (a SQLite
+    path or a postgresql:// URL) to TRL data and train the next checkpoint on it with ``config``
+    (default configs/kto.yaml) and ``overrides``; returns the checkpoint folder. Raises ConfigError
+    for a missing config file, a stage that cannot train on feedback or an existing output folder,
+    DataError for a missing database, too little feedback, or (unless ``allow_one_source``) feedback
+    that all comes from one session or one prompt (``check_sources``).
+    """
     from serve.feedback import FeedbackStore, display_target, export_feedback  # the app owns the database format
 
     if config is None:  # the default: ./configs/kto.yaml, else the one beside this Keel (any working folder)

@@ -15,7 +15,6 @@ or message lists) and returns one float per pair. Implementations:
 from __future__ import annotations
 
 import importlib
-import math
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence
 
@@ -28,12 +27,17 @@ ENSEMBLE_FILE = "keel-ensemble.json"
 
 
 class RewardFunction(Protocol):
+    """The one reward interface: ``f(prompts, responses, **columns) -> list[float]``, one score per
+    (prompt, response); extra dataset columns (e.g. ``answer``) arrive as keyword lists.
+    """
+
     name: str
 
     def __call__(self, prompts: Sequence[Messages], responses: Sequence[str | Messages], **columns) -> list[float]: ...
 
 
 def as_messages(response: str | Messages) -> Messages:
+    """A response as chat messages: a string becomes one assistant message; messages are copied."""
     if isinstance(response, str):
         return [{"role": "assistant", "content": response}]
     return list(response)
@@ -115,6 +119,11 @@ Combine = Literal["mean", "min", "mean_minus_std"]
 
 
 class EnsembleScorer:
+    """Several reward functions combined per sample: ``mean``, ``min`` or ``mean_minus_std``
+    (mean - k * std across members, a pessimistic score against reward hacking). Raises
+    ConfigError for no members or an unknown ``combine``.
+    """
+
     def __init__(self, members: Sequence[RewardFunction], combine: Combine = "mean", k: float = 1.0):
         if not members:
             raise ConfigError("an ensemble needs at least one member")
@@ -201,8 +210,3 @@ def load_reward(spec: str | dict[str, Any], batch_size: int = 8, device: str | N
         return load_reward({"ensemble": members, "combine": info.get("combine", "mean"), "k": info.get("k", 1.0)},
                            batch_size, device)
     return RewardModelScorer(spec, batch_size=batch_size, device=device)
-
-
-def finite(scores: Sequence[float]) -> list[float]:
-    """NaN/inf scores (a broken verifier) become 0 so one bad reward cannot poison a batch."""
-    return [s if math.isfinite(s) else 0.0 for s in scores]

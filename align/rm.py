@@ -24,13 +24,16 @@ from align.config import Strict, TRLStageConfig
 from align.data import load_data
 from align.errors import DataError
 from align.rewards import ENSEMBLE_FILE, EnsembleScorer, RewardModelScorer, combine_scores, rm_input_ids
-from align.sft import training_dtype
+from align.models import training_dtype
 from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 MARGIN_BUCKETS = (0.0, 0.5, 1.0, 2.0, 4.0, math.inf)
 
 
 class EnsembleSettings(Strict):
+    """An ensemble of reward models (``ensemble:``): how many, whether each trains on a bootstrap
+    resample of the pairs, and how their scores combine."""
+
     size: int = Field(1, ge=1, description="number of RMs to train; above 1 trains an ensemble")
     bootstrap: bool = Field(False, description="each member trains on a resample (with replacement) of the pairs")
     combine: Literal["mean", "min", "mean_minus_std"] = "mean"
@@ -38,6 +41,8 @@ class EnsembleSettings(Strict):
 
 
 class RMStageConfig(TRLStageConfig):
+    """``python -m align rm``'s config: a Bradley-Terry reward model (TRL RewardTrainer) on preference pairs."""
+
     stage: Literal["rm"] = "rm"
     output_dir: str = "runs/rm"
     center_rewards_coefficient: float | None = Field(
@@ -194,6 +199,7 @@ def ensemble_combinations(scorer: EnsembleScorer, dataset, with_metrics: bool = 
 
 
 def format_table(metrics: dict[str, Any]) -> str:
+    """RM evaluation metrics (accuracy, margin, ECE, calibration bins) as a Markdown table."""
     lines = [f"pairs {metrics['pairs']}   accuracy {metrics['accuracy']:.3f}   mean margin {metrics['mean_margin']:.3f}"
              f"   ECE {metrics['ece']:.3f}", "", "| abs margin | pairs | accuracy | BT probability |",
              "|---|---|---|---|"]

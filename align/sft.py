@@ -12,23 +12,24 @@ from typing import Literal
 
 from align.config import TRLStageConfig
 from align.data import load_data
-from align.models import load_policy
+from align.models import load_policy, training_dtype  # training_dtype: also its old import path
 from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
 class SFTStageConfig(TRLStageConfig):
+    """``python -m align sft``'s config: TRL's SFT with completion-only loss by default."""
+
     stage: Literal["sft"] = "sft"
     output_dir: str = "runs/sft"
     completion_only_loss: bool = True
     packing: bool = False
 
 
-def training_dtype(dtype: str) -> str:
-    # Master weights stay fp32; bf16 comes from the trainer's autocast (training.bf16).
-    return "float32" if dtype == "auto" else dtype
-
-
 def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
+    """Supervised fine-tuning (TRL SFTTrainer) as ``cfg`` says; writes and returns ``output_dir/model``.
+    ``resume``: continue from the last complete checkpoint. Raises KeelError subclasses for bad
+    config, data or model.
+    """
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 

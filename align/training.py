@@ -1,7 +1,9 @@
 """What every trainer shares: run folders, resume, seeds, metrics.jsonl, TensorBoard, the final checkpoint.
 
-Trainers are TRL's (SFT, reward, DPO, KTO, GRPO) or Keel's own PPO; each stage module turns its
-config into trainer arguments with ``trainer_arguments`` and finishes with ``write_checkpoint``.
+Trainers are TRL's (SFT, reward, DPO, KTO, GRPO) or Keel's own PPO. A TRL stage turns its config
+into trainer arguments with ``trainer_arguments`` and finishes with ``train_and_save`` (which
+calls ``write_checkpoint``); PPO, on ``accelerate`` without a TRL trainer, finishes with
+``save_trained_model`` directly; CAI writes data (SFT rows, preference pairs), no checkpoint.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class MetricsLogger(TrainerCallback):
         self.path = Path(path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Append the logged numbers (and strings) with step, epoch and time; main process only."""
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
@@ -39,12 +42,16 @@ class MetricsLogger(TrainerCallback):
 
 
 def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line to ``path`` and flush it."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl (``path``: the file or its run folder); a line cut short
+    by a crash is skipped. Raises KeelError when there is no metrics file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
@@ -60,6 +67,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def last_trainer_checkpoint(output_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` folder transformers' Trainer wrote in ``output_dir``, or None."""
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
@@ -175,6 +183,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def tensorboard_available() -> bool:
+    """Whether a TensorBoard writer (tensorboard or tensorboardX) can be imported."""
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
 
@@ -200,6 +209,7 @@ def trackers(report_to: list[str], tensorboard: bool = False, field: str = "trai
 
 
 def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (avx512_bf16 or AMX flags in /proc/cpuinfo)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -208,6 +218,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def use_bf16(setting: bool | None) -> bool:
+    """Resolve ``training.bf16``: None picks bf16 on a GPU that supports it and on CPUs with native
+    bf16. Raises KeelError when bf16 is asked for on a GPU without it.
+    """
     import torch
 
     if torch.cuda.is_available():
@@ -426,6 +439,7 @@ def write_checkpoint(trainer, tokenizer, cfg: StageConfig, source: ModelSource, 
 
 
 def metrics_callbacks(cfg: StageConfig) -> list:
+    """The callbacks every TRL stage adds: metrics.jsonl in ``output_dir``."""
     return [MetricsLogger(Path(cfg.output_dir) / METRICS_FILE)]
 
 

@@ -50,6 +50,9 @@ def reference_number(answer: Any) -> float | None:
 
 
 def is_correct(response: Any, answer: Any) -> bool:
+    """Whether the last number in ``response`` equals the reference ``answer`` (a number, or GSM8K
+    text with ``#### n``), to a relative tolerance of 1e-6. False when either has no number.
+    """
     got, expected = extract_number(response), reference_number(answer)
     return got is not None and expected is not None and abs(got - expected) <= 1e-6 * max(1.0, abs(expected))
 

@@ -56,11 +56,11 @@ def worker_keel(a) -> dict:
         "--output_dir", str(tmp / "run"), "--data.path", str(data), "--reward", "smollm2-135m",
         "--value_model", a.value_model, "--updates", str(a.prompts // a.batch),
         "--ppo.batch_size", str(a.batch), "--ppo.mini_batch_size", str(a.batch), "--ppo.ppo_epochs", str(a.epochs),
-        "--ppo.learning_rate", str(COMMON["lr"]), "--ppo.clip_epsilon", str(COMMON["clip"]),
+        "--training.learning_rate", str(COMMON["lr"]), "--ppo.clip_epsilon", str(COMMON["clip"]),
         "--ppo.value_clip", str(COMMON["vclip"]), "--ppo.vf_coef", str(COMMON["vf_coef"]),
         "--ppo.gamma", str(COMMON["gamma"]), "--ppo.lam", str(COMMON["lam"]), "--kl.adaptive", "false",
         "--kl.beta", str(COMMON["beta"]), "--kl.estimator", "k1", "--rollout.max_new_tokens", str(a.new_tokens),
-        "--rollout.temperature", str(COMMON["temperature"]), "--save_steps", "1000", "--sample_every", "1000"])
+        "--rollout.temperature", str(COMMON["temperature"]), "--training.save_steps", "1000", "--sample_every", "1000"])
     run_ppo(cfg)
     recs = read_metrics(tmp / "run")
     return {"update_s": [r["update_s"] for r in recs], "score": [r["score"] for r in recs]}

@@ -28,7 +28,7 @@ def run(stage: str, steps: int, out: Path) -> dict:
     module = __import__(module_name, fromlist=["x"])
     common = ["--output_dir", str(out)]
     if stage == "ppo":
-        extra = ["--updates", str(steps), "--reward", "smollm2-135m", "--save_steps", "1000"]
+        extra = ["--updates", str(steps), "--reward", "smollm2-135m", "--training.save_steps", "1000"]
     else:
         extra = ["--training.max_steps", str(steps), "--training.save_steps", "1000", "--training.eval_steps", "1000",
                  "--data.eval_size", "0", "--training.logging_steps", "1"]

@@ -43,7 +43,7 @@ stage() {
   local dry=()
   if [ "$DRY" = 1 ]; then
     case $st in
-      ppo) dry=(--bf16 false --ppo.batch_size 2 --ppo.mini_batch_size 2 --ppo.ppo_epochs 1
+      ppo) dry=(--training.bf16 false --ppo.batch_size 2 --ppo.mini_batch_size 2 --ppo.ppo_epochs 1
                 --rollout.max_new_tokens 8 --updates 3) ;;
       cai) dry=(--data.max_rows 2 --batch_size 2 --max_new_tokens 16 --rounds 1) ;;
       grpo) dry=(--training.bf16 false --training.max_steps 3 --training.per_device_train_batch_size 4
@@ -64,7 +64,7 @@ stage dpo  configs/dpo-gpu.yaml  dpo  --data.path "$HH"  --training.max_steps 15
 stage kto  configs/kto-gpu.yaml  kto  --data.path "$HH"  --training.max_steps 15 "${TRL[@]}"
 stage grpo configs/grpo-gpu.yaml grpo --data.path "$GSM" --training.max_steps 6 --training.logging_steps 1 \
   --training.save_steps 1000
-stage ppo  configs/ppo-gpu.yaml  ppo  --data.path "$HH"  --reward "$RUNS/rm/model" --updates 6 --save_steps 1000
+stage ppo  configs/ppo-gpu.yaml  ppo  --data.path "$HH"  --reward "$RUNS/rm/model" --updates 6 --training.save_steps 1000
 stage cai  configs/cai-gpu.yaml  cai  --data.path "$HH"  --data.max_rows 64
 wait $tests; stamp "GPU tests exit $?: $(tail -1 "$OUT/pytest-gpu.log")"
 

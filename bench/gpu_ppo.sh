@@ -57,7 +57,7 @@ for v in $VARIANTS; do
   name=ppo-lr$lr-beta$beta-h$horizon
   timeout "$(left)" $PY -m align ppo --config configs/ppo.yaml --reward "$RUNS/rm/model" \
     --output_dir "$RUNS/$name" --updates "$UPDATES" --ppo.batch_size 64 --ppo.mini_batch_size 16 \
-    --ppo.learning_rate "$lr" --kl.beta "$beta" --kl.horizon "$horizon" --save_steps 50 "${GOLD[@]}" $PPO_EXTRA \
+    --training.learning_rate "$lr" --kl.beta "$beta" --kl.horizon "$horizon" --training.save_steps 50 "${GOLD[@]}" $PPO_EXTRA \
     >"$OUT/$name.log" 2>&1 &
 done
 wait

@@ -68,3 +68,60 @@ def test_grpo_with_the_tool_loop_trains_and_writes_a_checkpoint(tmp_path, tiny_m
     out = run_grpo(cfg)
     assert json.loads((out / "keel.json").read_text())["config"]["tool_loop"]["tools"] == ["calculator"]
     assert any("rewards/final_answer_correct/mean" in r for r in read_metrics(tmp_path / "g"))
+
+
+class ScriptedLLM:
+    """Stands in for the agent's LLM: replays canned steps."""
+
+    supports_native_tools = False
+
+    def __init__(self, outputs):
+        self.outputs = list(outputs)
+
+    def generate(self, messages, **_):
+        from agents.agent import Generation
+
+        return Generation(self.outputs.pop(0), 5)
+
+
+def test_a_parser_change_reaches_the_agent_and_the_grpo_tool_loop(tiny_model_dir, monkeypatch):
+    """ReActAgent and GRPO's tool loop read each step with the one ``agents.agent.react_step``: a
+    parser that also reads "Tool:" as "Action:" changes what both do (before, the rollout had its
+    own copy of the step and kept the old parser)."""
+    import agents.agent
+    from agents.agent import ReActAgent
+
+    real = agents.agent.parse_react
+    monkeypatch.setattr(agents.agent, "parse_react", lambda text: real(text.replace("Tool:", "Action:")))
+    step = ' compute\nTool: calculator\nAction Input: {"expression": "6*7"}'
+    tools = ToolRegistry([calculator_tool()])
+
+    trace = ReActAgent(ScriptedLLM([step, " I know it.\nFinal Answer: 42"]), tools, format="text").run("6*7?")
+    assert [(e.type, e.tool) for e in trace.events if e.type in ("tool_call", "observation", "error")] == \
+        [("tool_call", "calculator"), ("observation", "calculator")]
+    assert trace.answer == "42"
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = ScriptedModel(tok, [step + "\nObservation:", " I know it.\nFinal Answer: 42<|im_end|>"])
+    out = run_episodes(model, tok, [[{"role": "user", "content": "6*7?"}]], tools, max_steps=4, tokens_per_step=64,
+                       max_completion_length=256)
+    ids, mask = out["completion_ids"][0], out["env_mask"][0]
+    assert tok.decode([t for t, m in zip(ids, mask) if m == 0]) == " 42\nThought:"
+
+
+def test_unreadable_step_gets_the_same_observation_in_the_agent_and_the_tool_loop(tiny_model_dir):
+    """A step the parser refuses: both loops give the model the parse error as its observation."""
+    from agents.agent import ReActAgent
+
+    bad = " hmm\nAction:\nAction Input: {}"
+    tools = ToolRegistry([calculator_tool()])
+
+    trace = ReActAgent(ScriptedLLM([bad, " ok\nFinal Answer: 1"]), tools, format="text",
+                       plain_answer_is_final=False).run("?")
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = ScriptedModel(tok, [bad + "\nObservation:", " ok\nFinal Answer: 1<|im_end|>"])
+    out = run_episodes(model, tok, [[{"role": "user", "content": "?"}]], tools, max_steps=4, tokens_per_step=64,
+                       max_completion_length=512)
+    env = tok.decode([t for t, m in zip(out["completion_ids"][0], out["env_mask"][0]) if m == 0])
+    assert env.startswith(" 'Action:' names no tool.") and env.endswith("\nThought:")
+    assert f"\nObservation:{env[:-len(chr(10) + 'Thought:')]}\n" in trace.transcript

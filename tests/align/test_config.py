@@ -30,8 +30,12 @@ def test_every_shipped_stage_config_validates_as_print_config_does(capsys):
     assert {f"{s}-gpu.yaml" for s in STAGES} <= set(checked), "a stage without a configs/<stage>-gpu.yaml"
     for name, printed in checked.items():
         if name.endswith("-gpu.yaml") and printed["stage"] != "cai":  # CAI generates, it does not train
-            bf16 = printed["training"]["bf16"] if "training" in printed else printed["bf16"]
-            assert bf16 is True, f"{name}: a GPU config trains in bf16"
+            assert printed["training"]["bf16"] is True, f"{name}: a GPU config trains in bf16"
+    # the fields every training stage shares sit under training: in every stage's config, PPO's too
+    for name, printed in checked.items():
+        if printed["stage"] != "cai":
+            assert {"learning_rate", "max_grad_norm", "gradient_accumulation_steps", "logging_steps", "save_steps",
+                    "report_to"} <= set(printed["training"]), name
 
 
 def test_print_config_rejects_a_bad_shipped_style_config(tmp_path, capsys):
@@ -184,3 +188,66 @@ def test_retrain_reads_its_config_the_same_way(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="binary.yaml: not a UTF-8 text file"):
         retrain(str(tmp_path / "feedback.db"), str(path), [])
+
+
+# --- issue 17: PPO's optimiser, logging and saving fields under training:, as in every stage ---------
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("ppo*.yaml")))
+def test_training_learning_rate_reaches_ppo_as_it_reaches_grpo(config):
+    from align.grpo import GRPOStageConfig
+    from align.ppo import PPOStageConfig
+
+    ppo = load_config(PPOStageConfig, REPO / "configs" / config, ["--training.learning_rate", "7e-6",
+                                                                  "--training.save_steps", "3"])
+    grpo = load_config(GRPOStageConfig, REPO / "configs" / "grpo.yaml", ["--training.learning_rate", "7e-6"])
+    assert ppo.training.learning_rate == grpo.training.learning_rate == 7e-6 and ppo.training.save_steps == 3
+
+
+@pytest.mark.parametrize("old,new,value", [("ppo.learning_rate", "learning_rate", 5e-6),
+                                           ("ppo.max_grad_norm", "max_grad_norm", 0.5),
+                                           ("ppo.gradient_accumulation_steps", "gradient_accumulation_steps", 2),
+                                           ("save_steps", "save_steps", 4), ("logging_steps", "logging_steps", 2),
+                                           ("save_total_limit", "save_total_limit", 3), ("bf16", "bf16", False),
+                                           ("report_to", "report_to", ["tensorboard"])])
+def test_old_ppo_keys_still_work_with_a_warning_naming_the_new_key(tmp_path, old, new, value):
+    import yaml
+
+    from align.ppo import PPOStageConfig
+
+    with pytest.warns(FutureWarning, match=rf"{old} is deprecated, use training\.{new}"):
+        cfg = load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", [f"--{old}", yaml.safe_dump(value).strip()
+                                                                          if not isinstance(value, list) else "[tensorboard]"])
+    assert getattr(cfg.training, new) == value
+    # an old-style file too, the key written where it used to be
+    section, _, key = old.rpartition(".")
+    data = yaml.safe_load((REPO / "configs" / "ppo.yaml").read_text())
+    data["training"].pop(new, None)
+    (data[section] if section else data)[key] = value
+    f = tmp_path / "old.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.warns(FutureWarning, match=rf"use training\.{new}"):
+        assert getattr(load_config(PPOStageConfig, f).training, new) == value
+
+
+def test_an_old_and_a_new_ppo_key_in_one_file_are_an_error_naming_both(tmp_path):
+    """In one file the two places conflict; on the command line the old name overrides the file."""
+    from align.ppo import PPOStageConfig
+
+    f = tmp_path / "both.yaml"
+    f.write_text((REPO / "configs" / "ppo.yaml").read_text().replace("  ppo_epochs:", "  learning_rate: 1.0e-5\n  ppo_epochs:"))
+    with pytest.raises(ConfigError, match=r"ppo\.learning_rate and training\.learning_rate are both set"):
+        load_config(PPOStageConfig, f)
+    with pytest.warns(FutureWarning, match=r"--ppo\.learning_rate: .* use training\.learning_rate"):
+        cfg = load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", ["--ppo.learning_rate", "1e-5"])
+    assert cfg.training.learning_rate == 1e-5
+
+
+def test_print_config_of_every_shipped_ppo_config(capsys):
+    import yaml
+
+    from align.cli import main
+
+    for path in sorted((REPO / "configs").glob("ppo*.yaml")):
+        assert main(["ppo", "--config", str(path), "--print-config"]) == 0, path.name
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert "learning_rate" not in printed["ppo"] and "save_steps" not in printed, path.name

@@ -96,7 +96,7 @@ def test_two_process_ppo_saves_the_trained_model(tmp_path, tiny_model_dir):
            "--config", str(REPO / "configs" / "ppo.yaml"), "--model", str(tiny_model_dir), "--output_dir", str(run),
            "--data.path", str(data), "--reward", "tests.align.test_ppo:the_word_reward", "--updates", "2",
            "--ppo.batch_size", "2", "--ppo.mini_batch_size", "2", "--ppo.ppo_epochs", "1",
-           "--rollout.max_new_tokens", "6", "--save_steps", "1", "--ppo.learning_rate", "1e-3"]
+           "--rollout.max_new_tokens", "6", "--training.save_steps", "1", "--training.learning_rate", "1e-3"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(run / f"trained-rank{i}.pt", weights_only=True) for i in (0, 1)]

@@ -34,7 +34,7 @@ def test_ppo_bf16_autocast_on_cuda_trains_and_saves_what_it_trained(tmp_path, ti
     original = align.ppo.PPOTrainer
     align.ppo.PPOTrainer = Recording
     try:
-        out = run_ppo(_ppo_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--bf16", "true"))
+        out = run_ppo(_ppo_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--training.bf16", "true"))
     finally:
         align.ppo.PPOTrainer = original
     assert all(math.isfinite(r["policy_loss"]) and math.isfinite(r["kl"]) for r in read_metrics(run))

@@ -6,8 +6,7 @@ from align.cli import main
 from align.config import load_config
 from align.dpo import DPOStageConfig, run_dpo
 from align.errors import ConfigError
-from align.models import load_policy
-from align.monitor import OverOptimisationMonitor, sample_and_kl
+from align.monitor import OverOptimisationMonitor
 from align.training import read_metrics
 from tests.conftest import REPO
 
@@ -40,17 +39,7 @@ def test_monitor_warns_only_when_gold_falls_while_proxy_rises():
     assert not any(noisy.record(i, i * 1.0, g, i)["monitor/alert"] for i, g in enumerate([0, 1, 0.9, 0.8, 0.7]))
 
 
-def test_kl_of_a_policy_to_itself_is_zero(tiny_model_dir):
-    model, tok, _ = load_policy(str(tiny_model_dir))
-    prompts = [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "a longer question here"}]]
-    responses, kl = sample_and_kl(model, model, tok, prompts, max_new_tokens=8, temperature=1.0)
-    assert len(responses) == 2 and kl == pytest.approx(0.0, abs=1e-6)
-    other, _, _ = load_policy(str(tiny_model_dir))
-    with __import__("torch").no_grad():
-        for p in other.parameters():
-            p.add_(0.05 * __import__("torch").randn_like(p))
-    _, kl2 = sample_and_kl(model, other, tok, prompts * 4, max_new_tokens=16, temperature=1.0)
-    assert kl2 > 0
+# test_kl_of_a_policy_to_itself_is_zero: tests/align/test_logprobs.py, on a model where positions matter
 
 
 def _dpo(tiny_model_dir, out, *extra):

@@ -41,8 +41,8 @@ def test_report_to_reads_one_name_or_a_list_and_refuses_unknown_ones():
     base = {"stage": "sft", "data": {"path": "x.jsonl"}}
     assert SFTStageConfig.model_validate({**base, "training": {"report_to": "tensorboard"}}).training.report_to == \
         ["tensorboard"]
-    cfg = load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", ["--report_to", "[wandb, mlflow]"])
-    assert cfg.report_to == ["wandb", "mlflow"]
+    cfg = load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", ["--training.report_to", "[wandb, mlflow]"])
+    assert cfg.training.report_to == ["wandb", "mlflow"]
     with pytest.raises(ConfigError, match=r"training\.report_to\.0: Input should be 'trackio', 'wandb'"):
         load_config(SFTStageConfig, REPO / "configs" / "sft.yaml", ["--training.report_to", "comet"])
 
@@ -61,7 +61,7 @@ def test_ppo_logs_every_update_to_tensorboard_and_jsonl(tmp_path, tiny_model_dir
     data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     run = tmp_path / "ppo"
     run_ppo(_ppo_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--updates", "2",
-                     "--report_to", "tensorboard"))
+                     "--training.report_to", "tensorboard"))
     recs = read_metrics(run)
     scalars = _scalars(run / "keel")
     for key in ("score", "kl", "policy_loss", "value_loss"):
@@ -74,6 +74,6 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error(tmp_path, tiny_model_d
     with pytest.raises(KeelError, match=rf"training\.report_to: {name} is not installed \(pip install {name}\)"):
         run_sft(_sft_cfg(tiny_model_dir, gsm8k_small, tmp_path / "sft", "--training.report_to", name))
     data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
-    with pytest.raises(KeelError, match=rf"^report_to: {name} is not installed"):
+    with pytest.raises(KeelError, match=rf"^training\.report_to: {name} is not installed"):
         run_ppo(_ppo_cfg(tiny_model_dir, data, tmp_path / "ppo", "tests.align.test_ppo:the_word_reward",
-                         "--report_to", name))
+                         "--training.report_to", name))
