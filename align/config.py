@@ -14,7 +14,6 @@ are decoded as UTF-8 with an optional byte-order mark; a file that is not UTF-8 
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -211,6 +210,15 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _has_dotted(data: Any, dotted: str) -> bool:
+    """Whether ``data`` holds ``dotted`` (``"a.b"``: ``data["a"]["b"]``)."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
 def _format_errors(err: ValidationError, sources: dict[str, str]) -> str:
     lines = []
     for e in err.errors():
@@ -226,11 +234,14 @@ def _format_errors(err: ValidationError, sources: dict[str, str]) -> str:
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None, **defaults) -> C:
     """Read ``path`` (YAML), apply ``overrides`` (``["--a.b", "1"]``) and validate as ``cls``.
 
-    An override naming a key that ``cls.moved_keys`` maps to its new place is applied there, with
-    a FutureWarning naming the new key. Raises ``ConfigError`` naming the key and its source."""
+    A key that ``cls.moved_keys`` maps to a new place (e.g. PPO's ``ppo.learning_rate`` ->
+    ``training.learning_rate``), written in the file or on the command line, is rejected with a
+    ``ConfigError`` naming the old key, where it came from and the new key. Raises ``ConfigError``
+    naming the key and its source for any invalid value or unknown key."""
     data: dict[str, Any] = dict(defaults)
     sources: dict[str, str] = {}
     file_label = str(path) if path else "defaults"
+    loaded: Any = {}
     if path is not None:
         p = Path(path)
         loaded = read_yaml_file(p) or {}
@@ -239,12 +250,17 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         data.update(loaded)
     sources[""] = file_label
     moved = getattr(cls, "moved_keys", {})
+    found = [f"{file_label}: {old} moved to {new}" for old, new in moved.items() if _has_dotted(loaded, old)]
     for key, value in parse_overrides(overrides or []):
-        if key in moved:  # an old name on the command line overrides the file's value under the new one
-            warnings.warn(f"command line --{key}: {key} is deprecated, use {moved[key]}", FutureWarning, stacklevel=2)
-            key = moved[key]
+        if moved:  # also --ppo '{learning_rate: 1e-5}', which sets the old key through its section
+            alone: dict[str, Any] = {}
+            _set_dotted(alone, key, value)
+            found += [f"command line --{key}: {old} moved to {new}" for old, new in moved.items()
+                      if _has_dotted(alone, old)]
         _set_dotted(data, key, value)
         sources[key] = f"command line --{key}"
+    if found:
+        raise ConfigError(found[0] if len(found) == 1 else "invalid config:\n  " + "\n  ".join(found))
     try:
         return cls.model_validate(data)
     except ValidationError as e:

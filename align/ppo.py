@@ -48,7 +48,7 @@ and ``--resume`` continues from the last one.
 
 Config: the PPO maths under ``ppo:``, the optimiser, logging and saving under ``training:`` with
 the names every other stage uses (``--training.learning_rate``); the old places of those keys
-(``ppo.learning_rate``, top-level ``save_steps`` ...) are still read, with a warning naming the new key.
+(``ppo.learning_rate``, top-level ``save_steps`` ...) are a ConfigError naming the new key.
 """
 from __future__ import annotations
 
@@ -58,7 +58,6 @@ import pickle
 import random
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -151,8 +150,8 @@ class PPOStageConfig(StageConfig):
     """``python -m align ppo``'s config: ``ppo:`` (the algorithm), ``training:`` (optimiser, logging,
     saving, as every stage), ``kl:``, ``rollout:``, ``lora:``, an optional ``monitor:``.
 
-    Old places of the ``training:`` keys are read with a FutureWarning (``MOVED_TO_TRAINING``);
-    both places set in one file is a ConfigError.
+    The old places of the ``training:`` keys (``MOVED_TO_TRAINING``: ``ppo.learning_rate``,
+    top-level ``save_steps`` ...) are rejected with a ConfigError naming the new key.
     """
 
     stage: Literal["ppo"] = "ppo"
@@ -172,26 +171,17 @@ class PPOStageConfig(StageConfig):
 
     @model_validator(mode="before")
     @classmethod
-    def _move_deprecated_keys(cls, data: Any) -> Any:
-        """Read the keys' old places (``ppo.learning_rate``, top-level ``save_steps`` ...) into
-        ``training:``, warning with the new name; raises ConfigError when both places are set."""
+    def _reject_moved_keys(cls, data: Any) -> Any:
+        """Raise ConfigError for a key in its old place (``ppo.learning_rate``, top-level
+        ``save_steps`` ...), naming its new one under ``training:``. ``load_config`` names the file
+        or command-line flag first; this catches configs built without it (``model_validate``)."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        training = dict(data.get("training") or {})
         for old, new in MOVED_TO_TRAINING.items():
             section, _, key = old.rpartition(".")
             holder = data.get(section) if section else data
-            if not isinstance(holder, dict) or key not in holder:
-                continue
-            if section:
-                holder = data[section] = dict(holder)
-            if new in training:
-                raise ConfigError(f"{old} and training.{new} are both set; keep training.{new} ({old} is its old name)")
-            training[new] = holder.pop(key)
-            warnings.warn(f"PPO config: {old} is deprecated, use training.{new}", FutureWarning, stacklevel=2)
-        if training:
-            data["training"] = training
+            if isinstance(holder, dict) and key in holder:
+                raise ConfigError(f"PPO config: {old} moved to training.{new}")
         return data
 
 

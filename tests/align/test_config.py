@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from align.config import load_config, parse_overrides
@@ -209,37 +211,45 @@ def test_training_learning_rate_reaches_ppo_as_it_reaches_grpo(config):
                                            ("save_steps", "save_steps", 4), ("logging_steps", "logging_steps", 2),
                                            ("save_total_limit", "save_total_limit", 3), ("bf16", "bf16", False),
                                            ("report_to", "report_to", ["tensorboard"])])
-def test_old_ppo_keys_still_work_with_a_warning_naming_the_new_key(tmp_path, old, new, value):
+def test_old_ppo_keys_are_rejected_naming_the_source_and_the_new_key(tmp_path, old, new, value):
     import yaml
 
     from align.ppo import PPOStageConfig
 
-    with pytest.warns(FutureWarning, match=rf"{old} is deprecated, use training\.{new}"):
-        cfg = load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", [f"--{old}", yaml.safe_dump(value).strip()
-                                                                          if not isinstance(value, list) else "[tensorboard]"])
-    assert getattr(cfg.training, new) == value
-    # an old-style file too, the key written where it used to be
+    # on the command line
+    flag = yaml.safe_dump(value, default_flow_style=True).strip()
+    with pytest.raises(ConfigError, match=rf"^command line --{re.escape(old)}: {re.escape(old)} moved to "
+                                          rf"training\.{new}$"):
+        load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", [f"--{old}", flag])
+    # in a file, the key written where it used to be (and not under training:)
     section, _, key = old.rpartition(".")
     data = yaml.safe_load((REPO / "configs" / "ppo.yaml").read_text())
     data["training"].pop(new, None)
     (data[section] if section else data)[key] = value
     f = tmp_path / "old.yaml"
     f.write_text(yaml.safe_dump(data))
-    with pytest.warns(FutureWarning, match=rf"use training\.{new}"):
-        assert getattr(load_config(PPOStageConfig, f).training, new) == value
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: {re.escape(old)} moved to training\.{new}$"):
+        load_config(PPOStageConfig, f)
+    # a config built without load_config is rejected too
+    with pytest.raises(ConfigError, match=rf"{re.escape(old)} moved to training\.{new}"):
+        PPOStageConfig.model_validate(data)
 
 
-def test_an_old_and_a_new_ppo_key_in_one_file_are_an_error_naming_both(tmp_path):
-    """In one file the two places conflict; on the command line the old name overrides the file."""
+def test_an_old_ppo_key_set_through_its_section_or_beside_the_new_one_is_rejected(tmp_path):
     from align.ppo import PPOStageConfig
 
+    ppo_yaml = REPO / "configs" / "ppo.yaml"
+    with pytest.raises(ConfigError, match=r"command line --ppo: ppo\.learning_rate moved to training\.learning_rate"):
+        load_config(PPOStageConfig, ppo_yaml, ["--ppo", "{learning_rate: 1.0e-5, ppo_epochs: 2}"])
     f = tmp_path / "both.yaml"
-    f.write_text((REPO / "configs" / "ppo.yaml").read_text().replace("  ppo_epochs:", "  learning_rate: 1.0e-5\n  ppo_epochs:"))
-    with pytest.raises(ConfigError, match=r"ppo\.learning_rate and training\.learning_rate are both set"):
-        load_config(PPOStageConfig, f)
-    with pytest.warns(FutureWarning, match=r"--ppo\.learning_rate: .* use training\.learning_rate"):
-        cfg = load_config(PPOStageConfig, REPO / "configs" / "ppo.yaml", ["--ppo.learning_rate", "1e-5"])
-    assert cfg.training.learning_rate == 1e-5
+    f.write_text(ppo_yaml.read_text().replace("  ppo_epochs:", "  learning_rate: 1.0e-5\n  ppo_epochs:"))
+    with pytest.raises(ConfigError, match=r"both\.yaml: ppo\.learning_rate moved to training\.learning_rate"):
+        load_config(PPOStageConfig, f, ["--training.learning_rate", "1e-5"])
+    # every old key is listed, each with its source, not only the first
+    with pytest.raises(ConfigError) as e:
+        load_config(PPOStageConfig, f, ["--save_steps", "3"])
+    assert "both.yaml: ppo.learning_rate moved to training.learning_rate" in str(e.value)
+    assert "command line --save_steps: save_steps moved to training.save_steps" in str(e.value)
 
 
 def test_print_config_of_every_shipped_ppo_config(capsys):
