@@ -25,7 +25,8 @@ from agents.tools import ToolRegistry
 EventType = Literal["thought", "tool_call", "observation", "final_answer", "error", "token"]
 # An invented observation starts a line; "Observation:" mid-sentence is part of the text.
 STOP_SEQUENCES = ["\nObservation:"]
-DEFAULT_PREAMBLE = "You are a helpful, honest and harmless assistant."
+# The default system prompt of the agent and of the chat app (serve): defined here only.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and harmless assistant."
 _LABEL_START = re.compile(r"^\s*(?:\*\*)?(Action|Action Input|Final Answer)\s*(?:\*\*)?\s*:", re.I)
 NATIVE_REMINDER = ('Call a tool as <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>, '
                    "or answer in plain text.")
@@ -161,7 +162,7 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> str:
 
 def react_system_prompt(tools: ToolRegistry, preamble: str | None = None) -> str:
     """The text-ReAct system prompt: the preamble, the tools with their arguments, the format."""
-    lines = [(preamble or DEFAULT_PREAMBLE).strip(), "Use a tool only when it helps, and answer from its results.",
+    lines = [(preamble or DEFAULT_SYSTEM_PROMPT).strip(), "Use a tool only when it helps, and answer from its results.",
              "", "Tools:"]
     lines += [f"- {t.signature()}" for t in tools]
     lines += ["", "Answer in this format:", "Thought: what to do next",

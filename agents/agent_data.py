@@ -35,7 +35,7 @@ import random
 import re
 from pathlib import Path
 
-from agents.agent import DEFAULT_PREAMBLE, react_system_prompt
+from agents.agent import DEFAULT_SYSTEM_PROMPT, react_system_prompt
 from agents.calculator import calculate, format_number
 from agents.tasks import arith_word_tasks, declines, harmful_tasks, kb_tasks, plain_tasks
 from agents.tools import ToolRegistry, default_tools
@@ -145,7 +145,7 @@ def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) 
     rows = []
     for i in tqdm(range(0, len(tasks), batch), desc="plain replies"):
         chunk = tasks[i:i + batch]
-        enc = encode_chats(tok, [[{"role": "system", "content": DEFAULT_PREAMBLE},
+        enc = encode_chats(tok, [[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
                                   {"role": "user", "content": t["question"]}] for t in chunk], model.device)
         with torch.inference_mode():
             out = model.generate(**enc, **generation_kwargs(tok, 96))

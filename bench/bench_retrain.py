@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_db(path: Path, n: int = 20) -> None:
+    from agents.agent import DEFAULT_SYSTEM_PROMPT
     from serve.feedback import FeedbackStore
 
     store = FeedbackStore(path)
@@ -45,7 +46,7 @@ def make_db(path: Path, n: int = 20) -> None:
     for i, row in enumerate(rows):
         text = row["chosen"]
         prompt_text = text.split("\n\nAssistant:")[0].replace("\n\nHuman:", "").strip()
-        prompt = [{"role": "system", "content": "You are a helpful, honest and harmless assistant."},
+        prompt = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
                   {"role": "user", "content": prompt_text}]
         for side, label in (("chosen", True), ("rejected", False)):
             answer = row[side].rsplit("\n\nAssistant:", 1)[-1].strip()

@@ -179,13 +179,13 @@ def main() -> None:
         tools = default_tools(open_default_index())
         results["concurrent_users"] = {}
         # baseline: one generation at a time, token streaming; then concurrent users batched.
-        for mode, settings in (("queued", ChatSettings(a.max_new_tokens, concurrency_limit=1)),
-                               ("batched", ChatSettings(a.max_new_tokens, concurrency_limit=a.users, batch=True))):
+        for mode, settings in (("queued", ChatSettings(max_new_tokens=a.max_new_tokens, concurrency=1)),
+                               ("batched", ChatSettings(max_new_tokens=a.max_new_tokens, concurrency=a.users, batch=True))):
             user_chat = ChatModel("smollm2-135m", settings, tools=tools)
             with tempfile.TemporaryDirectory() as tmp:
                 store = FeedbackStore(Path(tmp) / "feedback.db")
                 demo = build_app(user_chat, store)
-                demo.queue(default_concurrency_limit=settings.concurrency_limit).launch(
+                demo.queue(default_concurrency_limit=settings.concurrency).launch(
                     server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
                 try:
                     run = asyncio.run(users(demo.local_url, a.users, a.turns, a.chromium))
@@ -195,7 +195,7 @@ def main() -> None:
                 summary = export_feedback(Path(tmp) / "feedback.db", Path(tmp) / "export")
             lat = run["latencies"]
             results["concurrent_users"][mode] = {
-                "users": a.users, "turns_each": a.turns, "messages": a.users * a.turns, "concurrency": settings.concurrency_limit,
+                "users": a.users, "turns_each": a.turns, "messages": a.users * a.turns, "concurrency": settings.concurrency,
                 "batch": settings.batch, "answered": len(lat), "errors": len(run["errors"]),
                 "error_samples": run["errors"][:5],
                 "latency_p50_s": pct(lat, 0.5) if lat else None, "latency_p95_s": pct(lat, 0.95) if lat else None,

@@ -26,9 +26,9 @@ from typing import Any
 
 from agents.openai_llm import ContextTooLongError, LLMServerError
 from align.errors import KeelError
-from serve.chat import (DEFAULT_SYSTEM_PROMPT, ChatModel, message_text, model_card, prompt_messages,
-                        strip_sources)
+from serve.chat import ChatModel, message_text, model_card, prompt_messages, strip_sources
 from serve.feedback import FeedbackDBError, FeedbackStore
+from serve.settings import DEFAULT_SYSTEM_PROMPT
 
 log = logging.getLogger("keel.serve")
 
@@ -314,7 +314,7 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
         last_feedback = gr.State(None)
         served = gr.State(new_served())
 
-        limit = chat.settings.concurrency_limit
+        limit = chat.settings.concurrency
         runs = []
         idle = dict(fn=lambda: (gr.update(interactive=True), gr.update(interactive=False)), inputs=None,
                     outputs=[send, stop], queue=False)
@@ -381,5 +381,5 @@ def switchable_checkpoints(roots: list[Path]) -> dict[str, Path]:
 
 
 def _title(chat: ChatModel) -> str:
-    tools = f" · tools: {', '.join(chat.tools.names())}" if chat.settings.agent else ""
+    tools = f" · tools: {', '.join(chat.tools.names())}" if chat.settings.agent.enabled else ""
     return f"## Keel chat · `{chat.short_name}`{tools}"

@@ -12,15 +12,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, Iterator
 
-from agents.agent import DEFAULT_PREAMBLE, LLM, ReActAgent, Trace, TransformersLLM
+from agents.agent import LLM, ReActAgent, Trace, TransformersLLM
 from agents.tools import ToolRegistry, default_tools
 from align.generate import stream_reply
 from align.models import ModelSource, load_policy
+from serve.settings import ChatSettings
 
-DEFAULT_SYSTEM_PROMPT = DEFAULT_PREAMBLE  # one default for the app and the agent (agents.agent)
 _SOURCE = re.compile(r"^\[\d+\] \(([^)]*)\)", re.M)
 
 
@@ -54,25 +53,10 @@ def plain_history(history: list[dict]) -> list[dict[str, str]]:
     return out
 
 
-@dataclass
-class ChatSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    concurrency_limit: int = 1
-    agent: bool = True
-    max_steps: int = 4
-    # Batch the generations of concurrent users into one model call (agents.batching): several
-    # times the throughput on a CPU, but answers then arrive step by step rather than token by token.
-    batch: bool = False
-    # Grammar-constrained agent steps (agents.grammar); False decodes freely.
-    constrained: bool = True
-    # Regenerate samples (temperature > 0, nucleus top_p): greedy decoding would write the same text again.
-    regenerate_temperature: float = 0.8
-    top_p: float = 0.95
-
-
 class ChatModel:
-    """Loads the model once; every request reuses it (and the tools). ``switch`` swaps in another checkpoint."""
+    """Loads the model once; every request reuses it (and the tools). ``switch`` swaps in another checkpoint.
+
+    ``settings``: ``ChatSettings``, or the app's whole ``ServeConfig`` (which extends it)."""
 
     def __init__(self, model_ref: str, settings: ChatSettings | None = None, retriever=None,
                  llm: LLM | None = None, tools: ToolRegistry | None = None):
@@ -86,7 +70,7 @@ class ChatModel:
         if self.settings.batch:
             from agents.batching import BatchedLLM
 
-            return BatchedLLM(model, tokenizer, max_batch=max(2, self.settings.concurrency_limit),
+            return BatchedLLM(model, tokenizer, max_batch=max(2, self.settings.concurrency),
                               temperature=self.settings.temperature)
         return TransformersLLM(model, tokenizer, self.settings.temperature)
 
@@ -129,7 +113,7 @@ class ChatModel:
                 turn: dict | None = None, sample: bool = False) -> Iterator[Any]:
         """Stream one turn. ``turn`` (optional) receives ``answer`` (without sources) and ``trace``.
         ``sample``: decode at ``sample_temperature()`` with nucleus sampling (Regenerate), not greedily."""
-        if self.settings.agent:
+        if self.settings.agent.enabled:
             yield from self.respond_agent(message, history, system_prompt, turn, sample=sample)
             return
         messages = to_chat_messages(history, message, system_prompt)
@@ -159,7 +143,7 @@ class ChatModel:
         agent = ReActAgent(llm, self.tools, max_steps=self.settings.max_steps,
                            max_new_tokens=self.settings.max_new_tokens, system_prompt=system_prompt or None,
                            stream_tokens=True, force_final_answer=True,
-                           constrained=self.settings.constrained and getattr(llm, "supports_grammar", False))
+                           constrained=self.settings.agent.constrained and getattr(llm, "supports_grammar", False))
         shown: list[dict] = []
         sources: list[str] = []
         trace = Trace(question=message_text(message), format=agent.format)

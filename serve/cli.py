@@ -14,33 +14,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from agents.agent import DEFAULT_PREAMBLE
-from align.config import Strict, load_config
+from align.config import load_config
 from align.errors import KeelError
+from serve.settings import DEFAULT_SYSTEM_PROMPT, ChatSettings
 
 
-class AgentSettings(Strict):
-    enabled: bool = True  # false: plain streamed chat, no tools
-    # Decode every step under the tools' grammar (agents/grammar.py): tool names and arguments are
-    # always valid. false: free decoding, as before.
-    constrained: bool = True
+class ServeConfig(ChatSettings):
+    """``python -m serve``'s config (configs/serve.yaml): the chat model's ``ChatSettings`` (agent,
+    steps, tokens, temperatures, concurrency, batch) and the app's own keys below."""
 
-
-class ServeConfig(Strict):
     checkpoint: str = "keel-agent"
     index: str = "default"
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=0, le=65535)  # 0: any free port
-    agent: AgentSettings = Field(default_factory=AgentSettings)
-    max_steps: int = Field(4, ge=1, le=64)
-    max_new_tokens: int = Field(256, ge=1, le=32768)
-    temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
-    # Regenerate samples at this temperature (nucleus top_p 0.95) when `temperature` is 0 (greedy).
-    regenerate_temperature: float = Field(0.8, gt=0, le=2)
-    concurrency: int = Field(1, ge=1, le=1024)
-    batch: bool = False
     feedback_db: str = "runs/feedback.db"
-    system_prompt: str = DEFAULT_PREAMBLE
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
     auth: str | None = None
     # Folders whose Keel checkpoints users may switch the app to (for everyone). Empty: switching is off.
     switch_roots: list[str] = Field(default_factory=list)
@@ -79,11 +67,6 @@ class ServeConfig(Strict):
         if unknown:
             raise ValueError(f"{unknown} cannot be indexed; the retrieval loaders read {', '.join(SUFFIXES)}")
         return value
-
-    @field_validator("agent", mode="before")
-    @classmethod
-    def _agent_bool(cls, value):
-        return {"enabled": value} if isinstance(value, bool) else value  # `agent: false` as before
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -203,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _engine_chat(cfg: ServeConfig, settings, retriever):
+def _engine_chat(cfg: ServeConfig, settings: ChatSettings, retriever):
     """The chat model when an engine generates: a vLLM child process, or a server at --llm-url."""
     from agents.openai_llm import api_key_from_env
     from serve.engine import RemoteChatModel, VLLMEngine, engine_python_default, stop_on_sigterm
@@ -228,7 +211,7 @@ def _engine_chat(cfg: ServeConfig, settings, retriever):
 def create_app(cfg: ServeConfig, auth_required: bool = False):
     """Load the model, the retriever and the feedback store once, and build the app."""
     from serve.app import build_app
-    from serve.chat import ChatModel, ChatSettings
+    from serve.chat import ChatModel
     from serve.feedback import FeedbackStore
 
     import time
@@ -267,14 +250,11 @@ def create_app(cfg: ServeConfig, auth_required: bool = False):
               + ("this app's copy of the knowledge base" if kb.copied else "copied from the base on the first upload")
               + ")", flush=True)
         retriever = kb  # the search tool reads the app's knowledge base, which uploads replace in place
-    settings = ChatSettings(cfg.max_new_tokens, cfg.temperature, cfg.concurrency, agent=cfg.agent.enabled,
-                            max_steps=cfg.max_steps, batch=cfg.batch, constrained=cfg.agent.constrained,
-                            regenerate_temperature=cfg.regenerate_temperature)
     if cfg.engine == "vllm" or cfg.llm_url:
-        chat = _engine_chat(cfg, settings, retriever)
+        chat = _engine_chat(cfg, cfg, retriever)
     else:
         print(f"[keel] loading the model {cfg.checkpoint}", flush=True)
-        chat = ChatModel(cfg.checkpoint, settings, retriever=retriever)
+        chat = ChatModel(cfg.checkpoint, cfg, retriever=retriever)
     if store is not None:
         print(f"feedback -> {store.location} (export: python -m serve export-feedback --db {store.location} --out DIR)")
     if cfg.switch_roots:

@@ -365,7 +365,7 @@ class RemoteChatModel(ChatModel):
 
     def respond(self, message: Any, history: list[dict], system_prompt: str | None = None,
                 turn: dict | None = None, sample: bool = False) -> Iterator[Any]:
-        if self.settings.agent:
+        if self.settings.agent.enabled:
             yield from self.respond_agent(message, history, system_prompt, turn, sample=sample)
             if turn is not None and isinstance(turn.get("trace"), dict):
                 turn["trace"]["served_by"] = self.served_by

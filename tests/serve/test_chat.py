@@ -93,7 +93,7 @@ def test_batched_serving_answers_concurrent_users_through_one_model(tiny_model_d
 
     from agents.batching import BatchedLLM
 
-    chat = ChatModel(str(tiny_model_dir), ChatSettings(max_new_tokens=6, agent=False, batch=True, concurrency_limit=4))
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(max_new_tokens=6, agent=False, batch=True, concurrency=4))
     assert isinstance(chat.llm, BatchedLLM)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda i: list(chat.respond(f"hello {i}", [], None))[-1], range(4)))

@@ -65,3 +65,47 @@ def test_first_start_says_it_builds_the_knowledge_base_once(tmp_path, tiny_model
     create_app(serve_config(args))
     later = capsys.readouterr().out
     assert "first start" not in later and "opening the default knowledge base" in later and len(opened) == 2
+
+
+# --- issue 17: one serve config object, one default system prompt ----------------------------------
+
+def test_the_chat_model_runs_on_the_served_config_itself(tiny_model_dir):
+    """ChatModel reads the ServeConfig it is given (no second settings object copied field by field):
+    every generation setting of the chat model is a key of the app's config, defined once."""
+    from serve.chat import ChatModel
+    from serve.cli import ServeConfig
+    from serve.settings import ChatSettings
+
+    assert issubclass(ServeConfig, ChatSettings)
+    own = set(ServeConfig.model_fields) - set(ChatSettings.model_fields)
+    assert not {"max_new_tokens", "temperature", "concurrency", "agent", "max_steps", "batch",
+                "regenerate_temperature"} & own
+    cfg = serve_config(["--config", str(REPO / "configs" / "serve.yaml"), "--no-agent", "--batch", "--concurrency",
+                        "3", "--max-new-tokens", "5", "--temperature", "0", "--regenerate-temperature", "1.3",
+                        "--checkpoint", str(tiny_model_dir)])
+    chat = ChatModel(cfg.checkpoint, cfg)
+    assert chat.settings is cfg and chat.llm.max_batch == 3 and chat.sample_temperature() == 1.3
+    reply = list(chat.respond("hi", [], None))
+    assert len(reply) == 1  # --no-agent --batch: one plain answer, not agent steps or a token stream
+    # `agent: false` in a file still reads as agent.enabled false, for the chat settings alone too
+    assert ChatSettings(agent=False).agent.enabled is False
+    assert ChatSettings.model_validate({"agent": {"constrained": False}}).agent.constrained is False
+
+
+def test_the_default_system_prompt_is_written_once():
+    """The app, its config and the agent share agents.agent's default; no file repeats its text."""
+    import inspect
+
+    from agents.agent import DEFAULT_SYSTEM_PROMPT, react_system_prompt
+    from agents.tools import ToolRegistry
+    from serve.app import build_app
+    from serve.cli import ServeConfig
+
+    assert ServeConfig().system_prompt == DEFAULT_SYSTEM_PROMPT == serve_config([]).system_prompt
+    assert serve_config(["--config", str(REPO / "configs" / "serve.yaml")]).system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert inspect.signature(build_app).parameters["system_prompt"].default == DEFAULT_SYSTEM_PROMPT
+    assert react_system_prompt(ToolRegistry([])).startswith(DEFAULT_SYSTEM_PROMPT)
+    copies = [str(p.relative_to(REPO)) for folder in ("agents", "align", "retrieval", "serve", "configs", "bench")
+              for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".yaml", ".yml", ".json", ".js")
+              and DEFAULT_SYSTEM_PROMPT in p.read_text(errors="ignore")]
+    assert copies == ["agents/agent.py"], copies
