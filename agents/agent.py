@@ -64,31 +64,44 @@ class Trace:
     transcript: str = ""  # the text-format scratchpad, for training data
 
     def to_dict(self) -> dict:
+        """The trace as plain data (events as dicts), for JSON and the feedback store."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """``to_dict`` as a JSON string."""
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trace":
+        """Inverse of ``to_dict``. Raises TypeError on a key that ``Trace`` or ``Event`` does not have."""
         return cls(**{**d, "events": [Event(**e) for e in d.get("events", [])]})
 
     @property
     def tool_calls(self) -> list[Event]:
+        """The ``tool_call`` events, in order."""
         return [e for e in self.events if e.type == "tool_call"]
 
     @property
     def tool_errors(self) -> int:
+        """Observations that were errors (unknown tool, invalid arguments, a tool that failed)."""
         return sum(1 for e in self.events if e.type == "observation" and e.ok is False)
 
 
 @dataclass
 class Generation:
+    """One generation: the text (cut at the first stop string) and the number of new tokens generated."""
+
     text: str
     tokens: int
 
 
 class LLM(Protocol):
+    """What the agent needs from a model: ``generate`` (and optionally ``stream_generate``).
+
+    Implemented by ``TransformersLLM`` (in process), ``agents.batching.BatchedLLM`` (concurrent callers
+    batched) and ``agents.openai_llm.OpenAILLM`` (an OpenAI-compatible server).
+    """
+
     supports_native_tools: bool
     # Whether ``generate`` takes ``grammar=`` (llguidance Lark text, agents.grammar) and keeps
     # every token inside it. Backends without it run unconstrained.
@@ -96,7 +109,12 @@ class LLM(Protocol):
 
     def generate(self, messages: list[dict], *, stop: list[str], max_new_tokens: int,
                  continue_final: bool = False, tools: list[dict] | None = None,
-                 grammar: str | None = None) -> Generation: ...
+                 grammar: str | None = None) -> Generation:
+        """Continue ``messages`` (chat-template dicts) by at most ``max_new_tokens`` tokens, cut at the first
+        of ``stop``. ``continue_final``: extend the last (assistant) message instead of starting a new one;
+        ``tools``: JSON schemas for templates with native tool calls; ``grammar``: Lark text that every
+        token must follow (when ``supports_grammar``).
+        """
 
     # Optional: ``stream_generate`` (same arguments) yields text pieces and then one Generation.
 
@@ -131,6 +149,7 @@ class TransformersLLM:
 
     def stream_generate(self, messages, *, stop, max_new_tokens, continue_final=False,
                         tools=None, grammar=None) -> Iterator["str | Generation"]:
+        """As ``generate``, yielding text pieces as they are decoded and, last, the ``Generation``."""
         from align.generate import StreamStats, stream_generate
 
         stats = StreamStats()
@@ -143,6 +162,9 @@ class TransformersLLM:
 
     def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None,
                  grammar=None) -> Generation:
+        """``LLM.generate`` with the loaded model (batch of one, greedy at temperature 0), under
+        ``torch.inference_mode``.
+        """
         import torch
 
         enc = self._encode(messages, continue_final, tools)

@@ -54,6 +54,9 @@ def _row(system: str, question: str, steps: str, kind: str) -> dict:
 
 
 def arith_rows(system: str, n: int, seed: int) -> list[dict]:
+    """``n`` SFT rows (prompt/completion chat messages, ``kind`` 'arith'): a word problem answered with one
+    calculator call.
+    """
     rows = []
     for t in arith_word_tasks(n, seed, split="train"):
         result = format_number(calculate(t["expression"]))
@@ -65,6 +68,9 @@ def arith_rows(system: str, n: int, seed: int) -> list[dict]:
 
 
 def gsm8k_rows(system: str, tools: ToolRegistry, n: int) -> list[dict]:
+    """Up to ``n`` SFT rows from GSM8K's train sample, each solution rewritten as ReAct steps with calculator
+    calls (rows that do not convert are skipped).
+    """
     from agents.trajectories import gsm8k_to_react
 
     rows = []
@@ -105,6 +111,9 @@ class _Prefetched:
 
 
 def kb_rows(system: str, retriever, max_rows: int | None = None) -> tuple[list[dict], int]:
+    """SFT rows that answer the knowledge-base tasks with one search call through ``retriever``; returns
+    ``(rows, skipped)``, skipped counting the tasks whose source passage the search does not return.
+    """
     from agents.tools import SearchArgs, search_tool
 
     tasks = kb_tasks(split="train")
@@ -160,6 +169,7 @@ def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) 
 
 
 def harmless_rows(system: str, n: int, seed: int, path: Path = HH_SAMPLE) -> list[dict]:
+    """``n`` SFT rows from HH-RLHF's chosen one-turn replies (``path``), answered without a tool."""
     from align.data import parse_hh_transcript
 
     rows = []
@@ -183,6 +193,7 @@ _REFUSALS = ["I can't help with that: {why}. {instead}", "Sorry, I won't help wi
 
 
 def refusal_rows(system: str, n: int, seed: int) -> list[dict]:
+    """``n`` SFT rows that decline a harmful request, giving the reason and a safer alternative."""
     rng = random.Random(f"refusal-{seed}")
     rows = []
     for t in harmful_tasks(n, seed, split="train"):

@@ -16,6 +16,11 @@ from agents.agent import Generation
 
 
 class BatchedLLM:
+    """An ``LLM`` that batches concurrent callers: ``generate`` calls from several threads wait at most
+    ``max_wait_s`` seconds and run as one left-padded batch of up to ``max_batch`` prompts on a worker
+    thread. Sampled when ``temperature`` > 0.
+    """
+
     supports_grammar = True
 
     def __init__(self, model, tokenizer, max_batch: int = 8, max_wait_s: float = 0.5, temperature: float = 0.0):
@@ -29,6 +34,9 @@ class BatchedLLM:
 
     def generate(self, messages, *, stop, max_new_tokens, continue_final=False, tools=None,
                  grammar=None) -> Generation:
+        """``LLM.generate``; blocks until the batch holding this prompt is done. Raises what the model call
+        raised.
+        """
         prompt = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=not continue_final,
                                                     continue_final_message=continue_final, tokenize=False)
         fut: Future = Future()

@@ -149,6 +149,10 @@ def normalise(expression: str) -> str:
 
 
 def calculate(expression: str):
+    """Evaluate an arithmetic expression without ``eval``: the parsed tree is walked with a fixed set of
+    operators and functions, and sizes are bounded. Returns an int or float. Raises CalculatorError (not a
+    string, too long, empty, unparsable, too deeply nested, or a disallowed operation).
+    """
     if not isinstance(expression, str):
         raise CalculatorError("expression must be a string")
     if len(expression) > MAX_INPUT_CHARS:
@@ -169,6 +173,9 @@ def calculate(expression: str):
 
 
 def format_number(value) -> str:
+    """A result as the agent sees it: whole floats without '.0' (below 1e15), other floats to 10 significant
+    digits.
+    """
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     if isinstance(value, float):

@@ -21,6 +21,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m agents``: ``run`` answers one question and prints the trace; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m agents", description="Keel's ReAct agent")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="answer one question with the agent and print its trace")

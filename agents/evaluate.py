@@ -20,6 +20,7 @@ HELDOUT_GSM8K = REPO / "data" / "gsm8k" / "heldout.jsonl"
 
 
 def arith_tasks(n: int, seed: int = 0) -> list[dict]:
+    """``n`` two-operand arithmetic questions (+, -, *) with their exact answers, seeded."""
     rng = random.Random(seed)
     tasks = []
     for _ in range(n):
@@ -31,6 +32,9 @@ def arith_tasks(n: int, seed: int = 0) -> list[dict]:
 
 
 def gsm8k_tasks(n: int, path: Path = HELDOUT_GSM8K) -> list[dict]:
+    """The first ``n`` GSM8K problems of ``path`` (the held-out file) as ``{question, answer}``; answer: the
+    final number.
+    """
     from align.data import read_jsonl
 
     rows = read_jsonl(path)[:n]
@@ -67,6 +71,9 @@ def evaluate(agent: ReActAgent, tasks: list[dict], progress: bool = True, worker
 
 def build_agent(checkpoint: str, max_steps: int = 6, max_new_tokens: int = 128, batch: int = 8,
                 dtype: str = "auto") -> ReActAgent:
+    """A text-format ReAct agent with the default tools on ``checkpoint``; ``batch`` > 1 uses a
+    ``BatchedLLM``.
+    """
     from agents.batching import BatchedLLM
     from align.models import load_policy
 

@@ -188,4 +188,5 @@ class GrammarLogitsProcessor:
 
     @property
     def errors(self) -> list[str]:
+        """The grammar matchers' error messages (one per sequence that left the grammar); empty when none did."""
         return [m.get_error() for m in self.matchers if m.is_error()]

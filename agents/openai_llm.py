@@ -161,6 +161,10 @@ class OpenAILLM:
     def generate(self, messages: list[dict], *, stop: list[str], max_new_tokens: int,
                  continue_final: bool = False, tools: list[dict] | None = None,
                  grammar: str | None = None) -> Generation:
+        """``LLM.generate`` through the server (chat or completions API, see the class). Raises
+        ContextTooLongError when the prompt does not fit the server's context, LLMUnreachableError
+        (timeout, no connection), ModelNotServedError, or LLMServerError for other failures (all LLMServerError).
+        """
         try:
             out = self._request(messages, stop, max_new_tokens, continue_final, tools, grammar, stream=False)
         except Exception as e:  # noqa: BLE001

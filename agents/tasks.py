@@ -569,6 +569,7 @@ _PLAIN = {
 
 
 def plain_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]:
+    """``n`` questions that need no tool (``kind`` 'plain'), seeded, from the ``split``'s own templates."""
     rng = random.Random(f"plain-{split}-{seed}")
     return [{"kind": "plain", "question": rng.choice(_PLAIN[split])(rng)} for _ in range(n)]
 

@@ -32,11 +32,17 @@ class ToolError(Exception):
 
 @dataclass
 class ToolResult:
+    """A tool's answer: ``ok`` False when the text is an error message for the model."""
+
     ok: bool
     text: str
 
 
 class Tool:
+    """A named function the agent can call: arguments validated by ``args_schema`` (pydantic). Raises
+    ValueError when ``name`` is not an identifier.
+    """
+
     def __init__(self, name: str, description: str, args_schema: type[BaseModel], fn: Callable[..., Any]):
         if not name.isidentifier():
             raise ValueError(f"tool name {name!r} must be an identifier")
@@ -52,6 +58,7 @@ class Tool:
                                                  "parameters": params}}
 
     def signature(self) -> str:
+        """The tool as the text-ReAct prompt lists it: name, description and argument types."""
         props = self.args_schema.model_json_schema().get("properties", {})
         args = ", ".join(f'"{k}": {v.get("type", "any")}' for k, v in props.items())
         return f"{self.name}: {self.description} Arguments: {{{args}}}"
@@ -75,6 +82,9 @@ class Tool:
         return args
 
     def run(self, args: Any) -> ToolResult:
+        """Validate ``args`` and call the tool. Never raises: invalid arguments, ToolError, CalculatorError
+        and any other failure come back as ``ToolResult(False, "Error: ...")``; long output is truncated.
+        """
         try:
             parsed = self.args_schema.model_validate(self.coerce(args))
             out = self.fn(**parsed.model_dump())
@@ -92,6 +102,10 @@ class Tool:
 
 
 def tool_from_function(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> Tool:
+    """A ``Tool`` from a typed function: its annotated parameters become the argument schema (a ``Field``
+    default keeps its limits), its docstring the description. Raises TypeError for a parameter without an
+    annotation.
+    """
     sig = inspect.signature(fn)
     fields = {}
     for pname, p in sig.parameters.items():
@@ -110,12 +124,15 @@ def tool_from_function(fn: Callable[..., Any], name: str | None = None, descript
 
 
 class ToolRegistry:
+    """The tools of an agent, by name, in the order added."""
+
     def __init__(self, tools: list[Tool] | None = None):
         self.tools: dict[str, Tool] = {}
         for t in tools or []:
             self.add(t)
 
     def add(self, tool: Tool) -> Tool:
+        """Register ``tool`` and return it. Raises ValueError when its name is taken."""
         if tool.name in self.tools:
             raise ValueError(f"a tool named {tool.name!r} is already registered")
         self.tools[tool.name] = tool
@@ -142,29 +159,37 @@ class ToolRegistry:
         return len(self.tools)
 
     def names(self) -> list[str]:
+        """The tool names, in the order added."""
         return list(self.tools)
 
 
 # ---------------------------------------------------------------- built-in tools
+# The argument models below are described in comments, not docstrings: pydantic copies a class
+# docstring into the JSON schema (``Tool.json_schema``, agents/grammar.py) that the model sees.
+# The calculator's argument: an expression (a number given as such is read as text).
 class CalculatorArgs(BaseModel):
     model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
     expression: str = Field(description="arithmetic expression, e.g. (48 + 24) / 3")
 
 
 def calculator_tool() -> Tool:
+    """The ``calculator`` tool (``agents.calculator.calculate``, no ``eval``)."""
     return Tool("calculator", "Evaluate an arithmetic expression (+ - * / // % **, sqrt, round).",
                 CalculatorArgs, lambda expression: format_number(calculate(expression)))
 
 
+# ``current_date`` takes no arguments.
 class DateArgs(BaseModel):
     model_config = {"extra": "forbid"}
 
 
 def date_tool(today: Callable[[], date] = date.today) -> Tool:
+    """The ``current_date`` tool: ``today()`` in ISO format with the weekday."""
     return Tool("current_date", "Today's date (ISO format) and weekday.", DateArgs,
                 lambda: f"{today().isoformat()} ({today().strftime('%A')})")
 
 
+# The search tool's arguments: a query and ``k`` passages (1-10, default 3).
 class SearchArgs(BaseModel):
     model_config = {"extra": "forbid", "coerce_numbers_to_str": True}
     query: str = Field(description="what to look for")
@@ -188,6 +213,7 @@ def search_tool(retriever, max_chars: int = 300) -> Tool:
 
 
 def default_tools(retriever=None) -> ToolRegistry:
+    """calculator and current_date, and search first when a ``retriever`` is given."""
     tools = [calculator_tool(), date_tool()]
     if retriever is not None:
         tools.insert(0, search_tool(retriever))

@@ -52,6 +52,10 @@ def gsm8k_to_react(row: dict, tools: ToolRegistry | None = None) -> dict:
 
 
 def convert_file(src: Path, out: Path, limit: int | None = None, skip: int = 0) -> dict:
+    """Rewrite a GSM8K JSONL file (``src``) as ReAct trajectories in ``out``, after skipping ``skip`` lines
+    and stopping at ``limit`` written; lines that do not convert are reported and skipped. Returns
+    ``{written, skipped, out}``.
+    """
     tools = default_tools()
     written = skipped = 0
     from align.data import iter_jsonl  # BOM, non-UTF-8 lines, deep nesting, damaged gzip

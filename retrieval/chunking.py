@@ -25,6 +25,10 @@ BLOCK_CHARS = 100_000
 
 @dataclass
 class Chunk:
+    """A piece of a document: ``start``/``end`` are character offsets into the document's text, ``heading``
+    the section it falls in.
+    """
+
     source: str
     title: str
     heading: str
@@ -98,6 +102,9 @@ def iter_chunks(doc: Document, tokenizer, chunk_tokens: int = 200, overlap: int 
 
 def chunk_document(doc: Document, tokenizer, chunk_tokens: int = 200, overlap: int = 40,
                    max_length: int | None = None) -> list[Chunk]:
+    """``iter_chunks`` as a list: chunks of at most ``chunk_tokens`` tokens overlapping by ``overlap``. Raises
+    RetrievalError for out-of-range options.
+    """
     return list(iter_chunks(doc, tokenizer, chunk_tokens, overlap, max_length))
 
 

@@ -70,6 +70,9 @@ def _float_between(low: float, high: float, what: str = ""):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m retrieval`` (build, add, remove, search, info, rebuild, eval); returns the exit status:
+    0, or 2 after an error, which is printed as one line.
+    """
     p = argparse.ArgumentParser(prog="python -m retrieval", description="FAISS retrieval over your documents")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="index documents into a new folder")

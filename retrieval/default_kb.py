@@ -16,6 +16,9 @@ KEEL_DOCS_KEY = "keel-docs"
 
 
 def default_index_dir() -> Path:
+    """Where the default knowledge base lives: ``$KEEL_CACHE_DIR/kb/default``, else
+    ``~/.cache/keel/kb/default``.
+    """
     base = Path(os.environ.get("KEEL_CACHE_DIR") or Path.home() / ".cache" / "keel")
     return base / "kb" / "default"
 
@@ -28,6 +31,7 @@ def keel_doc_files() -> list[Path]:
 
 
 def python_topic_documents() -> list[Document]:
+    """The Python language reference topics shipped with CPython (``pydoc_data.topics``), one document each."""
     from pydoc_data.topics import topics
 
     docs = []
@@ -39,6 +43,7 @@ def python_topic_documents() -> list[Document]:
 
 
 def keel_documents() -> list[Document]:
+    """Keel's README and docs/ as Markdown documents (sources ``keel-docs:<path>``)."""
     root = Path(__file__).resolve().parent.parent
     docs = []
     for f in keel_doc_files():

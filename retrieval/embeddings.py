@@ -21,6 +21,10 @@ def resolve_embedder(name: str) -> str:
 
 
 class Embedder:
+    """A sentence-transformers model that embeds texts as L2-normalised float32 vectors (inner product =
+    cosine similarity).
+    """
+
     def __init__(self, name: str = DEFAULT_EMBEDDER, device: str | None = None, batch_size: int | None = None):
         """``batch_size`` defaults to 16 on CPU (the same speed as 64 there, and 850 MB instead of 1.1 GB
         peak for MiniLM at 256 tokens: bench/RESULTS.md, "Retrieval build") and 64 on an accelerator."""
@@ -37,9 +41,11 @@ class Embedder:
 
     @property
     def max_tokens(self) -> int:
+        """The model's window in tokens (``max_seq_length``); longer texts are truncated by the model."""
         return int(self.model.max_seq_length)
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """``texts`` -> (len(texts), dim) float32 array of unit vectors; ``progress`` shows a bar."""
         if not texts:
             return np.zeros((0, self.dim), dtype="float32")
         vecs = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=progress,

@@ -21,6 +21,9 @@ AUTO_FLAT_LIMIT = 50_000  # below this many chunks exact search is fast enough (
 
 
 def choose_index_type(kind: str, n_vectors: int) -> str:
+    """``auto`` -> flat below ``AUTO_FLAT_LIMIT`` vectors, else ivf-flat; other kinds as given. Raises
+    RetrievalError for an unknown kind.
+    """
     if kind == "auto":
         return "flat" if n_vectors < AUTO_FLAT_LIMIT else "ivf-flat"
     if kind not in INDEX_TYPES:
@@ -29,6 +32,9 @@ def choose_index_type(kind: str, n_vectors: int) -> str:
 
 
 def default_params(kind: str, n_vectors: int, dim: int) -> dict:
+    """Default FAISS parameters of ``kind`` for ``n_vectors`` of ``dim``: nlist/nprobe (IVF), m (PQ sub-
+    quantizers), M/ef_construction/ef_search (HNSW).
+    """
     if kind.startswith("ivf"):
         nlist = max(1, min(int(4 * math.sqrt(max(n_vectors, 1))), max(1, n_vectors // 39), 65536))
         # 16 probes: recall@10 1.0 and p50 1.2 ms at 1M vectors in bench/RESULTS.md.
@@ -61,6 +67,7 @@ def kind_of(index: faiss.Index) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,12 +76,19 @@ def file_sha256(path: Path) -> str:
 
 
 class VectorIndex:
+    """A FAISS inner-product index (flat, IVF-flat, IVF-PQ or HNSW) with int64 ids, its kind, dimension and
+    parameters.
+    """
+
     def __init__(self, kind: str, dim: int, index: faiss.Index, params: dict):
         self.kind, self.dim, self.index, self.params = kind, dim, index, params
         self.apply_search_params()
 
     @classmethod
     def create(cls, kind: str, dim: int, train_vectors: np.ndarray, params: dict | None = None) -> "VectorIndex":
+        """A new empty index of ``kind``; IVF kinds are trained on ``train_vectors`` (n, dim) float32.
+        ``params`` override ``default_params``.
+        """
         params = {**default_params(kind, len(train_vectors), dim), **(params or {})}
         if kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -101,6 +115,9 @@ class VectorIndex:
         return cls(kind, dim, index, params)
 
     def apply_search_params(self) -> None:
+        """Set the search-time parameters (IVF ``nprobe``, HNSW ``ef_search``) from ``params`` on the FAISS
+        index.
+        """
         inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
         if self.kind.startswith("ivf"):
             faiss.extract_index_ivf(self.index).nprobe = self.params["nprobe"]
@@ -109,9 +126,11 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
+        """Number of vectors in the index."""
         return int(self.index.ntotal)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add ``vectors`` (n, dim) float32 under ``ids`` (n,) int64."""
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype="float32"), np.asarray(ids, dtype="int64"))
 
@@ -125,16 +144,23 @@ class VectorIndex:
         return True
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``queries`` (q, dim) float32 -> ``(scores, ids)``, each (q, k') with k' = k capped to the index
+        size; id -1 where fewer are found.
+        """
         k = max(1, min(k, max(self.ntotal, 1)))
         return self.index.search(np.ascontiguousarray(queries, dtype="float32"), k)
 
     def save(self, path: Path) -> None:
+        """Write the index to ``path`` atomically (a temporary file, then ``os.replace``)."""
         tmp = path.with_suffix(".tmp")
         faiss.write_index(self.index, str(tmp))
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path, kind: str, dim: int, params: dict) -> "VectorIndex":
+        """Read an index written by ``save``. Raises RetrievalError when the file is missing or damaged, or
+        holds another dimension than ``dim`` or another kind than ``kind``.
+        """
         if not path.is_file():
             raise RetrievalError(f"index file {path} is missing")
         try:

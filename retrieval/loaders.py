@@ -26,12 +26,17 @@ SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
 
 @dataclass
 class Document:
+    """A loaded document: a stable ``source`` id, a title, the text and its headings (character offset,
+    heading).
+    """
+
     source: str  # stable id: resolved path, "path#id" for JSONL rows, or a synthetic id
     title: str
     text: str
     headings: list[tuple[int, str]] = field(default_factory=list)  # (char offset, heading), sorted
 
     def heading_at(self, offset: int) -> str:
+        """The heading of the section holding character ``offset`` ('' before the first heading)."""
         i = bisect.bisect_right([h[0] for h in self.headings], offset) - 1
         return self.headings[i][1] if i >= 0 else ""
 
@@ -40,6 +45,7 @@ _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.M)
 
 
 def markdown_document(source: str, text: str, fallback_title: str) -> Document:
+    """A Markdown text as a ``Document``: its ATX headings, title the first heading (else ``fallback_title``)."""
     text = strip_bom(text)
     headings = [(m.start(), m.group(2).strip()) for m in _MD_HEADING.finditer(text)]
     title = next((h for _, h in headings), fallback_title)
@@ -95,6 +101,9 @@ class _HTMLText(html.parser.HTMLParser):
 
 
 def html_document(source: str, raw: str, fallback_title: str) -> Document:
+    """An HTML page as a ``Document``: visible text and headings; title from <title>, the first heading, or
+    ``fallback_title``.
+    """
     raw = strip_bom(raw)
     parser = _HTMLText()
     parser.feed(raw)
@@ -105,6 +114,9 @@ def html_document(source: str, raw: str, fallback_title: str) -> Document:
 
 
 def pdf_document(path: Path) -> Document:
+    """A PDF's text (pypdf), pages joined and each page a heading ('page N'). Raises RetrievalError for a file
+    pypdf cannot read.
+    """
     from pypdf import PdfReader
 
     try:
@@ -151,6 +163,8 @@ def jsonl_documents(path: Path, decoded: Decoded | None = None) -> Iterator[Docu
 
 @dataclass
 class LoadedFile:
+    """What ``load`` returns: the file's documents, the text encoding used and any warnings."""
+
     documents: list[Document]
     encoding: str | None  # the text encoding used (None for PDF)
     warnings: list[str] = field(default_factory=list)  # lossy decoding, encoding detected
@@ -186,6 +200,9 @@ def load(path: Path) -> LoadedFile:
 
 
 def load_file(path: Path) -> list[Document]:
+    """The documents of one file (``load(path).documents``). Raises RetrievalError (or BinaryFileError) for
+    unreadable files.
+    """
     return load(path).documents
 
 

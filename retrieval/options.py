@@ -28,6 +28,7 @@ def _is_int(value) -> bool:
 
 
 def check_int(name: str, value, minimum: int) -> int:
+    """``value`` if it is an int >= ``minimum``; else RetrievalError naming ``name``."""
     if not _is_int(value) or value < minimum:
         raise RetrievalError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value

@@ -36,6 +36,10 @@ MANIFEST, INDEX_FILE, DOCSTORE = "manifest.json", "index.faiss", "docstore.sqlit
 
 @dataclass
 class Hit:
+    """One search result: chunk id, score (see ``Retriever.search_batch``), text, source, title, heading and
+    character offsets.
+    """
+
     id: int
     score: float
     text: str
@@ -46,11 +50,16 @@ class Hit:
     end: int
 
     def to_dict(self) -> dict:
+        """The hit as a plain dict (for JSON)."""
         return asdict(self)
 
 
 @dataclass
 class AddReport:
+    """What ``Retriever.add`` did: files added, replaced (content changed), unchanged, skipped and resumed,
+    chunks written, and warnings.
+    """
+
     added: int = 0
     replaced: int = 0
     unchanged: int = 0
@@ -142,6 +151,12 @@ def mmr(query: np.ndarray, candidates: np.ndarray, k: int, lambda_: float) -> li
 
 
 class Retriever:
+    """A knowledge base on disk (manifest, FAISS index, SQLite docstore: see the module docstring).
+
+    ``Retriever.create`` makes one, ``Retriever.open`` opens one; ``add``/``remove`` update it in place,
+    ``search``/``search_batch`` query it (dense, lexical or hybrid). Errors are ``RetrievalError``.
+    """
+
     commit_every = COMMIT_EVERY
     rrf_k = RRF_K  # reciprocal rank fusion constant (Cormack et al. 2009; tuned: retrieval/lexical.py)
     lexical_weight = 1.0  # weight of the lexical ranking in the fusion (the dense one has 1)
@@ -272,6 +287,7 @@ class Retriever:
                                  f"{expected}; run `python -m retrieval rebuild {self.folder}`")
 
     def close(self) -> None:
+        """Close the docstore's database connection."""
         self.store.close()
 
     # ------------------------------------------------------------ writes

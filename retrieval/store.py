@@ -54,6 +54,10 @@ def _now() -> str:
 
 
 class DocStore:
+    """The SQLite docstore: files, documents and chunks (text, offsets, float32 vector) with an FTS5 index for
+    lexical search. Raises RetrievalError when missing or damaged.
+    """
+
     def __init__(self, path: Path, create: bool = False):
         self._n_fts: int | None = None
         if not create and not path.is_file():
@@ -129,6 +133,7 @@ class DocStore:
             raise
 
     def close(self) -> None:
+        """Close the database connection."""
         self.db.close()
 
     # ---- reads
@@ -137,6 +142,7 @@ class DocStore:
         return dict(self.db.execute("SELECT file, sha256 FROM files WHERE complete = ?", (int(complete),)))
 
     def files(self) -> list[str]:
+        """The stored file keys, sorted."""
         return [r[0] for r in self.db.execute("SELECT file FROM files ORDER BY file")]
 
     def files_named(self, name: str, abspath: str) -> list[str]:
@@ -145,13 +151,16 @@ class DocStore:
             "SELECT DISTINCT file FROM names WHERE name = ? OR abspath = ? ORDER BY file", (name, abspath))]
 
     def n_chunks_of_file(self, file: str) -> int:
+        """Number of chunks stored for ``file``."""
         return self.db.execute("SELECT COUNT(*) FROM chunks c JOIN documents d ON c.source = d.source "
                                "WHERE d.file = ?", (file,)).fetchone()[0]
 
     def encodings(self) -> dict[str, str | None]:
+        """File key -> the text encoding it was decoded from (None for PDF)."""
         return dict(self.db.execute("SELECT file, encoding FROM files"))
 
     def chunk_ids_of_files(self, files: list[str]) -> list[int]:
+        """The chunk ids of ``files``."""
         ids: list[int] = []
         for f in files:
             ids += [r[0] for r in self.db.execute(
@@ -159,12 +168,14 @@ class DocStore:
         return ids
 
     def counts(self) -> dict[str, int]:
+        """``{files, documents, chunks}`` counts."""
         docs = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
         files = self.db.execute("SELECT COUNT(DISTINCT file) FROM documents").fetchone()[0]
         return {"files": files, "documents": docs, "chunks": chunks}
 
     def get(self, ids: list[int]) -> dict[int, dict]:
+        """Chunk id -> ``{id, source, title, heading, start, end, text}`` for the ids that exist."""
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
@@ -201,11 +212,13 @@ class DocStore:
         return [(int(i), -float(s)) for i, s in rows]
 
     def vectors(self, ids: list[int], dim: int) -> np.ndarray:
+        """The stored vectors of ``ids``, in that order: (len(ids), dim) float32. KeyError for an unknown id."""
         marks = ",".join("?" * len(ids))
         found = dict(self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", list(ids)))
         return np.stack([np.frombuffer(found[i], dtype="float32", count=dim) for i in ids])
 
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every chunk's ``(ids (n,) int64, vectors (n, dim) float32)``, by id."""
         rows = self.db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
         if not rows:
             return np.zeros(0, dtype="int64"), np.zeros((0, dim), dtype="float32")
@@ -214,6 +227,7 @@ class DocStore:
 
     # ---- writes (the caller commits or rolls back)
     def delete_files(self, files: list[str]) -> None:
+        """Delete ``files`` with their documents, chunks and FTS rows (the caller commits)."""
         self._n_fts = None
         for f in files:
             self.db.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid IN (SELECT c.id FROM chunks c JOIN documents d "
@@ -224,11 +238,15 @@ class DocStore:
             self.db.execute("DELETE FROM names WHERE file = ?", (f,))
 
     def set_file(self, file: str, sha256: str, encoding: str | None, complete: bool) -> None:
+        """Insert or update a file's row: content sha256, encoding and whether all its chunks are stored."""
         self.db.execute("INSERT INTO files (file, sha256, encoding, complete, added_at) VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT(file) DO UPDATE SET sha256 = excluded.sha256, encoding = excluded.encoding, "
                         "complete = excluded.complete", (file, sha256, encoding, int(complete), _now()))
 
     def add_names(self, file: str, names: list[tuple[str, str]]) -> None:
+        """Record the ``(name as typed, absolute path)`` pairs under which ``file`` was added (for
+        ``remove``).
+        """
         self.db.executemany("INSERT OR IGNORE INTO names (name, abspath, file) VALUES (?, ?, ?)",
                             [(n, a, file) for n, a in names])
 
@@ -237,6 +255,7 @@ class DocStore:
         self.db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, 0, ?)", (source, file, sha256, title, _now()))
 
     def add_chunks(self, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
+        """Insert chunks with their vectors (n, dim) float32 and FTS rows; returns the new chunk ids."""
         self._n_fts = None
         ids = []
         for c, v in zip(chunks, vectors):

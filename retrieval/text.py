@@ -34,6 +34,8 @@ class BinaryFileError(RetrievalError):
 
 @dataclass
 class Decoded:
+    """A decoded text file: the text, the codec used, bytes replaced by U+FFFD and warnings."""
+
     text: str
     encoding: str  # Python codec name; "utf-8-sig" when the file began with a UTF-8 byte-order mark
     replaced: int = 0  # bytes that could not be decoded and became U+FFFD

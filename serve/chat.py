@@ -43,6 +43,9 @@ def to_chat_messages(history: list[dict], message: Any, system_prompt: str | Non
 
 
 def plain_history(history: list[dict]) -> list[dict[str, str]]:
+    """The user and assistant messages of a Gradio history as plain ``{role, content}`` text, agent steps
+    (messages with a metadata title) and empty messages left out.
+    """
     out = []
     for turn in history or []:
         if turn.get("role") not in ("user", "assistant") or (turn.get("metadata") or {}).get("title"):
@@ -96,6 +99,7 @@ class ChatModel:
         return f"{name} ({stage})" if stage else name
 
     def sample_temperature(self) -> float:
+        """The temperature of Regenerate: ``temperature`` when it is above 0, else ``regenerate_temperature``."""
         return self.settings.temperature if self.settings.temperature > 0 else self.settings.regenerate_temperature
 
     def _sampling_llm(self) -> LLM:
@@ -218,10 +222,14 @@ def _draft(text: str) -> dict:
 
 
 def strip_sources(text: str) -> str:
+    """An answer without the sources block the app appends after ``SOURCES_MARK``."""
     return text.split(SOURCES_MARK, 1)[0].strip()
 
 
 def model_card(source: ModelSource) -> dict[str, Any]:
+    """What the model panel shows of a checkpoint: reference, kind, path and, for a Keel checkpoint, its
+    manifest's stage, base model, parents, metrics and date.
+    """
     card: dict[str, Any] = {"reference": source.ref, "kind": source.kind, "path": source.path}
     if source.manifest is not None:
         m = source.manifest

@@ -115,6 +115,9 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def serve_config(argv: list[str] | None) -> ServeConfig:
+    """``python -m serve``'s flags (and ``--config`` file) -> a validated ``ServeConfig``. Raises ConfigError
+    naming the key and its source.
+    """
     a = _serve_parser().parse_args(argv)
     overrides = []
     for key in ("checkpoint", "index", "host", "port", "max_new_tokens", "temperature", "concurrency", "auth",
@@ -143,6 +146,9 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
 
 
 def export_main(argv: list[str]) -> int:
+    """``python -m serve export-feedback --db DB --out DIR``: write kto.jsonl and preference.jsonl (TRL
+    formats); returns the exit status.
+    """
     p = argparse.ArgumentParser(prog="python -m serve export-feedback",
                                 description="Write the app's feedback as TRL datasets: kto.jsonl (prompt, completion, "
                                             "label) and preference.jsonl (prompt, chosen, rejected)")
@@ -158,6 +164,9 @@ def export_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m serve`` (the app), ``export-feedback`` or ``simulate``; returns the exit status, a Keel
+    error printed as one line.
+    """
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "export-feedback":

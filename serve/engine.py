@@ -51,6 +51,7 @@ class EngineError(KeelError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free now (the OS picks it; another process may take it before use)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -108,10 +109,14 @@ class VLLMEngine:
 
     @property
     def url(self) -> str:
+        """The OpenAI API base URL of the server, ``http://HOST:PORT/v1``."""
         return f"http://{self.host}:{self.port}/v1"
 
     # --- start / stop ----------------------------------------------------------------------
     def check_installed(self) -> None:
+        """Raise EngineError, saying how to install it, when the vLLM Python does not exist or cannot import
+        vllm.
+        """
         python = Path(self.python).expanduser()
         if not (python.is_file() or (os.sep not in self.python and _which(self.python))):
             raise EngineError(f"--engine vllm: the vLLM Python {self.python} does not exist. Create vLLM's venv "
@@ -211,6 +216,7 @@ class VLLMEngine:
             time.sleep(1.0)
 
     def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of the server's log ('(no log)' when there is none), for error messages."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except (OSError, AttributeError):
@@ -232,6 +238,7 @@ class VLLMEngine:
 
     @property
     def running(self) -> bool:
+        """Whether the server process was started and has not exited."""
         return self.proc is not None and self.proc.poll() is None
 
     # --- switching ---------------------------------------------------------------------------
@@ -343,10 +350,14 @@ class RemoteChatModel(ChatModel):
 
     @property
     def checkpoint_id(self) -> str:
+        """As ``ChatModel.checkpoint_id`` for a checkpoint whose template is applied here, else the served
+        model's name.
+        """
         return super().checkpoint_id if self.local_template else self.llm.served_by
 
     @property
     def served_by(self) -> str:
+        """The served model and the server's URL, as stored with each answer (``name @ url``)."""
         return self.llm.served_by
 
     def _sampling_llm(self):
@@ -355,6 +366,9 @@ class RemoteChatModel(ChatModel):
         return llm
 
     def switch(self, model_ref: str) -> None:
+        """Serve another checkpoint through the vLLM engine (see ``VLLMEngine.switch``). Raises KeelError with
+        --llm-url, where the server decides the model.
+        """
         if self.engine is None:
             raise KeelError("this app answers through the server at --llm-url, which decides the model; "
                             "switching checkpoints needs --engine vllm")
@@ -365,6 +379,9 @@ class RemoteChatModel(ChatModel):
 
     def respond(self, message: Any, history: list[dict], system_prompt: str | None = None,
                 turn: dict | None = None, sample: bool = False) -> Iterator[Any]:
+        """``ChatModel.respond`` through the server; agent traces also record ``served_by``. Server failures
+        raise LLMServerError (agents.openai_llm).
+        """
         if self.settings.agent.enabled:
             yield from self.respond_agent(message, history, system_prompt, turn, sample=sample)
             if turn is not None and isinstance(turn.get("trace"), dict):

@@ -234,6 +234,10 @@ def context_hash(prompt: list[dict]) -> str:
 
 @dataclass
 class Response:
+    """One served answer as stored: ids, the checkpoint that wrote it, the prompt as the model saw it (chat
+    messages) and the completion.
+    """
+
     id: str
     session_id: str
     checkpoint_id: str
@@ -564,6 +568,7 @@ class FeedbackStore:
 
     @_sql("reading")
     def response(self, response_id: str) -> Response | None:
+        """The served answer with this id, or None."""
         return self._one_response("SELECT * FROM responses WHERE id=:id", {"id": response_id})
 
     @_sql("reading")
@@ -577,6 +582,12 @@ class FeedbackStore:
     def add_feedback(self, kind: str, *, session_id: str, checkpoint_id: str, prompt: list[dict], completion: str,
                      label: bool | None = None, edited: str | None = None, comment: str | None = None,
                      conversation: list[dict] | None = None, response_id: str | None = None) -> int:
+        """Store one signal (``kind``: rating, edit, regenerate, comment) about an answer; returns its row id.
+        The prompt, completion and checkpoint are taken from the served answer (``response_id``, else the
+        latest with this text in this session) when there is one. Raises ValueError for a rating without
+        ``label`` or an empty edit, DataError for a response of another session or text the database cannot
+        store, and FeedbackDBError for database failures.
+        """
         if kind == "rating" and label is None:
             raise ValueError("a rating needs label True (thumbs up) or False (thumbs down)")
         if kind == "edit" and not (edited or "").strip():
@@ -617,6 +628,9 @@ class FeedbackStore:
     # -- reads ---------------------------------------------------------------------------------
     @_sql("reading")
     def feedback(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every feedback row (of ``kind`` when given) as a dict, oldest first, with ``prompt`` and
+        ``conversation`` decoded from JSON.
+        """
         q = "SELECT * FROM feedback" + (" WHERE kind=:kind" if kind else "") + " ORDER BY id"
         with self._connection() as db:
             rows = db.execute(sa.text(q), {"kind": kind} if kind else {}).mappings().fetchall()
@@ -625,6 +639,7 @@ class FeedbackStore:
 
     @_sql("reading")
     def responses(self) -> list[dict[str, Any]]:
+        """Every served answer as a dict, oldest first, with ``prompt`` decoded from JSON."""
         # Ties of created_at in insertion order (SQLite's rowid; PostgreSQL has none: the id decides).
         order = "created_at, rowid" if self.backend == "sqlite" else "created_at, id"
         with self._connection() as db:
@@ -633,6 +648,7 @@ class FeedbackStore:
 
     @_sql("reading")
     def counts(self) -> dict[str, int]:
+        """``{responses: n, <feedback kind>: n, ...}``."""
         with self._connection() as db:
             out = {"responses": db.execute(sa.text("SELECT COUNT(*) FROM responses")).scalar_one()}
             for kind, n in db.execute(sa.text("SELECT kind, COUNT(*) FROM feedback GROUP BY kind")):

@@ -51,6 +51,10 @@ class UploadError(KeelError):
 
 @dataclass
 class UploadLimits:
+    """Limits of one upload from the chat: size per file (MB, 10**6 bytes), files per upload and the accepted
+    file types.
+    """
+
     max_mb: float = 20.0  # per file, in MB (10**6 bytes)
     max_files: int = 10  # per upload
     types: tuple[str, ...] = SUFFIXES  # file name endings, lower case with the dot
@@ -64,6 +68,7 @@ class UploadResult:
     changed: bool = False  # the index was written
 
     def message(self) -> str:
+        """The result's lines as a Markdown list, for the upload panel."""
         return "\n".join(f"- {line}" for line in self.lines)
 
 
@@ -165,6 +170,7 @@ class AppKnowledgeBase:
         return [self._short(h) for h in self.current.search(*args, **kwargs)]
 
     def search_batch(self, *args, **kwargs):
+        """``Retriever.search_batch`` on the current index, uploaded files' sources shown as ``uploads/NAME``."""
         return [[self._short(h) for h in hits] for hits in self.current.search_batch(*args, **kwargs)]
 
     def _short(self, hit):

@@ -83,20 +83,27 @@ class BrowserSession:
         self.deps = self.config["dependencies"]
 
     def close(self) -> None:
+        """Close the HTTP client."""
         self.http.close()
 
     def id_of(self, elem_id: str) -> int:
+        """The component id of ``elem_id``. Raises AppError when the app has no such component."""
         if elem_id not in self.by_elem:
             raise AppError(f"{self.url}: the app has no component with elem_id {elem_id!r}; is it a Keel app?")
         return self.by_elem[elem_id]
 
     def value(self, elem_id: str) -> Any:
+        """The current value of the component ``elem_id`` in this session."""
         return self.values[self.id_of(elem_id)]
 
     def set_value(self, elem_id: str, value: Any) -> None:
+        """Set the component's value, as a user typing into it would."""
         self.values[self.id_of(elem_id)] = value
 
     def trigger(self, elem_id: str, event: str, event_data: Any = None) -> None:
+        """Run ``event`` on ``elem_id`` and the events chained after it, updating the values. Raises AppError
+        when the component has no such event.
+        """
         target = self.id_of(elem_id)
         deps = [d for d in self.deps if [target, event] in [list(t) for t in d["targets"]]]
         if not deps:
@@ -177,6 +184,7 @@ class BrowserSession:
 
 
 def fetch_config(url: str, http=None) -> dict:
+    """The running app's Gradio ``/config`` (components and events). Raises AppError when it cannot be read."""
     import httpx
 
     try:
@@ -342,6 +350,9 @@ class RewardModelJudge:
 
 
 def make_judge(spec: str, threshold: float = 0.0):
+    """The judge named by ``--judge``: 'verifier' (checks answers against the tasks) or 'rm:PATH' (a reward
+    model; ``threshold`` splits likes from dislikes). Raises DataError otherwise.
+    """
     if spec == "verifier":
         return VerifierJudge()
     if spec.startswith("rm:") and len(spec) > 3:
@@ -451,6 +462,9 @@ def stored_counts(db: str | Path, sessions: list[str]) -> dict:
 
 
 def compare(sent: dict, stored: dict) -> dict:
+    """Compare what the simulated users sent (answers, ratings, likes, edits, regenerates) with what the
+    database stored: ``{match, differences}``.
+    """
     keys = ("answers", "ratings", "likes", "edits", "regenerates")
     return {"match": all(sent[k] == stored[k] for k in keys),
             "differences": {k: {"sent": sent[k], "stored": stored[k]} for k in keys if sent[k] != stored[k]}}
@@ -483,6 +497,9 @@ def run(url: str, tasks: str, users: int, turns: int, judge: str, seed: int = 0,
 
 
 def simulate_main(argv: list[str]) -> int:
+    """``python -m serve simulate``: simulated users chat with a running app and rate, edit and regenerate;
+    returns the exit status.
+    """
     p = argparse.ArgumentParser(prog="python -m serve simulate",
                                 description="Simulated users that chat with a running Keel app over its HTTP API "
                                             "and rate, edit and regenerate answers as a judge decides")

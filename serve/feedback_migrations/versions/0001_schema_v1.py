@@ -19,6 +19,7 @@ TIMESTAMP = sa.Double().with_variant(sa.REAL(), "sqlite")
 
 
 def upgrade() -> None:
+    """Create schema 1: the meta, responses and feedback tables with their indexes."""
     op.create_table("meta", sa.Column("key", sa.Text, primary_key=True), sa.Column("value", sa.Text, nullable=False))
     op.create_table(
         "responses",
@@ -55,4 +56,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Not supported: raises NotImplementedError (restore a backup instead)."""
     raise NotImplementedError("feedback databases are not migrated down; restore a backup")

@@ -15,9 +15,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    """Schema 2: ``responses.turn_id``, which pairs a regenerated answer with the one it replaced."""
     op.add_column("responses", sa.Column("turn_id", sa.Text))
     set_schema_version(op.get_bind(), 2)
 
 
 def downgrade() -> None:
+    """Not supported: raises NotImplementedError (restore a backup instead)."""
     raise NotImplementedError("feedback databases are not migrated down; restore a backup")
