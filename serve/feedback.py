@@ -58,7 +58,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import tempfile
