@@ -23,7 +23,6 @@ new document; a search running meanwhile sees the knowledge base as it was.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from align.errors import KeelError
+from retrieval.index import file_sha256
 from retrieval.loaders import SUFFIXES
 
 MARKER = "app-kb.json"
@@ -74,14 +74,6 @@ class UploadResult:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def copy_index(src: Path, dst: Path) -> None:
@@ -301,10 +293,10 @@ class AppKnowledgeBase:
         from retrieval.errors import RetrievalError
 
         target = self.uploads / name
-        digest = _sha256(received)
+        digest = file_sha256(received)
         for other in sorted(self.uploads.iterdir()):
             if other.name != name and other.is_file() and not other.name.startswith(".") \
-                    and str(other) in writer.store.file_hashes() and _sha256(other) == digest:
+                    and str(other) in writer.store.file_hashes() and file_sha256(other) == digest:
                 return f"{name}: duplicate of {other.name}, already in the knowledge base; not added again"
         incoming = self.uploads / f".incoming-{uuid.uuid4().hex[:8]}-{name}"
         previous = self.uploads / f".previous-{uuid.uuid4().hex[:8]}-{name}"
