@@ -149,6 +149,8 @@ def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) 
     from align.generate import encode_chats, generation_kwargs
     from align.models import load_policy
 
+    if n <= 0:
+        return []
     tasks = plain_tasks(n, seed, split="train")
     model, tok, _ = load_policy(model_ref)
     rows = []
@@ -273,10 +275,35 @@ def multi_turn_rows(rows: list[dict], n: int, seed: int) -> list[dict]:
     return out
 
 
+def replay_rows(path: Path, n: int, seed: int) -> list[dict]:
+    """``n`` rows of an earlier mix file whose completion calls no tool, drawn with ``seed``."""
+    from align.errors import DataError
+
+    no_tool = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                text = row["completion"][0]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise DataError(f"{path}:{line_no}: not a prompt-completion row of a mix") from None
+            if not re.search(r"^\s*Action\s*:", text, re.M):
+                no_tool.append({"prompt": row["prompt"], "completion": row["completion"], "kind": "replay"})
+    if len(no_tool) < n:
+        raise DataError(f"{path}: {len(no_tool)} rows answered without a tool, {n} asked for (--n-replay)")
+    return random.Random(f"replay-{seed}").sample(no_tool, n)
+
+
 def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 150, n_kb: int | None = None,
               n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, n_tool_error: int = 200,
-              n_multi_turn: int = 500, model: str = "smollm2-135m", retriever=None) -> dict:
-    """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256."""
+              n_multi_turn: int = 500, model: str = "smollm2-135m", retriever=None,
+              replay: Path | None = None, n_replay: int = 0) -> dict:
+    """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256.
+
+    ``replay``/``n_replay``: also take ``n_replay`` rows answered without a tool (plain requests,
+    harmless replies, refusals) from an earlier mix, seeded, so that a run continuing an adapter on
+    new rows keeps those answers without generating plain replies again. Raises DataError naming the
+    file when it has fewer such rows."""
     if retriever is None:
         from retrieval.default_kb import open_default_index
 
@@ -288,6 +315,8 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 1
             + harmless_rows(system, n_harmless, seed) + refusal_rows(system, n_refusal, seed)
             + tool_error_rows(system, tools, n_tool_error, seed) + plain_rows(system, n_plain, seed, model))
     rows += multi_turn_rows(rows, n_multi_turn, seed)
+    if replay is not None and n_replay > 0:
+        rows += replay_rows(Path(replay), n_replay, seed)
     random.Random(seed).shuffle(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--n-tool-error", type=int, default=200, help="calculator mistakes, then a corrected call")
     m.add_argument("--n-multi-turn", type=int, default=500, help="rows asked after earlier exchanges")
     m.add_argument("--model", default="smollm2-135m", help="writes the plain replies (self-distillation)")
+    m.add_argument("--replay", help="an earlier mix (JSONL) to take answers without a tool from")
+    m.add_argument("--n-replay", type=int, default=0, help="rows taken from --replay")
     sh = sub.add_parser("ship", help="copy a LoRA run's adapter into models/keel-agent (fp16 weights, manifest)")
     sh.add_argument("run", help="run folder of configs/agent-sft.yaml (runs/agent-sft)")
     sh.add_argument("--dest", default=str(Path(__file__).resolve().parent.parent / "models" / "keel-agent"))
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(build_mix(Path(a.out), seed=a.seed, n_arith=a.n_arith, n_gsm8k=a.n_gsm8k, n_kb=a.n_kb,
                                        n_plain=a.n_plain, n_harmless=a.n_harmless,
                                        n_refusal=a.n_refusal, n_tool_error=a.n_tool_error,
-                                       n_multi_turn=a.n_multi_turn, model=a.model), indent=2))
+                                       n_multi_turn=a.n_multi_turn, model=a.model,
+                                       replay=a.replay, n_replay=a.n_replay), indent=2))
         elif a.cmd == "make-data":
             from agents.trajectories import convert_file
 

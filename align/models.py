@@ -209,7 +209,7 @@ def _from_pretrained(cls, source: ModelSource, **kwargs):
         ) from None
 
 
-def _load(cls, ref, device, dtype, merge_adapters, **kwargs):
+def _load(cls, ref, device, dtype, merge_adapters, trainable_adapters=False, **kwargs):
     source = ref if isinstance(ref, ModelSource) else resolve_model(ref)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
@@ -218,7 +218,7 @@ def _load(cls, ref, device, dtype, merge_adapters, **kwargs):
 
         base = _from_pretrained(cls, source.base, dtype=torch_dtype, **kwargs)
         try:
-            model = PeftModel.from_pretrained(base, source.path)
+            model = PeftModel.from_pretrained(base, source.path, is_trainable=trainable_adapters and not merge_adapters)
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"cannot load adapters from {source.path}: {e}") from None
         if merge_adapters:
@@ -235,11 +235,14 @@ def _load(cls, ref, device, dtype, merge_adapters, **kwargs):
 
 
 def load_policy(ref: str | ModelSource, device: str | None = None, dtype: str | torch.dtype | None = "auto",
-                merge_adapters: bool = True, padding_side: str = "left"):
-    """A causal LM and its tokenizer, in eval mode, on the chosen device. Returns (model, tokenizer, source)."""
+                merge_adapters: bool = True, padding_side: str = "left", trainable_adapters: bool = False):
+    """A causal LM and its tokenizer, in eval mode, on the chosen device. Returns (model, tokenizer, source).
+
+    A LoRA adapter reference is merged into its base unless ``merge_adapters`` is False; then the
+    model is a ``peft.PeftModel`` whose adapter weights train when ``trainable_adapters`` is True."""
     from transformers import AutoModelForCausalLM
 
-    model, source = _load(AutoModelForCausalLM, ref, device, dtype, merge_adapters)
+    model, source = _load(AutoModelForCausalLM, ref, device, dtype, merge_adapters, trainable_adapters)
     tok = load_tokenizer(source, padding_side=padding_side)
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None:

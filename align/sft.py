@@ -1,18 +1,22 @@
 """Stage 1, supervised fine-tuning, on TRL's SFTTrainer (full or LoRA).
 
+Started from a LoRA adapter with ``lora.enabled``, SFT continues that adapter on its base (the
+saved adapter records the same base and the adapter as parent).
+
 Data: prompt-completion or messages rows (GSM8K worked solutions, the chosen side of preference
 pairs, Constitutional-AI revisions, any TRL file). With prompt-completion rows the loss covers the
 completion only.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
 
 from align.config import TRLStageConfig
 from align.data import load_data
-from align.models import load_policy, training_dtype  # training_dtype: also its old import path
+from align.models import load_policy, resolve_model, training_dtype  # training_dtype: also its old import path
 from align.training import build_trainer_config, make_trainer, prepare_run_dir, train_and_save, trainer_arguments
 
 
@@ -37,8 +41,17 @@ def run_sft(cfg: SFTStageConfig, resume: bool = False) -> Path:
     set_seed(cfg.seed)
     data = load_data(cfg.data, accept=("prompt_completion", "messages", "text"),
                      reshape_map={"preference": "prompt_completion"})
-    model, tokenizer, source = load_policy(cfg.model, device="cpu", dtype=training_dtype(cfg.dtype),
-                                           padding_side="right")
+    source = resolve_model(cfg.model)
+    # LoRA from a LoRA adapter (e.g. keel-agent): train that adapter further, on its own base, rather
+    # than merging it and stacking new adapters; its rank, alpha and target modules are kept.
+    continues = cfg.lora.enabled and source.kind == "adapter"
+    model, tokenizer, source = load_policy(source, device="cpu", dtype=training_dtype(cfg.dtype),
+                                           padding_side="right", merge_adapters=not continues,
+                                           trainable_adapters=continues)
+    if continues:
+        model.keel_adapter_source = source.path
+        print(f"[keel] sft continues the LoRA adapter {source.ref} (its r/alpha/targets; lora.r etc. unused)",
+              file=sys.stderr)
     model.train()
     args = build_trainer_config(
         SFTConfig,

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from align.checkpoint import save_checkpoint
 from align.config import StageConfig, TrainingSettings
-from align.errors import KeelError
+from align.errors import ConfigError, KeelError
 from align.models import ModelSource
 
 METRICS_FILE = "metrics.jsonl"
@@ -445,7 +445,16 @@ def metrics_callbacks(cfg: StageConfig) -> list:
 
 def train_and_save(trainer, cfg, last: Path | None, tokenizer, source: ModelSource, data_fingerprints: list[dict],
                    has_eval: bool, model_kind: str = "policy", extra_metrics: dict[str, Any] | None = None) -> Path:
-    """Train (resuming from ``last`` if given), collect the final metrics, write the Keel checkpoint."""
+    """Train (resuming from ``last`` if given), collect the final metrics, write the Keel checkpoint.
+
+    Raises ConfigError before training when the start model is a LoRA adapter that was merged into its
+    base and the new LoRA adapters would be saved unmerged: they would be recorded on the adapter's
+    base and load without the start adapter's training (only SFT continues an adapter in place)."""
+    if (source.kind == "adapter" and cfg.lora.enabled and not cfg.lora.merge_on_save
+            and not _continues(trainer.accelerator.unwrap_model(trainer.model), source)):
+        raise ConfigError(f"lora.merge_on_save: false cannot be used when model ({source.ref}) is a LoRA adapter in "
+                          f"the {cfg.stage} stage: its new adapters would sit on the merged start model; set "
+                          "lora.merge_on_save: true (or start SFT from the adapter, which continues it)")
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     metrics = final_metrics(trainer, result, has_eval=has_eval)
     metrics.update(extra_metrics or {})
@@ -453,8 +462,15 @@ def train_and_save(trainer, cfg, last: Path | None, tokenizer, source: ModelSour
                             merge_lora=cfg.lora.merge_on_save)
 
 
+def _continues(model, source: ModelSource) -> bool:
+    """True when ``model`` is the PEFT model loaded from the adapter ``source`` (trained in place)."""
+    return _is_peft(model) and getattr(model, "keel_adapter_source", None) == source.path
+
+
 def make_trainer(trainer_cls, cfg, model, args, train, evaluation, tokenizer, peft_task: str = "CAUSAL_LM", **extra):
-    """A TRL trainer with what every Keel stage passes: data splits, tokenizer, LoRA, metrics.jsonl."""
+    """A TRL trainer with what every Keel stage passes: data splits, tokenizer, LoRA, metrics.jsonl.
+    A model that already is a PEFT model (an adapter being continued) gets no new LoRA config."""
+    new_lora = cfg.lora.enabled and not _is_peft(model)
     return trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                       processing_class=tokenizer, peft_config=cfg.lora.to_peft(peft_task) if cfg.lora.enabled else None,
+                       processing_class=tokenizer, peft_config=cfg.lora.to_peft(peft_task) if new_lora else None,
                        callbacks=metrics_callbacks(cfg), **extra)

@@ -160,3 +160,18 @@ def test_retrain_sizes_the_run_to_the_data_uses_lora_on_cpu_and_says_what_it_wil
     finally:
         align.kto.run_kto = original
     assert seen["cfg"].training.max_steps == 3 and not seen["cfg"].lora.enabled
+
+
+def test_unmerged_lora_on_top_of_a_lora_adapter_is_refused_before_training(tmp_path, tiny_model_dir):
+    from align.errors import ConfigError
+    from align.sft import SFTStageConfig, run_sft
+
+    lora = ["--lora.enabled", "true", "--lora.merge_on_save", "false"]
+    adapter = run_sft(load_config(SFTStageConfig, REPO / "configs" / "sft.yaml", [
+        "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "sft"), "--data.path", str(HH), *COMMON,
+        "--training.max_steps", "1", "--training.save_steps", "1", "--training.eval_steps", "1", *lora]))
+    cfg = load_config(DPOStageConfig, REPO / "configs" / "dpo.yaml",
+                      ["--model", str(adapter), "--output_dir", str(tmp_path / "dpo"), "--data.path", str(HH), *COMMON, *lora])
+    with pytest.raises(ConfigError, match="lora.merge_on_save"):
+        run_dpo(cfg)
+    assert not list((tmp_path / "dpo").glob("checkpoint-*"))

@@ -115,3 +115,34 @@ def test_resume_skips_an_incomplete_checkpoint_and_says_so(tmp_path, tiny_model_
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     assert steps == list(range(1, 13))
     assert json.loads((out / "keel.json").read_text())["metrics"]["global_step"] == 12
+
+
+def _adapter_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_lora_sft_from_a_lora_adapter_continues_that_adapter_on_its_base(tmp_path, tiny_model_dir, gsm8k_small):
+    lora = ["--lora.enabled", "true", "--lora.merge_on_save", "false", "--lora.r", "4", "--training.max_steps", "2",
+            "--training.save_steps", "2", "--training.eval_steps", "2"]
+    first = run_sft(_cfg(tiny_model_dir, gsm8k_small, tmp_path / "a", *lora))
+    assert (first / "adapter_config.json").is_file()
+    # A negligible learning rate: the continued adapter must be the first one, not a fresh one stacked on it
+    # (before, the start adapter was merged, new zero-initialised adapters trained on top and saved as if on
+    # the bare base, so they loaded without the first adapter's training).
+    second = run_sft(_cfg(first, gsm8k_small, tmp_path / "b", *lora, "--lora.r", "8",
+                          "--training.learning_rate", "1e-12"))
+    config = json.loads((second / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
+    manifest = json.loads((second / "keel.json").read_text())
+    assert manifest["base_model"] == str(tiny_model_dir) and manifest["parents"] == [str(first)]
+    w1, w2 = _adapter_weights(first), _adapter_weights(second)
+    assert w1.keys() == w2.keys()
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+    assert torch.allclose(_logits(second), _logits(first), atol=1e-5)
+    assert not torch.allclose(_logits(second), _logits(tiny_model_dir), atol=1e-3)
+    # A real learning rate moves the same adapter's weights.
+    third = run_sft(_cfg(first, gsm8k_small, tmp_path / "c", *lora))
+    w3 = _adapter_weights(third)
+    assert w3.keys() == w1.keys() and not all(torch.allclose(w1[k], w3[k], atol=1e-6) for k in w1)
