@@ -365,7 +365,7 @@ class PPOTrainer:
         from align.models import load_policy, load_value_model
         from align.rewards import load_reward
 
-        from align.training import trackers
+        from align.training import check_adapter_start, trackers
 
         self.cfg = cfg
         t = cfg.training
@@ -376,6 +376,7 @@ class PPOTrainer:
                                               log_with=self.trackers or None, project_dir=cfg.output_dir)
         dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
         policy, self.tokenizer, self.source = load_policy(cfg.model, device="cpu", dtype=dtype)
+        check_adapter_start(cfg, self.source, policy)
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             raise ConfigError(f"{cfg.model}: pad token equals EOS; PPO needs a distinct pad token to find response ends")
         self.eos_id = self.tokenizer.eos_token_id

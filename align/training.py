@@ -446,15 +446,8 @@ def metrics_callbacks(cfg: StageConfig) -> list:
 def train_and_save(trainer, cfg, last: Path | None, tokenizer, source: ModelSource, data_fingerprints: list[dict],
                    has_eval: bool, model_kind: str = "policy", extra_metrics: dict[str, Any] | None = None) -> Path:
     """Train (resuming from ``last`` if given), collect the final metrics, write the Keel checkpoint.
-
-    Raises ConfigError before training when the start model is a LoRA adapter that was merged into its
-    base and the new LoRA adapters would be saved unmerged: they would be recorded on the adapter's
-    base and load without the start adapter's training (only SFT continues an adapter in place)."""
-    if (source.kind == "adapter" and cfg.lora.enabled and not cfg.lora.merge_on_save
-            and not _continues(trainer.accelerator.unwrap_model(trainer.model), source)):
-        raise ConfigError(f"lora.merge_on_save: false cannot be used when model ({source.ref}) is a LoRA adapter in "
-                          f"the {cfg.stage} stage: its new adapters would sit on the merged start model; set "
-                          "lora.merge_on_save: true (or start SFT from the adapter, which continues it)")
+    Raises ConfigError before training as ``check_adapter_start`` says."""
+    check_adapter_start(cfg, source, trainer.accelerator.unwrap_model(trainer.model))
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     metrics = final_metrics(trainer, result, has_eval=has_eval)
     metrics.update(extra_metrics or {})
@@ -465,6 +458,17 @@ def train_and_save(trainer, cfg, last: Path | None, tokenizer, source: ModelSour
 def _continues(model, source: ModelSource) -> bool:
     """True when ``model`` is the PEFT model loaded from the adapter ``source`` (trained in place)."""
     return _is_peft(model) and getattr(model, "keel_adapter_source", None) == source.path
+
+
+def check_adapter_start(cfg, source: ModelSource, model) -> None:
+    """Raise ConfigError when the start model ``source`` is a LoRA adapter merged into its base and the
+    run would save new LoRA adapters unmerged: they would be recorded on the adapter's base and load
+    without the start adapter's training. (SFT continues a start adapter in place instead.)"""
+    if (source.kind == "adapter" and cfg.lora.enabled and not cfg.lora.merge_on_save
+            and not _continues(model, source)):
+        raise ConfigError(f"lora.merge_on_save: false cannot be used when model ({source.ref}) is a LoRA adapter in "
+                          f"the {cfg.stage} stage: its new adapters would sit on the merged start model; set "
+                          "lora.merge_on_save: true (or start SFT from the adapter, which continues it)")
 
 
 def make_trainer(trainer_cls, cfg, model, args, train, evaluation, tokenizer, peft_task: str = "CAUSAL_LM", **extra):

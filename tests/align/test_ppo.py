@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from align.config import load_config
+from align.models import load_policy
 from align.ppo import (AdaptiveKLController, PPOStageConfig, PPOTrainer, gae, masked_whiten, policy_loss,
                        position_ids, response_mask, run_ppo, shaped_rewards, value_loss)
 from align.training import read_metrics
@@ -242,3 +243,19 @@ def test_ppo_resume_never_unpickles_objects(tmp_path, tiny_model_dir, monkeypatc
         run_ppo(_cfg(tiny_model_dir, data, run, "tests.align.test_ppo:the_word_reward", "--updates", "4"),
                 resume=True)
     assert not mark.exists()
+
+
+def test_ppo_refuses_unmerged_lora_on_top_of_a_lora_adapter(tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from align.checkpoint import save_checkpoint
+    from align.errors import ConfigError
+
+    model, tok, _ = load_policy(str(tiny_model_dir))
+    adapter = save_checkpoint(get_peft_model(model, LoraConfig(r=2, target_modules="all-linear")), tok,
+                              tmp_path / "adapter", stage="sft", base_model=str(tiny_model_dir), merge_lora=False)
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    cfg = _cfg(adapter, data, tmp_path / "ppo", "tests.align.test_ppo:the_word_reward",
+               "--lora.enabled", "true", "--lora.merge_on_save", "false")
+    with pytest.raises(ConfigError, match="lora.merge_on_save"):
+        PPOTrainer(cfg)
