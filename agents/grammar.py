@@ -11,7 +11,9 @@ Each agent step is decoded under a context-free grammar built from the registere
     tool calls whose JSON is ``{"name": <a registered tool>, "arguments": <its schema>}``.
 
 The argument schemas are the tools' pydantic schemas, so a wrong tool name, a missing or extra
-argument or a value of the wrong type has probability zero. Grammars are written in llguidance's
+argument or a value of the wrong type has probability zero. Likewise for citations: an answer's
+``(source: NAME)`` can only name a source that a search observation of the same episode listed
+(no ``(source:`` at all before a search), so an invented source cannot be written. Grammars are written in llguidance's
 Lark dialect and enforced token by token by ``GrammarLogitsProcessor`` (a transformers
 ``LogitsProcessor``); the same grammar text is what an OpenAI-compatible server with llguidance
 structured outputs takes. Why llguidance rather than xgrammar, outlines or lm-format-enforcer:
@@ -67,15 +69,29 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
-def react_grammar(tools: ToolRegistry | list[Tool]) -> str:
-    """The Lark grammar of one text-ReAct step, continuing after ``Thought:``."""
+def _citation_terminals(sources: list[str] | None) -> list[str]:
+    """``MISCITED``: any text with a ``(source:`` not followed by one of ``sources`` and ``)``.
+    ``None``: no rule (every citation allowed)."""
+    if sources is None:
+        return []
+    if not sources:
+        return [r"MISCITED: /(?s:.*)\(source:(?s:.*)/"]
+    alternatives = " | ".join(_lit(s) for s in dict.fromkeys(sources))
+    return [r"MISCITED: /(?s:.*)\(source:/ ~CITED",
+            f"CITED: / ?/ ({alternatives}) /\\)(?s:.*)/"]
+
+
+def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None) -> str:
+    """The Lark grammar of one text-ReAct step, continuing after ``Thought:``. ``sources``: the sources
+    the episode's searches returned so far; the answer may cite only these (``None``: no rule)."""
     tools = list(tools)
+    cite = _citation_terminals(sources)
     lines = ["%llguidance {}",
              'start: THOUGHT "\\n" step',
              f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/",
              'step: "Final Answer:" ANSWER' + (' | "Action:" " "? call' if tools else ""),
              # An answer has at least one visible character and runs to the end of the message.
-             r"ANSWER: /\s*[^\s](?s:.*)/"]
+             r"ANSWER: /\s*[^\s](?s:.*)/" + (" & ~MISCITED" if cite else ""), *cite]
     if tools:
         lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
         for i, tool in enumerate(tools):
@@ -84,11 +100,13 @@ def react_grammar(tools: ToolRegistry | list[Tool]) -> str:
     return "\n".join(lines)
 
 
-def native_grammar(tools: ToolRegistry | list[Tool]) -> str:
-    """The Lark grammar of a native (Hermes ``<tool_call>``) reply: plain text, or text then calls."""
+def native_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None) -> str:
+    """The Lark grammar of a native (Hermes ``<tool_call>``) reply: plain text, or text then calls.
+    ``sources``: as in ``react_grammar``, for the plain-text answer."""
     tools = list(tools)
+    cite = _citation_terminals(sources)
     if not tools:
-        return "%llguidance {}\nstart: TEXT\nTEXT: /(?s:.+)/"
+        return "\n".join(["%llguidance {}", "start: TEXT", "TEXT: /(?s:.+)/" + (" & ~MISCITED" if cite else ""), *cite])
     call_schema = {"anyOf": [{
         "type": "object",
         "properties": {"name": {"const": t.name}, "arguments": _json_schema(t)},
@@ -99,10 +117,11 @@ def native_grammar(tools: ToolRegistry | list[Tool]) -> str:
         "%llguidance {}",
         "start: TEXT | call+",
         # Plain text never contains "<tool_call>"; a call's header is the (lazy) text up to it.
-        r"TEXT: /(?s:.+)/ & ~/(?s:.*)<tool_call>(?s:.*)/",
+        r"TEXT: /(?s:.+)/ & ~/(?s:.*)<tool_call>(?s:.*)/" + (" & ~MISCITED" if cite else ""),
         r'call: call_head "\n"? body "\n"? "</tool_call>" "\n"?',
         r"call_head[lazy]: /(?s:.*)<tool_call>/",
         f"body: %json {json.dumps(call_schema)}",
+        *cite,
     ])
 
 

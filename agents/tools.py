@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable
@@ -43,10 +44,14 @@ class Tool:
     ValueError when ``name`` is not an identifier.
     """
 
-    def __init__(self, name: str, description: str, args_schema: type[BaseModel], fn: Callable[..., Any]):
+    def __init__(self, name: str, description: str, args_schema: type[BaseModel], fn: Callable[..., Any],
+                 sources_of: Callable[[str], list[str]] | None = None):
         if not name.isidentifier():
             raise ValueError(f"tool name {name!r} must be an identifier")
         self.name, self.description, self.args_schema, self.fn = name, description.strip(), args_schema, fn
+        # For a retrieval tool: the citable sources in one of its observations. With such a tool
+        # registered, constrained decoding lets an answer cite only sources it returned.
+        self.sources_of = sources_of
 
     def json_schema(self) -> dict:
         """OpenAI-style function schema, as chat templates with tool support expect."""
@@ -196,6 +201,16 @@ class SearchArgs(BaseModel):
     k: int = Field(3, ge=1, le=10, description="number of passages")
 
 
+# One passage line of the search tool's observation: "[1] (SOURCE § heading) text".
+PASSAGE_LINE = re.compile(r"^\[\d+\] \((.*?)(?: § [^)]*)?\) ", re.M)
+
+
+def passage_sources(observation: str) -> list[str]:
+    """The sources the search tool's observation text lists, in order, each once (a source may have
+    several passages). These are the only sources an answer may cite under constrained decoding."""
+    return list(dict.fromkeys(PASSAGE_LINE.findall(observation)))
+
+
 def search_tool(retriever, max_chars: int = 300) -> Tool:
     """Passages from a ``retrieval.Retriever``, each with its source, for the model to cite."""
     def run(query: str, k: int = 3) -> str:
@@ -209,7 +224,8 @@ def search_tool(retriever, max_chars: int = 300) -> Tool:
             parts.append(f"[{i}] ({where}) {text}")
         return "\n".join(parts)
 
-    return Tool("search", "Search the knowledge base (documentation, Python reference) for passages.", SearchArgs, run)
+    return Tool("search", "Search the knowledge base (documentation, Python reference) for passages.", SearchArgs, run,
+                sources_of=passage_sources)
 
 
 def default_tools(retriever=None) -> ToolRegistry:

@@ -196,3 +196,76 @@ def test_enum_and_nested_argument_schemas_compile_in_both_formats(tiny):
     assert accepts(native_grammar(tools), f'<tool_call>\n{{"name": "paint", "arguments": {good}}}\n</tool_call>')
     assert not accepts(native_grammar(tools), f'<tool_call>\n{{"name": "paint", "arguments": {bad}}}\n</tool_call>')
     assert accepts(react_grammar(tools), " t\nFinal Answer:\n```python\nx = 1\n```")
+
+
+def _accepts(grammar: str, tok, text: str) -> bool:
+    """Whether ``grammar`` accepts ``text`` as a whole step (tokenized as the model would write it)."""
+    import llguidance
+
+    from agents.grammar import _ll_tokenizer
+
+    matcher = llguidance.LLMatcher(_ll_tokenizer(tok), grammar, log_level=0)
+    assert not matcher.is_error(), matcher.get_error()
+    consumed = all(matcher.consume_token(t) for t in tok.encode(text, add_special_tokens=False))
+    return consumed and not matcher.is_error() and matcher.is_accepting()
+
+
+CITING = [" x\nFinal Answer: It is module-level. (source: python-docs:global)",
+          " x\nFinal Answer: See (source: python-docs:global) and (source: notes/café menu.md).",
+          " x\nFinal Answer: Use the return statement:\n```python\ndef f():\n    return (1, 2)\n```"]
+MISCITING = [" x\nFinal Answer: It is module-level. (source: python-docs:globals)",
+             " x\nFinal Answer: The relay resets. (source: thequillfeatherrelayreset)",
+             " x\nFinal Answer: See (source: python-docs:global) and (source:python-docs:nonlocal)."]
+
+
+@pytest.mark.parametrize("make", [react_grammar, native_grammar])
+def test_an_answer_can_cite_only_the_sources_the_episode_retrieved(tiny, make):
+    _, tok = tiny
+    tools = default_tools()
+    sources = ["python-docs:global", "notes/café menu.md"]
+    strip = (lambda t: t) if make is react_grammar else (lambda t: t.split("Final Answer: ", 1)[1])
+    for text in CITING:
+        assert _accepts(make(tools, sources), tok, strip(text)), text
+    for text in MISCITING:
+        assert not _accepts(make(tools, sources), tok, strip(text)), text
+        assert _accepts(make(tools), tok, strip(text)), text  # no rule without sources given
+    # Before any search: no citation at all; an answer without one is fine.
+    assert not _accepts(make(tools, []), tok, strip(CITING[0]))
+    assert _accepts(make(tools, []), tok, strip(CITING[2]))
+
+
+def test_the_agent_constrains_citations_to_what_its_search_returned(tiny):
+    from agents.agent import Generation
+    from agents.tools import search_tool
+    from retrieval.retriever import Hit
+
+    class Retriever:
+        def search(self, query, k=3):
+            return [Hit(1, 0.9, "The global statement declares names.", "python-docs:global", "global",
+                        "The global statement", 0, 10),
+                    Hit(2, 0.8, "Names refer to objects.", "python-docs:naming", "naming", "", 0, 10)]
+
+    grammars = []
+    steps = iter([' I search.\nAction: search\nAction Input: {"query": "global"}',
+                  " Passage 1.\nFinal Answer: It declares names. (source: python-docs:global)"])
+
+    class Scripted:
+        supports_grammar = True
+
+        def generate(self, messages, **kwargs):
+            grammars.append(kwargs["grammar"])
+            return Generation(next(steps), 10)
+
+    tools = ToolRegistry([search_tool(Retriever()), calculator_tool()])
+    trace = ReActAgent(Scripted(), tools, max_steps=3, constrained=True).run("What does global do?")
+    assert trace.answer.endswith("(source: python-docs:global)")
+    _, tok = tiny
+    first, second = grammars
+    assert first == react_grammar(tools, []) and second == react_grammar(tools, ["python-docs:global", "python-docs:naming"])
+    assert not _accepts(first, tok, CITING[0]) and _accepts(second, tok, CITING[0])
+    assert not _accepts(second, tok, MISCITING[0])
+    # Tools that return no sources: no citation rule (a user's own tools are not constrained).
+    grammars.clear()
+    steps = iter([" Done.\nFinal Answer: 4 (source: my head)"])
+    ReActAgent(Scripted(), ToolRegistry([calculator_tool()]), max_steps=1, constrained=True).run("2+2?")
+    assert grammars == [react_grammar(ToolRegistry([calculator_tool()]))]
