@@ -4,7 +4,7 @@ import json
 import pytest
 
 from agents.agent import react_system_prompt
-from agents.agent_data import arith_rows, harmless_rows, multi_turn_rows, refusal_rows, tool_error_rows
+from agents.agent_data import arith_rows, harmless_rows, multi_turn_rows, refusal_rows, replay_rows, tool_error_rows
 from agents.calculator import calculate, format_number
 from agents.parsing import parse_react
 from agents.tasks import (ARITH_TEMPLATES, arith_word_tasks, declines, followup_tasks, harmful_tasks, kb_tasks,
@@ -114,6 +114,23 @@ def test_multi_turn_rows_answer_the_last_question_after_earlier_exchanges():
             earlier = parse_react(by_question[user["content"]]["completion"][0]["content"].split("\n", 4)[-1])
             assert answer["content"] == earlier.final_answer
             assert user["content"] != prompt[-1]["content"]
+
+
+def test_replay_rows_take_only_answers_without_a_tool_and_name_a_bad_line(tmp_path):
+    from align.errors import DataError
+
+    system = react_system_prompt(default_tools())
+    rows = arith_rows(system, 6, seed=0) + refusal_rows(system, 6, seed=0)
+    mix = tmp_path / "mix.jsonl"
+    mix.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n" for r in rows))
+    taken = replay_rows(mix, 4, seed=1)
+    assert len(taken) == 4 and all("Action:" not in r["completion"][0]["content"] for r in taken)
+    assert taken == replay_rows(mix, 4, seed=1) and all(r["kind"] == "replay" for r in taken)
+    with pytest.raises(DataError, match="6 rows answered without a tool, 7 asked"):
+        replay_rows(mix, 7, seed=1)
+    mix.write_text(mix.read_text() + "not json\n")
+    with pytest.raises(DataError, match=r"mix.jsonl:13"):
+        replay_rows(mix, 2, seed=1)
 
 
 def test_followup_tasks_ask_a_new_problem_after_an_answered_one():
