@@ -17,8 +17,8 @@ Written here rather than taken from TRL: TRL's colocated vLLM (GRPO's ``vllm_mod
 lives in private methods of its trainers, not in an API another trainer can call. The facts it
 rests on are vLLM's: ``LLM(enable_sleep_mode=True)``, ``sleep``/``wake_up``, ``reset_prefix_cache``,
 and the model's ``load_weights(iterable of (HF name, tensor))``, reached through
-the worker's ``reload_weights`` (vLLM 0.3x, layer-wise reload) or, on older versions, the
-model's ``load_weights`` through ``LLM.apply_model``; both need the engine core in this process
+``LLM.apply_model`` (in place; on CUDA) or the worker's ``reload_weights`` (vLLM 0.3x's
+layer-wise reload; on vLLM's CPU backend); both need the engine core in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, which the engine sets) so that tensors pass by reference.
 """
 from __future__ import annotations
@@ -55,6 +55,10 @@ class VLLMRolloutSettings(Strict):
     max_model_len: int | None = Field(None, ge=16, description="tokens per sequence; default "
                                       "rollout.max_prompt_length + rollout.max_new_tokens")
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower sampling)")
+    weight_sync: Literal["auto", "in_place", "reload"] = Field(
+        "auto", description="how the policy's weights enter the engine: in_place (the model's load_weights, "
+        "TRL's route), reload (vLLM's layer-wise reload_weights, needed on vLLM's CPU backend); auto: "
+        "in_place on CUDA, reload on a CPU")
 
 
 def vllm_installed() -> bool:
@@ -197,6 +201,9 @@ class VLLMRolloutEngine:
         if distributed:
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(**kwargs)
+        self.weight_sync = settings.weight_sync
+        if self.weight_sync == "auto":
+            self.weight_sync = "in_place" if self.cuda or not _has_reload() else "reload"
         self.tied_head = all(self.llm.apply_model(_lm_head_is_tied))
         self.eos_id, self.pad_id = eos_id, pad_id
         self.sleeps = self.cuda and settings.sleep
@@ -205,18 +212,18 @@ class VLLMRolloutEngine:
 
     # -- weights ---------------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy (HF name, tensor) pairs into the engine's model and drop the prefix cache, whose KV
-        entries were computed with the old weights. vLLM 0.3x: the worker's ``reload_weights``
-        (layer-wise reload: the model's ``load_weights`` maps the names onto vLLM's fused layers,
-        then each layer's post-load processing runs again, which a plain ``load_weights`` after
-        start-up skips; on the CPU backend that processing replaces the parameters). Older vLLM,
-        without that module: the model's ``load_weights`` through ``LLM.apply_model``."""
-        try:
-            import vllm.model_executor.model_loader.reload.inplace  # noqa: F401
-            reload = True
-        except ImportError:
-            reload = False
-        if reload:
+        """Copy (HF name, tensor) pairs into the engine's model (the model's ``load_weights`` maps
+        HF names onto vLLM's fused qkv / gate-up layers) and drop the prefix cache, whose KV
+        entries were computed with the old weights. ``self.weight_sync``:
+
+        - ``in_place``: the model's ``load_weights`` through ``LLM.apply_model``, each weight
+          copied into the existing parameter (TRL's colocate route). On CUDA the tensors stay in
+          vLLM's sleep-mode pool, so ``sleep`` keeps offloading them. It fails on vLLM's CPU
+          backend, whose post-load processing replaced the linear layers' parameters.
+        - ``reload``: vLLM 0.3x's ``reload_weights`` on the worker (layer-wise reload: load, then
+          each layer's post-load processing again), which the CPU backend needs. Its tied output
+          layer keeps the old tensor (vLLM's documented limitation), so it is tied again here."""
+        if self.weight_sync == "reload":
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
             if self.tied_head:
                 self.llm.apply_model(_retie_lm_head)
@@ -278,6 +285,11 @@ class VLLMRolloutEngine:
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, self.pad_id))
         device = ids.device
         return Samples(ids, attention.long(), responses.to(device), mask.to(device), None)
+
+
+def _has_reload() -> bool:
+    """Whether this vLLM has the layer-wise ``reload_weights`` (0.3x)."""
+    return importlib.util.find_spec("vllm.model_executor.model_loader.reload") is not None
 
 
 def _heads(model):
