@@ -101,7 +101,8 @@ class Samples:
     prompt_mask: torch.Tensor     # (B, P) long, 0 on the left pads
     responses: torch.Tensor       # (B, T) long, pad_token_id after each response's end
     mask: torch.Tensor            # (B, T) long, 1 on response tokens (up to and including EOS)
-    logprobs: torch.Tensor        # (B, T) float32, log pi(y_t) at the sampling temperature, 0 off the mask
+    logprobs: torch.Tensor | None  # (B, T) float32, log pi(y_t) at the sampling temperature, 0 off the
+                                  # mask; None from an engine whose log-probs are not pi's (vLLM)
 
     @property
     def input_ids(self) -> torch.Tensor:

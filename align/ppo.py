@@ -17,6 +17,9 @@ For each batch of B prompts x (T: the longest response in the batch, in tokens):
 1. Rollout. y ~ pi_theta(.|x) at the rollout temperature, untruncated (top_k=0), stopping at
    EOS; the sampling logits give log pi_theta_old(y_t) for free (no second forward pass).
    Sampling and log-probs are ``align.logprobs``, shared with the monitor and evaluation.
+   ``rollout.engine`` (``align.rollout``) picks what samples: transformers' ``generate`` on the
+   policy, or a colocated vLLM engine that receives the policy's weights after each update;
+   vLLM's log-probs are not used, log pi_theta_old(y_t) is recomputed in the pass of step 3.
 2. Evaluation. log pi_ref(y_t) from the reference; the score s = r_phi(x, y); the per-token KL
    estimate kl_t (nats per token), k1 = log pi_theta_old(y_t) - log pi_ref(y_t) or k3 (Schulman,
    "Approximating KL divergence"; ``kl.estimator``); the shaped reward
@@ -64,14 +67,15 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from align.config import DataConfig, LoraSettings, ReportTo, StageConfig, Strict
 from align.data import load_data
 from align.errors import CheckpointError, ConfigError, KeelError
 from align.logprobs import (entropy_from_logits, kl_estimate, position_ids, response_forward, response_logits,
-                            response_logprobs, response_mask, sample, token_logprobs)
+                            response_logprobs, response_mask, token_logprobs)
 from align.monitor import MonitorSettings, OverOptimisationMonitor
+from align.rollout import RolloutEngineName, VLLMRolloutSettings, check_engine_available
 from align.training import METRICS_FILE, append_metrics, prepare_run_dir
 
 __all__ = ["PPOStageConfig", "PPOTrainer", "Rollout", "run_ppo", "gae", "shaped_rewards", "policy_loss",
@@ -144,6 +148,15 @@ class RolloutSettings(Strict):
                                                       "log-probs PPO and the KL estimate use")
     max_prompt_length: int = Field(256, ge=8)
     missing_eos_penalty: float | None = Field(None, ge=0)
+    engine: RolloutEngineName = Field("auto", description="what samples the rollouts: transformers' generate, "
+                                      "a colocated vLLM engine, or auto (vLLM on a CUDA GPU when installed)")
+    vllm: VLLMRolloutSettings = Field(default_factory=VLLMRolloutSettings)
+
+    @field_validator("engine")
+    @classmethod
+    def _vllm_installed(cls, engine: str) -> str:
+        check_engine_available(engine)
+        return engine
 
 
 class PPOStageConfig(StageConfig):
@@ -400,6 +413,11 @@ class PPOTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, eps=1e-5)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        from align.rollout import build_engine
+
+        self.engine = build_engine(cfg.rollout.engine, cfg.rollout, self.tokenizer, self.source, self.acc, cfg.seed)
+        if self.acc.is_main_process:
+            print(f"[keel] rollout engine: {self.engine.name} (rollout.engine: {cfg.rollout.engine})", flush=True)
         k = cfg.kl
         self.kl_ctl = AdaptiveKLController(k.beta, k.target, k.horizon) if k.adaptive else FixedKLController(k.beta)
         self.prompts = self._load_prompts()
@@ -449,10 +467,22 @@ class PPOTrainer:
         model = self.acc.unwrap_model(self.model)
         model.eval()
         with torch.no_grad():
-            # 1. rollout: y ~ pi_theta_old, and log pi_theta_old(y_t) from the sampling logits
-            s = sample(model.policy, self.tokenizer, self._encode(prompts), r.max_new_tokens, r.temperature, r.top_p)
+            # 1. rollout: y ~ pi_theta_old, and log pi_theta_old(y_t) from the sampling logits (the
+            # transformers engine); an engine with weights of its own gets the current ones first
+            self.engine.sync(self.acc, self.model, self.update_step)
+            s = self.engine.sample(model.policy, self._encode(prompts), r.max_new_tokens, r.temperature, r.top_p)
+            self.engine.release()
             input_ids, attention, responses, T = s.input_ids, s.attention_mask, s.responses, s.responses.shape[1]
             mask = s.mask.float()
+        logp_old = s.logprobs
+        if logp_old is None:
+            # vLLM's log-probs are not the policy's (other kernels, bf16): recompute them in the pass
+            # that gives V_old, so that the first update's ratio is exactly 1 (one pass, no extra one)
+            model.train()
+            values_old, first_pass, logp_old = self.old_values(input_ids, attention, T, responses)
+            logp_old = logp_old * mask
+            model.eval()
+        with torch.no_grad():
             # 2. evaluation: reference log-probs, scores, per-token KL, shaped rewards
             logp_ref = self._reference_logprobs(model, input_ids, attention, responses)
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -466,17 +496,18 @@ class PPOTrainer:
                 scores = (scores - scores.mean()) / (scores.std() + 1e-8)
             if p.score_clip is not None:
                 scores = scores.clamp(-p.score_clip, p.score_clip)
-            kl = kl_estimate(s.logprobs, logp_ref, self.cfg.kl.estimator) * mask
+            kl = kl_estimate(logp_old, logp_ref, self.cfg.kl.estimator) * mask
             beta = self.kl_ctl.beta
             rewards = shaped_rewards(scores, kl, mask, beta)
         # 3. values and advantages, once for all epochs
         model.train()
-        values_old, first_pass = self.old_values(input_ids, attention, T)
+        if s.logprobs is not None:
+            values_old, first_pass, _ = self.old_values(input_ids, attention, T)
         with torch.no_grad():
             advantages, returns = gae(rewards, values_old, mask, p.gamma, p.lam)
             advantages = masked_whiten(advantages, mask) * mask
         rollout = Rollout(input_ids=input_ids, attention_mask=attention, responses=responses, mask=mask,
-                          logp_old=s.logprobs, kl=kl, rewards=rewards, values_old=values_old, advantages=advantages,
+                          logp_old=logp_old, kl=kl, rewards=rewards, values_old=values_old, advantages=advantages,
                           returns=returns, scores=raw_scores, has_eos=has_eos.float(), beta=beta,
                           prompts=list(prompts), texts=texts)
         return rollout, first_pass
@@ -487,16 +518,21 @@ class PPOTrainer:
         return self.cfg.ppo.mini_batch_size >= self.cfg.ppo.batch_size and \
             self.cfg.training.gradient_accumulation_steps == 1
 
-    def old_values(self, input_ids, attention, T: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """V_old (B, T). Fused first pass: run the first update's forward pass now, with
-        gradients, read V_old from it and return its output for ``optimise`` to use as is (no
-        separate value pass). Without accumulation ``accumulate`` never enters ``no_sync``, so
-        running this forward pass before it is the same under DDP. Else a no-grad value pass."""
+    def old_values(self, input_ids, attention, T: int, responses: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        """V_old (B, T), the fused first pass or None, and, given ``responses`` (B, T), log
+        pi_theta_old(y_t) (B, T) from the same pass (else None). Fused first pass: run the first
+        update's forward pass now, with gradients, read V_old (and the log-probs) from it and
+        return its output for ``optimise`` to use as is (no separate value pass). Without
+        accumulation ``accumulate`` never enters ``no_sync``, so running this forward pass before
+        it is the same under DDP. Else a no-grad pass."""
         if self.fused_first_pass():
             logits, values = self.model(input_ids, attention, T, self.cfg.rollout.temperature)
-            return values.detach(), (logits, values)
+            logp = None if responses is None else token_logprobs(logits.detach(), responses)
+            return values.detach(), (logits, values), logp
         with torch.no_grad():
-            return self.model(input_ids, attention, T, self.cfg.rollout.temperature)[1], None
+            logits, values = self.model(input_ids, attention, T, self.cfg.rollout.temperature)
+            return values, None, None if responses is None else token_logprobs(logits, responses)
 
     def _reference_logprobs(self, model, input_ids, attention, responses) -> torch.Tensor:
         temperature = self.cfg.rollout.temperature

@@ -9,7 +9,9 @@
 # OUT/summary.txt (the table), OUT/<stage>.json, OUT/<stage>.log, OUT/pytest-gpu.log, OUT/gpu.txt.
 # The stages run one after another (clean per-stage timings and memory); the GPU tests run beside
 # them. RM runs first because PPO needs its model. GRPO uses vLLM (colocate) when vLLM is installed
-# (use_vllm: null); PPO's rollouts are transformers' generate (PPO on vLLM is not built: docs/vllm-ppo.md).
+# (use_vllm: null). PPO runs twice with the same config, rollouts from transformers' generate
+# (`ppo`) and from the colocated vLLM engine (`ppo-vllm`, when vLLM is installed; docs/vllm-ppo.md),
+# and the summary prints the ratio of their seconds per update.
 # Environment: PYTHON (default python), MODEL (default: each config's, the embedded SmolLM2-135M),
 # DRY=1: the same commands with tiny batches, bf16 off and 2 steps each, to check them on a CPU.
 set -u
@@ -64,7 +66,14 @@ stage dpo  configs/dpo-gpu.yaml  dpo  --data.path "$HH"  --training.max_steps 15
 stage kto  configs/kto-gpu.yaml  kto  --data.path "$HH"  --training.max_steps 15 "${TRL[@]}"
 stage grpo configs/grpo-gpu.yaml grpo --data.path "$GSM" --training.max_steps 6 --training.logging_steps 1 \
   --training.save_steps 1000
-stage ppo  configs/ppo-gpu.yaml  ppo  --data.path "$HH"  --reward "$RUNS/rm/model" --updates 6 --training.save_steps 1000
+stage ppo  configs/ppo-gpu.yaml  ppo  --data.path "$HH"  --reward "$RUNS/rm/model" --updates 6 --training.save_steps 1000 \
+  --rollout.engine transformers
+if $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('vllm') is None)"; then
+  stage ppo-vllm configs/ppo-gpu.yaml ppo --data.path "$HH" --reward "$RUNS/rm/model" --updates 6 \
+    --training.save_steps 1000 --rollout.engine vllm
+else
+  stamp "ppo-vllm: skipped, vllm is not installed in $PY"
+fi
 stage cai  configs/cai-gpu.yaml  cai  --data.path "$HH"  --data.max_rows 64
 wait $tests; stamp "GPU tests exit $?: $(tail -1 "$OUT/pytest-gpu.log")"
 
@@ -72,17 +81,22 @@ $PY - "$OUT" <<'PYEOF' | tee "$OUT/summary.txt"
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-print(f"{'stage':<6} {'rc':>3} {'steps':>6} {'s/step':>9} {'peak alloc MiB':>15} {'peak reserved MiB':>18} {'wall s':>7}  device")
-for name in ("rm", "sft", "dpo", "kto", "grpo", "ppo", "cai"):
+print(f"{'stage':<8} {'rc':>3} {'steps':>6} {'s/step':>9} {'peak alloc MiB':>15} {'peak reserved MiB':>18} {'wall s':>7}  device")
+per_step = {}
+for name in ("rm", "sft", "dpo", "kto", "grpo", "ppo", "ppo-vllm", "cai"):
     f = out / f"{name}.json"
     if not f.is_file():
-        print(f"{name:<6} no result (timed out or failed before the stage ran: {name}.log)")
+        print(f"{name:<8} no result (timed out or failed before the stage ran: {name}.log)")
         continue
     r = json.loads(f.read_text())
     per = r.get("s_per_step", r.get("s_per_prompt"))
     unit = "" if "s_per_step" in r else " (s/prompt)"
-    print(f"{name:<6} {r['rc']:>3} {r['steps']:>6} {per if per is not None else '-':>9} "
+    per_step[name] = per if r["rc"] == 0 else None
+    print(f"{name:<8} {r['rc']:>3} {r['steps']:>6} {per if per is not None else '-':>9} "
           f"{r['peak_allocated_mib'] if r['peak_allocated_mib'] is not None else '-':>15} "
           f"{r['peak_reserved_mib'] if r['peak_reserved_mib'] is not None else '-':>18} {r['wall_s']:>7}  {r['device']}{unit}")
+if per_step.get("ppo") and per_step.get("ppo-vllm"):
+    print(f"PPO seconds per update, same config, this run: vLLM rollouts {per_step['ppo-vllm']} s, transformers "
+          f"rollouts {per_step['ppo']} s, ratio {per_step['ppo-vllm'] / per_step['ppo']:.2f} (issue #19 aims <= 0.5)")
 PYEOF
 stamp "done"

