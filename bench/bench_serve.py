@@ -312,8 +312,9 @@ def engine_users(url: str, model: str, plan: list[list[str]], tokenizer, max_new
                     if piece and first is None and piece.strip():
                         first = time.perf_counter() - t0
                     answer += piece or ""
-                row.update(latency_s=time.perf_counter() - t0, ttft_s=first, answer=answer.strip(),
-                           tokens=tokens if tokens is not None else len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
+                # counted as the app's answers are (the stripped text, re-tokenized); the server's own count is kept
+                row.update(latency_s=time.perf_counter() - t0, ttft_s=first, answer=answer.strip(), usage_tokens=tokens,
+                           tokens=len(tokenizer(answer.strip(), add_special_tokens=False)["input_ids"]))
                 if not answer.strip():
                     row["error"] = "empty answer"
             except Exception as e:  # noqa: BLE001 - counted and reported
@@ -390,15 +391,20 @@ def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_t
     workdir = Path(tempfile.mkdtemp(prefix="keel-load-"))
     _log(f"work folder {workdir}")
     try:
-        if "vllm" in backends:
-            engine = VLLMEngine(vllm_python, workdir / "engine", start_timeout_s=1800)
-            t = time.perf_counter()
-            _log("starting vLLM (once, for every user level; minutes on a CPU)")
-            served = engine.start(resolve_model(LOAD_MODEL))
-            results["vllm_start_s"] = round(time.perf_counter() - t, 1)
-            _log(f"vLLM healthy after {results['vllm_start_s']} s at {engine.url} serving {served}")
-            engine_users(engine.url, served, [[PROMPTS[0]]], tokenizer, max_new_tokens, DEFAULT_SYSTEM_PROMPT)  # warm-up
         for backend in backends:
+            if backend == "vllm":  # started once for every user level, and only now: idle, it would still hold cores
+                engine = VLLMEngine(vllm_python, workdir / "engine", start_timeout_s=1800)
+                t = time.perf_counter()
+                _log("starting vLLM (once, for every user level; minutes on a CPU)")
+                try:
+                    served = engine.start(resolve_model(LOAD_MODEL))
+                except Exception as e:  # noqa: BLE001 - recorded; the JSON says why there are no vllm rows
+                    results["backends"]["vllm"] = {"failed": f"vLLM did not start: {type(e).__name__}: {e}"[:800]}
+                    _log(results["backends"]["vllm"]["failed"])
+                    continue
+                results["vllm_start_s"] = round(time.perf_counter() - t, 1)
+                _log(f"vLLM healthy after {results['vllm_start_s']} s at {engine.url} serving {served}")
+                engine_users(engine.url, served, [[PROMPTS[0]]], tokenizer, max_new_tokens, DEFAULT_SYSTEM_PROMPT)  # warm-up
             port = free_port()
             db = workdir / f"feedback-{backend}.db"
             t = time.perf_counter()
