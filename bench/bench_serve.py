@@ -1,6 +1,9 @@
-"""Serving figures: streaming overhead of the app against raw ``model.generate``, and 8 concurrent users.
+"""Serving figures: streaming overhead of the app against raw ``model.generate``, 8 browser users,
+and (``--load``) 1/8/32 users over HTTP per generation backend.
 
     python bench/bench_serve.py [--prompts 6] [--max-new-tokens 64] [--users 8] [--turns 2]
+    python bench/bench_serve.py --load [--backends inprocess,vllm] [--user-levels 1,8,32] [--turns 2]
+        [--max-new-tokens 48] [--seed 0] [--vllm-python .venv-vllm/bin/python] [--out bench/results/serve_load.json]
 
 Part 1, same run, same loaded model (embedded SmolLM2-135M, fp32, greedy, CPU):
   baseline: ``model.generate`` directly; time to first token is a 1-token generate (prefill
@@ -9,17 +12,17 @@ Part 1, same run, same loaded model (embedded SmolLM2-135M, fp32, greedy, CPU):
   HTTP with streaming; time to first token is until the first non-empty streamed answer.
 Part 2: N headless chromium pages (Playwright, Debian's chromium) each send T messages to the
 agent-backed app with the default knowledge base, wait for the answer (Send is enabled again)
-and click thumbs-up. Baseline: the default app, one generation at a time with token streaming
-(others queue); against it, ``--batch --concurrency N``, where concurrent users' agent steps
-share one batched ``generate``. Reports latency p50/p95 per message, errors, and whether every
-thumbs-up clicked is a row in the feedback database and in the export.
+and click thumbs-up: the default app, one generation at a time with token streaming (others
+queue). Reports latency p50/p95 per message, errors, and whether every thumbs-up clicked is a
+row in the feedback database and in the export. (Until issue #18 this part also ran the app's
+in-process batcher, ``--batch``; part 3 measured it slower than the vLLM engine and it was removed.)
 
-Part 3, ``--load`` (issue #18): N simulated users over HTTP at 1, 8 and 32 users against three
+Part 3, ``--load`` (issue #18): N simulated users over HTTP at 1, 8 and 32 users against the
 backends of the same plain-chat app (``python -m serve --checkpoint smollm2-135m --no-agent``,
 each started as its own process with a fresh feedback database):
   inprocess: generation in the app process, one at a time (``--concurrency 1``, token streaming);
-  batch:     ``--batch --concurrency 32`` (``agents.batching.BatchedLLM``: concurrent users share
-             one ``generate``; a plain answer arrives whole, so its first token is its last);
+  (batch:    ``--batch --concurrency 32``, the app's in-process batcher: measured at commit f0f6965,
+             then removed because vllm beat it at 8 users; bench/RESULTS.md has its figures);
   vllm:      ``--llm-url`` to one vLLM CPU server (``serve.engine.VLLMEngine``, what ``--engine vllm``
              starts) serving smollm2-135m, ``--llm-template checkpoint --concurrency 32``.
 Every user opens its own Gradio session and runs its turns through the app's queue API with
@@ -162,7 +165,7 @@ async def users(url: str, n_users: int, turns: int, chromium: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ part 3: load (issue #18)
-LOAD_BACKENDS = ("inprocess", "batch", "vllm")
+LOAD_BACKENDS = ("inprocess", "vllm")
 LOAD_MODEL = "smollm2-135m"
 _ERROR_ANSWER = re.compile(r"\(error [0-9a-f]{8}\)")  # serve.app's short failure messages carry an error id
 
@@ -337,8 +340,6 @@ def start_app(backend: str, port: int, db: Path, workdir: Path, max_new_tokens: 
            "--max-new-tokens", str(max_new_tokens), "--temperature", "0"]
     if backend == "inprocess":
         cmd += ["--concurrency", "1"]
-    elif backend == "batch":
-        cmd += ["--concurrency", str(concurrency), "--batch"]
     elif backend == "vllm":
         cmd += ["--concurrency", str(concurrency), "--llm-url", llm_url, "--llm-model", LOAD_MODEL,
                 "--llm-template", "checkpoint"]
@@ -460,7 +461,8 @@ def _brief(s: dict) -> str:
 def compare_load(results: dict) -> dict:
     """The ratios the issue's aims and decision are read from (None where a figure is missing):
     per level, the app's TTFT and latency over the engine's own (vllm); vllm's p95 at 8 users over its
-    one-user p50; batch over vllm at 8 users (latency p50/p95, tokens/s)."""
+    one-user p50; batch over vllm at 8 users (latency p50/p95, tokens/s) where a result has a batch backend
+    (runs before its removal)."""
     def lvl(backend, n, part="app"):
         return (((results["backends"].get(backend) or {}).get("levels") or {}).get(str(n)) or {}).get(part)
 
@@ -508,7 +510,8 @@ def main() -> None:
         backends = [b.strip() for b in a.backends.split(",") if b.strip()]
         unknown = [b for b in backends if b not in LOAD_BACKENDS]
         if unknown:
-            ap.error(f"--backends: unknown {unknown}; use {', '.join(LOAD_BACKENDS)}")
+            ap.error(f"--backends: unknown {unknown}; use {', '.join(LOAD_BACKENDS)}"
+                     + (" (the app's --batch was removed in issue #18)" if "batch" in unknown else ""))
         levels = [int(n) for n in a.user_levels.split(",")]
         res = load_benchmark(backends, levels, a.turns, a.max_new_tokens, a.seed, a.vllm_python, Path(a.out))
         print(json.dumps(res["comparison"], indent=2), flush=True)
@@ -547,9 +550,8 @@ def main() -> None:
 
         tools = default_tools(open_default_index())
         results["concurrent_users"] = {}
-        # baseline: one generation at a time, token streaming; then concurrent users batched.
-        for mode, settings in (("queued", ChatSettings(max_new_tokens=a.max_new_tokens, concurrency=1)),
-                               ("batched", ChatSettings(max_new_tokens=a.max_new_tokens, concurrency=a.users, batch=True))):
+        # one generation at a time, token streaming (many users: part 3, through an engine)
+        for mode, settings in (("queued", ChatSettings(max_new_tokens=a.max_new_tokens, concurrency=1)),):
             user_chat = ChatModel("smollm2-135m", settings, tools=tools)
             with tempfile.TemporaryDirectory() as tmp:
                 store = FeedbackStore(Path(tmp) / "feedback.db")
@@ -565,7 +567,7 @@ def main() -> None:
             lat = run["latencies"]
             results["concurrent_users"][mode] = {
                 "users": a.users, "turns_each": a.turns, "messages": a.users * a.turns, "concurrency": settings.concurrency,
-                "batch": settings.batch, "answered": len(lat), "errors": len(run["errors"]),
+                "answered": len(lat), "errors": len(run["errors"]),
                 "error_samples": run["errors"][:5],
                 "latency_p50_s": pct(lat, 0.5) if lat else None, "latency_p95_s": pct(lat, 0.95) if lat else None,
                 "wall_s": run["wall_s"], "thumbs_up_clicked": run["likes"], "confirmed_saved": run["saved"],
@@ -574,12 +576,6 @@ def main() -> None:
                 "lost_feedback_rows": run["saved"] - len(rows),
             }
             print(mode, json.dumps(results["concurrent_users"][mode], indent=2), flush=True)
-        q, b = results["concurrent_users"]["queued"], results["concurrent_users"]["batched"]
-        if q["latency_p50_s"] and b["latency_p50_s"]:
-            results["concurrent_users"]["ratio_batched_over_queued"] = {
-                "latency_p50": b["latency_p50_s"] / q["latency_p50_s"], "latency_p95": b["latency_p95_s"] / q["latency_p95_s"],
-                "wall": b["wall_s"] / q["wall_s"]}
-            print(json.dumps(results["concurrent_users"]["ratio_batched_over_queued"], indent=2), flush=True)
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / "serve.json").write_text(json.dumps(results, indent=2))
 
