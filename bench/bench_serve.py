@@ -363,6 +363,52 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def tree_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds used so far by process ``pid`` and all its descendants (vLLM's engine
+    core is a child of its API server), read from Linux's /proc (psutil is not a Keel dependency);
+    None where /proc is missing or ``pid`` is None."""
+    if pid is None or not os.path.isdir("/proc"):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, float]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{d}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        rest = raw[raw.rindex(")") + 2:].split()  # fields after the command name: state, ppid, ...
+        procs[int(d)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)  # ppid, utime + stime
+    tree, todo = set(), [pid]
+    while todo:
+        cur = todo.pop()
+        if cur in procs and cur not in tree:
+            tree.add(cur)
+            todo += [q for q, (ppid, _) in procs.items() if ppid == cur]
+    return sum(procs[q][1] for q in tree) if tree else None
+
+
+class CpuMeter:
+    """CPU seconds spent during a ``with`` block by this process (the simulated users' threads) and by
+    each process tree in ``pids`` ({name: pid}): ``.used`` = {"client": s, name: s, ...}."""
+
+    def __init__(self, pids: dict[str, int | None]):
+        self.pids, self.used = pids, {}
+
+    def __enter__(self):
+        self._client = time.process_time()
+        self._start = {k: tree_cpu_s(v) for k, v in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc):
+        self.used["client"] = round(time.process_time() - self._client, 2)
+        for k, v in self.pids.items():
+            end = tree_cpu_s(v)
+            self.used[k] = round(end - self._start[k], 2) if end is not None and self._start[k] is not None else None
+        return False
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -422,12 +468,18 @@ def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_t
                 for n in levels:
                     plan = load_plan(n, turns, seed)
                     level: dict = {"users": n, "load_average_before": os.getloadavg()}
+                    pids = {"app": proc.pid, "engine": engine.proc.pid if backend == "vllm" and engine.proc else None}
                     if backend == "vllm":
-                        rows, wall = engine_users(engine.url, served, plan, tokenizer, max_new_tokens, DEFAULT_SYSTEM_PROMPT)
+                        with CpuMeter({"engine": pids["engine"]}) as cpu:
+                            rows, wall = engine_users(engine.url, served, plan, tokenizer, max_new_tokens,
+                                                      DEFAULT_SYSTEM_PROMPT)
                         level["engine_direct"] = summarize(rows, wall)
-                        _log(f"vllm engine direct, {n} users: " + _brief(level["engine_direct"]))
-                    rows, wall, sessions = app_users(url, plan, tokenizer)
+                        level["engine_direct"]["cpu_s"] = cpu.used
+                        _log(f"vllm engine direct, {n} users: " + _brief(level["engine_direct"]) + f" cpu {cpu.used}")
+                    with CpuMeter(pids) as cpu:
+                        rows, wall, sessions = app_users(url, plan, tokenizer)
                     level["app"] = summarize(rows, wall)
+                    level["app"]["cpu_s"] = cpu.used
                     level["app"].update(feedback_tally(rows, stored_counts(db, sessions)["likes"]))
                     level["app"]["errors"] += level["app"]["unacknowledged"]
                     level["app"]["error_samples"] += [f"like not acknowledged: {r.get('like_status')!r}" for r in rows
@@ -435,7 +487,7 @@ def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_t
                     level["sample_answers"] = [r.get("answer") for r in rows[:2]]
                     per_level[str(n)] = level
                     _log(f"{backend} app, {n} users: " + _brief(level["app"])
-                         + f" lost feedback {level['app']['lost_feedback_rows']}")
+                         + f" lost feedback {level['app']['lost_feedback_rows']} cpu {level['app']['cpu_s']}")
                     save()
             except Exception as e:  # noqa: BLE001 - recorded; the other backends still run
                 results["backends"][backend]["failed"] = f"{type(e).__name__}: {e}"[:500]

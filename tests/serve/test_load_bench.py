@@ -57,3 +57,31 @@ def test_the_comparison_reads_the_aims_and_the_decision():
     assert c["vllm_p95_at_8_over_p50_at_1"] == 2.5
     assert c["batch_over_vllm_at_8"]["latency_p95_s"] == 2.0 and c["batch_over_vllm_at_8"]["tokens_per_s"] == 0.5
     assert set(c["errors_and_lost"]["8"]) == {"vllm", "batch"}  # a backend that failed to start has no row
+
+
+def test_cpu_seconds_of_a_process_tree_include_its_children():
+    import os
+    import subprocess
+    import time
+
+    if not os.path.isdir("/proc"):
+        import pytest
+
+        pytest.skip("Linux /proc only")
+    # a parent that only waits, and a child that burns CPU: the tree's seconds are the child's
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               "'import time\\nt=time.process_time()\\nwhile time.process_time()-t<0.6: pass\\n"
+                               "time.sleep(30)'])"])
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and (bench_serve.tree_cpu_s(parent.pid) or 0) < 0.5:
+            time.sleep(0.2)
+        assert bench_serve.tree_cpu_s(parent.pid) >= 0.5  # the parent alone used almost nothing
+        with bench_serve.CpuMeter({"tree": parent.pid, "none": None}) as cpu:
+            sum(range(10**5))
+        assert cpu.used["none"] is None and 0 <= cpu.used["tree"] < 0.5 and cpu.used["client"] >= 0
+    finally:
+        for child in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split():
+            os.kill(int(child), 9)
+        parent.kill()
+        parent.wait()
