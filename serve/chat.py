@@ -70,11 +70,6 @@ class ChatModel:
         self.tools = tools or default_tools(retriever)
 
     def _make_llm(self, model, tokenizer) -> LLM:
-        if self.settings.batch:
-            from agents.batching import BatchedLLM
-
-            return BatchedLLM(model, tokenizer, max_batch=max(2, self.settings.concurrency),
-                              temperature=self.settings.temperature)
         return TransformersLLM(model, tokenizer, self.settings.temperature)
 
     @property
@@ -121,12 +116,6 @@ class ChatModel:
             yield from self.respond_agent(message, history, system_prompt, turn, sample=sample)
             return
         messages = to_chat_messages(history, message, system_prompt)
-        if self.settings.batch and not sample:
-            answer = self.llm.generate(messages, stop=[], max_new_tokens=self.settings.max_new_tokens).text.strip()
-            yield answer
-            if turn is not None:
-                turn.update(answer=answer, trace=None)
-            return
         answer = ""
         temperature = self.sample_temperature() if sample else self.settings.temperature
         for piece in stream_reply(self.model, self.tokenizer, messages, max_new_tokens=self.settings.max_new_tokens,

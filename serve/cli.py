@@ -21,7 +21,7 @@ from serve.settings import DEFAULT_SYSTEM_PROMPT, ChatSettings
 
 class ServeConfig(ChatSettings):
     """``python -m serve``'s config (configs/serve.yaml): the chat model's ``ChatSettings`` (agent,
-    steps, tokens, temperatures, concurrency, batch) and the app's own keys below."""
+    steps, tokens, temperatures, concurrency) and the app's own keys below."""
 
     checkpoint: str = "keel-agent"
     index: str = "default"
@@ -80,9 +80,6 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--concurrency", type=int, help="generations running at once; others queue")
-    p.add_argument("--batch", action="store_true",
-                   help="batch concurrent users' generations into one model call (higher throughput; "
-                        "answers arrive step by step, not token by token)")
     p.add_argument("--auth", help="USER:PASSWORD required to open the app")
     p.add_argument("--no-agent", action="store_true", help="plain chat, streamed token by token, without tools")
     p.add_argument("--max-steps", type=int, help="agent steps per answer")
@@ -131,8 +128,6 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
         overrides += ["--agent.enabled", "false"]
     if a.constrained is not None:
         overrides += ["--agent.constrained", a.constrained]
-    if a.batch:
-        overrides += ["--batch", "true"]
     cfg = load_config(ServeConfig, a.config, overrides)
     if a.switch_root:
         cfg.switch_roots = list(a.switch_root)
@@ -140,8 +135,6 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
         cfg.vllm_args = list(a.vllm_arg)
     if cfg.engine == "vllm" and cfg.llm_url:
         raise KeelError("--engine vllm starts its own server; drop --llm-url (or drop --engine to use that server)")
-    if cfg.batch and (cfg.engine == "vllm" or cfg.llm_url):
-        raise KeelError("--batch batches in this process; with an engine the engine batches: drop --batch")
     return cfg
 
 

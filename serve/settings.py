@@ -6,14 +6,19 @@ take either. The keys are the app's YAML keys and flags (configs/serve.yaml).
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from agents.agent import DEFAULT_SYSTEM_PROMPT
 from align.config import Strict
 
-__all__ = ["AgentSettings", "ChatSettings", "DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["AgentSettings", "BATCH_REMOVED", "ChatSettings", "DEFAULT_SYSTEM_PROMPT"]
+
+
+BATCH_REMOVED = ("the app's in-process batcher (--batch) was removed: the vLLM engine served 8 concurrent users "
+                 "faster (issue #18, bench/RESULTS.md). Serve many users with --engine vllm (or --llm-url to a "
+                 "running server), which batches continuously; delete `batch: true` from the config")
 
 
 class AgentSettings(Strict):
@@ -27,8 +32,8 @@ class AgentSettings(Strict):
 
 class ChatSettings(Strict):
     """Generation settings of the chat model: tokens per step, temperatures, agent steps,
-    concurrent generations (``concurrency``) and batching. ``agent: false`` is read as
-    ``agent: {enabled: false}``."""
+    concurrent generations (``concurrency``). ``agent: false`` is read as ``agent: {enabled: false}``.
+    Concurrent users are batched by a serving engine (``engine: vllm`` or ``llm_url``), not in process."""
 
     agent: AgentSettings = Field(default_factory=AgentSettings)
     max_steps: int = Field(4, ge=1, le=64)  # agent steps per answer
@@ -38,10 +43,17 @@ class ChatSettings(Strict):
     # greedy decoding would write the same text again.
     regenerate_temperature: float = Field(0.8, gt=0, le=2)
     concurrency: int = Field(1, ge=1, le=1024)  # generations running at once; other requests queue
-    # Batch the generations of concurrent users into one model call (agents.batching): several
-    # times the throughput on a CPU, but answers then arrive step by step rather than token by token.
-    batch: bool = False
+    # Removed (issue #18): the app's in-process batcher. Kept only so that an old config file says
+    # what to do instead: `batch: false` is accepted (it is what the app does), `batch: true` is refused.
+    batch: Literal[False] = Field(False, exclude=True)
     top_p: ClassVar[float] = 0.95  # nucleus sampling of Regenerate (and of temperature > 0); not a config key
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch_removed(cls, value):
+        if value not in (False, "false", "False", 0, None):
+            raise ValueError(BATCH_REMOVED)
+        return False
 
     @field_validator("agent", mode="before")
     @classmethod

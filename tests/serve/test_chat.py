@@ -88,20 +88,6 @@ def test_app_serves_on_loopback(tiny_model_dir):
         demo.close()
 
 
-def test_batched_serving_answers_concurrent_users_through_one_model(tiny_model_dir):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from agents.batching import BatchedLLM
-
-    chat = ChatModel(str(tiny_model_dir), ChatSettings(max_new_tokens=6, agent=False, batch=True, concurrency=4))
-    assert isinstance(chat.llm, BatchedLLM)
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda i: list(chat.respond(f"hello {i}", [], None))[-1], range(4)))
-    assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
-    chat.switch(str(tiny_model_dir))  # a switched model keeps the batching
-    assert isinstance(chat.llm, BatchedLLM)
-
-
 def test_an_unreadable_step_is_one_collapsed_line_with_what_the_model_wrote(tiny_model_dir):
     llm = ScriptedLLM([" I think\nAction:\nAction Input: 1036", " ok\nFinal Answer: 9396"])
     chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([calculator_tool()]))

@@ -9,8 +9,8 @@ from tests.conftest import REPO
 
 
 def test_config_file_then_flags():
-    cfg = serve_config(["--config", str(REPO / "configs" / "serve.yaml"), "--port", "9999", "--no-agent", "--batch"])
-    assert cfg.port == 9999 and cfg.agent.enabled is False and cfg.batch is True and cfg.host == "127.0.0.1"
+    cfg = serve_config(["--config", str(REPO / "configs" / "serve.yaml"), "--port", "9999", "--no-agent"])
+    assert cfg.port == 9999 and cfg.agent.enabled is False and cfg.host == "127.0.0.1"
     assert serve_config([]).feedback_db == "runs/feedback.db"
 
 
@@ -80,13 +80,13 @@ def test_the_chat_model_runs_on_the_served_config_itself(tiny_model_dir):
     own = set(ServeConfig.model_fields) - set(ChatSettings.model_fields)
     assert not {"max_new_tokens", "temperature", "concurrency", "agent", "max_steps", "batch",
                 "regenerate_temperature"} & own
-    cfg = serve_config(["--config", str(REPO / "configs" / "serve.yaml"), "--no-agent", "--batch", "--concurrency",
+    cfg = serve_config(["--config", str(REPO / "configs" / "serve.yaml"), "--no-agent", "--concurrency",
                         "3", "--max-new-tokens", "5", "--temperature", "0", "--regenerate-temperature", "1.3",
                         "--checkpoint", str(tiny_model_dir)])
     chat = ChatModel(cfg.checkpoint, cfg)
-    assert chat.settings is cfg and chat.llm.max_batch == 3 and chat.sample_temperature() == 1.3
+    assert chat.settings is cfg and cfg.concurrency == 3 and chat.sample_temperature() == 1.3
     reply = list(chat.respond("hi", [], None))
-    assert len(reply) == 1  # --no-agent --batch: one plain answer, not agent steps or a token stream
+    assert reply and all(isinstance(r, str) for r in reply)  # --no-agent: plain text, streamed
     # `agent: false` in a file still reads as agent.enabled false, for the chat settings alone too
     assert ChatSettings(agent=False).agent.enabled is False
     assert ChatSettings.model_validate({"agent": {"constrained": False}}).agent.constrained is False
@@ -109,3 +109,20 @@ def test_the_default_system_prompt_is_written_once():
               for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".yaml", ".yml", ".json", ".js")
               and DEFAULT_SYSTEM_PROMPT in p.read_text(errors="ignore")]
     assert copies == ["agents/agent.py"], copies
+
+
+# --- issue 18: the in-process batcher is gone; the engine batches ------------------------------------
+
+def test_the_removed_batch_setting_says_to_use_the_engine(tmp_path, capsys):
+    from serve.settings import ChatSettings
+
+    old = tmp_path / "old.yaml"
+    old.write_text("concurrency: 8\nbatch: true\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml: batch: .*removed.*--engine vllm"):
+        serve_config(["--config", str(old)])
+    old.write_text("concurrency: 8\nbatch: false\n")  # a copy of the old configs/serve.yaml still loads
+    assert serve_config(["--config", str(old)]).concurrency == 8
+    assert "batch" not in ChatSettings().model_dump()
+    with pytest.raises(SystemExit) as exit_:  # the flag is gone: argparse refuses it
+        serve_config(["--no-agent", "--batch"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --batch" in capsys.readouterr().err

@@ -73,8 +73,6 @@ def test_serve_flags_and_config(tmp_path):
     assert serve_config(["--config", str(yaml)]).vllm_args == ["--max-num-seqs", "8"]
     with pytest.raises(KeelError, match="drop --llm-url"):
         serve_config(["--engine", "vllm", "--llm-url", "http://h:1/v1"])
-    with pytest.raises(KeelError, match="drop --batch"):
-        serve_config(["--llm-url", "http://h:1/v1", "--batch"])
     yaml.write_text("engine: sglang\n")
     with pytest.raises(KeelError, match="engine"):
         serve_config(["--config", str(yaml)])
