@@ -94,7 +94,9 @@ def test_an_engine_without_logprobs_gets_the_policys_own_and_a_ratio_of_one(tmp_
     rollout, first_pass = trainer.rollout(prompts)
     assert (first_pass is not None) == fused
     assert torch.equal(rollout.responses, reference.responses)
-    assert torch.allclose(rollout.logp_old, reference.logp_old, atol=1e-4)
+    # The sampling logits come from KV-cached steps, the recomputation from one full pass: float32
+    # sums in another order (seen 1.5e-3 apart with one OpenMP thread); a wrong position or token is ~1.
+    assert torch.allclose(rollout.logp_old, reference.logp_old, atol=5e-3)
     assert (rollout.logp_old * (1 - rollout.mask)).abs().sum() == 0
     stats = trainer.optimise(rollout, first_pass)
     if fused:  # the very same forward pass: exactly 1
