@@ -163,9 +163,11 @@ def _eval(argv: list[str]) -> int:
 
     try:
         check_engine_available(a.engine, "--engine")
-        vllm = VLLMRolloutSettings(gpu_memory_utilization=a.vllm_gpu_memory_utilization)
     except ValueError as e:
-        raise KeelError(f"--engine/--vllm-gpu-memory-utilization: {e}") from None
+        raise KeelError(f"--engine: {e}") from None
+    if not 0 < a.vllm_gpu_memory_utilization < 1:
+        raise KeelError(f"--vllm-gpu-memory-utilization: {a.vllm_gpu_memory_utilization} is not between 0 and 1")
+    vllm = VLLMRolloutSettings(gpu_memory_utilization=a.vllm_gpu_memory_utilization)
     model, tok, source = load_policy(a.checkpoint)
     chat = chat_generator(a.engine, model, tok, source, vllm, field="--engine")
     print(f"[keel] generation engine: {chat.name} (--engine {a.engine})", flush=True)

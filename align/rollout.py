@@ -434,7 +434,10 @@ def chat_generator(engine: str, model, tokenizer, source, settings: VLLMRolloutS
     if getattr(source, "kind", None) == "adapter":
         if hasattr(model, "peft_config"):
             raise KeelError(f"{field} vllm: load the adapter merged (load_policy's default) to generate with vLLM")
-        engine_ = VLLMRolloutEngine(source.base.path, eos, pad, settings, settings.max_model_len, seed=seed)
+        base = source.base
+        while base.kind == "adapter":  # an adapter trained on an adapter: the architecture is the first base's
+            base = base.base
+        engine_ = VLLMRolloutEngine(base.path, eos, pad, settings, settings.max_model_len, seed=seed)
         engine_.load_weights((n, p.data) for n, p in model.named_parameters())
         engine_.version = "checkpoint"
     else:
