@@ -19,6 +19,10 @@ revision) pair becomes ``{prompt, chosen, rejected, judge_probability, principle
 ``pairs.jsonl``: TRL's preference format, read by ``align rm`` and ``align dpo``.
 Resumable: rows are appended and fsynced one at a time, keyed by prompt; a rerun (``--resume``)
 skips prompts already done and ignores a last line cut short by a crash.
+Generation engine (``engine``: auto|transformers|vllm, ``vllm:`` its settings): transformers'
+``generate`` or a vLLM engine built from the checkpoint (``align.rollout.chat_generator``, the
+same engine as PPO's rollouts); ``auto`` is vLLM on CUDA when installed. The judge's
+``generate`` mode uses it too; its ``logprob`` mode is a forward pass of the transformers model.
 """
 from __future__ import annotations
 
@@ -33,10 +37,11 @@ from typing import Literal, Sequence
 
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from align.config import DataConfig, StageConfig, Strict
 from align.errors import ConfigError, DataError, KeelError
+from align.rollout import RolloutEngineName, VLLMRolloutSettings, check_engine_available
 
 
 class Principle(Strict):
@@ -92,8 +97,18 @@ class CAIStageConfig(StageConfig):
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(128, ge=8)
     temperature: float = Field(0.0, ge=0)
+    engine: RolloutEngineName = Field("auto", description="what generates: transformers' generate, a vLLM engine "
+                                      "built from the checkpoint, or auto (vLLM on a CUDA GPU when installed)")
+    vllm: VLLMRolloutSettings = Field(default_factory=VLLMRolloutSettings,
+                                      description="the vLLM engine's settings (used when the engine is vLLM)")
     max_prompt_turns: int = Field(3, ge=1, description="keep the last N messages of long prompts")
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+    @field_validator("engine")
+    @classmethod
+    def _vllm_installed(cls, engine: str) -> str:
+        check_engine_available(engine, "engine")
+        return engine
 
 
 def load_constitution(path: str | Path) -> Constitution:
@@ -178,18 +193,18 @@ def parse_verdict(text: str | None) -> str | None:
 
 # ----------------------------------------------------------------------------------------- engine
 class Generator:
-    """Batched chat generation with one loaded model."""
+    """Batched chat generation with one loaded model: ``chat`` (an ``align.rollout.ChatGenerator``;
+    default: transformers' ``generate`` on ``model``) at ``max_new_tokens`` and ``temperature``."""
 
-    def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float):
+    def __init__(self, model, tokenizer, max_new_tokens: int, temperature: float, chat=None):
+        from align.rollout import ChatGenerator, TransformersRolloutEngine
+
         self.model, self.tok, self.max_new_tokens, self.temperature = model, tokenizer, max_new_tokens, temperature
+        self.chat = chat if chat is not None else ChatGenerator(TransformersRolloutEngine(tokenizer), model, tokenizer)
 
-    @torch.inference_mode()
     def __call__(self, conversations: list[list[dict]]) -> list[str]:
-        from align.generate import encode_chats, generation_kwargs
-
-        enc = encode_chats(self.tok, conversations, self.model.device)
-        out = self.model.generate(**enc, **generation_kwargs(self.tok, self.max_new_tokens, self.temperature))
-        return [t.strip() for t in self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+        """One stripped answer per conversation."""
+        return self.chat(conversations, self.max_new_tokens, self.temperature)
 
 
 class Judge:
@@ -197,8 +212,8 @@ class Judge:
     from a generated letter (``generate``). Raises KeelError when A or B is not one token.
     """
 
-    def __init__(self, model, tokenizer, mode: str = "logprob"):
-        self.model, self.tok, self.mode = model, tokenizer, mode
+    def __init__(self, model, tokenizer, mode: str = "logprob", chat=None):
+        self.model, self.tok, self.mode, self.chat = model, tokenizer, mode, chat  # chat: generate mode's engine
         self.letter_ids = [self._letter_id(x) for x in ("A", "B")]
 
     def _letter_id(self, letter: str) -> int:
@@ -217,10 +232,13 @@ class Judge:
             logits = self.model(**enc, logits_to_keep=1).logits[:, -1].float()
             pair = torch.softmax(logits[:, self.letter_ids], -1)
             return pair[:, 0].tolist()
-        from align.generate import generation_kwargs
+        if self.chat is not None:
+            texts = self.chat(conversations, 8, 0.0)
+        else:
+            from align.generate import generation_kwargs
 
-        out = self.model.generate(**enc, **generation_kwargs(self.tok, 8))
-        texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(**enc, **generation_kwargs(self.tok, 8))
+            texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return [None if (v := parse_verdict(t)) is None else float(v == "A") for t in texts]
 
     def compare(self, prompts, first: list[str], second: list[str], principles: list[Principle]) -> list[float | None]:
@@ -295,6 +313,7 @@ def run_cai(cfg: CAIStageConfig, resume: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     from align.models import load_policy
+    from align.rollout import chat_generator
 
     out = Path(cfg.output_dir)
     rows_path, pairs_path, sft_path = out / "cai.jsonl", out / "pairs.jsonl", out / "sft.jsonl"
@@ -311,11 +330,18 @@ def run_cai(cfg: CAIStageConfig, resume: bool = False) -> Path:
     judged = read_done(pairs_path) if cfg.judge.enabled else {}
     todo = [(k, p) for k, p in prompts if k not in done]
     model, tok, source = load_policy(cfg.model)
-    gen = Generator(model, tok, cfg.max_new_tokens, cfg.temperature)
-    judge = None
+    chat = chat_generator(cfg.engine, model, tok, source, cfg.vllm, cfg.seed, field="engine")
+    print(f"[keel] generation engine: {chat.name} (engine: {cfg.engine})", flush=True)
+    gen = Generator(model, tok, cfg.max_new_tokens, cfg.temperature, chat=chat)
+    judge, judge_chat = None, None
     if cfg.judge.enabled:
-        jm, jt = (model, tok) if cfg.judge.model is None else load_policy(cfg.judge.model)[:2]
-        judge = Judge(jm, jt, cfg.judge.mode)
+        if cfg.judge.model is None:
+            jm, jt, judge_chat = model, tok, chat
+        else:
+            jm, jt, jsource = load_policy(cfg.judge.model)
+            if cfg.judge.mode == "generate":
+                judge_chat = chat_generator(cfg.engine, jm, jt, jsource, cfg.vllm, cfg.seed, field="engine")
+        judge = Judge(jm, jt, cfg.judge.mode, chat=judge_chat if cfg.judge.mode == "generate" else None)
     started, written = time.perf_counter(), 0
     stats = {"skipped_judgements": 0, "low_confidence": 0}
     for start in tqdm(range(0, len(todo), cfg.batch_size), desc="cai", unit="batch"):
@@ -361,6 +387,8 @@ def run_cai(cfg: CAIStageConfig, resume: bool = False) -> Path:
                                   "judge_probability": max(prob, 1 - prob), "revision_preferred": better_is_revision,
                                   "principle": pr.name, "judge": cfg.judge.model or source.ref})
                 append_rows(pairs_path, pairs)
+    for c in {id(x): x for x in (chat, judge_chat) if x is not None}.values():
+        c.close()
     all_rows = list(read_done(rows_path).values())
     sft = [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["final"]}]}
            for r in all_rows if r["final"]]

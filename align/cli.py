@@ -146,6 +146,11 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--rm", help="winrate: reward checkpoint, ensemble folder, or module:function")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--engine", default="auto", choices=("auto", "transformers", "vllm"),
+                   help="what writes the answers: transformers' generate, a vLLM engine built from the checkpoint "
+                        "(and one from the parent), or auto: vLLM on a CUDA GPU when installed (default)")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3,
+                   help="with the vLLM engine: the fraction of the GPU each engine may take")
     p.add_argument("--out", help="JSON file (default CHECKPOINT/eval.json, or runs/eval-NAME.json for non-checkpoints)")
     a = p.parse_args(argv)
     suites = [s.strip() for s in a.suite.split(",") if s.strip()]
@@ -154,15 +159,28 @@ def _eval(argv: list[str]) -> int:
         raise KeelError(f"--suite: unknown {', '.join(sorted(unknown))}; choose gsm8k, winrate")
     if "winrate" in suites and not a.rm:
         raise KeelError("--suite winrate needs --rm (a reward checkpoint, ensemble folder or module:function)")
+    from align.rollout import VLLMRolloutSettings, chat_generator, check_engine_available
+
+    try:
+        check_engine_available(a.engine, "--engine")
+    except ValueError as e:
+        raise KeelError(f"--engine: {e}") from None
+    if not 0 < a.vllm_gpu_memory_utilization < 1:
+        raise KeelError(f"--vllm-gpu-memory-utilization: {a.vllm_gpu_memory_utilization} is not between 0 and 1")
+    vllm = VLLMRolloutSettings(gpu_memory_utilization=a.vllm_gpu_memory_utilization)
     model, tok, source = load_policy(a.checkpoint)
+    chat = chat_generator(a.engine, model, tok, source, vllm, field="--engine")
+    print(f"[keel] generation engine: {chat.name} (--engine {a.engine})", flush=True)
     results = []
     for suite in suites:
         if suite == "gsm8k":
             results.append(ev.gsm8k_suite(model, tok, a.n, Path(a.gsm8k_data), a.max_new_tokens, a.batch_size,
-                                          a.prompt_suffix))
+                                          a.prompt_suffix, chat=chat))
         else:
             parent = a.parent or ev.parent_of(source)
-            results.append(ev.winrate_suite(model, tok, parent, a.rm, a.n, min(a.max_new_tokens, 128), a.batch_size))
+            results.append(ev.winrate_suite(model, tok, parent, a.rm, a.n, min(a.max_new_tokens, 128), a.batch_size,
+                                            chat=chat, engine=a.engine, vllm=vllm))
+    chat.close()
     print(ev.format_results(results))
     if a.out:
         out = Path(a.out)

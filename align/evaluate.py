@@ -8,6 +8,11 @@
   half. KL(checkpoint || parent) is estimated on answers sampled from the checkpoint, so a win
   bought by drifting far from the parent shows.
 Prints a table and writes JSON (``CHECKPOINT/eval.json`` unless ``--out``).
+
+``--engine auto|transformers|vllm`` picks what writes the greedy answers (``align.rollout.
+chat_generator``: transformers' ``generate``, or a vLLM engine built from the checkpoint and one
+from the parent; ``auto``: vLLM on CUDA when installed). The win-rate KL estimate stays on
+transformers: it needs the checkpoint's own log-probs of its samples, which vLLM's kernels do not give.
 """
 from __future__ import annotations
 
@@ -28,24 +33,30 @@ GSM8K_SUFFIX = "\nSolve it step by step, then end with 'Final Answer: <number>'.
 
 @torch.inference_mode()
 def generate_batch(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, batch_size: int = 8,
-                   progress: str | None = None) -> list[str]:
-    """Greedy answers to chat prompts, left-padded batches."""
+                   progress: str | None = None, chat=None) -> list[str]:
+    """Greedy answers to chat prompts (stripped text). ``chat``: an ``align.rollout.ChatGenerator``;
+    None: transformers' ``generate`` on ``model``, left-padded batches of ``batch_size``. A vLLM
+    engine gets every prompt at once (it batches itself)."""
     from tqdm.auto import tqdm
 
-    from align.generate import encode_chats, generation_kwargs
+    from align.rollout import ChatGenerator, TransformersRolloutEngine
 
+    chat = chat if chat is not None else ChatGenerator(TransformersRolloutEngine(tokenizer), model, tokenizer)
+    if chat.name != "transformers":
+        if progress is not None:
+            print(f"[keel] {progress}: {len(prompts)} prompts on {chat.name}", flush=True)
+        return chat(list(prompts), max_new_tokens, 0.0, progress=progress is not None)
     out: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None):
-        enc = encode_chats(tokenizer, prompts[start:start + batch_size], model.device)
-        ids = model.generate(**enc, **generation_kwargs(tokenizer, max_new_tokens))
-        out += [t.strip() for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+        out += chat(list(prompts[start:start + batch_size]), max_new_tokens, 0.0)
     return out
 
 
 def gsm8k_suite(model, tokenizer, n: int, path: Path = HELDOUT_GSM8K, max_new_tokens: int = 256,
-                batch_size: int = 8, suffix: str = GSM8K_SUFFIX) -> dict[str, Any]:
+                batch_size: int = 8, suffix: str = GSM8K_SUFFIX, chat=None) -> dict[str, Any]:
     """Accuracy on the first ``n`` held-out GSM8K problems: greedy answers of at most
-    ``max_new_tokens`` tokens, checked by ``is_correct``; returns the counts and per-problem records.
+    ``max_new_tokens`` tokens (``chat``: the engine, ``generate_batch``), checked by ``is_correct``;
+    returns the counts and per-problem records.
     """
     from align.data import parse_gsm8k, read_jsonl
 
@@ -53,7 +64,7 @@ def gsm8k_suite(model, tokenizer, n: int, path: Path = HELDOUT_GSM8K, max_new_to
     problems = [parse_gsm8k(r) for r in rows]
     prompts = [[{"role": "user", "content": p.question + suffix}] for p in problems]
     started = time.perf_counter()
-    answers = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, progress="gsm8k")
+    answers = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, progress="gsm8k", chat=chat)
     records = [{"question": p.question, "expected": p.final, "answer": a, "extracted": extract_number(a),
                 "correct": is_correct(a, p.final)} for p, a in zip(problems, answers)]
     correct = sum(r["correct"] for r in records)
@@ -74,21 +85,31 @@ def hh_prompts(n: int, path: Path = HH) -> list[list[dict]]:
 
 
 def winrate_suite(model, tokenizer, parent_ref: str, rm_spec: str | dict, n: int, max_new_tokens: int = 96,
-                  batch_size: int = 8, prompts: Sequence[list[dict]] | None = None) -> dict[str, Any]:
+                  batch_size: int = 8, prompts: Sequence[list[dict]] | None = None, chat=None,
+                  engine: str = "transformers", vllm=None) -> dict[str, Any]:
     """Win rate of ``model`` against its parent under a reward model, on ``n`` prompts (greedy,
     ``max_new_tokens``), and the KL to the parent estimated on samples at temperature 1
-    (``align.monitor.sample_and_kl``: nats per response, k1, untruncated sampling).
+    (``align.monitor.sample_and_kl``: nats per response, k1, untruncated sampling; transformers).
+    ``chat``: the checkpoint's engine (``generate_batch``); the parent's is built on ``engine``
+    (auto|transformers|vllm) with ``vllm`` (``VLLMRolloutSettings``) and closed after its answers.
     Ties count half. Returns the numbers and per-prompt records.
     """
     from align.models import load_policy
     from align.monitor import sample_and_kl
     from align.rewards import load_reward
 
+    from align.rollout import chat_generator
+
     prompts = list(prompts) if prompts is not None else hh_prompts(n)
-    parent, _, _ = load_policy(parent_ref)
+    parent, _, parent_source = load_policy(parent_ref)
     started = time.perf_counter()
-    ours = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, progress="checkpoint")
-    theirs = generate_batch(parent, tokenizer, prompts, max_new_tokens, batch_size, progress="parent")
+    ours = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size, progress="checkpoint", chat=chat)
+    parent_chat = chat_generator(engine, parent, tokenizer, parent_source, vllm, field="--engine")
+    try:
+        theirs = generate_batch(parent, tokenizer, prompts, max_new_tokens, batch_size, progress="parent",
+                                chat=parent_chat)
+    finally:
+        parent_chat.close()
     rm = load_reward(rm_spec)
     s_ours, s_theirs = rm(prompts, ours), rm(prompts, theirs)
     wins = sum(a > b for a, b in zip(s_ours, s_theirs))

@@ -13,6 +13,16 @@
   that gives V_old (``PPOTrainer.rollout``) and the first update's ratio is exactly 1.
 - ``auto``: ``vllm`` when CUDA is available and ``vllm`` can be imported, else ``transformers``.
 
+The same engines answer chat prompts for Constitutional AI (``align.cai``, config key ``engine``)
+and ``python -m align eval`` (``--engine``): ``chat_generator`` builds a ``ChatGenerator`` that
+returns decoded text the way the transformers path always did. There the model does not change,
+so the vLLM engine reads the checkpoint folder's weights itself (``load_format="auto"``); a LoRA
+adapter's engine is built on its base's architecture and loaded once with the merged weights of
+the already loaded (merged) model, through the same ``load_weights`` as PPO's sync. (Merged
+rather than vLLM's LoRA support: no ``enable_lora``/``max_lora_rank`` to size, any adapter PEFT
+can merge works, ``modules_to_save`` included, and the engine then runs the very model the
+transformers path runs.)
+
 Written here rather than taken from TRL: TRL's colocated vLLM (GRPO's ``vllm_mode="colocate"``)
 lives in private methods of its trainers, not in an API another trainer can call. The facts it
 rests on are vLLM's: ``LLM(enable_sleep_mode=True)``, ``sleep``/``wake_up``, ``reset_prefix_cache``,
@@ -40,7 +50,8 @@ RolloutEngineName = Literal["auto", "transformers", "vllm"]
 ENGINES = ("auto", "transformers", "vllm")
 
 __all__ = ["RolloutEngineName", "VLLMRolloutSettings", "check_engine_available", "resolve_engine",
-           "TransformersRolloutEngine", "VLLMRolloutEngine", "build_engine", "policy_weights"]
+           "TransformersRolloutEngine", "VLLMRolloutEngine", "build_engine", "policy_weights", "ChatGenerator",
+           "chat_generator"]
 
 
 class VLLMRolloutSettings(Strict):
@@ -52,8 +63,8 @@ class VLLMRolloutSettings(Strict):
                         "between rollouts (vLLM sleep mode, level 1); ignored on a CPU")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="the engine's weights: auto = bfloat16 on CUDA, float32 on a CPU")
-    max_model_len: int | None = Field(None, ge=16, description="tokens per sequence; default "
-                                      "rollout.max_prompt_length + rollout.max_new_tokens")
+    max_model_len: int | None = Field(None, ge=16, description="tokens per sequence; default: PPO "
+                                      "rollout.max_prompt_length + rollout.max_new_tokens, CAI/eval the model's")
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower sampling)")
     weight_sync: Literal["auto", "in_place", "reload"] = Field(
         "auto", description="how the policy's weights enter the engine: in_place (the model's load_weights, "
@@ -66,20 +77,21 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def check_engine_available(engine: str) -> None:
-    """Raise ValueError (reported by the config loader as ``rollout.engine: ...``) when ``engine``
-    is ``vllm`` and vLLM is not installed in this Python."""
+def check_engine_available(engine: str, field: str = "rollout.engine") -> None:
+    """Raise ValueError (reported by the config loader as ``<field>: ...``) when ``engine`` is
+    ``vllm`` and vLLM is not installed in this Python; ``field`` is the setting that asked for it."""
     if engine == "vllm" and not vllm_installed():
         raise ValueError("'vllm' asked for, but the vllm package is not installed in this Python "
-                         "(on a GPU machine: pip install vllm; or use rollout.engine: auto or transformers)")
+                         f"(on a GPU machine: pip install vllm; or set {field} to auto or transformers)")
 
 
-def resolve_engine(engine: str, cuda: bool | None = None, vllm: bool | None = None) -> str:
+def resolve_engine(engine: str, cuda: bool | None = None, vllm: bool | None = None,
+                   field: str = "rollout.engine") -> str:
     """``auto`` -> ``vllm`` when CUDA is available (``cuda``) and vLLM is installed (``vllm``),
     else ``transformers``; ``transformers``/``vllm`` are returned as given. ``cuda``/``vllm``
-    default to what this machine has."""
+    default to what this machine has. Raises ValueError naming ``field`` for another name."""
     if engine not in ENGINES:
-        raise ValueError(f"rollout.engine: {engine!r} is not one of {', '.join(ENGINES)}")
+        raise ValueError(f"{field}: {engine!r} is not one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -171,17 +183,17 @@ def policy_weights(accelerator, wrapped_model) -> Iterator[Iterable[tuple[str, t
 class VLLMRolloutEngine:
     """A ``vllm.LLM`` colocated with the trainer (module docstring).
 
-    ``model_path``: a folder (or hub id) with the policy's architecture (config.json); its weights
-    are never read (``load_format="dummy"``): the trainer's are loaded by ``sync`` before the first
-    rollout. ``eos_id``: the token that ends a response. ``max_model_len``: prompt + response
-    tokens. ``seed``: vLLM's; each rollout's per-request seeds are drawn from torch's generator, so
+    ``model_path``: a folder (or hub id) with the policy's architecture (config.json); with
+    ``load_format="dummy"`` (PPO) its weights are never read: the trainer's are loaded by ``sync``
+    before the first rollout; ``load_format="auto"`` reads them (CAI, eval). ``eos_id``: the token
+    that ends a response. ``max_model_len``: prompt + response tokens (None: the model's). ``seed``: vLLM's; each rollout's per-request seeds are drawn from torch's generator, so
     ``torch.manual_seed`` makes rollouts repeatable. ``distributed``: one engine per process of a
     multi-process run (vLLM's ``external_launcher`` backend, tensor-parallel size 1)."""
 
     name = "vllm"
 
-    def __init__(self, model_path: str, eos_id: int, pad_id: int, settings: VLLMRolloutSettings, max_model_len: int,
-                 seed: int = 0, distributed: bool = False):
+    def __init__(self, model_path: str, eos_id: int, pad_id: int, settings: VLLMRolloutSettings,
+                 max_model_len: int | None, seed: int = 0, distributed: bool = False, load_format: str = "dummy"):
         self.cuda = torch.cuda.is_available()
         # The engine core in this process, so that its model is reachable for load_weights.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -193,8 +205,10 @@ class VLLMRolloutEngine:
         except ImportError as e:
             raise KeelError(f"rollout.engine vllm: cannot import vllm ({e})") from None
         dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if self.cuda else "float32")
-        kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed, load_format="dummy",
+        kwargs = dict(model=model_path, dtype=dtype, seed=seed, load_format=load_format,
                       generation_config="vllm", enforce_eager=settings.enforce_eager)
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
         if self.cuda:
             kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization,
                           enable_sleep_mode=settings.sleep)
@@ -208,7 +222,8 @@ class VLLMRolloutEngine:
         self.eos_id, self.pad_id = eos_id, pad_id
         self.sleeps = self.cuda and settings.sleep
         self.asleep = False
-        self.version: int | None = None  # the update whose weights the engine holds; None: dummy weights
+        # the update whose weights the engine holds; None: dummy weights; "checkpoint": the folder's
+        self.version: int | str | None = None if load_format == "dummy" else "checkpoint"
 
     # -- weights ---------------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -249,23 +264,40 @@ class VLLMRolloutEngine:
             self.llm.sleep(level=1)
             self.asleep = True
 
+    def close(self) -> None:
+        """Drop the engine (its weights and KV cache) when no more generation is coming; the
+        object cannot generate afterwards."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        del llm
+        import gc
+
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
     # -- sampling ----------------------------------------------------------------------------------
-    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float
-                 ) -> list[list[int]]:
+    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+                 top_k: int = 0, repetition_penalty: float = 1.0, progress: bool = False) -> list[list[int]]:
         """One response per prompt: lists of token ids in, lists of token ids out (ending with
         EOS unless ``max_new_tokens`` was reached). ``temperature`` 0 is greedy. Untruncated
-        sampling (no top-k, no min-p) unless ``top_p`` < 1, as the transformers engine."""
+        sampling (no top-k, no min-p) unless ``top_p`` < 1 or ``top_k`` > 0 (0: none), as the
+        transformers engine. ``repetition_penalty``: transformers' and vLLM's (prompt and output
+        tokens), 1.0 none. ``progress``: vLLM's progress bar."""
         from vllm import SamplingParams
 
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
         base = int(torch.randint(0, 2 ** 31 - 1, ()).item())
-        params = [SamplingParams(n=1, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, top_k=0,
-                                 min_p=0.0, max_tokens=max_new_tokens, stop_token_ids=[self.eos_id],
+        sampled = temperature > 0
+        params = [SamplingParams(n=1, temperature=temperature, top_p=top_p if sampled else 1.0,
+                                 top_k=top_k if sampled else 0, min_p=0.0, repetition_penalty=repetition_penalty,
+                                 max_tokens=max_new_tokens, stop_token_ids=[self.eos_id],
                                  detokenize=False, seed=base + i) for i in range(len(prompt_ids))]
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        outs = self.llm.generate(prompts, params, use_tqdm=progress)
         return [list(o.outputs[0].token_ids) for o in outs]
 
     def sample(self, policy, enc: dict, max_new_tokens: int, temperature: float, top_p: float) -> Samples:
@@ -330,3 +362,85 @@ def build_engine(name: str, settings, tokenizer, source, accelerator, seed: int)
     max_len = settings.vllm.max_model_len or settings.max_prompt_length + settings.max_new_tokens
     return VLLMRolloutEngine(base.path, tokenizer.eos_token_id, tokenizer.pad_token_id, settings.vllm, max_len,
                              seed=seed + accelerator.process_index, distributed=accelerator.num_processes > 1)
+
+
+# ---------------------------------------------------------------------- chat generation (CAI, eval)
+class ChatGenerator:
+    """Answers to chat prompts from a loaded model, with either engine: conversations in, text out.
+
+    The transformers engine is what CAI and eval always ran: ``encode_chats`` (chat template,
+    generation prompt, left padding), ``model.generate`` with ``align.generate.generation_kwargs``
+    (greedy at temperature 0; else sampling with ``temperature``, ``top_p`` and the model's
+    generation config for the rest), and the new tokens decoded with special tokens skipped and
+    stripped. The vLLM engine gets the same token ids (the pads removed) and the same settings:
+    greedy stays greedy; sampling takes transformers' effective ``top_k`` (the model's generation
+    config, else transformers' default 50) and ``repetition_penalty``; it stops at the tokenizer's
+    EOS after at most ``max_new_tokens``; its tokens are decoded the same way."""
+
+    def __init__(self, engine, model, tokenizer):
+        self.engine, self.model, self.tok = engine, model, tokenizer
+        self.name = engine.name
+        gc = getattr(model, "generation_config", None)
+        top_k = getattr(gc, "top_k", None)
+        self.top_k = 50 if top_k is None else int(top_k)  # transformers' default when unset
+        self.repetition_penalty = float(getattr(gc, "repetition_penalty", None) or 1.0)
+
+    @torch.inference_mode()
+    def __call__(self, conversations: list[list[dict]], max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 0.95, progress: bool = False) -> list[str]:
+        """One answer per conversation (list of {"role", "content"} messages), stripped text.
+        ``temperature`` 0: greedy; ``top_p`` applies when sampling. ``progress``: the vLLM
+        engine's bar over the whole batch (the transformers engine's callers batch themselves)."""
+        from align.generate import encode_chats, generation_kwargs
+
+        if not conversations:
+            return []
+        if self.name == "transformers":
+            enc = encode_chats(self.tok, conversations, self.model.device)
+            out = self.model.generate(**enc, **generation_kwargs(self.tok, max_new_tokens, temperature, top_p))
+            new = out[:, enc["input_ids"].shape[1]:]
+        else:
+            enc = encode_chats(self.tok, conversations, "cpu")
+            prompts = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+            new = self.engine.generate(prompts, max_new_tokens, temperature, top_p, top_k=self.top_k,
+                                       repetition_penalty=self.repetition_penalty, progress=progress)
+        return [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
+
+    def close(self) -> None:
+        """Free the engine's memory (vLLM); nothing to do for transformers."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
+
+def chat_generator(engine: str, model, tokenizer, source, settings: VLLMRolloutSettings | None = None,
+                   seed: int = 0, field: str = "engine") -> ChatGenerator:
+    """A ``ChatGenerator`` for ``model`` (loaded by ``align.models.load_policy``, adapters merged)
+    on the engine ``engine`` names (auto|transformers|vllm; ``auto`` resolved as for PPO).
+    ``source``: the model's ``ModelSource``; vLLM reads a full model's weights from
+    ``source.path``; an adapter's engine is built on its base's architecture and loaded with
+    ``model``'s (merged) weights. ``settings``: ``VLLMRolloutSettings`` (defaults if None).
+    ``field``: the setting named in errors. Raises KeelError when vLLM is asked for but not
+    installed, or when ``model`` is an unmerged PEFT model."""
+    try:
+        name = resolve_engine(engine, field=field)
+        check_engine_available(name, field)
+    except ValueError as e:
+        raise KeelError(f"{field}: {e}" if not str(e).startswith(field) else str(e)) from None
+    if name == "transformers":
+        return ChatGenerator(TransformersRolloutEngine(tokenizer), model, tokenizer)
+    settings = settings or VLLMRolloutSettings()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if getattr(source, "kind", None) == "adapter":
+        if hasattr(model, "peft_config"):
+            raise KeelError(f"{field} vllm: load the adapter merged (load_policy's default) to generate with vLLM")
+        base = source.base
+        while base.kind == "adapter":  # an adapter trained on an adapter: the architecture is the first base's
+            base = base.base
+        engine_ = VLLMRolloutEngine(base.path, eos, pad, settings, settings.max_model_len, seed=seed)
+        engine_.load_weights((n, p.data) for n, p in model.named_parameters())
+        engine_.version = "checkpoint"
+    else:
+        engine_ = VLLMRolloutEngine(source.path, eos, pad, settings, settings.max_model_len, seed=seed,
+                                    load_format="auto")
+    return ChatGenerator(engine_, model, tokenizer)

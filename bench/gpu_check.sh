@@ -11,7 +11,9 @@
 # them. RM runs first because PPO needs its model. GRPO uses vLLM (colocate) when vLLM is installed
 # (use_vllm: null). PPO runs twice with the same config, rollouts from transformers' generate
 # (`ppo`) and from the colocated vLLM engine (`ppo-vllm`, when vLLM is installed; docs/vllm-ppo.md),
-# and the summary prints the ratio of their seconds per update.
+# and the summary prints the ratio of their seconds per update. CAI likewise runs twice, on
+# transformers (`cai`) and on a vLLM engine built from the checkpoint (`cai-vllm`, when installed;
+# seconds per prompt include loading and the engine's start).
 # Environment: PYTHON (default python), MODEL (default: each config's, the embedded SmolLM2-135M),
 # DRY=1: the same commands with tiny batches, bf16 off and 2 steps each, to check them on a CPU.
 set -u
@@ -74,7 +76,12 @@ if $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('vllm') is None
 else
   stamp "ppo-vllm: skipped, vllm is not installed in $PY"
 fi
-stage cai  configs/cai-gpu.yaml  cai  --data.path "$HH"  --data.max_rows 64
+stage cai  configs/cai-gpu.yaml  cai  --data.path "$HH"  --data.max_rows 64 --engine transformers
+if $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('vllm') is None)"; then
+  stage cai-vllm configs/cai-gpu.yaml cai --data.path "$HH" --data.max_rows 64 --engine vllm
+else
+  stamp "cai-vllm: skipped, vllm is not installed in $PY"
+fi
 wait $tests; stamp "GPU tests exit $?: $(tail -1 "$OUT/pytest-gpu.log")"
 
 $PY - "$OUT" <<'PYEOF' | tee "$OUT/summary.txt"
@@ -83,7 +90,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 print(f"{'stage':<8} {'rc':>3} {'steps':>6} {'s/step':>9} {'peak alloc MiB':>15} {'peak reserved MiB':>18} {'wall s':>7}  device")
 per_step = {}
-for name in ("rm", "sft", "dpo", "kto", "grpo", "ppo", "ppo-vllm", "cai"):
+for name in ("rm", "sft", "dpo", "kto", "grpo", "ppo", "ppo-vllm", "cai", "cai-vllm"):
     f = out / f"{name}.json"
     if not f.is_file():
         print(f"{name:<8} no result (timed out or failed before the stage ran: {name}.log)")
@@ -98,5 +105,8 @@ for name in ("rm", "sft", "dpo", "kto", "grpo", "ppo", "ppo-vllm", "cai"):
 if per_step.get("ppo") and per_step.get("ppo-vllm"):
     print(f"PPO seconds per update, same config, this run: vLLM rollouts {per_step['ppo-vllm']} s, transformers "
           f"rollouts {per_step['ppo']} s, ratio {per_step['ppo-vllm'] / per_step['ppo']:.2f} (issue #19 aims <= 0.5)")
+if per_step.get("cai") and per_step.get("cai-vllm"):
+    print(f"CAI seconds per prompt, same config, this run: vLLM engine {per_step['cai-vllm']} s, transformers "
+          f"{per_step['cai']} s, ratio {per_step['cai-vllm'] / per_step['cai']:.2f}")
 PYEOF
 stamp "done"
