@@ -6,6 +6,7 @@ chromium or Playwright is missing, unless KEEL_REQUIRE_BROWSER=1 (set by .ci/run
 the skip into a failure.
 """
 import os
+import re
 import shutil
 import time
 
@@ -303,7 +304,12 @@ def test_browser_uploads_a_document_and_the_answer_cites_it(tmp_path):
             assert sources.split(";")[0].strip() == "uploads/quillfeather-relay.md § Quillfeather relay", sources
             # The 135M agent does not always answer from passage [1] (with other passages beside it, it
             # has answered from a Keel doc): the answer's own text is reported, not asserted.
-            print("keel-agent answered:", answer.inner_text().split("Sources:")[0].strip().splitlines()[-1])
+            text = answer.inner_text().split("Sources:")[0].strip()
+            print("keel-agent answered:", text.splitlines()[-1])
+            # What it cites inline can only be a source the search returned (constrained decoding).
+            listed = {s.strip().split(" § ")[0] for s in sources.split(";")}
+            for cited in re.findall(r"\(source: ([^)]*)\)", text):
+                assert cited in listed, (cited, listed)
             _shot(page, tmp_path, "kb-02-answer")
 
             page.locator("#kb-pick input").click()
