@@ -424,11 +424,13 @@ def _log(msg: str) -> None:
 
 
 def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_tokens: int, seed: int,
-                   vllm_python: str, out: Path, app_variants: dict[str, tuple[Path, list[str]]] | None = None) -> dict:
+                   vllm_python: str, out: Path, app_variants: dict[str, tuple[Path, list[str]]] | None = None,
+                   part_order: list[str] | None = None) -> dict:
     """Part 3 (see the module docstring). Writes ``out`` (JSON) after every level, so a run that is
     stopped keeps what it measured. ``app_variants`` ({part: (checkout, extra flags)}): more apps on the
     same vLLM server, each run at every level after this checkout's default app (``app``), e.g. the
-    app at an earlier commit, or with ``--stream-interval-ms 0``."""
+    app at an earlier commit, or with ``--stream-interval-ms 0``; ``part_order``: the order in which they run
+    at each level (default: ``app`` first, then ``app_variants``' order)."""
     from align.models import load_tokenizer, resolve_model
     from serve.engine import VLLMEngine, free_port
     from serve.settings import DEFAULT_SYSTEM_PROMPT
@@ -469,6 +471,8 @@ def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_t
             parts = {"app": (REPO, [])}
             if backend == "vllm":
                 parts.update(app_variants or {})
+                rank = {p: i for i, p in enumerate(part_order or [])}
+                parts = dict(sorted(parts.items(), key=lambda kv: rank.get(kv[0], len(rank))))
             apps: dict = {}
             per_level: dict = {}
             results["backends"][backend] = {"levels": per_level}
@@ -597,6 +601,8 @@ def main() -> None:
                     help="--load, vllm: also run this app with --stream-interval-ms 0 (an update per token)")
     ap.add_argument("--before-repo", metavar="DIR",
                     help="--load, vllm: also run the app of this checkout (e.g. a git worktree of an earlier commit)")
+    ap.add_argument("--part-order", default="app,app_every_token,app_before",
+                    help="--load, vllm: the order in which the apps run at each level (after the engine's own)")
     a = ap.parse_args()
     if a.load:
         backends = [b.strip() for b in a.backends.split(",") if b.strip()]
@@ -610,8 +616,12 @@ def main() -> None:
             variants["app_every_token"] = (REPO, ["--stream-interval-ms", "0"])
         if a.before_repo:
             variants["app_before"] = (Path(a.before_repo).resolve(), [])
+        order = [p.strip() for p in a.part_order.split(",") if p.strip()]
+        known = {"app", "app_every_token", "app_before"}
+        if len(order) != len(set(order)) or "app" not in order or not set(order) <= known:
+            ap.error("--part-order: each of app, app_every_token, app_before at most once, and app")
         res = load_benchmark(backends, levels, a.turns, a.max_new_tokens, a.seed, a.vllm_python, Path(a.out),
-                             app_variants=variants)
+                             app_variants=variants, part_order=order)
         print(json.dumps(res["comparison"], indent=2), flush=True)
         return
 
