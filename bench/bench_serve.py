@@ -4,7 +4,8 @@ and (``--load``) 1/8/32 users over HTTP per generation backend.
     python bench/bench_serve.py [--prompts 6] [--max-new-tokens 64] [--users 8] [--turns 2]
     python bench/bench_serve.py --load [--backends inprocess,vllm] [--user-levels 1,8,32] [--turns 2]
         [--max-new-tokens 48] [--seed 0] [--vllm-python .venv-vllm/bin/python] [--out bench/results/serve_load.json]
-        [--every-token-app] [--before-repo DIR]
+        [--every-token-app] [--before-repo DIR] [--part-order app,app_every_token,app_before]
+    python bench/bench_serve.py --app-overhead [--users 8] [--chunks 300] [--before-repo DIR]
 
 Part 1, same run, same loaded model (embedded SmolLM2-135M, fp32, greedy, CPU):
   baseline: ``model.generate`` directly; time to first token is a 1-token generate (prefill
@@ -42,6 +43,9 @@ CPU seconds of the app's and the engine's process trees, and the app's CPU ms pe
 ``--every-token-app`` and ``--before-repo DIR`` (vllm only) add apps on the same engine, run at
 each level after the default one: this app sending every token (``--stream-interval-ms 0``), and
 the app of another checkout (an earlier commit: a before/after in one run).
+
+``--app-overhead``: the app's own CPU per streamed chunk with the engine taken out: a stdlib fake
+OpenAI server streams a 300-chunk answer at once to 8 users through the same apps (``app_overhead``).
 """
 from __future__ import annotations
 
@@ -538,6 +542,63 @@ def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_t
     return results
 
 
+def app_overhead(users: int, chunks: int, before_repo: str | None, out: Path) -> dict:
+    """``--app-overhead``: the app's own CPU per streamed chunk, the engine taken out. A stdlib fake
+    OpenAI server (tests/agents/fake_openai.py: ~0 CPU, every chunk at once) streams a ``chunks``-chunk
+    answer to ``users`` users at once through each app: this checkout's (default ``stream_interval_ms``),
+    the same sending every chunk (``--stream-interval-ms 0``), and ``before_repo``'s (the baseline).
+    Reports app CPU seconds (its process tree, /proc) per chunk and per answer, over 3 rounds."""
+    sys.path.insert(0, str(REPO))
+    from tests.agents.fake_openai import FakeOpenAIServer
+
+    from align.models import load_tokenizer, resolve_model
+    from serve.engine import free_port
+    from serve.simulate import wait_for_app
+
+    tokenizer = load_tokenizer(resolve_model(LOAD_MODEL))
+    text = "".join(f" w{i % 10}" for i in range(chunks))  # the fake streams 3 characters per chunk
+    parts = {"app_before": (Path(before_repo).resolve(), [])} if before_repo else {}
+    parts.update({"app_every_token": (REPO, ["--stream-interval-ms", "0"]), "app": (REPO, [])})
+    results: dict = {"users": users, "chunks_per_answer": chunks, "rounds": 3, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "load_average_at_start": os.getloadavg(), "apps": {}}
+    workdir = Path(tempfile.mkdtemp(prefix="keel-overhead-"))
+    with FakeOpenAIServer([text], model=LOAD_MODEL) as fake:
+        apps = {}
+        try:
+            for part, (repo, extra) in parts.items():
+                port = free_port()
+                proc = start_app("vllm", port, workdir / f"fb-{part}.db", workdir, 4 * chunks, users, fake.url,
+                                 extra_args=extra, repo=repo, name=part)
+                apps[part] = (proc, f"http://127.0.0.1:{port}")
+            for part, (proc, url) in apps.items():
+                wait_for_app(url, timeout=900, proc=proc)
+                app_users(url, [[PROMPTS[1]]], tokenizer)  # warm-up
+            for r in range(3):  # rounds: each app once per round, so a change of machine load hits all
+                for part, (proc, url) in apps.items():
+                    with CpuMeter({"app": proc.pid}) as cpu:
+                        rows, wall, _ = app_users(url, [[PROMPTS[0]]] * users, tokenizer)
+                    bad = [r_ for r_ in rows if r_.get("error")]
+                    rec = results["apps"].setdefault(part, {"cpu_s": [], "wall_s": [], "errors": 0})
+                    rec["cpu_s"].append(cpu.used["app"])
+                    rec["wall_s"].append(round(wall, 2))
+                    rec["errors"] += len(bad)
+                    _log(f"round {r}: {part}: app cpu {cpu.used['app']} s, wall {wall:.2f} s, errors {len(bad)}")
+        finally:
+            for proc, _ in apps.values():
+                stop_process(proc)
+    for part, rec in results["apps"].items():
+        cpu = statistics.median(rec["cpu_s"])
+        rec["cpu_ms_per_chunk"] = round(1000 * cpu / (users * chunks), 3)
+        rec["cpu_ms_per_answer"] = round(1000 * cpu / users, 1)
+    base = results["apps"].get("app_before")
+    if base:
+        results["over_before"] = {p: round(r["cpu_ms_per_chunk"] / base["cpu_ms_per_chunk"], 3)
+                                  for p, r in results["apps"].items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results
+
+
 def _brief(s: dict) -> str:
     f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     return (f"p50 {f(s['latency_p50_s'])} s, p95 {f(s['latency_p95_s'])} s, ttft p50 {f(s['ttft_p50_s'])} s, "
@@ -603,7 +664,17 @@ def main() -> None:
                     help="--load, vllm: also run the app of this checkout (e.g. a git worktree of an earlier commit)")
     ap.add_argument("--part-order", default="app,app_every_token,app_before",
                     help="--load, vllm: the order in which the apps run at each level (after the engine's own)")
+    ap.add_argument("--app-overhead", action="store_true",
+                    help="only the app's own CPU per streamed chunk, against a fake zero-cost engine (--users, "
+                         "--before-repo; writes bench/results/serve_overhead.json)")
+    ap.add_argument("--chunks", type=int, default=300, help="--app-overhead: streamed chunks per answer")
     a = ap.parse_args()
+    if a.app_overhead:
+        res = app_overhead(a.users, a.chunks, a.before_repo, REPO / "bench" / "results" / "serve_overhead.json")
+        print(json.dumps({k: v for k, v in res.items() if k != "apps"} | {
+            p: {k: r[k] for k in ("cpu_ms_per_chunk", "cpu_ms_per_answer", "errors")} for p, r in res["apps"].items()},
+            indent=2), flush=True)
+        return
     if a.load:
         backends = [b.strip() for b in a.backends.split(",") if b.strip()]
         unknown = [b for b in backends if b not in LOAD_BACKENDS]
