@@ -199,6 +199,8 @@ def coalesce(updates: Iterable[T], interval_s: float, shape: Callable[[T], Any] 
 
     Why: every update the app yields costs Gradio a postprocess of the whole chat, a diff and an SSE
     message (bench/RESULTS.md, issue #18: ~4 ms of app CPU per streamed token), whatever the token rate.
+    Gradio's own throttling (the browser's render rate; grouping messages not yet sent) comes after
+    that server-side postprocess of every yield, so it does not save it; hence this, before the yield.
     """
     sent_at: float | None = None
     sent_shape: Any = _NOTHING
