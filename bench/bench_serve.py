@@ -4,6 +4,8 @@ and (``--load``) 1/8/32 users over HTTP per generation backend.
     python bench/bench_serve.py [--prompts 6] [--max-new-tokens 64] [--users 8] [--turns 2]
     python bench/bench_serve.py --load [--backends inprocess,vllm] [--user-levels 1,8,32] [--turns 2]
         [--max-new-tokens 48] [--seed 0] [--vllm-python .venv-vllm/bin/python] [--out bench/results/serve_load.json]
+        [--every-token-app] [--before-repo DIR] [--part-order app,app_every_token,app_before]
+    python bench/bench_serve.py --app-overhead [--users 8] [--chunks 300] [--before-repo DIR]
 
 Part 1, same run, same loaded model (embedded SmolLM2-135M, fp32, greedy, CPU):
   baseline: ``model.generate`` directly; time to first token is a 1-token generate (prefill
@@ -36,7 +38,14 @@ backend. For vllm, each user level also runs the same requests straight against 
 OpenAI completions endpoint (the ``openai`` client, streaming, same prompt text as the app
 sends): the engine's own latency and time to first token in the same run, the baseline that
 the app's figures are divided by. Time to first token through the app: from submitting the
-message until the first non-empty answer text arrives in the stream.
+message until the first non-empty answer text arrives in the stream. Each level also counts the
+CPU seconds of the app's and the engine's process trees, and the app's CPU ms per answer token.
+``--every-token-app`` and ``--before-repo DIR`` (vllm only) add apps on the same engine, run at
+each level after the default one: this app sending every token (``--stream-interval-ms 0``), and
+the app of another checkout (an earlier commit: a before/after in one run).
+
+``--app-overhead``: the app's own CPU per streamed chunk with the engine taken out: a stdlib fake
+OpenAI server streams a 300-chunk answer at once to 8 users through the same apps (``app_overhead``).
 """
 from __future__ import annotations
 
@@ -330,10 +339,14 @@ def engine_users(url: str, model: str, plan: list[list[str]], tokenizer, max_new
 
 
 def start_app(backend: str, port: int, db: Path, workdir: Path, max_new_tokens: int, concurrency: int,
-              llm_url: str | None = None, log_path: Path | None = None) -> subprocess.Popen:
+              llm_url: str | None = None, log_path: Path | None = None, extra_args: list[str] | None = None,
+              repo: Path = REPO, name: str | None = None) -> subprocess.Popen:
     """``python -m serve`` for ``backend`` (LOAD_BACKENDS) on 127.0.0.1:``port`` in plain-chat mode, as its
-    own process (the benchmark's client threads do not share its interpreter)."""
-    cfg = workdir / f"serve-{backend}.yaml"
+    own process (the benchmark's client threads do not share its interpreter). ``repo``: the checkout
+    whose ``serve`` runs (another one: an earlier commit's app, for a before/after in one run);
+    ``extra_args``: more ``python -m serve`` flags; ``name``: for its config and log file names."""
+    name = name or backend
+    cfg = workdir / f"serve-{name}.yaml"
     cfg.write_text("llm_timeout_s: 1800\n")  # a slow CPU engine is not a failed one: no timeout-retries
     cmd = [sys.executable, "-m", "serve", "--config", str(cfg), "--checkpoint", LOAD_MODEL, "--no-agent",
            "--index", "none", "--kb-dir", "none", "--feedback-db", str(db), "--port", str(port),
@@ -345,9 +358,10 @@ def start_app(backend: str, port: int, db: Path, workdir: Path, max_new_tokens: 
                 "--llm-template", "checkpoint"]
     else:
         raise ValueError(f"unknown backend {backend!r}; one of {LOAD_BACKENDS}")
-    log = open(log_path or (workdir / f"app-{backend}.log"), "ab")
+    cmd += list(extra_args or [])
+    log = open(log_path or (workdir / f"app-{name}.log"), "ab")
     try:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     finally:
         log.close()
 
@@ -414,9 +428,13 @@ def _log(msg: str) -> None:
 
 
 def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_tokens: int, seed: int,
-                   vllm_python: str, out: Path) -> dict:
+                   vllm_python: str, out: Path, app_variants: dict[str, tuple[Path, list[str]]] | None = None,
+                   part_order: list[str] | None = None) -> dict:
     """Part 3 (see the module docstring). Writes ``out`` (JSON) after every level, so a run that is
-    stopped keeps what it measured."""
+    stopped keeps what it measured. ``app_variants`` ({part: (checkout, extra flags)}): more apps on the
+    same vLLM server, each run at every level after this checkout's default app (``app``), e.g. the
+    app at an earlier commit, or with ``--stream-interval-ms 0``; ``part_order``: the order in which they run
+    at each level (default: ``app`` first, then ``app_variants``' order)."""
     from align.models import load_tokenizer, resolve_model
     from serve.engine import VLLMEngine, free_port
     from serve.settings import DEFAULT_SYSTEM_PROMPT
@@ -452,48 +470,68 @@ def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_t
                 results["vllm_start_s"] = round(time.perf_counter() - t, 1)
                 _log(f"vLLM healthy after {results['vllm_start_s']} s at {engine.url} serving {served}")
                 engine_users(engine.url, served, [[PROMPTS[0]]], tokenizer, max_new_tokens, DEFAULT_SYSTEM_PROMPT)  # warm-up
-            port = free_port()
-            db = workdir / f"feedback-{backend}.db"
-            t = time.perf_counter()
-            proc = start_app(backend, port, db, workdir, max_new_tokens, max(levels),
-                             engine.url if backend == "vllm" else None)
-            url = f"http://127.0.0.1:{port}"
+            # one app per variant (vllm only: this checkout's app, and what ``app_variants`` adds), all
+            # started before the first level; per level each runs the same plan right after the engine's own
+            parts = {"app": (REPO, [])}
+            if backend == "vllm":
+                parts.update(app_variants or {})
+                rank = {p: i for i, p in enumerate(part_order or [])}
+                parts = dict(sorted(parts.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+            apps: dict = {}
             per_level: dict = {}
-            results["backends"][backend] = {"command": " ".join(proc.args[1:]), "levels": per_level}
+            results["backends"][backend] = {"levels": per_level}
             try:
-                wait_for_app(url, timeout=900, proc=proc)
-                results["backends"][backend]["app_start_s"] = round(time.perf_counter() - t, 1)
-                _log(f"{backend}: app ready on {url} after {results['backends'][backend]['app_start_s']} s")
-                app_users(url, [[PROMPTS[1]]], tokenizer)  # warm-up (its like is not counted: own session)
+                for part, (repo, extra) in parts.items():
+                    port = free_port()
+                    db = workdir / f"feedback-{backend}-{part}.db"
+                    t = time.perf_counter()
+                    proc = start_app(backend, port, db, workdir, max_new_tokens, max(levels),
+                                     engine.url if backend == "vllm" else None, extra_args=extra, repo=repo,
+                                     name=f"{backend}-{part}")
+                    apps[part] = (proc, f"http://127.0.0.1:{port}", db, t)
+                    key = "command" if part == "app" else f"command_{part}"
+                    results["backends"][backend][key] = " ".join(proc.args[1:]) + (f"  (in {repo})" if repo != REPO else "")
+                for part, (proc, url, db, t) in apps.items():
+                    wait_for_app(url, timeout=900, proc=proc)
+                    key = "app_start_s" if part == "app" else f"app_start_s_{part}"
+                    results["backends"][backend][key] = round(time.perf_counter() - t, 1)
+                    _log(f"{backend} {part}: ready on {url} after {results['backends'][backend][key]} s")
+                    app_users(url, [[PROMPTS[1]]], tokenizer)  # warm-up (its like is not counted: own session)
                 for n in levels:
                     plan = load_plan(n, turns, seed)
                     level: dict = {"users": n, "load_average_before": os.getloadavg()}
-                    pids = {"app": proc.pid, "engine": engine.proc.pid if backend == "vllm" and engine.proc else None}
+                    engine_pid = engine.proc.pid if backend == "vllm" and engine.proc else None
                     if backend == "vllm":
-                        with CpuMeter({"engine": pids["engine"]}) as cpu:
+                        with CpuMeter({"engine": engine_pid}) as cpu:
                             rows, wall = engine_users(engine.url, served, plan, tokenizer, max_new_tokens,
                                                       DEFAULT_SYSTEM_PROMPT)
                         level["engine_direct"] = summarize(rows, wall)
                         level["engine_direct"]["cpu_s"] = cpu.used
                         _log(f"vllm engine direct, {n} users: " + _brief(level["engine_direct"]) + f" cpu {cpu.used}")
-                    with CpuMeter(pids) as cpu:
-                        rows, wall, sessions = app_users(url, plan, tokenizer)
-                    level["app"] = summarize(rows, wall)
-                    level["app"]["cpu_s"] = cpu.used
-                    level["app"].update(feedback_tally(rows, stored_counts(db, sessions)["likes"]))
-                    level["app"]["errors"] += level["app"]["unacknowledged"]
-                    level["app"]["error_samples"] += [f"like not acknowledged: {r.get('like_status')!r}" for r in rows
-                                                      if not r.get("error") and not r.get("like_acknowledged")][:3]
-                    level["sample_answers"] = [r.get("answer") for r in rows[:2]]
+                    for part, (proc, url, db, _t) in apps.items():
+                        with CpuMeter({"app": proc.pid, "engine": engine_pid}) as cpu:
+                            rows, wall, sessions = app_users(url, plan, tokenizer)
+                        res = summarize(rows, wall)
+                        res["cpu_s"] = cpu.used
+                        res["app_cpu_ms_per_token"] = (round(1000 * cpu.used["app"] / res["tokens"], 2)
+                                                       if cpu.used.get("app") is not None and res["tokens"] else None)
+                        res.update(feedback_tally(rows, stored_counts(db, sessions)["likes"]))
+                        res["errors"] += res["unacknowledged"]
+                        res["error_samples"] += [f"like not acknowledged: {r.get('like_status')!r}" for r in rows
+                                                 if not r.get("error") and not r.get("like_acknowledged")][:3]
+                        level[part] = res
+                        if part == "app":
+                            level["sample_answers"] = [r.get("answer") for r in rows[:2]]
+                        _log(f"{backend} {part}, {n} users: " + _brief(res)
+                             + f" lost feedback {res['lost_feedback_rows']} cpu {res['cpu_s']}")
                     per_level[str(n)] = level
-                    _log(f"{backend} app, {n} users: " + _brief(level["app"])
-                         + f" lost feedback {level['app']['lost_feedback_rows']} cpu {level['app']['cpu_s']}")
                     save()
             except Exception as e:  # noqa: BLE001 - recorded; the other backends still run
                 results["backends"][backend]["failed"] = f"{type(e).__name__}: {e}"[:500]
                 _log(f"{backend} failed: {e}")
             finally:
-                stop_process(proc)
+                for proc, *_ in apps.values():
+                    stop_process(proc)
                 save()
     finally:
         if engine is not None:
@@ -501,6 +539,63 @@ def load_benchmark(backends: list[str], levels: list[int], turns: int, max_new_t
     results["comparison"] = compare_load(results)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
+    return results
+
+
+def app_overhead(users: int, chunks: int, before_repo: str | None, out: Path) -> dict:
+    """``--app-overhead``: the app's own CPU per streamed chunk, the engine taken out. A stdlib fake
+    OpenAI server (tests/agents/fake_openai.py: ~0 CPU, every chunk at once) streams a ``chunks``-chunk
+    answer to ``users`` users at once through each app: this checkout's (default ``stream_interval_ms``),
+    the same sending every chunk (``--stream-interval-ms 0``), and ``before_repo``'s (the baseline).
+    Reports app CPU seconds (its process tree, /proc) per chunk and per answer, over 3 rounds."""
+    sys.path.insert(0, str(REPO))
+    from tests.agents.fake_openai import FakeOpenAIServer
+
+    from align.models import load_tokenizer, resolve_model
+    from serve.engine import free_port
+    from serve.simulate import wait_for_app
+
+    tokenizer = load_tokenizer(resolve_model(LOAD_MODEL))
+    text = "".join(f" w{i % 10}" for i in range(chunks))  # the fake streams 3 characters per chunk
+    parts = {"app_before": (Path(before_repo).resolve(), [])} if before_repo else {}
+    parts.update({"app_every_token": (REPO, ["--stream-interval-ms", "0"]), "app": (REPO, [])})
+    results: dict = {"users": users, "chunks_per_answer": chunks, "rounds": 3, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "load_average_at_start": os.getloadavg(), "apps": {}}
+    workdir = Path(tempfile.mkdtemp(prefix="keel-overhead-"))
+    with FakeOpenAIServer([text], model=LOAD_MODEL) as fake:
+        apps = {}
+        try:
+            for part, (repo, extra) in parts.items():
+                port = free_port()
+                proc = start_app("vllm", port, workdir / f"fb-{part}.db", workdir, 4 * chunks, users, fake.url,
+                                 extra_args=extra, repo=repo, name=part)
+                apps[part] = (proc, f"http://127.0.0.1:{port}")
+            for part, (proc, url) in apps.items():
+                wait_for_app(url, timeout=900, proc=proc)
+                app_users(url, [[PROMPTS[1]]], tokenizer)  # warm-up
+            for r in range(3):  # rounds: each app once per round, so a change of machine load hits all
+                for part, (proc, url) in apps.items():
+                    with CpuMeter({"app": proc.pid}) as cpu:
+                        rows, wall, _ = app_users(url, [[PROMPTS[0]]] * users, tokenizer)
+                    bad = [r_ for r_ in rows if r_.get("error")]
+                    rec = results["apps"].setdefault(part, {"cpu_s": [], "wall_s": [], "errors": 0})
+                    rec["cpu_s"].append(cpu.used["app"])
+                    rec["wall_s"].append(round(wall, 2))
+                    rec["errors"] += len(bad)
+                    _log(f"round {r}: {part}: app cpu {cpu.used['app']} s, wall {wall:.2f} s, errors {len(bad)}")
+        finally:
+            for proc, _ in apps.values():
+                stop_process(proc)
+    for part, rec in results["apps"].items():
+        cpu = statistics.median(rec["cpu_s"])
+        rec["cpu_ms_per_chunk"] = round(1000 * cpu / (users * chunks), 3)
+        rec["cpu_ms_per_answer"] = round(1000 * cpu / users, 1)
+    base = results["apps"].get("app_before")
+    if base:
+        results["over_before"] = {p: round(r["cpu_ms_per_chunk"] / base["cpu_ms_per_chunk"], 3)
+                                  for p, r in results["apps"].items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -523,12 +618,18 @@ def compare_load(results: dict) -> dict:
 
     out: dict = {"vllm_app_over_engine": {}}
     for n in results["user_levels"]:
-        app, eng = lvl("vllm", n), lvl("vllm", n, "engine_direct")
-        if app and eng:
-            out["vllm_app_over_engine"][str(n)] = {
+        level = ((results["backends"].get("vllm") or {}).get("levels") or {}).get(str(n)) or {}
+        eng = level.get("engine_direct")
+        for part in [p for p in level if p == "app" or p.startswith("app_")]:
+            app = level[part]
+            if not (isinstance(app, dict) and eng):
+                continue
+            key = "vllm_app_over_engine" if part == "app" else f"vllm_{part}_over_engine"
+            out.setdefault(key, {})[str(n)] = {
                 "ttft_p50": ratio(app["ttft_p50_s"], eng["ttft_p50_s"]),
                 "latency_p50": ratio(app["latency_p50_s"], eng["latency_p50_s"]),
-                "tokens_per_s": ratio(app["tokens_per_s"], eng["tokens_per_s"])}
+                "tokens_per_s": ratio(app["tokens_per_s"], eng["tokens_per_s"]),
+                "app_cpu_ms_per_token": app.get("app_cpu_ms_per_token")}
     one, eight = lvl("vllm", 1), lvl("vllm", 8)
     if one and eight:
         out["vllm_p95_at_8_over_p50_at_1"] = ratio(eight["latency_p95_s"], one["latency_p50_s"])
@@ -557,7 +658,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "serve_load.json"))
+    ap.add_argument("--every-token-app", action="store_true",
+                    help="--load, vllm: also run this app with --stream-interval-ms 0 (an update per token)")
+    ap.add_argument("--before-repo", metavar="DIR",
+                    help="--load, vllm: also run the app of this checkout (e.g. a git worktree of an earlier commit)")
+    ap.add_argument("--part-order", default="app,app_every_token,app_before",
+                    help="--load, vllm: the order in which the apps run at each level (after the engine's own)")
+    ap.add_argument("--app-overhead", action="store_true",
+                    help="only the app's own CPU per streamed chunk, against a fake zero-cost engine (--users, "
+                         "--before-repo; writes bench/results/serve_overhead.json)")
+    ap.add_argument("--chunks", type=int, default=300, help="--app-overhead: streamed chunks per answer")
     a = ap.parse_args()
+    if a.app_overhead:
+        res = app_overhead(a.users, a.chunks, a.before_repo, REPO / "bench" / "results" / "serve_overhead.json")
+        print(json.dumps({k: v for k, v in res.items() if k != "apps"} | {
+            p: {k: r[k] for k in ("cpu_ms_per_chunk", "cpu_ms_per_answer", "errors")} for p, r in res["apps"].items()},
+            indent=2), flush=True)
+        return
     if a.load:
         backends = [b.strip() for b in a.backends.split(",") if b.strip()]
         unknown = [b for b in backends if b not in LOAD_BACKENDS]
@@ -565,7 +682,17 @@ def main() -> None:
             ap.error(f"--backends: unknown {unknown}; use {', '.join(LOAD_BACKENDS)}"
                      + (" (the app's --batch was removed in issue #18)" if "batch" in unknown else ""))
         levels = [int(n) for n in a.user_levels.split(",")]
-        res = load_benchmark(backends, levels, a.turns, a.max_new_tokens, a.seed, a.vllm_python, Path(a.out))
+        variants = {}
+        if a.every_token_app:
+            variants["app_every_token"] = (REPO, ["--stream-interval-ms", "0"])
+        if a.before_repo:
+            variants["app_before"] = (Path(a.before_repo).resolve(), [])
+        order = [p.strip() for p in a.part_order.split(",") if p.strip()]
+        known = {"app", "app_every_token", "app_before"}
+        if len(order) != len(set(order)) or "app" not in order or not set(order) <= known:
+            ap.error("--part-order: each of app, app_every_token, app_before at most once, and app")
+        res = load_benchmark(backends, levels, a.turns, a.max_new_tokens, a.seed, a.vllm_python, Path(a.out),
+                             app_variants=variants, part_order=order)
         print(json.dumps(res["comparison"], indent=2), flush=True)
         return
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from agents.openai_llm import ContextTooLongError, LLMServerError
 from align.errors import KeelError
-from serve.chat import ChatModel, message_text, model_card, prompt_messages, strip_sources
+from serve.chat import ChatModel, coalesce, display_shape, message_text, model_card, prompt_messages, strip_sources
 from serve.feedback import FeedbackDBError, FeedbackStore
 from serve.settings import DEFAULT_SYSTEM_PROMPT
 
@@ -34,6 +34,7 @@ log = logging.getLogger("keel.serve")
 
 MAX_MESSAGE_CHARS = 8_000  # one user message; the stored prompt has its own limit (serve.feedback.LIMITS)
 MAX_HISTORY_MESSAGES = 400
+STREAM_INTERVAL_MS = 100.0  # default of serve.yaml's stream_interval_ms (ServeConfig)
 
 # Layout: bot bubbles that hold agent steps get a readable width (Gradio sizes bubbles to their
 # text, which left thought/tool messages in a ~110 px column); the in-bubble edit box is as wide
@@ -106,9 +107,12 @@ def feedback_value(history: list[dict], served: dict) -> list[str | None]:
 
 
 def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-              switch_roots: list[str] | None = None, kb=None, auth_required: bool = False):
+              switch_roots: list[str] | None = None, kb=None, auth_required: bool = False,
+              stream_interval_ms: float = STREAM_INTERVAL_MS):
     """``kb``: a ``serve.kb.AppKnowledgeBase`` adds the Knowledge base panel (uploads, documents,
-    removal); ``auth_required``: the app runs with a login, so writes need a signed-in user."""
+    removal); ``auth_required``: the app runs with a login, so writes need a signed-in user.
+    ``stream_interval_ms``: a streamed answer updates the chat at most once per this many milliseconds
+    (the first text, each agent step and the complete answer at once; 0: every token)."""
     import gradio as gr
 
     def chat_update(history: list[dict], served: dict):
@@ -155,13 +159,16 @@ def build_app(chat: ChatModel, store: FeedbackStore | None = None, system_prompt
         before, message = history[:-1], history[-1]["content"]
         turn: dict[str, Any] = {}
         shown: list[dict] = []
-        fv = feedback_value(history, served)
         # The status line is cleared once, when the answer starts; a message written while it streams
         # (a rating clicked before the answer is stored: "not finished, nothing stored") then stays.
         cleared = False
-        for update in chat.respond(message, before, system, turn=turn, sample=regenerate):
-            shown = update if isinstance(update, list) else [{"role": "assistant", "content": update}]
-            yield gr.update(value=history + shown, feedback_value=fv), gr.skip(), (gr.skip() if cleared else "")
+        # At most one update per stream_interval_ms (serve.chat.coalesce), and each a plain value: a
+        # gr.update(...) makes Gradio rebuild the Chatbot and its config (a JSON schema) every time.
+        # The ratings shown (feedback_value) were set when the question was added; the final update sets them.
+        stream = (update if isinstance(update, list) else [{"role": "assistant", "content": update}]
+                  for update in chat.respond(message, before, system, turn=turn, sample=regenerate))
+        for shown in coalesce(stream, stream_interval_ms / 1000, display_shape):
+            yield history + shown, gr.skip(), (gr.skip() if cleared else "")
             cleared = True
         text = turn.get("answer")
         status = ""

@@ -12,7 +12,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import json
 import re
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from agents.agent import LLM, ReActAgent, Trace, TransformersLLM
 from agents.tools import ToolRegistry, default_tools
@@ -179,6 +180,47 @@ class ChatModel:
 
 
 SOURCES_MARK = "\n\n**Sources:** "
+
+T = TypeVar("T")
+_NOTHING = object()
+
+
+def coalesce(updates: Iterable[T], interval_s: float, shape: Callable[[T], Any] = lambda u: None,
+             clock: Callable[[], float] = time.monotonic) -> Iterator[T]:
+    """Thin out a stream of growing snapshots (``ChatModel.respond``'s updates) to at most one per
+    ``interval_s`` seconds, keeping the newest: each one replaces the one before, so dropping one loses
+    nothing the next does not carry.
+
+    Sent at once, whatever the time: the first update (time to first token is not delayed), every
+    update whose ``shape(update)`` differs from the last sent one's (a new agent step, a step done,
+    the first visible answer text), and, at the end, the last update if it was held (the full text).
+    A held update goes out when the next update arrives after the interval, so what is shown lags the
+    stream by at most the interval plus one gap between tokens. ``interval_s <= 0``: every update.
+
+    Why: every update the app yields costs Gradio a postprocess of the whole chat, a diff and an SSE
+    message (bench/RESULTS.md, issue #18: ~4 ms of app CPU per streamed token), whatever the token rate.
+    Gradio's own throttling (the browser's render rate; grouping messages not yet sent) comes after
+    that server-side postprocess of every yield, so it does not save it; hence this, before the yield.
+    """
+    sent_at: float | None = None
+    sent_shape: Any = _NOTHING
+    held: Any = _NOTHING
+    for update in updates:
+        now, now_shape = clock(), shape(update)
+        if sent_at is not None and now_shape == sent_shape and now - sent_at < interval_s:
+            held = update
+            continue
+        sent_at, sent_shape, held = now, now_shape, _NOTHING
+        yield update
+    if held is not _NOTHING:
+        yield held
+
+
+def display_shape(shown: list[dict]) -> tuple:
+    """What must not wait in ``coalesce``: the messages' roles, step titles and statuses, and whether
+    each has visible text yet. Only the text of a message growing changes nothing here."""
+    return tuple((m.get("role"), (m.get("metadata") or {}).get("title"), (m.get("metadata") or {}).get("status"),
+                  bool(message_text(m.get("content")).strip())) for m in shown)
 
 
 def _one_line(text: str, limit: int) -> str:

@@ -44,6 +44,10 @@ class ServeConfig(ChatSettings):
     # applies `checkpoint`'s template (completions API; `checkpoint` must be what the server serves).
     llm_template: Literal["server", "checkpoint"] = "server"
     llm_timeout_s: float = Field(120.0, gt=0, le=3600)
+    # A streamed answer updates the chat at most once per this many ms (the first text, each agent step
+    # and the complete answer at once); every update costs the app a Gradio postprocess, diff and SSE
+    # message. 0: every token (docs/serving.md).
+    stream_interval_ms: float = Field(100.0, ge=0, le=10_000, allow_inf_nan=False)
     vllm_python: str | None = None  # default: .venv-vllm/bin/python (scripts/setup_vllm_cpu.sh)
     vllm_args: list[str] = Field(default_factory=list)  # more `vllm serve` flags
     vllm_max_model_len: int = Field(2048, ge=128)
@@ -108,6 +112,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--kb-dir", help="this app's knowledge base folder for uploaded documents (default runs/kb; "
                                      "'none' turns uploads off)")
     p.add_argument("--upload-max-mb", type=float, help="largest uploaded file, in MB (default 20)")
+    p.add_argument("--stream-interval-ms", type=float,
+                   help="a streamed answer updates the chat at most once per this many ms (default 100; 0: every token)")
     return p
 
 
@@ -120,7 +126,7 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
     for key in ("checkpoint", "index", "host", "port", "max_new_tokens", "temperature", "concurrency", "auth",
                 "max_steps", "feedback_db", "system_prompt", "regenerate_temperature", "engine", "vllm_python",
                 "llm_url", "llm_model", "llm_api_key_env", "llm_template",
-                "kb_dir", "upload_max_mb"):
+                "kb_dir", "upload_max_mb", "stream_interval_ms"):
         value = getattr(a, key)
         if value is not None:
             overrides += [f"--{key}", str(value)]
@@ -262,7 +268,7 @@ def create_app(cfg: ServeConfig, auth_required: bool = False):
     if cfg.switch_roots:
         print(f"checkpoint switching on, limited to: {', '.join(cfg.switch_roots)}")
     demo = build_app(chat, store, cfg.system_prompt, switch_roots=cfg.switch_roots, kb=kb,
-                     auth_required=auth_required)
+                     auth_required=auth_required, stream_interval_ms=cfg.stream_interval_ms)
     print(f"[keel] ready in {time.time() - started:.0f} s: serving {chat.short_name} on http://{cfg.host}:{cfg.port}",
           flush=True)
     return demo

@@ -25,7 +25,9 @@ def test_bad_config_names_the_key(tmp_path):
                                               ("--max-new-tokens", "0", "max_new_tokens"),
                                               ("--temperature", "-1", "temperature"),
                                               ("--temperature", "nan", "temperature"),
-                                              ("--max-steps", "0", "max_steps"), ("--port", "70000", "port")])
+                                              ("--max-steps", "0", "max_steps"), ("--port", "70000", "port"),
+                                              ("--stream-interval-ms", "-1", "stream_interval_ms"),
+                                              ("--stream-interval-ms", "inf", "stream_interval_ms")])
 def test_out_of_range_settings_are_refused_naming_the_field(flag, value, field):
     with pytest.raises(ConfigError, match=field):
         serve_config([flag, value])

@@ -59,6 +59,21 @@ def test_the_comparison_reads_the_aims_and_the_decision():
     assert set(c["errors_and_lost"]["8"]) == {"vllm", "batch"}  # a backend that failed to start has no row
 
 
+def test_every_app_on_the_engine_is_divided_by_the_engines_own_figures():
+    def level(ttft, tps, cpu_ms=None):
+        return {"latency_p50_s": 2.0, "latency_p95_s": 2.0, "ttft_p50_s": ttft, "tokens_per_s": tps,
+                "errors": 0, "lost_feedback_rows": 0, "app_cpu_ms_per_token": cpu_ms}
+
+    res = {"user_levels": [32], "backends": {"vllm": {"levels": {"32": {
+        "engine_direct": level(1.0, 100), "app": level(1.1, 80, 2.0), "app_before": level(2.0, 50, 5.0),
+        "load_average_before": [8, 8, 8], "sample_answers": ["x"]}}}}}
+    c = bench_serve.compare_load(res)
+    assert c["vllm_app_over_engine"]["32"] == {"ttft_p50": 1.1, "latency_p50": 1.0, "tokens_per_s": 0.8,
+                                               "app_cpu_ms_per_token": 2.0}
+    assert c["vllm_app_before_over_engine"]["32"]["tokens_per_s"] == 0.5
+    assert c["vllm_app_before_over_engine"]["32"]["app_cpu_ms_per_token"] == 5.0
+
+
 def test_cpu_seconds_of_a_process_tree_include_its_children():
     import os
     import subprocess
