@@ -19,6 +19,7 @@ and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars
                (the longest operator wins: ``**=`` is one term, not ``**`` and ``=``)
   words        lower-cased, Porter-stemmed by FTS5 (``slots`` matches ``slot``); keywords such as
                ``nonlocal`` are ordinary words and stay searchable.
+  URLs         ``http://host/a_b`` -> its words only (``http host a_b a b``): no operator terms
 
 The table has three columns (``lexical_columns``): ``words``, ``exact`` (operator and underscore-name
 terms) and ``title`` (document title and chunk heading); ``bm25()`` weighs them 1, ``EXACT_WEIGHT``
@@ -37,14 +38,14 @@ from __future__ import annotations
 
 import re
 
-LEXICAL_VERSION = 1
+LEXICAL_VERSION = 2  # 2: URLs are read as words only, no operator terms
 FTS_TABLE = "chunks_fts"
 FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
 # (bench/RESULTS.md, "Hybrid search"): the paper's k = 60 ranked 5 points lower at recall@1 there.
 RRF_K = 5
 EXACT_WEIGHT = 4.0  # bm25() column weight of the exact-token column against the words column
-TITLE_WEIGHT = 2.0  # bm25() column weight of the title-and-heading column
+TITLE_WEIGHT = 4.0  # bm25() column weight of the title-and-heading column (2 before URLs were words only)
 # Query terms found in more than this many chunks are left out of the search (the rarest term is
 # kept when all are that common). FTS5 scores every chunk an OR query matches (about 3 us each on
 # these CPUs), so a term in most chunks ("not", "in") made one search take 0.37 s at 100k chunks.
@@ -65,7 +66,11 @@ OPERATORS = {
     "-": "op_minus", "~": "op_invert", "&": "op_amp", "|": "op_pipe", "^": "op_caret", "<": "op_lt",
     ">": "op_gt", "=": "op_assign", "#": "op_hash", "\\": "op_backslash",
 }
-_TOKEN = re.compile(r"[^\W\d_]\w*|_\w*|\d+|" + "|".join(re.escape(op) for op in sorted(OPERATORS, key=len, reverse=True)))
+# A URL (``scheme://...``) is read as its words only: its ``//``, ``/``, ``:`` and ``@`` are not
+# operators (without this, every ``http://`` link in a document matched a question about ``//``).
+_URL = r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`()\[\]]+"
+_TOKEN = re.compile(f"(?P<url>{_URL})|" + r"[^\W\d_]\w*|_\w*|\d+|"
+                    + "|".join(re.escape(op) for op in sorted(OPERATORS, key=len, reverse=True)))
 
 
 def lexical_terms(text: str) -> list[str]:
@@ -73,6 +78,9 @@ def lexical_terms(text: str) -> list[str]:
     terms: list[str] = []
     for m in _TOKEN.finditer(text):
         tok = m.group()
+        if m.group("url"):
+            terms += [t for t in lexical_terms(tok.replace("://", " ").replace("/", " ").replace("@", " ")) if not is_exact(t)]
+            continue
         if tok in OPERATORS:
             terms.append(OPERATORS[tok])
             continue
