@@ -1,0 +1,64 @@
+"""Passages held by two documents: search results prefer the more specific (smaller) document.
+
+Knowledge bases repeat themselves: a manual's "all statements" page holds each statement's own
+page word for word, a combined PDF holds its chapters, a README copies a section of docs/. A
+question about one of those sections then finds the same passage twice, and the umbrella copy
+(a chunk of the large document) often ranks first, so the answer is attributed to a page about
+everything. In Python's reference, ``compound`` holds ``if``, ``for``, ``try``, ``function``, ...
+and ``specialnames`` holds ``customization``, ``numeric-types``, ... in full.
+
+At search time, among a query's candidate chunks, a chunk is a **copy** when at least
+``min_overlap`` of its word 8-grams (shingles, Broder 1997) also occur in the candidate chunks of
+one *smaller* document (fewer chunks). Copies are left out of each ranking before the rankings
+are fused and cut to k, so the smaller document's own chunk stands for the passage. Chunks are
+compared by shingles, not by position, so documents chunked at different offsets still match.
+Documents of the same size never displace each other (two copies of one file both stay).
+
+Hand-written (about 40 lines) rather than a near-duplicate library (datasketch's MinHash LSH):
+the comparison runs over at most a few hundred candidate texts per query, where exact shingle
+sets are cheap, and it needs containment (a passage inside a larger chunk), which MinHash's
+Jaccard estimate does not give directly.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+SHINGLE_WORDS = 8
+# Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl (bench/RESULTS.md, "Hybrid search").
+MIN_OVERLAP = 0.5
+_WORD = re.compile(r"\w+")
+
+
+def shingles(text: str, n: int = SHINGLE_WORDS) -> frozenset[int]:
+    """Hashes of the text's overlapping ``n``-word windows, words lower-cased (one window for a
+    shorter text; none for a text without words). Hashes are Python's, so compare them only within
+    one process."""
+    words = _WORD.findall(text.lower())
+    if len(words) <= n:
+        return frozenset([hash(tuple(words))]) if words else frozenset()
+    return frozenset(hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1))
+
+
+def copies(passages: dict[int, tuple[str, frozenset[int]]], doc_chunks: dict[str, int],
+           min_overlap: float = MIN_OVERLAP) -> set[int]:
+    """The chunk ids among ``passages`` (id -> (document source, shingles)) whose shingles are at
+    least ``min_overlap`` (0-1) covered by the passages of one document with fewer chunks
+    (``doc_chunks``: source -> its chunk count in the index)."""
+    docs_of: dict[int, set[str]] = defaultdict(set)  # shingle -> documents among the passages holding it
+    for source, sh in passages.values():
+        for s in sh:
+            docs_of[s].add(source)
+    out = set()
+    for i, (source, sh) in passages.items():
+        if not sh:
+            continue
+        size = doc_chunks.get(source, 0)
+        counts: dict[str, int] = defaultdict(int)
+        for s in sh:
+            for other in docs_of[s]:
+                if other != source and doc_chunks.get(other, 0) < size:
+                    counts[other] += 1
+        if counts and max(counts.values()) >= min_overlap * len(sh):
+            out.add(i)
+    return out
