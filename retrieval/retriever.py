@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from retrieval.chunking import Chunk, check_window, iter_chunks
+from retrieval.chunking import DEFAULT_PASSAGE_FORMAT, PASSAGE_FORMATS, Chunk, check_window, iter_chunks, passage_text
 from retrieval.duplicates import MIN_OVERLAP, copies, shingles
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
@@ -99,6 +99,8 @@ def _validate_manifest(path: Path, m, repairing: bool = False) -> None:
         check_index_params(m.setdefault("index_params", {}), m["dim"])
     except RetrievalError as e:
         raise RetrievalError(f"{path} is damaged: {e}") from None
+    if m.get("passage_format", "text") not in PASSAGE_FORMATS:
+        raise bad("passage_format", f"must be one of {', '.join(PASSAGE_FORMATS)}, got {m['passage_format']!r}")
     kind = m["index_type"]
     allowed = INDEX_TYPES if counts["index_vectors"] else ("auto", *INDEX_TYPES)
     if kind not in allowed and not repairing:
@@ -237,7 +239,7 @@ class Retriever:
             "keel_retrieval_format": FORMAT_VERSION, "embedding_model": embedding_model, "dim": embedder.dim,
             "metric": "inner_product", "normalized": True, "index_type": index_type,
             "index_type_requested": index_type, "index_params": index_params or {}, "chunk_tokens": chunk_tokens,
-            "overlap": overlap, "build_complete": False,
+            "overlap": overlap, "passage_format": DEFAULT_PASSAGE_FORMAT, "build_complete": False,
             "counts": {"files": 0, "documents": 0, "chunks": 0, "index_vectors": 0, "tombstones": 0},
             "created_at": _now(), "updated_at": _now(),
         }
@@ -400,7 +402,8 @@ class Retriever:
         """One transaction: replaced files' old chunks out, this batch's chunks in, finished files marked."""
         if batch.empty():
             return
-        vectors = self.embedder.encode([c.text for c in batch.chunks])
+        fmt = self.manifest.get("passage_format", "text")  # absent: an index from before the title line
+        vectors = self.embedder.encode([passage_text(c, fmt) for c in batch.chunks])
         old_ids = self.store.chunk_ids_of_files(batch.fresh)
         try:
             with self.store.db:
@@ -562,6 +565,10 @@ class Retriever:
         fused by reciprocal rank fusion of each side's best ``candidates`` chunks, constant ``rrf_k``);
         None is ``default_mode`` (hybrid, measured best: bench/RESULTS.md). ``Hit.score`` is the
         cosine similarity (dense), -bm25 (lexical, higher is better) or the RRF score (hybrid).
+
+        With ``collapse_duplicates`` set (off by default), a candidate chunk whose passage a smaller
+        document among the candidates also holds is left out in every mode, so the more specific
+        document is shown for it (retrieval/duplicates.py).
 
         ``mmr_lambda`` in [0, 1] diversifies with MMR (relevance = cosine similarity to the query)
         over the mode's best ``fetch_k`` candidates; ``min_score`` (cosine similarity, -1..1) drops
