@@ -25,19 +25,24 @@ import re
 from collections import defaultdict
 
 SHINGLE_WORDS = 8
+SAMPLE = 4  # one window in about four is compared (see ``shingles``)
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl (bench/RESULTS.md, "Hybrid search").
-MIN_OVERLAP = 0.5
+MIN_OVERLAP = 0.3
 _WORD = re.compile(r"\w+")
 
 
-def shingles(text: str, n: int = SHINGLE_WORDS) -> frozenset[int]:
-    """Hashes of the text's overlapping ``n``-word windows, words lower-cased (one window for a
-    shorter text; none for a text without words). Hashes are Python's, so compare them only within
-    one process."""
+def shingles(text: str, n: int = SHINGLE_WORDS, sample: int = SAMPLE) -> frozenset[int]:
+    """Hashes of the text's overlapping ``n``-word windows, words lower-cased, keeping those whose
+    hash is divisible by ``sample`` (Broder's "mod m" sampling: the same windows are kept in every
+    text, so containment is estimated from a quarter of them at a quarter of the cost); the
+    smallest hash is kept when none is. One window for a text shorter than ``n`` words, none for a
+    text without words. Hashes are Python's, so compare them only within one process."""
     words = _WORD.findall(text.lower())
     if len(words) <= n:
         return frozenset([hash(tuple(words))]) if words else frozenset()
-    return frozenset(hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1))
+    every = {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
+    kept = frozenset(h for h in every if h % sample == 0)
+    return kept or frozenset([min(every)])
 
 
 def copies(passages: dict[int, tuple[str, frozenset[int]]], doc_chunks: dict[str, int],
@@ -51,14 +56,16 @@ def copies(passages: dict[int, tuple[str, frozenset[int]]], doc_chunks: dict[str
             docs_of[s].add(source)
     out = set()
     for i, (source, sh) in passages.items():
-        if not sh:
-            continue
         size = doc_chunks.get(source, 0)
+        if not sh or size <= 1:
+            continue
         counts: dict[str, int] = defaultdict(int)
         for s in sh:
-            for other in docs_of[s]:
-                if other != source and doc_chunks.get(other, 0) < size:
+            holders = docs_of[s]
+            if len(holders) > 1:
+                for other in holders:
                     counts[other] += 1
-        if counts and max(counts.values()) >= min_overlap * len(sh):
+        need = min_overlap * len(sh)
+        if any(n >= need and other != source and doc_chunks.get(other, 0) < size for other, n in counts.items()):
             out.add(i)
     return out

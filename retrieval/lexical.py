@@ -45,7 +45,7 @@ FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # (bench/RESULTS.md, "Hybrid search"): the paper's k = 60 ranked 5 points lower at recall@1 there.
 RRF_K = 5
 EXACT_WEIGHT = 4.0  # bm25() column weight of the exact-token column against the words column
-TITLE_WEIGHT = 4.0  # bm25() column weight of the title-and-heading column (2 before URLs were words only)
+TITLE_WEIGHT = 1.0  # bm25() column weight of the title-and-heading column (1, 2 and 4 tie on dev: see RESULTS)
 # Query terms found in more than this many chunks are left out of the search (the rarest term is
 # kept when all are that common). FTS5 scores every chunk an OR query matches (about 3 us each on
 # these CPUs), so a term in most chunks ("not", "in") made one search take 0.37 s at 100k chunks.

@@ -166,12 +166,11 @@ class Retriever:
     exact_weight, title_weight = EXACT_WEIGHT, TITLE_WEIGHT  # bm25 column weights (retrieval/lexical.py)
     candidates = HYBRID_CANDIDATES  # chunks taken from each of dense and lexical before fusion (hybrid)
     default_mode = DEFAULT_MODE  # the mode of ``search(mode=None)``, which the agent's search tool uses
-    # True: leave out a candidate chunk whose passage a smaller document among the candidates also
-    # holds (retrieval/duplicates.py); ``duplicate_overlap`` is the share of its word 8-grams that
-    # must be found there, and each mode then looks at least ``duplicate_depth`` candidates deep.
-    # Off by default: on the dev queries it lifted dense and lexical alone but not the tuned hybrid
-    # (bench/RESULTS.md, "Hybrid search").
-    collapse_duplicates = False
+    # Leave out a candidate chunk whose passage a smaller document among the candidates also holds
+    # (retrieval/duplicates.py); ``duplicate_overlap`` is the share of its word 8-grams that must be
+    # found there, and each mode then looks at least ``duplicate_depth`` candidates deep. Both
+    # chosen on the dev queries (bench/RESULTS.md, "Hybrid search").
+    collapse_duplicates = True
     duplicate_overlap = MIN_OVERLAP
     duplicate_depth = 20
 
@@ -566,7 +565,7 @@ class Retriever:
         None is ``default_mode`` (hybrid, measured best: bench/RESULTS.md). ``Hit.score`` is the
         cosine similarity (dense), -bm25 (lexical, higher is better) or the RRF score (hybrid).
 
-        With ``collapse_duplicates`` set (off by default), a candidate chunk whose passage a smaller
+        With ``collapse_duplicates`` (the default), a candidate chunk whose passage a smaller
         document among the candidates also holds is left out in every mode, so the more specific
         document is shown for it (retrieval/duplicates.py).
 
