@@ -314,7 +314,7 @@ def test_a_chat_is_answered_through_the_live_queue_while_an_upload_embeds(tiny_m
 
 @pytest.mark.integration
 def test_gradio_refuses_a_file_over_the_upload_limit_before_the_handler_sees_it(tiny_model_dir, tmp_path, base,
-                                                                               embedder):
+                                                                               embedder, monkeypatch):
     """The app launched as `python -m serve` launches it (serve.cli.launch_options): Gradio's own
     max_file_size is Keel's --upload-max-mb, so an oversized file is refused while it streams in
     (HTTP 413) and never lands in Gradio's upload folder; a file under the limit is received."""
@@ -324,6 +324,8 @@ def test_gradio_refuses_a_file_over_the_upload_limit_before_the_handler_sees_it(
 
     cfg = serve_config(["--upload-max-mb", "0.001"])  # 1,000 bytes
     assert launch_options(cfg)["max_file_size"] == 1000
+    received_dir = tmp_path / "gradio-uploads"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(received_dir))  # where Gradio writes what it receives
     app = App(tiny_model_dir, tmp_path, base, embedder)
     opts = {**launch_options(cfg), "server_port": None, "prevent_thread_lock": True, "quiet": True}
     app.demo.queue(default_concurrency_limit=1).launch(**opts)
@@ -337,9 +339,8 @@ def test_gradio_refuses_a_file_over_the_upload_limit_before_the_handler_sees_it(
         r = httpx.post(url, files={"files": ("small.md", small, "text/markdown")}, timeout=30)
         assert r.status_code == 200, r.text
         received = r.json()[0]
-        with open(received, "rb") as f:
-            assert f.read() == small
-        stored = [p for p in __import__("pathlib").Path(received).parents[1].rglob("*") if p.is_file()]
-        assert not any(p.name == "big.md" for p in stored)
+        assert received.startswith(str(received_dir))
+        stored = {p.name: p.read_bytes() for p in received_dir.rglob("*") if p.is_file()}
+        assert stored == {"small.md": small}  # the refused file was never written there
     finally:
         app.demo.close()
