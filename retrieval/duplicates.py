@@ -27,7 +27,7 @@ from collections import defaultdict
 SHINGLE_WORDS = 8
 SAMPLE = 4  # one window in about four is compared (see ``shingles``)
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl (bench/RESULTS.md, "Hybrid search").
-MIN_OVERLAP = 0.3
+MIN_OVERLAP = 0.5
 _WORD = re.compile(r"\w+")
 
 

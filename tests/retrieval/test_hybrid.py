@@ -348,3 +348,23 @@ def test_a_passage_also_in_a_smaller_document_is_shown_from_that_document(tmp_pa
         # the handbook's other sections, held by no other document, are still found
         guard = kb.search("what does the guard always run", k=2, mode=mode)
         assert guard[0].source.endswith("handbook.md"), mode
+
+
+def test_a_dunder_in_a_passage_is_not_the_bare_word(tmp_path, embedder):
+    """A passage's __del__ is indexed as __del__ only, so the keyword del in a question finds the
+    del statement, not every page that mentions __del__; a question's __slots__ still also looks for
+    the plain word slots."""
+    words, exact, _ = lexical.lexical_columns("object.__del__(self) and __slots__")
+    assert "del" not in words.split() and "slots" not in words.split() and "__del__" in exact.split()
+    assert lexical.query_terms("what is __slots__ for") == ["is", "__slots__", "slots", "for"]
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "finalizer.md").write_text("# Finalizers\n\nobject.__del__(self) runs before an instance is destroyed; "
+                                    "__del__ may never run at exit, and __del__ should not raise.")
+    (d / "statement.md").write_text("# Removing names\n\nThe del statement unbinds a name from its namespace.")
+    (d / "memory.md").write_text("# Memory\n\nA class with __slots__ has no per-instance dictionary.")
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([d])
+    assert [h.source.rsplit("/", 1)[-1] for h in kb.search("del", k=5, mode="lexical")] == ["statement.md"]
+    assert _top(kb, "when does __del__ run", "lexical") == "finalizer.md"
+    assert _top(kb, "what is __slots__ for", "lexical") == "memory.md"
