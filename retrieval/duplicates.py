@@ -22,6 +22,7 @@ Jaccard estimate does not give directly.
 from __future__ import annotations
 
 import re
+import zlib
 from collections import defaultdict
 
 SHINGLE_WORDS = 8
@@ -36,11 +37,12 @@ def shingles(text: str, n: int = SHINGLE_WORDS, sample: int = SAMPLE) -> frozens
     hash is divisible by ``sample`` (Broder's "mod m" sampling: the same windows are kept in every
     text, so containment is estimated from a quarter of them at a quarter of the cost); the
     smallest hash is kept when none is. One window for a text shorter than ``n`` words, none for a
-    text without words. Hashes are Python's, so compare them only within one process."""
+    text without words. Hashes are CRC-32s of the windows' words: the same in every process, so
+    results do not change from run to run (Python's ``hash`` of a string does)."""
     words = _WORD.findall(text.lower())
     if len(words) <= n:
-        return frozenset([hash(tuple(words))]) if words else frozenset()
-    every = {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
+        return frozenset([zlib.crc32(" ".join(words).encode())]) if words else frozenset()
+    every = {zlib.crc32(" ".join(words[i:i + n]).encode()) for i in range(len(words) - n + 1)}
     kept = frozenset(h for h in every if h % sample == 0)
     return kept or frozenset([min(every)])
 
