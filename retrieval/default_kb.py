@@ -6,8 +6,10 @@ can answer questions about Python offline. Built once into the cache folder on f
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
+from retrieval.chunking import DEFAULT_PASSAGE_FORMAT
 from retrieval.loaders import Document, markdown_document
 from retrieval.retriever import Retriever
 
@@ -64,9 +66,15 @@ def open_default_index(progress: bool = True, folder: Path | None = None) -> Ret
     folder = folder or default_index_dir()
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f".{folder.name}.lock")):
-        if (folder / "manifest.json").is_file():
-            kb = Retriever.open(folder)
-        else:
+        kb = Retriever.open(folder) if (folder / "manifest.json").is_file() else None
+        if kb is not None and kb.manifest.get("passage_format", "text") != DEFAULT_PASSAGE_FORMAT:
+            # Built by an older Keel, which embedded chunk texts without their title line: made
+            # again, so that its vectors match what this Keel embeds (a few minutes on a CPU).
+            print(f"[keel] {folder}: the default knowledge base was embedded without titles (an older Keel); "
+                  f"building it again ({kb.manifest['counts'].get('chunks', 0):,} chunks)", file=sys.stderr, flush=True)
+            kb.close()
+            kb = None
+        if kb is None:
             kb = Retriever.create(folder, overwrite=True)
         # A no-op when stored; continues a build that was interrupted (commits are in batches).
         kb.add_documents(python_topic_documents(), PYTHON_DOCS_KEY, progress=progress)

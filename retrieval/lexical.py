@@ -14,11 +14,14 @@ Tokenisation. FTS5's ``unicode61`` tokenizer drops every symbol and splits ``__s
 could not match. ``lexical_terms`` therefore pre-tokenises in Python, the same way for passages
 and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars '_'``) keeps whole:
 
-  identifiers  ``__slots__`` -> ``__slots__ slots`` (exact name, and the bare word for "slots")
+  identifiers  ``__slots__`` -> ``__slots__ slots`` in a query (exact name, and the bare word for
+               "slots"), ``__slots__`` alone in a passage: a page that mentions ``__del__`` is not
+               about the keyword ``del`` (the bare words made it outrank the del statement's page)
   operators    ``@`` -> ``op_at``, ``**`` -> ``op_pow``, ``//`` -> ``op_floordiv``, ``:=`` -> ``op_walrus`` ...
                (the longest operator wins: ``**=`` is one term, not ``**`` and ``=``)
   words        lower-cased, Porter-stemmed by FTS5 (``slots`` matches ``slot``); keywords such as
                ``nonlocal`` are ordinary words and stay searchable.
+  URLs         ``http://host/a_b`` -> its words only (``http host a_b a b``): no operator terms
 
 The table has three columns (``lexical_columns``): ``words``, ``exact`` (operator and underscore-name
 terms) and ``title`` (document title and chunk heading); ``bm25()`` weighs them 1, ``EXACT_WEIGHT``
@@ -37,14 +40,14 @@ from __future__ import annotations
 
 import re
 
-LEXICAL_VERSION = 1
+LEXICAL_VERSION = 3  # 2: URLs are read as words only, no operator terms; 3: no bare word of a dunder in passages
 FTS_TABLE = "chunks_fts"
 FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
 # (bench/RESULTS.md, "Hybrid search"): the paper's k = 60 ranked 5 points lower at recall@1 there.
 RRF_K = 5
 EXACT_WEIGHT = 4.0  # bm25() column weight of the exact-token column against the words column
-TITLE_WEIGHT = 2.0  # bm25() column weight of the title-and-heading column
+TITLE_WEIGHT = 2.0  # bm25() column weight of the title-and-heading column (chosen on dev: see RESULTS)
 # Query terms found in more than this many chunks are left out of the search (the rarest term is
 # kept when all are that common). FTS5 scores every chunk an OR query matches (about 3 us each on
 # these CPUs), so a term in most chunks ("not", "in") made one search take 0.37 s at 100k chunks.
@@ -65,14 +68,22 @@ OPERATORS = {
     "-": "op_minus", "~": "op_invert", "&": "op_amp", "|": "op_pipe", "^": "op_caret", "<": "op_lt",
     ">": "op_gt", "=": "op_assign", "#": "op_hash", "\\": "op_backslash",
 }
-_TOKEN = re.compile(r"[^\W\d_]\w*|_\w*|\d+|" + "|".join(re.escape(op) for op in sorted(OPERATORS, key=len, reverse=True)))
+# A URL (``scheme://...``) is read as its words only: its ``//``, ``/``, ``:`` and ``@`` are not
+# operators (without this, every ``http://`` link in a document matched a question about ``//``).
+_URL = r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`()\[\]]+"
+_TOKEN = re.compile(f"(?P<url>{_URL})|" + r"[^\W\d_]\w*|_\w*|\d+|"
+                    + "|".join(re.escape(op) for op in sorted(OPERATORS, key=len, reverse=True)))
 
 
-def lexical_terms(text: str) -> list[str]:
-    """The terms of ``text`` (a passage or a query), in order; see the module docstring."""
+def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
+    """The terms of ``text`` (a passage or a query), in order; see the module docstring.
+    ``bare_dunders=False`` (passages) leaves out the bare word of a name with leading underscores."""
     terms: list[str] = []
     for m in _TOKEN.finditer(text):
         tok = m.group()
+        if m.group("url"):
+            terms += [t for t in lexical_terms(tok.replace("://", " ").replace("/", " ").replace("@", " ")) if not is_exact(t)]
+            continue
         if tok in OPERATORS:
             terms.append(OPERATORS[tok])
             continue
@@ -80,7 +91,7 @@ def lexical_terms(text: str) -> list[str]:
         if tok.strip("_"):
             terms.append(tok)
             bare = tok.strip("_")
-            if bare != tok:
+            if bare != tok and (bare_dunders or not tok.startswith("_")):
                 terms.append(bare)
             if "_" in bare:  # snake_case: its words too ("reverse_order" -> "reverse", "order")
                 terms += [w for w in bare.split("_") if w]
@@ -96,7 +107,7 @@ def lexical_columns(text: str, title: str | None = None, heading: str | None = N
     """What FTS5 indexes for a passage: ``(words, exact, title)``, each space-separated terms.
     ``exact`` holds the operator and underscore-name terms, ``title`` the document's title and the
     chunk's heading; ``bm25()`` weighs them ``EXACT_WEIGHT`` and ``TITLE_WEIGHT`` times ``words``."""
-    terms = lexical_terms(text)
+    terms = lexical_terms(text, bare_dunders=False)
     return (" ".join(t for t in terms if not is_exact(t)), " ".join(t for t in terms if is_exact(t)),
             " ".join(lexical_terms(" ".join(x for x in (title, heading) if x))))
 

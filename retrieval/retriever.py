@@ -20,7 +20,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from retrieval.chunking import Chunk, check_window, iter_chunks
+from retrieval.chunking import DEFAULT_PASSAGE_FORMAT, PASSAGE_FORMATS, Chunk, check_window, iter_chunks, passage_text
+from retrieval.duplicates import MIN_OVERLAP, copies, shingles
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
@@ -98,6 +99,8 @@ def _validate_manifest(path: Path, m, repairing: bool = False) -> None:
         check_index_params(m.setdefault("index_params", {}), m["dim"])
     except RetrievalError as e:
         raise RetrievalError(f"{path} is damaged: {e}") from None
+    if m.get("passage_format", "text") not in PASSAGE_FORMATS:
+        raise bad("passage_format", f"must be one of {', '.join(PASSAGE_FORMATS)}, got {m['passage_format']!r}")
     kind = m["index_type"]
     allowed = INDEX_TYPES if counts["index_vectors"] else ("auto", *INDEX_TYPES)
     if kind not in allowed and not repairing:
@@ -163,10 +166,18 @@ class Retriever:
     exact_weight, title_weight = EXACT_WEIGHT, TITLE_WEIGHT  # bm25 column weights (retrieval/lexical.py)
     candidates = HYBRID_CANDIDATES  # chunks taken from each of dense and lexical before fusion (hybrid)
     default_mode = DEFAULT_MODE  # the mode of ``search(mode=None)``, which the agent's search tool uses
+    # Leave out a candidate chunk whose passage a smaller document among the candidates also holds
+    # (retrieval/duplicates.py); ``duplicate_overlap`` is the share of its word 8-grams that must be
+    # found there, and each mode then looks at least ``duplicate_depth`` candidates deep. Both
+    # chosen on the dev queries (bench/RESULTS.md, "Hybrid search").
+    collapse_duplicates = True
+    duplicate_overlap = MIN_OVERLAP
+    duplicate_depth = 20
 
     def __init__(self, folder: Path, manifest: dict, index: VectorIndex, store: DocStore, embedder: Embedder):
         self.folder, self.manifest, self.index, self.store, self.embedder = folder, manifest, index, store, embedder
         self.resumed = False  # create(resume=True) reopened an interrupted build
+        self._shingles: dict[int, tuple[str, frozenset]] = {}  # chunk id -> (source, shingles); ids are never reused
 
     # ------------------------------------------------------------ create / open
     @classmethod
@@ -227,7 +238,7 @@ class Retriever:
             "keel_retrieval_format": FORMAT_VERSION, "embedding_model": embedding_model, "dim": embedder.dim,
             "metric": "inner_product", "normalized": True, "index_type": index_type,
             "index_type_requested": index_type, "index_params": index_params or {}, "chunk_tokens": chunk_tokens,
-            "overlap": overlap, "build_complete": False,
+            "overlap": overlap, "passage_format": DEFAULT_PASSAGE_FORMAT, "build_complete": False,
             "counts": {"files": 0, "documents": 0, "chunks": 0, "index_vectors": 0, "tombstones": 0},
             "created_at": _now(), "updated_at": _now(),
         }
@@ -390,7 +401,8 @@ class Retriever:
         """One transaction: replaced files' old chunks out, this batch's chunks in, finished files marked."""
         if batch.empty():
             return
-        vectors = self.embedder.encode([c.text for c in batch.chunks])
+        fmt = self.manifest.get("passage_format", "text")  # absent: an index from before the title line
+        vectors = self.embedder.encode([passage_text(c, fmt) for c in batch.chunks])
         old_ids = self.store.chunk_ids_of_files(batch.fresh)
         try:
             with self.store.db:
@@ -553,6 +565,10 @@ class Retriever:
         None is ``default_mode`` (hybrid, measured best: bench/RESULTS.md). ``Hit.score`` is the
         cosine similarity (dense), -bm25 (lexical, higher is better) or the RRF score (hybrid).
 
+        With ``collapse_duplicates`` (the default), a candidate chunk whose passage a smaller
+        document among the candidates also holds is left out in every mode, so the more specific
+        document is shown for it (retrieval/duplicates.py).
+
         ``mmr_lambda`` in [0, 1] diversifies with MMR (relevance = cosine similarity to the query)
         over the mode's best ``fetch_k`` candidates; ``min_score`` (cosine similarity, -1..1) drops
         hits less similar to the query, in every mode; ``fetch_k`` >= k candidates are fetched
@@ -569,8 +585,9 @@ class Retriever:
         want = fetch_k or (max(4 * k, 20) if mmr_lambda is not None else k)
         if mode == "hybrid":
             want = max(want, self.candidates)
+        depth = max(want, self.duplicate_depth) if self.collapse_duplicates else want
         if mode == "dense":
-            dense = self._dense(q, want, min_score)
+            dense = self._dense(q, depth, min_score)
         elif mode == "hybrid":  # only the ids take part in the fusion; tombstones drop out after it
             fetched = self.index.search(q, want + self.manifest["counts"].get("tombstones", 0))[1]
             dense = [[int(i) for i in row if i >= 0] for row in fetched]
@@ -578,13 +595,21 @@ class Retriever:
         for qi, text in enumerate(queries):
             if mode == "dense":
                 hits = dense[qi]
+                if self.collapse_duplicates:
+                    drop = self.copies([[h.id for h in hits]])
+                    hits = [h for h in hits if h.id not in drop]
+                hits = hits[:want]
             else:
-                lexical = self.store.lexical_search(text, want, self.exact_weight, self.title_weight)
+                lexical_score = dict(self.store.lexical_search(text, depth, self.exact_weight, self.title_weight))
+                lexical = list(lexical_score)  # best first
+                lists = [lexical] if mode == "lexical" else [dense[qi][:want], lexical]
+                if self.collapse_duplicates:
+                    drop = self.copies(lists)
+                    lists = [[i for i in r if i not in drop] for r in lists]
                 if mode == "lexical":
-                    ranked = lexical
+                    ranked = [(i, lexical_score[i]) for i in lists[0][:want]]
                 else:
-                    ranked = rrf([dense[qi][:want], [i for i, _ in lexical]], self.rrf_k,
-                                 [1.0, self.lexical_weight])
+                    ranked = rrf(lists, self.rrf_k, [1.0, self.lexical_weight])
                 # the texts of the hits returned (and room for HNSW tombstones, which drop out
                 # below), or of every candidate that MMR or min_score look at
                 tombstones = self.manifest["counts"].get("tombstones", 0)
@@ -599,6 +624,22 @@ class Retriever:
                 hits = [hits[j] for j in mmr(q[qi], cand, k, mmr_lambda)]
             results.append(hits[:k])
         return results
+
+    def copies(self, rankings: list[list[int]]) -> set[int]:
+        """The chunk ids in ``rankings`` (lists of chunk ids) whose passage a smaller document among
+        them also holds (``retrieval.duplicates.copies``, ``duplicate_overlap``); search leaves them out."""
+        ids = list(dict.fromkeys(i for r in rankings for i in r))
+        new = [i for i in ids if i not in self._shingles]
+        if new:
+            if len(self._shingles) > 200_000:
+                self._shingles.clear()
+            for i, row in self.store.get(new).items():
+                self._shingles[i] = (row["source"], shingles(row["text"]))
+        passages = {i: self._shingles[i] for i in ids if i in self._shingles}
+        if len({s for s, _ in passages.values()}) < 2:
+            return set()
+        sizes = self.store.chunk_counts([s for s, _ in passages.values()])
+        return copies(passages, sizes, self.duplicate_overlap)
 
     def _dense(self, q: np.ndarray, want: int, min_score: float | None) -> list[list[Hit]]:
         """The ``want`` nearest chunks of each query vector by cosine similarity, best first."""

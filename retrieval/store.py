@@ -6,6 +6,7 @@ new FAISS index (another type, or HNSW without tombstones) without embedding any
 from __future__ import annotations
 
 import sqlite3
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class DocStore:
             if ok == "ok" and version is not None and int(version[0]) in (2, 3):
                 _check_fts5(self.db, path)
                 try:
-                    self._sync_lexical(int(version[0]))
+                    self._sync_lexical(int(version[0]), path)
                 except sqlite3.OperationalError as e:  # read-only file or folder, or locked by a writer
                     raise RetrievalError(f"docstore {path} needs its lexical index made or refreshed (schema "
                                          f"{version[0]} -> {SCHEMA_VERSION}, nothing is re-embedded) but cannot be "
@@ -102,16 +103,24 @@ class DocStore:
                             "SELECT file, MIN(sha256), NULL, 1, MIN(added_at) FROM documents GROUP BY file")
             self.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
-    def _sync_lexical(self, version: int) -> None:
+    def _sync_lexical(self, version: int, path: Path) -> None:
         """Make the lexical index hold exactly the stored chunks, in one transaction: create it in a
         version-2 docstore, re-fill it when its tokenisation (``lexical_version``) is older or its
-        row count differs from the chunks' (a docstore changed by a Keel without it)."""
+        row count differs from the chunks' (a docstore changed by a Keel without it). Says so on
+        stderr, since it takes a while for a large index (about 1 ms per chunk)."""
+        lex = None
         if version == 3:
             lex = self.db.execute("SELECT value FROM meta WHERE key = 'lexical_version'").fetchone()
             if lex is not None and int(lex[0]) == LEXICAL_VERSION and \
                     self.db.execute(f"SELECT COUNT(*) FROM {FTS_TABLE}").fetchone()[0] == \
                     self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]:
                 return
+        n = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        why = (f"schema {version} -> {SCHEMA_VERSION}" if version < 3 else
+               f"tokenisation version {lex[0] if lex else '?'} -> {LEXICAL_VERSION}" if lex is None or
+               int(lex[0]) != LEXICAL_VERSION else "its row count differs from the chunks'")
+        print(f"[keel] {path}: re-making the lexical (FTS5) index from {n:,} stored chunks ({why}); nothing is "
+              "re-embedded", file=sys.stderr, flush=True)
         self.rebuild_lexical()
 
     def rebuild_lexical(self) -> None:
@@ -183,6 +192,16 @@ class DocStore:
             f"SELECT id, source, title, heading, start, end, text FROM chunks WHERE id IN ({marks})", list(ids))
         keys = ("id", "source", "title", "heading", "start", "end", "text")
         return {r[0]: dict(zip(keys, r)) for r in rows}
+
+    def chunk_counts(self, sources: list[str]) -> dict[str, int]:
+        """Document source -> how many chunks it has in the index (sources without chunks are left out)."""
+        out: dict[str, int] = {}
+        sources = list(dict.fromkeys(sources))
+        for lo in range(0, len(sources), 500):
+            part = sources[lo:lo + 500]
+            out.update(self.db.execute(f"SELECT source, COUNT(*) FROM chunks WHERE source IN ({','.join('?' * len(part))}) "
+                                       "GROUP BY source", part))
+        return out
 
     def _n_lexical(self) -> int:
         """Rows of the lexical index (cached; writes through this store reset it)."""

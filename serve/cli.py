@@ -184,14 +184,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    demo.queue(default_concurrency_limit=cfg.concurrency).launch(**launch_options(cfg, auth))
+    return 0
+
+
+def launch_options(cfg: ServeConfig, auth: tuple[str, str] | None = None) -> dict:
+    """The keyword arguments of ``gradio.Blocks.launch`` for ``cfg``.
+
+    ``max_file_size`` is Keel's per-file upload limit in bytes (``upload_max_mb`` x 10**6): Gradio
+    then refuses a larger file while it streams in (HTTP 413, and the file control says so), before
+    it is written to Gradio's upload folder; Keel's own check (serve/kb.py) stays for files that
+    reach the handler another way. ``show_error=False``: an unexpected handler error reaches the
+    browser as a short message (the handlers catch and log it); Python's error text stays in the log.
+    """
     from serve.app import APP_CSS
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # show_error=False: an unexpected handler error reaches the browser as a short message (the
-    # handlers catch and log it); Python's error text stays in the log.
-    demo.queue(default_concurrency_limit=cfg.concurrency).launch(
-        server_name=cfg.host, server_port=cfg.port, auth=auth, show_error=False, css=APP_CSS)
-    return 0
+    return {"server_name": cfg.host, "server_port": cfg.port, "auth": auth, "show_error": False, "css": APP_CSS,
+            "max_file_size": int(cfg.upload_max_mb * 10**6)}
 
 
 def _engine_chat(cfg: ServeConfig, settings: ChatSettings, retriever):

@@ -45,3 +45,30 @@ def test_processes_opening_the_default_index_at_once_do_not_corrupt_it(tmp_path,
     again = Retriever.open(folder)  # raises if index and docstore disagree
     assert again.info()["counts"]["documents"] == 5
     again.close()
+
+
+def test_a_default_knowledge_base_from_an_older_keel_is_built_again_with_a_message(tmp_path, monkeypatch, capfd):
+    """A cached default knowledge base whose chunks were embedded without their title line (no
+    passage_format in its manifest) is made again on open, saying so, and then opened as is."""
+    import json
+
+    import retrieval.default_kb as default_kb
+    from retrieval.loaders import Document
+
+    python_docs = [Document(f"python-docs:t{i}", f"Topic {i}", f"Topic {i} text about loops number {i}. " * 20,
+                            [(0, f"Topic {i}")]) for i in range(2)]
+    monkeypatch.setattr(default_kb, "python_topic_documents", lambda: python_docs)
+    monkeypatch.setattr(default_kb, "keel_documents", lambda: [])
+    folder = tmp_path / "kb"
+    default_kb.open_default_index(progress=False, folder=folder).close()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["passage_format"] == "title"
+    del manifest["passage_format"]  # what a Keel before the title line wrote
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    capfd.readouterr()
+    kb = default_kb.open_default_index(progress=False, folder=folder)
+    assert "embedded without titles" in capfd.readouterr().err
+    assert kb.manifest["passage_format"] == "title" and kb.info()["counts"]["documents"] == 2
+    kb.close()
+    default_kb.open_default_index(progress=False, folder=folder).close()
+    assert "embedded without titles" not in capfd.readouterr().err

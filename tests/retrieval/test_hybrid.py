@@ -256,3 +256,115 @@ def test_old_knowledge_base_that_cannot_be_written_gets_a_clear_error(tmp_path, 
         writer.close()
     assert Retriever.open(tmp_path / "idx", embedder=embedder).store.db.execute(
         "SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+
+
+def test_urls_are_read_as_words_not_operators(tmp_path, embedder):
+    """A link's // and / are not the floor-division and division operators (a question about //
+    matched every document with an http:// link before)."""
+    assert lexical_terms("see https://example.org/a_b?q=1") == ["see", "https", "example", "org", "a_b", "a", "b",
+                                                                 "q", "1"]
+    assert lexical_terms("7 // 2, http://x/y") == ["7", "op_floordiv", "2", "http", "x", "y"]
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "links.md").write_text("# Mirrors\n\nDownloads: http://mirror.example.org//pub/ and "
+                                "https://cdn.example.net/a/b/c, also ftp://old.example.com//x.")
+    (d / "ints.md").write_text("# Integers\n\nFor ints, 7 // 2 gives 3.")
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([d])
+    found = [h.source.rsplit("/", 1)[-1] for h in kb.search("what does // do", k=5, mode="lexical")]
+    assert found == ["ints.md"]
+
+
+def test_an_older_lexical_index_is_remade_on_open_with_a_message(tmp_path, notes, embedder, capfd):
+    Retriever.create(tmp_path / "idx", embedder=embedder).add([notes])
+    db = sqlite3.connect(tmp_path / "idx" / "docstore.sqlite")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'lexical_version'")
+    db.commit()
+    db.close()
+    capfd.readouterr()
+    kb = Retriever.open(tmp_path / "idx", embedder=embedder)
+    err = capfd.readouterr().err
+    assert "re-making the lexical (FTS5) index" in err and f"tokenisation version 1 -> {lexical.LEXICAL_VERSION}" in err
+    assert kb.store.db.execute("SELECT value FROM meta WHERE key = 'lexical_version'").fetchone() == (
+        str(lexical.LEXICAL_VERSION),)
+    capfd.readouterr()
+    Retriever.open(tmp_path / "idx", embedder=embedder)  # up to date: nothing to say
+    assert "re-making" not in capfd.readouterr().err
+
+
+def _section(topic: str, facts: list[str]) -> str:
+    return f"## {topic}\n\n" + " ".join(f"The {topic} {f}." for f in facts) + "\n\n"
+
+
+# Three sections; the "handbook" holds all three word for word (as Python's reference `compound`
+# holds `for`, `while` and `try`), and the loop section is also a document of its own.
+LOOP = _section("loop", ["repeats its body once for every item of the sequence it is given",
+                         "binds the target name to each item in turn before the body runs",
+                         "asks the iterator for the next item until the iterator is exhausted",
+                         "ends early when a break statement in its body is reached",
+                         "skips to the next item when a continue statement is reached",
+                         "runs its else clause only when no break ended it",
+                         "leaves the target name bound to the last item after it finishes",
+                         "may change the sequence it walks over, which is best avoided"])
+GUARD = _section("guard", ["catches the errors raised inside its protected block",
+                       "matches each handler against the error's class from top to bottom",
+                       "always runs its final clause, whether or not an error escaped"])
+SWITCH = _section("switch", ["compares a subject with each case pattern in the order written",
+                         "binds the names a matching pattern captures",
+                         "falls through to the wildcard case when nothing else matched"])
+
+
+def test_a_passage_also_in_a_smaller_document_is_shown_from_that_document(tmp_path, embedder):
+    from retrieval.duplicates import copies, shingles
+
+    # the pure rule: a chunk mostly covered by a smaller document goes; equal sizes never displace
+    a, b = frozenset(range(20)), frozenset(range(100))  # a covers 20% of b
+    assert copies({1: ("big", b), 2: ("small", a)}, {"big": 5, "small": 2}, min_overlap=0.3) == set()
+    assert copies({1: ("big", b), 2: ("small", a)}, {"big": 5, "small": 2}, min_overlap=0.2) == {1}
+    assert copies({1: ("big", a), 2: ("small", a)}, {"big": 5, "small": 2}) == {1}
+    assert copies({1: ("x", a), 2: ("y", a)}, {"x": 2, "y": 2}) == set()  # the same size: both stay
+    # the same windows are sampled from a passage wherever it appears
+    assert shingles(LOOP) <= shingles(GUARD + LOOP + SWITCH) and 0 < len(shingles(LOOP)) < len(LOOP.split())
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "handbook.md").write_text("# Handbook\n\n" + LOOP + GUARD + SWITCH)
+    (d / "loop.md").write_text("# Loop\n\n" + LOOP)
+    (d / "colours.md").write_text("# Colours\n\nRed and blue mixed give purple; yellow and blue give green.")
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder, chunk_tokens=32, overlap=4)
+    kb.add([d])
+    question = "when does the loop run its else clause"
+
+    def copy_of_loop(h):  # a handbook chunk that lies inside its loop section
+        return h.source.endswith("handbook.md") and h.text.strip() in LOOP
+
+    for mode in ("dense", "lexical", "hybrid"):
+        kb.collapse_duplicates = False
+        kept = kb.search(question, k=3, mode=mode)
+        assert any(copy_of_loop(h) for h in kept), (mode, kept)  # the umbrella's copy competes with the page
+        kb.collapse_duplicates = True
+        hits = kb.search(question, k=3, mode=mode)
+        assert hits[0].source.endswith("loop.md"), (mode, [h.source for h in hits])
+        assert not any(copy_of_loop(h) for h in hits), (mode, hits)
+        # the handbook's other sections, held by no other document, are still found
+        guard = kb.search("what does the guard always run", k=2, mode=mode)
+        assert guard[0].source.endswith("handbook.md"), mode
+
+
+def test_a_dunder_in_a_passage_is_not_the_bare_word(tmp_path, embedder):
+    """A passage's __del__ is indexed as __del__ only, so the keyword del in a question finds the
+    del statement, not every page that mentions __del__; a question's __slots__ still also looks for
+    the plain word slots."""
+    words, exact, _ = lexical.lexical_columns("object.__del__(self) and __slots__")
+    assert "del" not in words.split() and "slots" not in words.split() and "__del__" in exact.split()
+    assert lexical.query_terms("what is __slots__ for") == ["is", "__slots__", "slots", "for"]
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "finalizer.md").write_text("# Finalizers\n\nobject.__del__(self) runs before an instance is destroyed; "
+                                    "__del__ may never run at exit, and __del__ should not raise.")
+    (d / "statement.md").write_text("# Removing names\n\nThe del statement unbinds a name from its namespace.")
+    (d / "memory.md").write_text("# Memory\n\nA class with __slots__ has no per-instance dictionary.")
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([d])
+    assert [h.source.rsplit("/", 1)[-1] for h in kb.search("del", k=5, mode="lexical")] == ["statement.md"]
+    assert _top(kb, "when does __del__ run", "lexical") == "finalizer.md"
+    assert _top(kb, "what is __slots__ for", "lexical") == "memory.md"

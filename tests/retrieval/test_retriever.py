@@ -1,8 +1,10 @@
 import json
+import types
 
 import numpy as np
 import pytest
 
+from retrieval.chunking import passage_text
 from retrieval.cli import main
 from retrieval.errors import RetrievalError
 from retrieval.evaluate import evaluate
@@ -158,6 +160,43 @@ def test_ivf_pq_search_reranks_with_exact_scores(tmp_path, embedder):
     kb = Retriever.create(tmp_path / "idx", index_type="ivf-pq", index_params={"nlist": 4, "m": 8}, embedder=embedder)
     kb.add([docs])
     hits = kb.search("topic 3 about item 42", k=5, mode="dense")  # the dense path: exact cosine scores
-    exact = embedder.encode([h.text for h in hits]) @ embedder.encode(["topic 3 about item 42"])[0]
+    exact = embedder.encode([passage_text(h) for h in hits]) @ embedder.encode(["topic 3 about item 42"])[0]
     assert np.allclose([h.score for h in hits], exact, atol=1e-4)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_chunks_are_embedded_after_their_title_and_heading_line(tmp_path, embedder):
+    """New indexes embed "title - heading" then the chunk's text (manifest passage_format "title");
+    an index written before that (no passage_format) goes on embedding the text alone, so its
+    vectors stay comparable."""
+    import sqlite3
+
+    doc = tmp_path / "care.md"
+    doc.write_text("# Tomato care\n\n## Watering\n\nTwo litres every morning; less when it has rained.\n")
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([doc])
+    assert kb.manifest["passage_format"] == "title"
+    (chunk,) = kb.store.get([1]).values()
+    # the heading here is the title itself, so the line is the title alone
+    assert passage_text(types.SimpleNamespace(**chunk)) == "Tomato care\n" + chunk["text"]
+    part = types.SimpleNamespace(title="Garden notes", heading="Watering", text="Two litres.")
+    assert passage_text(part) == "Garden notes - Watering\nTwo litres." and passage_text(part, "text") == "Two litres."
+    stored = kb.store.vectors([1], kb.manifest["dim"])[0]
+    assert np.allclose(stored, embedder.encode([passage_text(types.SimpleNamespace(**chunk))])[0], atol=1e-5)
+    assert not np.allclose(stored, embedder.encode([chunk["text"]])[0], atol=1e-3)
+    kb.close()
+    # an older index: its manifest has no passage_format; what is added to it is embedded as before
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del manifest["passage_format"]
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    more = tmp_path / "more.md"
+    more.write_text("# Basil\n\n## Sun\n\nSix hours of sun a day.\n")
+    old = Retriever.open(tmp_path / "idx", embedder=embedder)
+    old.add([more])
+    new_id = max(old.store.get(list(range(1, 10))))
+    text = old.store.get([new_id])[new_id]["text"]
+    assert np.allclose(old.store.vectors([new_id], old.manifest["dim"])[0], embedder.encode([text])[0], atol=1e-5)
+    manifest["passage_format"] = "summary"
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RetrievalError, match="passage_format"):
+        Retriever.open(tmp_path / "idx", embedder=embedder)

@@ -310,3 +310,37 @@ def test_a_chat_is_answered_through_the_live_queue_while_an_upload_embeds(tiny_m
     finally:
         writer.release.set()
         app.demo.close()
+
+
+@pytest.mark.integration
+def test_gradio_refuses_a_file_over_the_upload_limit_before_the_handler_sees_it(tiny_model_dir, tmp_path, base,
+                                                                               embedder, monkeypatch):
+    """The app launched as `python -m serve` launches it (serve.cli.launch_options): Gradio's own
+    max_file_size is Keel's --upload-max-mb, so an oversized file is refused while it streams in
+    (HTTP 413) and never lands in Gradio's upload folder; a file under the limit is received."""
+    import httpx
+
+    from serve.cli import launch_options, serve_config
+
+    cfg = serve_config(["--upload-max-mb", "0.001"])  # 1,000 bytes
+    assert launch_options(cfg)["max_file_size"] == 1000
+    received_dir = tmp_path / "gradio-uploads"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(received_dir))  # where Gradio writes what it receives
+    app = App(tiny_model_dir, tmp_path, base, embedder)
+    opts = {**launch_options(cfg), "server_port": None, "prevent_thread_lock": True, "quiet": True}
+    app.demo.queue(default_concurrency_limit=1).launch(**opts)
+    try:
+        url = app.demo.local_url.rstrip("/") + "/gradio_api/upload"
+        big = b"relay log line\n" * 200  # 3,000 bytes
+        r = httpx.post(url, files={"files": ("big.md", big, "text/markdown")}, timeout=30)
+        assert r.status_code == 413, (r.status_code, r.text)
+        assert "maximum allowed size of 1000 bytes" in r.text
+        small = b"The relay resets every 47 minutes.\n"
+        r = httpx.post(url, files={"files": ("small.md", small, "text/markdown")}, timeout=30)
+        assert r.status_code == 200, r.text
+        received = r.json()[0]
+        assert received.startswith(str(received_dir))
+        stored = {p.name: p.read_bytes() for p in received_dir.rglob("*") if p.is_file()}
+        assert stored == {"small.md": small}  # the refused file was never written there
+    finally:
+        app.demo.close()
