@@ -69,51 +69,27 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
-def _citation_terminals(sources: list[str] | None, suffix: str = "") -> list[str]:
-    """``MISCITED<suffix>``: any text with a ``(source:`` not followed by one of ``sources`` and ``)``.
+def _citation_terminals(sources: list[str] | None) -> list[str]:
+    """``MISCITED``: any text with a ``(source:`` not followed by one of ``sources`` and ``)``.
     ``None``: no rule (every citation allowed)."""
     if sources is None:
         return []
     if not sources:
-        return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:(?s:.*)/"]
+        return [r"MISCITED: /(?s:.*)\(source:(?s:.*)/"]
     alternatives = " | ".join(_lit(s) for s in dict.fromkeys(sources))
-    return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:/" + f" ~CITED{suffix}",
-            f"CITED{suffix}: / ?/ ({alternatives}) /\\)(?s:.*)/"]
+    return [r"MISCITED: /(?s:.*)\(source:/ ~CITED",
+            f"CITED: / ?/ ({alternatives}) /\\)(?s:.*)/"]
 
 
-def _passage_thoughts(passages: list[str] | None, sources: list[str] | None, action: str) -> tuple[list[str], list[str]]:
-    """Start alternatives and terminals binding a thought that names ``Passage [i]`` of the latest
-    search to an answer citing only that passage's source (``passages[i-1]``); other thoughts keep
-    the episode-wide rule. Only for 1-9 passages (one digit), and only with a citation rule."""
-    if sources is None or not passages or len(passages) > 9:
-        return ['THOUGHT "\\n" step'], [f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/"]
-    n = len(passages)
-    # Case-sensitive "Passage": llguidance 1.9 rejects valid text when an alternation precedes it here.
-    starts, lines = ['THOUGHT "\\n" step'], [
-        f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/ & ~/[^\\n]*Passage \\[[1-{n}]\\][^\\n]*/"]
-    for i, source in enumerate(passages, 1):
-        starts.append(f'THOUGHT_{i} "\\n" step_{i}')
-        lines += [f"THOUGHT_{i}: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/ & /[^\\n]*Passage \\[{i}\\][^\\n]*/",
-                  f'step_{i}: "Final Answer:" ANSWER_{i}' + action,
-                  r"ANSWER_" + f"{i}: " + r"/\s*[^\s](?s:.*)/" + f" & ~MISCITED_{i}",
-                  *_citation_terminals([source], f"_{i}")]
-    return starts, lines
-
-
-def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None,
-                  passages: list[str] | None = None) -> str:
+def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None) -> str:
     """The Lark grammar of one text-ReAct step, continuing after ``Thought:``. ``sources``: the sources
-    the episode's searches returned so far; the answer may cite only these (``None``: no rule).
-    ``passages``: the source of each passage of the latest search, in order; a thought that names
-    ``Passage [i]`` then binds the answer's citations to ``passages[i-1]``."""
+    the episode's searches returned so far; the answer may cite only these (``None``: no rule)."""
     tools = list(tools)
     cite = _citation_terminals(sources)
-    action = ' | "Action:" " "? call' if tools else ""
-    starts, thoughts = _passage_thoughts(passages, sources, action)
     lines = ["%llguidance {}",
-             "start: " + " | ".join(starts),
-             *thoughts,
-             'step: "Final Answer:" ANSWER' + action,
+             'start: THOUGHT "\\n" step',
+             f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/",
+             'step: "Final Answer:" ANSWER' + (' | "Action:" " "? call' if tools else ""),
              # An answer has at least one visible character and runs to the end of the message.
              r"ANSWER: /\s*[^\s](?s:.*)/" + (" & ~MISCITED" if cite else ""), *cite]
     if tools:
