@@ -204,10 +204,22 @@ def _accepts(grammar: str, tok, text: str) -> bool:
 
     from agents.grammar import _ll_tokenizer
 
+    import numpy as np
+    from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+
     matcher = llguidance.LLMatcher(_ll_tokenizer(tok), grammar, log_level=0)
     assert not matcher.is_error(), matcher.get_error()
-    consumed = all(matcher.consume_token(t) for t in tok.encode(text, add_special_tokens=False))
-    return consumed and not matcher.is_error() and matcher.is_accepting()
+    mask = allocate_token_bitmask(1, (len(tok) + 31) // 32 * 32)
+    for token in tok.encode(text, add_special_tokens=False):
+        # As in decoding: the mask is computed before each token (a grammar too complex for the lexer
+        # fails here, not in consume_token), and the token must be in it.
+        fill_next_token_bitmask(matcher, mask, 0)
+        assert not matcher.is_error(), matcher.get_error()
+        if not (np.uint32(mask[0, token // 32].view(np.uint32)) >> np.uint32(token % 32)) & 1:
+            return False
+        if not matcher.consume_token(token):
+            return False
+    return not matcher.is_error() and matcher.is_accepting()
 
 
 CITING = [" x\nFinal Answer: It is module-level. (source: python-docs:global)",
