@@ -168,7 +168,8 @@ def test_unmerged_lora_on_top_of_a_lora_adapter_is_refused_before_training(tmp_p
 
     lora = ["--lora.enabled", "true", "--lora.merge_on_save", "false"]
     adapter = run_sft(load_config(SFTStageConfig, REPO / "configs" / "sft.yaml", [
-        "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "sft"), "--data.path", str(HH), *COMMON,
+        "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "sft"), "--data.path", str(HH), "--data.format",
+        "auto", *COMMON,
         "--training.max_steps", "1", "--training.save_steps", "1", "--training.eval_steps", "1", *lora]))
     cfg = load_config(DPOStageConfig, REPO / "configs" / "dpo.yaml",
                       ["--model", str(adapter), "--output_dir", str(tmp_path / "dpo"), "--data.path", str(HH), *COMMON, *lora])
