@@ -15,6 +15,7 @@ hub client's retries.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def resolve_model(ref: str | Path) -> ModelSource:
         return source
     if ref in EMBEDDED_MODELS:
         return ModelSource(ref=ref, path=str(ensure_converted(ref)), kind="embedded")
-    tried.append(f"embedded name (known: {', '.join(EMBEDDED_MODELS)})")
+    tried.append(f"shipped or embedded name (known: {', '.join([*SHIPPED_MODELS, *EMBEDDED_MODELS])})")
 
     folder = Path(ref).expanduser()
     if folder.exists():
@@ -150,7 +151,9 @@ def resolve_model(ref: str | Path) -> ModelSource:
             tried.append(f"hub id, {where} (failed: {str(e).splitlines()[0][:200]})")
     else:
         tried.append("hub id (not of the form owner/name)")
-    raise ModelNotFoundError(f"cannot resolve model {ref!r}; tried:\n  - " + "\n  - ".join(tried))
+    close = difflib.get_close_matches(ref, [*SHIPPED_MODELS, *EMBEDDED_MODELS], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ModelNotFoundError(f"cannot resolve model {ref!r}{hint}; tried:\n  - " + "\n  - ".join(tried))
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -260,7 +260,9 @@ class Retriever:
         if not folder.is_dir():
             raise RetrievalError(f"index folder {folder} does not exist")
         if not path.is_file():
-            raise RetrievalError(f"{folder} is not a Keel index: no {MANIFEST}")
+            inner = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}"))  # e.g. an app's --kb-dir holds index/
+            hint = f"; did you mean {inner[0]}?" if inner else ""
+            raise RetrievalError(f"{folder} is not a Keel index: no {MANIFEST}{hint}")
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 def launch_options(cfg: ServeConfig, auth: tuple[str, str] | None = None) -> dict:
     """The keyword arguments of ``gradio.Blocks.launch`` for ``cfg``.
 
-    ``max_file_size`` is Keel's per-file upload limit in bytes (``upload_max_mb`` x 10**6): Gradio
-    then refuses a larger file while it streams in (HTTP 413, and the file control says so), before
+    ``max_file_size`` is Keel's per-file upload limit in bytes (``upload_max_mb`` x 2**20, the MB
+    that Gradio's refusal message shows): Gradio then refuses a larger file while it streams in (HTTP 413, and the file control says so), before
     it is written to Gradio's upload folder; Keel's own check (serve/kb.py) stays for files that
     reach the handler another way. ``show_error=False``: an unexpected handler error reaches the
     browser as a short message (the handlers catch and log it); Python's error text stays in the log.
@@ -201,7 +201,7 @@ def launch_options(cfg: ServeConfig, auth: tuple[str, str] | None = None) -> dic
     from serve.app import APP_CSS
 
     return {"server_name": cfg.host, "server_port": cfg.port, "auth": auth, "show_error": False, "css": APP_CSS,
-            "max_file_size": int(cfg.upload_max_mb * 10**6)}
+            "max_file_size": int(cfg.upload_max_mb * 2**20)}
 
 
 def _engine_chat(cfg: ServeConfig, settings: ChatSettings, retriever):
@@ -237,6 +237,10 @@ def create_app(cfg: ServeConfig, auth_required: bool = False):
     started = time.time()
     # First: a damaged or read-only feedback database stops the start at once (FeedbackDBError, one line).
     store = None if cfg.feedback_db == "none" else FeedbackStore(cfg.feedback_db)
+    if not cfg.llm_url or cfg.llm_template == "checkpoint":
+        from align.models import resolve_model
+
+        resolve_model(cfg.checkpoint)  # a misspelt --checkpoint fails now, not after the knowledge base opens
     retriever = base_folder = base_lock = None
     if cfg.agent.enabled and cfg.index != "none":
         from retrieval import Retriever

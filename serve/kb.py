@@ -51,11 +51,11 @@ class UploadError(KeelError):
 
 @dataclass
 class UploadLimits:
-    """Limits of one upload from the chat: size per file (MB, 10**6 bytes), files per upload and the accepted
+    """Limits of one upload from the chat: size per file (MB of 2**20 bytes, as Gradio's own size message counts), files per upload and the accepted
     file types.
     """
 
-    max_mb: float = 20.0  # per file, in MB (10**6 bytes)
+    max_mb: float = 20.0  # per file, in MB of 2**20 bytes
     max_files: int = 10  # per upload
     types: tuple[str, ...] = SUFFIXES  # file name endings, lower case with the dot
 
@@ -190,8 +190,8 @@ class AppKnowledgeBase:
         if suffix not in self.limits.types:
             raise UploadError(f"{name}: file type {suffix or '(none)'!r} is not accepted; upload one of "
                               f"{', '.join(self.limits.types)}")
-        if size > self.limits.max_mb * 1e6:
-            raise UploadError(f"{name}: {size / 1e6:.1f} MB is over the upload limit of {self.limits.max_mb:g} MB "
+        if size > self.limits.max_mb * 2**20:
+            raise UploadError(f"{name}: {size / 2**20:.1f} MB is over the upload limit of {self.limits.max_mb:g} MB "
                               "per file")
         if size == 0:
             raise UploadError(f"{name}: the file is empty")
@@ -309,14 +309,14 @@ class AppKnowledgeBase:
             report = writer.add([target])
         except (RetrievalError, OSError) as e:
             self._undo(writer, target, previous, had, result)
-            return f"{name}: not added: {str(e).replace(str(target), name)}"
+            return f"{name}: not added: {_without_name(str(e).replace(str(target), name), name)}"
         except BaseException:
             self._undo(writer, target, previous, had, result)
             raise
         if report.skipped:
             self._undo(writer, target, previous, had, result)
             why = "; ".join(report.warnings).replace(str(target), name)
-            return f"{name}: not added: {why}"
+            return f"{name}: not added: {_without_name(why, name)}"
         previous.unlink(missing_ok=True)
         warn = (" (" + "; ".join(report.warnings).replace(str(target), name) + ")") if report.warnings else ""
         if report.unchanged:
@@ -324,7 +324,7 @@ class AppKnowledgeBase:
         result.changed = True
         result.added += 1
         verb = "replaced the earlier version" if report.replaced else "added"
-        return f"{name}: {verb}, {report.chunks} chunks{warn}"
+        return f"{name}: {verb}, {_chunks(report.chunks)}{warn}"
 
     def _undo(self, writer, target: Path, previous: Path, had: bool, result: UploadResult) -> None:
         """Take a failed file out of the index and the folder; put back the version it replaced."""
@@ -354,7 +354,7 @@ class AppKnowledgeBase:
             if row["origin"] == "uploaded":
                 Path(file).unlink(missing_ok=True)
         where = "" if row["origin"] == "uploaded" else " from this app's copy (the shipped knowledge base is unchanged)"
-        return f"Removed {row['name']} ({row['chunks']} chunks){where}."
+        return f"Removed {row['name']} ({_chunks(row['chunks'])}){where}."
 
 
 def run_in_background(work: Callable[[Callable[[str], None]], object], every_s: float = 1.0
@@ -380,12 +380,21 @@ def run_in_background(work: Callable[[Callable[[str], None]], object], every_s: 
     yield None, state["result"], state["error"]
 
 
+def _chunks(n: int) -> str:
+    return f"{n} chunk" if n == 1 else f"{n} chunks"
+
+
+def _without_name(message: str, name: str) -> str:
+    """``message`` without a leading ``name:`` (the status line names the file once)."""
+    return message[len(name) + 1:].lstrip() if message.startswith(f"{name}:") else message
+
+
 def _table(kb: AppKnowledgeBase) -> list[list]:
     return [[r["name"], r["origin"], r["documents"], r["chunks"]] for r in kb.documents()]
 
 
 def _choices(kb: AppKnowledgeBase) -> list[tuple[str, str]]:
-    return [(f"{r['name']} ({r['origin']}, {r['chunks']} chunks)", r["file"]) for r in kb.documents()]
+    return [(f"{r['name']} ({r['origin']}, {_chunks(r['chunks'])})", r["file"]) for r in kb.documents()]
 
 
 def build_kb_panel(kb: AppKnowledgeBase, auth_required: bool = False) -> None:

@@ -14,6 +14,16 @@ def test_unresolvable_reference_lists_every_attempt(tmp_path):
         resolve_model("nobody/definitely-not-a-model")
 
 
+def test_a_misspelt_model_name_lists_the_shipped_names_and_suggests_the_closest():
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model("keel-agnet")
+    msg = str(e.value)
+    assert "did you mean 'keel-agent'?" in msg and "keel-agent, smollm2-135m" in msg
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model("completely-different")
+    assert "did you mean" not in str(e.value)
+
+
 def test_folder_kinds(tmp_path, tiny_model_dir):
     assert resolve_model(tiny_model_dir).kind == "folder"
     (tmp_path / "empty").mkdir()

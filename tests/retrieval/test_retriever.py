@@ -200,3 +200,14 @@ def test_chunks_are_embedded_after_their_title_and_heading_line(tmp_path, embedd
     (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RetrievalError, match="passage_format"):
         Retriever.open(tmp_path / "idx", embedder=embedder)
+
+
+def test_opening_a_folder_that_holds_an_index_one_level_down_names_it(tmp_path):
+    (tmp_path / "kb" / "index").mkdir(parents=True)
+    (tmp_path / "kb" / "index" / "manifest.json").write_text("{}")
+    with pytest.raises(RetrievalError, match=r"no manifest.json; did you mean .*kb/index\?"):
+        Retriever.open(tmp_path / "kb")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RetrievalError) as e:
+        Retriever.open(tmp_path / "empty")
+    assert "did you mean" not in str(e.value)

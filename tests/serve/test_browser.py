@@ -313,7 +313,7 @@ def test_browser_uploads_a_document_and_the_answer_cites_it(tmp_path):
             _shot(page, tmp_path, "kb-02-answer")
 
             page.locator("#kb-pick input").click()
-            page.get_by_role("option", name="quillfeather-relay.md (uploaded, 1 chunks)").click()
+            page.get_by_role("option", name="quillfeather-relay.md (uploaded, 1 chunk)").click()
             page.locator("#kb-remove").click()
             expect(page.locator("#kb-status")).to_contain_text("Removed quillfeather-relay.md", timeout=60_000)
             expect(page.locator("#kb-documents")).not_to_contain_text("quillfeather-relay.md")

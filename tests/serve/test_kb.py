@@ -200,11 +200,12 @@ def test_wrong_type_too_large_and_too_many_are_refused_with_the_file_and_the_lim
     app.kb.limits.max_mb = 20
     statuses, _ = app.upload(("rows.jsonl", '{"text": "fine"}\n{not json\n'), ("ok.md", FACT))
     assert "rows.jsonl: not added" in statuses[-1] and "line 2" in statuses[-1], statuses
-    assert "ok.md: added" in statuses[-1]
+    assert "ok.md: added, 1 chunk" in statuses[-1] and "1 chunks" not in statuses[-1], statuses
     assert not (app.kb.uploads / "rows.jsonl").exists() and set(app.listed()) >= {"ok.md"}
     assert "rows.jsonl" not in app.listed()
     statuses, _ = app.upload(("binary.txt", bytes(range(256)) * 8))
     assert "binary.txt: not added" in statuses[-1] and not (app.kb.uploads / "binary.txt").exists()
+    assert statuses[-1].count("binary.txt") == 1, statuses  # the file is named once
 
 
 def test_remove_takes_out_an_upload_and_a_shipped_document_only_from_the_apps_copy(
@@ -322,8 +323,8 @@ def test_gradio_refuses_a_file_over_the_upload_limit_before_the_handler_sees_it(
 
     from serve.cli import launch_options, serve_config
 
-    cfg = serve_config(["--upload-max-mb", "0.001"])  # 1,000 bytes
-    assert launch_options(cfg)["max_file_size"] == 1000
+    cfg = serve_config(["--upload-max-mb", "0.001"])  # 1,048 bytes (MB of 2**20 bytes)
+    assert launch_options(cfg)["max_file_size"] == 1048
     received_dir = tmp_path / "gradio-uploads"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(received_dir))  # where Gradio writes what it receives
     app = App(tiny_model_dir, tmp_path, base, embedder)
@@ -334,7 +335,7 @@ def test_gradio_refuses_a_file_over_the_upload_limit_before_the_handler_sees_it(
         big = b"relay log line\n" * 200  # 3,000 bytes
         r = httpx.post(url, files={"files": ("big.md", big, "text/markdown")}, timeout=30)
         assert r.status_code == 413, (r.status_code, r.text)
-        assert "maximum allowed size of 1000 bytes" in r.text
+        assert "maximum allowed size of 1048 bytes" in r.text
         small = b"The relay resets every 47 minutes.\n"
         r = httpx.post(url, files={"files": ("small.md", small, "text/markdown")}, timeout=30)
         assert r.status_code == 200, r.text
