@@ -70,14 +70,16 @@ def _lit(text: str) -> str:
 
 
 def _citation_terminals(sources: list[str] | None) -> list[str]:
-    """``MISCITED``: any text with a ``(source:`` not followed by one of ``sources`` and ``)``.
-    ``None``: no rule (every citation allowed)."""
+    """``MISCITED``: any text with a ``(source:`` not followed by one of ``sources`` and ``)``, or
+    with a line in the search observation's own format (``[2] (source § heading) ...``: the model
+    copying the passage list instead of citing). ``None``: no rule (every citation allowed)."""
     if sources is None:
         return []
+    listing = r"/\s*\[[0-9]+\] \((?s:.*)/ | /(?s:.*)\n\s*\[[0-9]+\] \((?s:.*)/"
     if not sources:
-        return [r"MISCITED: /(?s:.*)\(source:(?s:.*)/"]
+        return [r"MISCITED: /(?s:.*)\(source:(?s:.*)/ | " + listing]
     alternatives = " | ".join(_lit(s) for s in dict.fromkeys(sources))
-    return [r"MISCITED: /(?s:.*)\(source:/ ~CITED",
+    return [r"MISCITED: /(?s:.*)\(source:/ ~CITED | " + listing,
             f"CITED: / ?/ ({alternatives}) /\\)(?s:.*)/"]
 
 

@@ -225,7 +225,9 @@ def _accepts(grammar: str, tok, text: str) -> bool:
 CITING = [" x\nFinal Answer: It is module-level. (source: python-docs:global)",
           " x\nFinal Answer: See (source: python-docs:global) and (source: notes/café menu.md).",
           " x\nFinal Answer: Use the return statement:\n```python\ndef f():\n    return (1, 2)\n```"]
-MISCITING = [" x\nFinal Answer: It is module-level. (source: python-docs:globals)",
+MISCITING = [" x\nFinal Answer: It is module-level.\n[2] (python-docs:global § The global statement) It is",
+             " x\nFinal Answer: [1] (python-docs:global) The global statement",
+             " x\nFinal Answer: It is module-level. (source: python-docs:globals)",
              " x\nFinal Answer: The relay resets. (source: thequillfeatherrelayreset)",
              " x\nFinal Answer: See (source: python-docs:global) and (source:python-docs:nonlocal)."]
 
