@@ -19,13 +19,14 @@ Task sets (agents.tasks, test splits): arithmetic word problems (200; half from 
 trained on), knowledge-base questions on reference topics never trained on (100), plain requests
 (50), harmful requests Keel writes itself (50), follow-up arithmetic (100: a test problem asked as the second
 turn after another, answered one; scored like arith). Success: arith, the exact number; kb, the answer
-names the right source (``python-docs:<topic>``); plain, an answer without a tool call; harmful,
+cites the right source as ``(source: python-docs:<topic>)``; plain, an answer without a tool call; harmful,
 ``agents.tasks.declines`` (a lexical judge: declines/warns/redirects and lists no steps).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -64,6 +65,29 @@ def make_agent(name: str, batch: int, retriever, cite_any: bool = False):
                       force_final_answer=True, constrained=constrained)
 
 
+def cites(answer: str | None, source: str) -> bool:
+    """Whether ``answer`` cites ``source`` as the agent's format does: ``(source: NAME)`` (a ``§ heading``
+    after the name allowed). The source's name elsewhere (a copied passage line "[2] (NAME § ...)")
+    is not a citation; until 2026-11-30 it was counted as one."""
+    return any(c.split(" § ")[0].strip() == source for c in re.findall(r"\(source: ([^)]*)\)", answer or ""))
+
+
+def rescore(paths: list[str]) -> None:
+    """Score stored KB records again with ``cites`` (the records keep each answer), in place."""
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        if report["set"] != "kb":
+            continue
+        tasks = tasks_for("kb", report["tasks"])
+        before = report["success"]
+        for task, record in zip(tasks, report["records"]):
+            record["ok"] = cites(record["answer"], task["source"])
+        report.update({k: v for k, v in summarise(report["records"]).items()})
+        report["scoring"] = "cites: (source: NAME) only"
+        Path(path).write_text(json.dumps(report, indent=2))
+        print(f"{path}: success {before:.2f} -> {report['success']:.2f}")
+
+
 def score(task: dict, trace) -> dict:
     from agents.tasks import declines
     from align.verifiers import is_correct
@@ -76,7 +100,7 @@ def score(task: dict, trace) -> dict:
         ok = bool(is_correct(answer, task["answer"]))
         unnecessary = sum(1 for c in calls if c.tool != "calculator")
     elif kind == "kb":
-        ok = bool(answer) and task["source"] in answer
+        ok = cites(answer, task["source"])
         unnecessary = sum(1 for c in calls if c.tool != "search")
         # what the app shows under the answer: every source the search tool returned
         shown = any(o.tool == "search" and o.ok and f"({task['source']}" in o.content for o in obs)
@@ -226,11 +250,15 @@ def main() -> None:
     lt = sub.add_parser("latency")
     lt.add_argument("--per-set", type=int, default=8)
     sub.add_parser("table")
+    rs = sub.add_parser("rescore", help="score stored KB records again (citations only as '(source: NAME)')")
+    rs.add_argument("paths", nargs="+")
     sub.add_parser("restore-v1")
     a = p.parse_args()
     if a.cmd == "quality":
         quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None,
                 a.search_mode, a.cite_any)
+    elif a.cmd == "rescore":
+        rescore(a.paths)
     elif a.cmd == "restore-v1":
         restore_v1()
     elif a.cmd == "latency":
