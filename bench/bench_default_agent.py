@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agents.tasks import cites  # noqa: E402
+
 OUT = REPO / "bench" / "results"
 V1_COMMIT = "86e4600"  # the first shipped keel-agent (64 CPU steps on the 1,146-row mix)
 V1_DIR = REPO / "runs" / "keel-agent-v1"
@@ -65,15 +69,8 @@ def make_agent(name: str, batch: int, retriever, cite_any: bool = False):
                       force_final_answer=True, constrained=constrained)
 
 
-def cites(answer: str | None, source: str) -> bool:
-    """Whether ``answer`` cites ``source`` as the agent's format does: ``(source: NAME)`` (a ``§ heading``
-    after the name allowed). The source's name elsewhere (a copied passage line "[2] (NAME § ...)")
-    is not a citation; until 2026-11-30 it was counted as one."""
-    return any(c.split(" § ")[0].strip() == source for c in re.findall(r"\(source: ([^)]*)\)", answer or ""))
-
-
 def rescore(paths: list[str]) -> None:
-    """Score stored KB records again with ``cites`` (the records keep each answer), in place."""
+    """Score stored KB records again with ``agents.tasks.cites`` (the records keep each answer), in place."""
     for path in paths:
         report = json.loads(Path(path).read_text())
         if report["set"] != "kb":
@@ -100,7 +97,7 @@ def score(task: dict, trace) -> dict:
         ok = bool(is_correct(answer, task["answer"]))
         unnecessary = sum(1 for c in calls if c.tool != "calculator")
     elif kind == "kb":
-        ok = cites(answer, task["source"])
+        ok = cites(answer, task["source"])  # a "(source: NAME)" citation; until 2026-11-30 any mention counted
         unnecessary = sum(1 for c in calls if c.tool != "search")
         # what the app shows under the answer: every source the search tool returned
         shown = any(o.tool == "search" and o.ok and f"({task['source']}" in o.content for o in obs)

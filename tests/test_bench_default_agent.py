@@ -1,6 +1,7 @@
-"""The default-agent benchmark's KB scoring: a citation is "(source: NAME)", not any mention of NAME."""
+"""The KB judge of the benchmarks and simulated users: a citation is "(source: NAME)", not any mention."""
 import sys
 
+from agents.tasks import cites
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -9,7 +10,7 @@ import bench_default_agent  # noqa: E402
 
 
 def test_a_kb_answer_counts_only_a_citation_of_the_right_source():
-    cites = bench_default_agent.cites
+    assert bench_default_agent.cites is cites
     assert cites("It binds names. (source: python-docs:global)", "python-docs:global")
     assert cites("It binds names. (source: python-docs:global § The global statement)", "python-docs:global")
     assert not cites("It binds names. (source: python-docs:globals)", "python-docs:global")

@@ -170,5 +170,6 @@ def test_the_judge_scores_what_the_model_wrote_not_the_sources_the_app_appends()
     off, answer = sim.final_answer(group)
     assert off == 1 and answer == "It loops."
     assert sim.VerifierJudge()(task, answer, group[:1]) is False
-    assert sim.VerifierJudge()(task, "See python-docs:for.", group[:1]) is True
+    assert sim.VerifierJudge()(task, "It loops. (source: python-docs:for)", group[:1]) is True
+    assert sim.VerifierJudge()(task, "It loops.\n[1] (python-docs:for § The for statement) The", group[:1]) is False
     assert sim.final_answer([]) == (-1, "")
