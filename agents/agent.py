@@ -312,26 +312,31 @@ class ReActAgent:
         if not trace.stopped:
             trace.stopped = "token_budget" if trace.tokens >= self.token_budget else "max_steps"
 
-    def _grammar(self, sources: list[str] | None = None) -> str | None:
+    def _grammar(self, sources: list[str] | None = None, passages: list[str] | None = None) -> str | None:
         """The step grammar (None when unconstrained). ``sources``: what this episode's retrieval tools
-        returned so far; when a tool can return sources, an answer may cite only these."""
+        returned so far; when a tool can return sources, an answer may cite only these. ``passages``:
+        the latest retrieval's passage sources in order (text format: "Passage [i]" binds to the i-th)."""
         if not self.constrained:
             return None
         if not any(t.sources_of for t in self.tools):
-            sources = None
-        key = None if sources is None else tuple(sources)
+            sources = passages = None
+        key = (None if sources is None else tuple(sources), tuple(passages or ()))
         cache = self.__dict__.setdefault("_grammar_texts", {})
         if key not in cache:
             from agents.grammar import native_grammar, react_grammar
 
-            cache[key] = (react_grammar if self.format == "text" else native_grammar)(self.tools, sources)
+            cache[key] = (react_grammar(self.tools, sources, passages) if self.format == "text"
+                          else native_grammar(self.tools, sources))
         return cache[key]
 
-    def _cited(self, event: Event, sources: list[str]) -> None:
-        """Add the sources a successful retrieval observation lists to ``sources`` (in place)."""
+    def _cited(self, event: Event, sources: list[str], passages: list[str]) -> None:
+        """After a successful retrieval observation: add the sources it lists to ``sources`` and make
+        ``passages`` its passages' sources in order (both in place)."""
         tool = self.tools.get(event.tool) if event.type == "observation" and event.ok else None
         if tool is not None and tool.sources_of:
-            sources.extend(s for s in tool.sources_of(event.content) if s not in sources)
+            found = tool.sources_of(event.content)
+            sources.extend(s for s in dict.fromkeys(found) if s not in sources)
+            passages[:] = found
 
     def _generate(self, messages, step: int, **kwargs) -> Iterator[Event]:
         """Call the model; with ``stream_tokens`` yield "token" events on the way. Returns the Generation."""
@@ -359,13 +364,14 @@ class ReActAgent:
         base = [system, *history, {"role": "user", "content": question}]
         scratch = ""
         sources: list[str] = []
+        passages: list[str] = []
         for step in range(1, self.max_steps + 1):
             if self._budget(trace) <= 0:
                 return
             trace.steps = step
             # Each step starts with "Thought:" already written, which keeps small models in the format.
             messages = base + [{"role": "assistant", "content": scratch + "Thought:"}]
-            gen = yield from self._generate(messages, step, stop=STOP_SEQUENCES, grammar=self._grammar(sources),
+            gen = yield from self._generate(messages, step, stop=STOP_SEQUENCES, grammar=self._grammar(sources, passages),
                                             max_new_tokens=self._budget(trace), continue_final=True)
             trace.tokens += gen.tokens
             steps = react_step(gen.text, self.tools, step, plain_answer_is_final=self.plain_answer_is_final and step == 1)
@@ -375,7 +381,7 @@ class ReActAgent:
                 except StopIteration as done:
                     result = done.value
                     break
-                self._cited(event, sources)
+                self._cited(event, sources, passages)
                 yield event
             scratch += result.transcript
             trace.transcript = scratch
@@ -395,6 +401,7 @@ class ReActAgent:
         messages += [*history, {"role": "user", "content": question}]
         schemas = [t.json_schema() for t in self.tools]
         sources: list[str] = []
+        passages: list[str] = []
         for step in range(1, self.max_steps + 1):
             if self._budget(trace) <= 0:
                 return
@@ -421,6 +428,6 @@ class ReActAgent:
             for name, args in calls:
                 yield Event("tool_call", json.dumps(args), step, tool=name, args=args)
                 obs = self._call_tool(name, args, step)
-                self._cited(obs, sources)
+                self._cited(obs, sources, passages)
                 yield obs
                 messages.append({"role": "tool", "name": name, "content": obs.content})

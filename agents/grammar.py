@@ -69,7 +69,7 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
-def _citation_terminals(sources: list[str] | None) -> list[str]:
+def _citation_terminals(sources: list[str] | None, suffix: str = "") -> list[str]:
     """``MISCITED``: any text with a ``(source:`` not followed by one of ``sources`` and ``)``, or
     with a line in the search observation's own format (``[2] (source § heading) ...``: the model
     copying the passage list instead of citing). ``None``: no rule (every citation allowed)."""
@@ -77,21 +77,46 @@ def _citation_terminals(sources: list[str] | None) -> list[str]:
         return []
     listing = r"/\s*\[[0-9]+\] \((?s:.*)/ | /(?s:.*)\n\s*\[[0-9]+\] \((?s:.*)/"
     if not sources:
-        return [r"MISCITED: /(?s:.*)\(source:(?s:.*)/ | " + listing]
+        return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:(?s:.*)/ | " + listing]
     alternatives = " | ".join(_lit(s) for s in dict.fromkeys(sources))
-    return [r"MISCITED: /(?s:.*)\(source:/ ~CITED | " + listing,
-            f"CITED: / ?/ ({alternatives}) /\\)(?s:.*)/"]
+    return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:/" + f" ~CITED{suffix} | " + listing,
+            f"CITED{suffix}: / ?/ ({alternatives}) /\\)(?s:.*)/"]
 
 
-def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None) -> str:
+def _passage_thoughts(passages: list[str] | None, sources: list[str] | None, action: str) -> tuple[list[str], list[str]]:
+    """Start alternatives and terminals for a thought that begins with ``Passage [i]`` (i a passage of
+    the latest search): the answer after it may cite only ``passages[i-1]``; any other thought keeps
+    the episode-wide rule. The binding is a literal prefix and one anchored complement: a version with
+    one floating intersection per passage made llguidance's lexer give up while computing masks."""
+    free = f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/"
+    if sources is None or not passages or len(passages) > 9:
+        return ['THOUGHT "\\n" step'], [free]
+    n = len(passages)
+    starts = ['THOUGHT "\\n" step']
+    lines = [free + f" & ~/ ?Passage \\[[1-{n}]\\][^\\n]*/", f"REST: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/"]
+    for i, source in enumerate(passages, 1):
+        starts.append(f'PASSAGE_{i} REST "\\n" step_{i}')
+        lines += [f"PASSAGE_{i}: / ?Passage \\[{i}\\]/",
+                  f'step_{i}: "Final Answer:" ANSWER_{i}' + action,
+                  f"ANSWER_{i}: " + r"/\s*[^\s](?s:.*)/" + f" & ~MISCITED_{i}",
+                  *_citation_terminals([source], f"_{i}")]
+    return starts, lines
+
+
+def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None,
+                  passages: list[str] | None = None) -> str:
     """The Lark grammar of one text-ReAct step, continuing after ``Thought:``. ``sources``: the sources
-    the episode's searches returned so far; the answer may cite only these (``None``: no rule)."""
+    the episode's searches returned so far; the answer may cite only these (``None``: no rule).
+    ``passages``: the source of each passage of the latest search, in order; a thought that begins
+    with ``Passage [i]`` binds the answer's citations to ``passages[i-1]``."""
     tools = list(tools)
     cite = _citation_terminals(sources)
+    action = ' | "Action:" " "? call' if tools else ""
+    starts, thoughts = _passage_thoughts(passages, sources, action)
     lines = ["%llguidance {}",
-             'start: THOUGHT "\\n" step',
-             f"THOUGHT: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/",
-             'step: "Final Answer:" ANSWER' + (' | "Action:" " "? call' if tools else ""),
+             "start: " + " | ".join(starts),
+             *thoughts,
+             'step: "Final Answer:" ANSWER' + action,
              # An answer has at least one visible character and runs to the end of the message.
              r"ANSWER: /\s*[^\s](?s:.*)/" + (" & ~MISCITED" if cite else ""), *cite]
     if tools:

@@ -206,9 +206,10 @@ PASSAGE_LINE = re.compile(r"^\[\d+\] \((.*?)(?: § [^)]*)?\) ", re.M)
 
 
 def passage_sources(observation: str) -> list[str]:
-    """The sources the search tool's observation text lists, in order, each once (a source may have
-    several passages). These are the only sources an answer may cite under constrained decoding."""
-    return list(dict.fromkeys(PASSAGE_LINE.findall(observation)))
+    """The source of each passage the search tool's observation text lists, in order (``[1]`` first;
+    a source repeats when it has several passages). Under constrained decoding an answer may cite
+    only these, and a thought naming ``Passage [i]`` only the i-th."""
+    return PASSAGE_LINE.findall(observation)
 
 
 def search_tool(retriever, max_chars: int = 300) -> Tool:

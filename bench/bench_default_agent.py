@@ -52,7 +52,7 @@ def tasks_for(kind: str, n: int) -> list[dict]:
             "plain": lambda: plain_tasks(n, seed=1, split="test"), "harmful": lambda: harmful_tasks(n, seed=1)}[kind]()
 
 
-def make_agent(name: str, batch: int, retriever, cite_any: bool = False):
+def make_agent(name: str, batch: int, retriever, cite_any: bool = False, unbound: bool = False):
     from agents.agent import ReActAgent, TransformersLLM
     from agents.batching import BatchedLLM
     from agents.tools import default_tools
@@ -65,7 +65,12 @@ def make_agent(name: str, batch: int, retriever, cite_any: bool = False):
     if cite_any:  # the baseline before the citation rule: a search tool that reports no sources to the grammar
         for tool in tools:
             tool.sources_of = None
-    return ReActAgent(llm, tools, max_steps=4, max_new_tokens=256, format="text",
+    cls = ReActAgent
+    if unbound:  # the baseline before thoughts bound citations: only the episode-wide rule
+        class cls(ReActAgent):  # noqa: N801 - a bench-only variant
+            def _grammar(self, sources=None, passages=None):
+                return super()._grammar(sources, None)
+    return cls(llm, tools, max_steps=4, max_new_tokens=256, format="text",
                       force_final_answer=True, constrained=constrained)
 
 
@@ -138,7 +143,7 @@ class SearchMode:
 
 
 def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = None, mode: str | None = None,
-            cite_any: bool = False) -> None:
+            cite_any: bool = False, unbound: bool = False) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -146,7 +151,7 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
     from retrieval.default_kb import open_default_index
 
     retriever = open_default_index(progress=False)
-    agent = make_agent(name, batch, SearchMode(retriever, mode) if mode else retriever, cite_any)
+    agent = make_agent(name, batch, SearchMode(retriever, mode) if mode else retriever, cite_any, unbound)
     for kind, n in zip(SETS, sizes):
         if only and kind not in only:
             continue
@@ -157,10 +162,11 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
                                desc=f"{name} {kind}"))
         records = [score(t, tr) for t, tr in zip(tasks, traces)]
         report = {"model": name, "checkpoint": MODELS[name][0], "constrained": MODELS[name][1], "set": kind,
-                  "search_mode": mode or "default", "citation_rule": not cite_any and MODELS[name][1],
+                  "search_mode": mode or "default", "citation_rule": "none" if cite_any or not MODELS[name][1] else
+                  ("retrieved sources" if unbound else "retrieved sources, bound to a thought's Passage [i]"),
                   **summarise(records), "wall_s": round(time.perf_counter() - started, 1), "records": records}
         OUT.mkdir(parents=True, exist_ok=True)
-        suffix = (f"-{mode}" if mode else "") + ("-cite-any" if cite_any else "")
+        suffix = (f"-{mode}" if mode else "") + ("-cite-any" if cite_any else "-unbound" if unbound else "")
         (OUT / f"default-agent-{name}-{kind}{suffix}.json").write_text(json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "records"}))
 
@@ -244,6 +250,8 @@ def main() -> None:
                    help="fix the search tool's retrieval mode (default: the retriever's default); results get a suffix")
     q.add_argument("--cite-any", action="store_true",
                    help="baseline: no citation rule (answers may cite sources no search returned); suffix -cite-any")
+    q.add_argument("--unbound", action="store_true",
+                   help="baseline: a thought beginning 'Passage [i]' does not bind the citation; suffix -unbound")
     lt = sub.add_parser("latency")
     lt.add_argument("--per-set", type=int, default=8)
     sub.add_parser("table")
@@ -253,7 +261,7 @@ def main() -> None:
     a = p.parse_args()
     if a.cmd == "quality":
         quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None,
-                a.search_mode, a.cite_any)
+                a.search_mode, a.cite_any, a.unbound)
     elif a.cmd == "rescore":
         rescore(a.paths)
     elif a.cmd == "restore-v1":

@@ -275,7 +275,8 @@ def test_the_agent_constrains_citations_to_what_its_search_returned(tiny):
     assert trace.answer.endswith("(source: python-docs:global)")
     _, tok = tiny
     first, second = grammars
-    assert first == react_grammar(tools, []) and second == react_grammar(tools, ["python-docs:global", "python-docs:naming"])
+    assert first == react_grammar(tools, []) and second == react_grammar(
+        tools, ["python-docs:global", "python-docs:naming"], ["python-docs:global", "python-docs:naming"])
     assert not _accepts(first, tok, CITING[0]) and _accepts(second, tok, CITING[0])
     assert not _accepts(second, tok, MISCITING[0])
     # Tools that return no sources: no citation rule (a user's own tools are not constrained).
@@ -283,3 +284,26 @@ def test_the_agent_constrains_citations_to_what_its_search_returned(tiny):
     steps = iter([" Done.\nFinal Answer: 4 (source: my head)"])
     ReActAgent(Scripted(), ToolRegistry([calculator_tool()]), max_steps=1, constrained=True).run("2+2?")
     assert grammars == [react_grammar(ToolRegistry([calculator_tool()]))]
+
+
+@pytest.mark.parametrize("text, ok", [
+    (" Passage [1] answers this.\nFinal Answer: It resets every 47 minutes. (source: uploads/relay.md)", True),
+    (" Passage [1] answers this.\nFinal Answer: It resets every 47 minutes. (source: python-docs:try)", False),
+    (" Passage [1] answers this.\nFinal Answer: It resets. (source: python-docs:global)", False),
+    (" Passage [3] answers this.\nFinal Answer: Use try. (source: python-docs:try)", True),
+    (" Passage [3] answers this.\nFinal Answer: Use try. (source: keel-docs:README.md)", False),
+    (" Passage [1] answers this.\nFinal Answer: It resets every 47 minutes.", True),
+    (" Passage [1] answers this.\nFinal Answer: x\n[2] (keel-docs:README.md) y", False),
+    (" Passage [1] answers this.\nAction: calculator\nAction Input: {\"expression\": \"47 * 2\"}", True),
+    # a thought that does not begin with a passage of the latest search keeps the episode-wide rule
+    (" The passages agree.\nFinal Answer: Use try. (source: python-docs:try)", True),
+    (" The passages agree.\nFinal Answer: It is global. (source: python-docs:global)", True),
+    (" Passage [7] is missing.\nFinal Answer: See the README. (source: keel-docs:README.md)", True),
+    (" I think Passage [1] answers.\nFinal Answer: Use try. (source: python-docs:try)", True),
+    (" The passages agree.\nFinal Answer: Use while. (source: python-docs:while)", False),
+])
+def test_a_thought_beginning_with_a_passage_binds_the_citation_to_that_passage(tiny, text, ok):
+    _, tok = tiny
+    passages = ["uploads/relay.md", "keel-docs:README.md", "python-docs:try"]  # the latest search, [1]..[3]
+    sources = ["python-docs:global", *passages]  # an earlier search of the episode also found python-docs:global
+    assert _accepts(react_grammar(default_tools(), sources, passages), tok, text) is ok
