@@ -50,14 +50,21 @@ def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_mo
     assert turn["answer"] == "Use --resume; and 42." and len(turn["trace"]["events"]) == 8
 
 
-def test_answer_streams_token_by_token_through_the_agent(tiny_model_dir):
-    class StreamingLLM(ScriptedLLM):
-        def stream_generate(self, messages, **kw):
-            gen = self.generate(messages, **kw)
-            for i in range(0, len(gen.text), 4):
-                yield gen.text[i:i + 4]
-            yield gen
+class StreamingLLM(ScriptedLLM):
+    """Scripted steps streamed ``chunk`` characters at a time, then the Generation."""
 
+    def __init__(self, steps, chunk: int = 4):
+        super().__init__(steps)
+        self.chunk = chunk
+
+    def stream_generate(self, messages, **kw):
+        gen = self.generate(messages, **kw)
+        for i in range(0, len(gen.text), self.chunk):
+            yield gen.text[i:i + self.chunk]
+        yield gen
+
+
+def test_answer_streams_token_by_token_through_the_agent(tiny_model_dir):
     llm = StreamingLLM([" easy\nFinal Answer: The answer is forty-two."])
     chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([calculator_tool()]))
     updates = list(chat.respond("q", [], None))

@@ -12,7 +12,7 @@ from agents.tools import ToolRegistry, calculator_tool
 from serve.app import build_app
 from serve.chat import ChatModel, ChatSettings, coalesce, display_shape, message_text
 from serve.cli import serve_config
-from tests.agents.test_agent import ScriptedLLM
+from tests.serve.test_chat import StreamingLLM
 
 TOKENS = [f" tok{i}" for i in range(200)]
 
@@ -111,17 +111,9 @@ def test_interval_zero_streams_every_token_as_a_plain_value(tiny_model_dir):
     assert not any(isinstance(o, dict) and o.get("__type__") == "update" for o in outputs[:-1])
 
 
-class StreamingLLM(ScriptedLLM):
-    def stream_generate(self, messages, **kw):
-        gen = self.generate(messages, **kw)
-        for i in range(0, len(gen.text), 2):
-            yield gen.text[i:i + 2]
-        yield gen
-
-
 def _agent_chat(tiny_model_dir):
     llm = StreamingLLM([' compute it\nAction: calculator\nAction Input: {"expression": "6*7"}',
-                        " done\nFinal Answer: The answer is forty-two, as the calculator said."])
+                        " done\nFinal Answer: The answer is forty-two, as the calculator said."], chunk=2)
     return ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([calculator_tool()]))
 
 
