@@ -267,17 +267,23 @@ class ReActAgent:
     def __init__(self, llm: LLM, tools: ToolRegistry, *, max_steps: int = 6, max_new_tokens: int = 256,
                  token_budget: int = 2048, format: Literal["auto", "text", "native"] = "auto",
                  system_prompt: str | None = None, plain_answer_is_final: bool = True, stream_tokens: bool = False,
-                 force_final_answer: bool = False, constrained: bool | None = None):
+                 force_final_answer: bool = False, constrained: bool | None = None,
+                 citations: Literal["required", "allowed"] = "required"):
         """``constrained``: decode every step under the tools' grammar (agents.grammar), so a tool
         call with an unknown name or arguments its schema rejects cannot be written. True
         requires a backend that supports grammars (ValueError otherwise); None uses one when the
-        backend has it; False turns it off."""
+        backend has it; False turns it off. ``citations`` (constrained decoding, with a tool that
+        reports sources): ``"required"``: an answer after a search that listed sources cites one of
+        them; ``"allowed"``: it may cite them (and nothing else). ValueError for another value."""
         self.llm, self.tools = llm, tools
         supported = bool(getattr(llm, "supports_grammar", False))
         if constrained and not supported:
             raise ValueError(f"{type(llm).__name__} cannot constrain decoding to a grammar; "
                              "use constrained=False (--agent.constrained false)")
         self.constrained = supported if constrained is None else constrained
+        if citations not in ("required", "allowed"):
+            raise ValueError(f"citations: expected 'required' or 'allowed', got {citations!r}")
+        self.citations = citations
         # A model that answers in plain prose (no ReAct labels at all) has answered; small chat
         # models do this often. Turn off to make the format strict (training, evaluation of format).
         self.plain_answer_is_final = plain_answer_is_final
@@ -325,8 +331,8 @@ class ReActAgent:
         if key not in cache:
             from agents.grammar import native_grammar, react_grammar
 
-            cache[key] = (react_grammar(self.tools, sources, passages) if self.format == "text"
-                          else native_grammar(self.tools, sources))
+            cache[key] = (react_grammar(self.tools, sources, passages, self.citations) if self.format == "text"
+                          else native_grammar(self.tools, sources, self.citations))
         return cache[key]
 
     def _cited(self, event: Event, sources: list[str], passages: list[str]) -> None:
@@ -386,7 +392,12 @@ class ReActAgent:
             scratch += result.transcript
             trace.transcript = scratch
             if result.final_answer is not None:
-                yield Event("final_answer", result.final_answer, step)
+                answer = result.final_answer
+                if self.constrained and self.citations == "required" and sources:
+                    from agents.grammar import complete_citation
+
+                    answer = complete_citation(answer, sources)
+                yield Event("final_answer", answer, step)
                 return
         if self.force_final_answer and self._budget(trace) > 0:
             messages = base + [{"role": "assistant", "content": scratch + "Thought: I must answer now.\nFinal Answer:"}]

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-steps", type=_positive, default=4)
     r.add_argument("--agent.constrained", dest="constrained", choices=["true", "false"], default="true",
                    help="grammar-constrained tool calls")
+    r.add_argument("--agent.citations", dest="citations", choices=["required", "allowed"], default="required",
+                   help="with constrained steps: an answer after a search must cite a source it listed "
+                        "(required) or may (allowed)")
     r.add_argument("--json", action="store_true", help="print the trace as JSON")
     r.add_argument("--llm-url", help="generate on this OpenAI-compatible server (http://HOST:PORT/v1), e.g. vLLM")
     r.add_argument("--llm-model", help="model name on that server (default: the only one it serves)")
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 model, tok, _ = load_policy(a.checkpoint)
                 llm = TransformersLLM(model, tok)
             agent = ReActAgent(llm, default_tools(retriever), max_steps=a.max_steps,
-                               constrained=a.constrained == "true", force_final_answer=True)
+                               constrained=a.constrained == "true", force_final_answer=True,
+                               citations=a.citations)
             trace = agent.run(a.question)
             if a.json:
                 print(trace.to_json())

@@ -13,7 +13,12 @@ Each agent step is decoded under a context-free grammar built from the registere
 The argument schemas are the tools' pydantic schemas, so a wrong tool name, a missing or extra
 argument or a value of the wrong type has probability zero. Likewise for citations: an answer's
 ``(source: NAME)`` can only name a source that a search observation of the same episode listed
-(no ``(source:`` at all before a search), so an invented source cannot be written. Grammars are written in llguidance's
+(no ``(source:`` at all before a search), so an invented source cannot be written; with
+``citations="required"`` (the default) an answer after a search that listed sources must cite one
+of them within its first ``MAX_ANSWER_TOKENS_BEFORE_CITATION`` tokens, and may run on at most
+``MAX_ANSWER_TOKENS_AFTER_CITATION`` tokens after it, on the same line (a small model that copies a passage and loops
+never reaches a citation otherwise; the bounds are llguidance's ``max_tokens``, which ends a lexeme
+after that many tokens, so the citation is then the only continuation). Grammars are written in llguidance's
 Lark dialect and enforced token by token by ``GrammarLogitsProcessor`` (a transformers
 ``LogitsProcessor``); the same grammar text is what an OpenAI-compatible server with llguidance
 structured outputs takes. Why llguidance rather than xgrammar, outlines or lm-format-enforcer:
@@ -32,6 +37,8 @@ from typing import Any
 from agents.tools import Tool, ToolRegistry
 
 MAX_THOUGHT_CHARS = 400
+MAX_ANSWER_TOKENS_BEFORE_CITATION = 128
+MAX_ANSWER_TOKENS_AFTER_CITATION = 64
 
 
 class GrammarError(ValueError):
@@ -69,21 +76,73 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
+_LISTING = r"/\s*\[[0-9]+\] \((?s:.*)/ | /(?s:.*)\n\s*\[[0-9]+\] \((?s:.*)/"
+
+
 def _citation_terminals(sources: list[str] | None, suffix: str = "") -> list[str]:
     """``MISCITED``: any text with a ``(source:`` not followed by one of ``sources`` and ``)``, or
     with a line in the search observation's own format (``[2] (source § heading) ...``: the model
     copying the passage list instead of citing). ``None``: no rule (every citation allowed)."""
     if sources is None:
         return []
-    listing = r"/\s*\[[0-9]+\] \((?s:.*)/ | /(?s:.*)\n\s*\[[0-9]+\] \((?s:.*)/"
     if not sources:
-        return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:(?s:.*)/ | " + listing]
-    alternatives = " | ".join(_lit(s) for s in dict.fromkeys(sources))
-    return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:/" + f" ~CITED{suffix} | " + listing,
-            f"CITED{suffix}: / ?/ ({alternatives}) /\\)(?s:.*)/"]
+        return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:(?s:.*)/ | " + _LISTING]
+    return [f"MISCITED{suffix}: " + r"/(?s:.*)\(source:/" + f" ~CITED{suffix} | " + _LISTING,
+            f"CITED{suffix}: / ?/ ({_alternatives(sources)}) /\\)(?s:.*)/"]
 
 
-def _passage_thoughts(passages: list[str] | None, sources: list[str] | None, action: str) -> tuple[list[str], list[str]]:
+def _alternatives(sources: list[str]) -> str:
+    return " | ".join(_lit(s) for s in dict.fromkeys(sources))
+
+
+def _answer(sources: list[str] | None, suffix: str = "", required: bool = False,
+            exclude: str | None = None, bound_head: bool = True) -> tuple[str, list[str]]:
+    """The grammar of an answer (what follows ``Final Answer:``, or a native reply's text): the
+    expression and its rules. At least one visible character, to the end of the message.
+    ``sources``: as ``_citation_terminals``. ``required`` (and ``sources`` not empty): a citation of
+    one of them must come within ``MAX_ANSWER_TOKENS_BEFORE_CITATION`` tokens: the text up to the
+    first ``(source:`` is a lazy lexeme that llguidance ends after that many tokens, and then only
+    the cited name may follow (``(source:`` optional there: when the bound ended the text the model
+    may write the bare name, which ``complete_citation`` repairs); after the citation, the rest of
+    that line, at most ``MAX_ANSWER_TOKENS_AFTER_CITATION`` tokens, under the same rule (a new line
+    would let a small model start another ``Thought:`` inside its answer).
+    ``exclude``: a regex no part of the text may match (native replies: ``<tool_call>``).
+    ``bound_head`` False: no token bound before the citation (native replies with tools, where the
+    text and a tool call's header are both open lexemes and llguidance does not end the text's at
+    its bound): the citation is still required, the step's token limit bounds the text."""
+    cite = _citation_terminals(sources, suffix)
+    no = [f"~/(?s:.*)(?:{exclude})(?s:.*)/"] if exclude else []
+    if not (required and sources):
+        rules = ["MISCITED" + suffix] if cite else []
+        body = " & ".join([r"/\s*[^\s](?s:.*)/", *no, *(f"~{r}" for r in rules)])
+        return f"ANSWER{suffix}", [f"ANSWER{suffix}: {body}", *cite]
+    head = " & ".join([r"/\s*[^\s](?s:.*)\(source:/", *no, f"~({_LISTING})"])
+    tail = " & ".join([r"/[^\n]*/", *no, f"~MISCITED{suffix}"])
+    bound = f", max_tokens={MAX_ANSWER_TOKENS_BEFORE_CITATION}" if bound_head else ""
+    return (f"answer_head{suffix} CITATION{suffix} answer_tail{suffix}",
+            [f"answer_head{suffix}[lazy{bound}]: ANSWER_HEAD{suffix}",
+             f"ANSWER_HEAD{suffix}: {head}",
+             f"CITATION{suffix}: /( ?\\(source:)? ?/ ({_alternatives(sources)}) /\\)/",
+             f"answer_tail{suffix}[max_tokens={MAX_ANSWER_TOKENS_AFTER_CITATION}]: ANSWER_TAIL{suffix}",
+             f"ANSWER_TAIL{suffix}: {tail}", *cite])
+
+
+def complete_citation(answer: str, sources: list[str]) -> str:
+    """The answer with ``(source: `` written before a cited name that lacks it: under required
+    citations, when the token bound ends the answer's text the grammar lets only a listed name and
+    ``)`` follow, and a model may write ``... python-docs:lists)`` bare. Answers that already have a
+    ``(source:`` citation, or name no listed source before a ``)``, are returned unchanged."""
+    if "(source:" in answer:
+        return answer
+    for name in sorted(set(sources), key=len, reverse=True):
+        at = answer.rfind(name + ")")
+        if at >= 0:
+            return answer[:at].rstrip() + " (source: " + answer[at:]
+    return answer
+
+
+def _passage_thoughts(passages: list[str] | None, sources: list[str] | None, action: str,
+                      required: bool = False) -> tuple[list[str], list[str]]:
     """Start alternatives and terminals for a thought that begins with ``Passage [i]`` (i a passage of
     the latest search): the answer after it may cite only ``passages[i-1]``; any other thought keeps
     the episode-wide rule. The binding is a literal prefix and one anchored complement: a version with
@@ -95,30 +154,30 @@ def _passage_thoughts(passages: list[str] | None, sources: list[str] | None, act
     starts = ['THOUGHT "\\n" step']
     lines = [free + f" & ~/ ?Passage \\[[1-{n}]\\][^\\n]*/", f"REST: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/"]
     for i, source in enumerate(passages, 1):
+        answer, rules = _answer([source], f"_{i}", required)
         starts.append(f'PASSAGE_{i} REST "\\n" step_{i}')
-        lines += [f"PASSAGE_{i}: / ?Passage \\[{i}\\]/",
-                  f'step_{i}: "Final Answer:" ANSWER_{i}' + action,
-                  f"ANSWER_{i}: " + r"/\s*[^\s](?s:.*)/" + f" & ~MISCITED_{i}",
-                  *_citation_terminals([source], f"_{i}")]
+        lines += [f"PASSAGE_{i}: / ?Passage \\[{i}\\]/", f'step_{i}: "Final Answer:" {answer}' + action, *rules]
     return starts, lines
 
 
 def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None,
-                  passages: list[str] | None = None) -> str:
+                  passages: list[str] | None = None, citations: str = "allowed") -> str:
     """The Lark grammar of one text-ReAct step, continuing after ``Thought:``. ``sources``: the sources
     the episode's searches returned so far; the answer may cite only these (``None``: no rule).
     ``passages``: the source of each passage of the latest search, in order; a thought that begins
-    with ``Passage [i]`` binds the answer's citations to ``passages[i-1]``."""
+    with ``Passage [i]`` binds the answer's citations to ``passages[i-1]``. ``citations``:
+    ``"required"``: when ``sources`` is not empty the answer must cite (``_answer``); ``"allowed"``:
+    it may. Raises ValueError for another value."""
+    required = _required(citations)
     tools = list(tools)
-    cite = _citation_terminals(sources)
     action = ' | "Action:" " "? call' if tools else ""
-    starts, thoughts = _passage_thoughts(passages, sources, action)
+    starts, thoughts = _passage_thoughts(passages, sources, action, required)
+    answer, rules = _answer(sources, "", required)
     lines = ["%llguidance {}",
              "start: " + " | ".join(starts),
              *thoughts,
-             'step: "Final Answer:" ANSWER' + action,
-             # An answer has at least one visible character and runs to the end of the message.
-             r"ANSWER: /\s*[^\s](?s:.*)/" + (" & ~MISCITED" if cite else ""), *cite]
+             f'step: "Final Answer:" {answer}' + action,
+             *rules]
     if tools:
         lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(tools))))
         for i, tool in enumerate(tools):
@@ -127,13 +186,23 @@ def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = 
     return "\n".join(lines)
 
 
-def native_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None) -> str:
+def _required(citations: str) -> bool:
+    if citations not in ("required", "allowed"):
+        raise ValueError(f"citations: expected 'required' or 'allowed', got {citations!r}")
+    return citations == "required"
+
+
+def native_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None,
+                   citations: str = "allowed") -> str:
     """The Lark grammar of a native (Hermes ``<tool_call>``) reply: plain text, or text then calls.
-    ``sources``: as in ``react_grammar``, for the plain-text answer."""
+    ``sources`` and ``citations``: as in ``react_grammar``, for the plain-text answer."""
+    required = _required(citations)
     tools = list(tools)
-    cite = _citation_terminals(sources)
     if not tools:
-        return "\n".join(["%llguidance {}", "start: TEXT", "TEXT: /(?s:.+)/" + (" & ~MISCITED" if cite else ""), *cite])
+        answer, rules = _answer(sources, "", required)
+        return "\n".join(["%llguidance {}", f"start: {answer}", *rules])
+    # Plain text never contains "<tool_call>"; a call's header is the (lazy) text up to it.
+    answer, rules = _answer(sources, "", required, exclude="<tool_call>", bound_head=False)
     call_schema = {"anyOf": [{
         "type": "object",
         "properties": {"name": {"const": t.name}, "arguments": _json_schema(t)},
@@ -142,13 +211,11 @@ def native_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None =
     } for t in tools]}
     return "\n".join([
         "%llguidance {}",
-        "start: TEXT | call+",
-        # Plain text never contains "<tool_call>"; a call's header is the (lazy) text up to it.
-        r"TEXT: /(?s:.+)/ & ~/(?s:.*)<tool_call>(?s:.*)/" + (" & ~MISCITED" if cite else ""),
+        f"start: {answer} | call+",
+        *rules,
         r'call: call_head "\n"? body "\n"? "</tool_call>" "\n"?',
         r"call_head[lazy]: /(?s:.*)<tool_call>/",
         f"body: %json {json.dumps(call_schema)}",
-        *cite,
     ])
 
 

@@ -52,7 +52,8 @@ def tasks_for(kind: str, n: int) -> list[dict]:
             "plain": lambda: plain_tasks(n, seed=1, split="test"), "harmful": lambda: harmful_tasks(n, seed=1)}[kind]()
 
 
-def make_agent(name: str, batch: int, retriever, cite_any: bool = False, unbound: bool = False):
+def make_agent(name: str, batch: int, retriever, cite_any: bool = False, unbound: bool = False,
+               citations: str = "required"):
     from agents.agent import ReActAgent, TransformersLLM
     from agents.batching import BatchedLLM
     from agents.tools import default_tools
@@ -71,7 +72,7 @@ def make_agent(name: str, batch: int, retriever, cite_any: bool = False, unbound
             def _grammar(self, sources=None, passages=None):
                 return super()._grammar(sources, None)
     return cls(llm, tools, max_steps=4, max_new_tokens=256, format="text",
-                      force_final_answer=True, constrained=constrained)
+               force_final_answer=True, constrained=constrained, citations=citations)
 
 
 def rescore(paths: list[str]) -> None:
@@ -143,7 +144,7 @@ class SearchMode:
 
 
 def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = None, mode: str | None = None,
-            cite_any: bool = False, unbound: bool = False) -> None:
+            cite_any: bool = False, unbound: bool = False, citations: str = "required") -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -151,7 +152,7 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
     from retrieval.default_kb import open_default_index
 
     retriever = open_default_index(progress=False)
-    agent = make_agent(name, batch, SearchMode(retriever, mode) if mode else retriever, cite_any, unbound)
+    agent = make_agent(name, batch, SearchMode(retriever, mode) if mode else retriever, cite_any, unbound, citations)
     for kind, n in zip(SETS, sizes):
         if only and kind not in only:
             continue
@@ -163,10 +164,12 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
         records = [score(t, tr) for t, tr in zip(tasks, traces)]
         report = {"model": name, "checkpoint": MODELS[name][0], "constrained": MODELS[name][1], "set": kind,
                   "search_mode": mode or "default", "citation_rule": "none" if cite_any or not MODELS[name][1] else
-                  ("retrieved sources" if unbound else "retrieved sources, bound to a thought's Passage [i]"),
+                  ("retrieved sources" if unbound else "retrieved sources, bound to a thought's Passage [i]")
+                  + (", required after a search" if citations == "required" and not cite_any else ""),
                   **summarise(records), "wall_s": round(time.perf_counter() - started, 1), "records": records}
         OUT.mkdir(parents=True, exist_ok=True)
-        suffix = (f"-{mode}" if mode else "") + ("-cite-any" if cite_any else "-unbound" if unbound else "")
+        suffix = ((f"-{mode}" if mode else "") + ("-cite-any" if cite_any else "-unbound" if unbound else "")
+                  + ("-cite-allowed" if citations == "allowed" and not cite_any else ""))
         (OUT / f"default-agent-{name}-{kind}{suffix}.json").write_text(json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "records"}))
 
@@ -252,6 +255,9 @@ def main() -> None:
                    help="baseline: no citation rule (answers may cite sources no search returned); suffix -cite-any")
     q.add_argument("--unbound", action="store_true",
                    help="baseline: a thought beginning 'Passage [i]' does not bind the citation; suffix -unbound")
+    q.add_argument("--citations", choices=["required", "allowed"], default="required",
+                   help="an answer after a search must cite (required, the app's default) or may (allowed: "
+                        "the rule before, suffix -cite-allowed)")
     lt = sub.add_parser("latency")
     lt.add_argument("--per-set", type=int, default=8)
     sub.add_parser("table")
@@ -261,7 +267,7 @@ def main() -> None:
     a = p.parse_args()
     if a.cmd == "quality":
         quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None,
-                a.search_mode, a.cite_any, a.unbound)
+                a.search_mode, a.cite_any, a.unbound, a.citations)
     elif a.cmd == "rescore":
         rescore(a.paths)
     elif a.cmd == "restore-v1":

@@ -137,7 +137,8 @@ class ChatModel:
         agent = ReActAgent(llm, self.tools, max_steps=self.settings.max_steps,
                            max_new_tokens=self.settings.max_new_tokens, system_prompt=system_prompt or None,
                            stream_tokens=True, force_final_answer=True,
-                           constrained=self.settings.agent.constrained and getattr(llm, "supports_grammar", False))
+                           constrained=self.settings.agent.constrained and getattr(llm, "supports_grammar", False),
+                           citations=self.settings.agent.citations)
         shown: list[dict] = []
         sources: list[str] = []
         trace = Trace(question=message_text(message), format=agent.format)

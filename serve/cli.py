@@ -89,6 +89,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="agent steps per answer")
     p.add_argument("--agent.constrained", dest="constrained", choices=["true", "false"],
                    help="grammar-constrained tool calls (default true)")
+    p.add_argument("--agent.citations", dest="citations", choices=["required", "allowed"],
+                   help="with constrained steps: an answer after a search must cite a source it listed "
+                        "(required, default) or may (allowed)")
     p.add_argument("--feedback-db", help="feedback database: a SQLite file (default runs/feedback.db), sqlite:///PATH, "
                                          "or postgresql://USER@HOST:PORT/DB to share one among app replicas; "
                                          "'none' turns it off")
@@ -134,6 +137,8 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
         overrides += ["--agent.enabled", "false"]
     if a.constrained is not None:
         overrides += ["--agent.constrained", a.constrained]
+    if a.citations is not None:
+        overrides += ["--agent.citations", a.citations]
     cfg = load_config(ServeConfig, a.config, overrides)
     if a.switch_root:
         cfg.switch_roots = list(a.switch_root)
@@ -154,10 +159,13 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--db", default="runs/feedback.db", help="the app's --feedback-db: a SQLite file or a "
                                                              "postgresql:// URL")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--view", choices=["auto", "answers", "trajectories"], default="auto",
+                   help="a rated agent answer as the agent's steps (trajectories: ReAct prompt + scratchpad), as "
+                        "the chat showed it (answers), or steps where stored (auto, default)")
     a = p.parse_args(argv)
     from serve.feedback import export_feedback
 
-    summary = export_feedback(a.db, a.out)
+    summary = export_feedback(a.db, a.out, a.view)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -28,6 +28,9 @@ class AgentSettings(Strict):
     # Decode every step under the tools' grammar (agents/grammar.py): tool names and arguments are
     # always valid. false: free decoding, as before.
     constrained: bool = True
+    # With constrained steps: "required": an answer after a search that listed sources must cite one
+    # of them, "(source: NAME)"; "allowed": it may cite them (never a source no search returned).
+    citations: Literal["required", "allowed"] = "required"
 
 
 class ChatSettings(Strict):

@@ -275,8 +275,8 @@ def test_the_agent_constrains_citations_to_what_its_search_returned(tiny):
     assert trace.answer.endswith("(source: python-docs:global)")
     _, tok = tiny
     first, second = grammars
-    assert first == react_grammar(tools, []) and second == react_grammar(
-        tools, ["python-docs:global", "python-docs:naming"], ["python-docs:global", "python-docs:naming"])
+    assert first == react_grammar(tools, [], citations="required") and second == react_grammar(
+        tools, ["python-docs:global", "python-docs:naming"], ["python-docs:global", "python-docs:naming"], "required")
     assert not _accepts(first, tok, CITING[0]) and _accepts(second, tok, CITING[0])
     assert not _accepts(second, tok, MISCITING[0])
     # Tools that return no sources: no citation rule (a user's own tools are not constrained).
@@ -307,3 +307,112 @@ def test_a_thought_beginning_with_a_passage_binds_the_citation_to_that_passage(t
     passages = ["uploads/relay.md", "keel-docs:README.md", "python-docs:try"]  # the latest search, [1]..[3]
     sources = ["python-docs:global", *passages]  # an earlier search of the episode also found python-docs:global
     assert _accepts(react_grammar(default_tools(), sources, passages), tok, text) is ok
+
+
+@pytest.mark.parametrize("make", [react_grammar, native_grammar])
+def test_required_citations_make_an_answer_after_a_search_cite_a_listed_source(tiny, make):
+    from agents.grammar import MAX_ANSWER_TOKENS_AFTER_CITATION, MAX_ANSWER_TOKENS_BEFORE_CITATION
+
+    _, tok = tiny
+    tools = default_tools()
+    sources = ["python-docs:global", "notes/café menu.md"]
+    strip = (lambda t: t) if make is react_grammar else (lambda t: t.split("Final Answer: ", 1)[1])
+    required = make(tools, sources, citations="required")
+    for text in CITING[:2]:
+        assert _accepts(required, tok, strip(text)), text
+    for text in [CITING[2], *MISCITING]:  # no citation, or a wrong one
+        assert not _accepts(required, tok, strip(text)), text
+        assert _accepts(make(tools, sources, citations="allowed"), tok, strip(text)) is (text == CITING[2])
+    # Before a search (no sources yet) and without a source-reporting tool nothing is required.
+    assert _accepts(make(tools, [], citations="required"), tok, strip(CITING[2]))
+    assert _accepts(make(tools, None, citations="required"), tok, strip(CITING[2]))
+    # The bounds: the citation must come within the first N tokens of the answer (then it is the only
+    # continuation: "(source:" may be left to the grammar), and at most M tokens follow it.
+    word = " word"
+    assert len(tok.encode(word * 10, add_special_tokens=False)) == 10
+    head = " x\nFinal Answer:"
+    n, m = MAX_ANSWER_TOKENS_BEFORE_CITATION, MAX_ANSWER_TOKENS_AFTER_CITATION
+    assert _accepts(required, tok, strip(head + word * (n - 8) + " (source: python-docs:global)"))
+    # (native replies with tools: no bound before the citation, see agents.grammar._answer)
+    bounded = make is react_grammar
+    assert _accepts(required, tok, strip(head + word * (n + 5) + " (source: python-docs:global)")) is not bounded
+    assert _accepts(required, tok, strip(head + word * n + " python-docs:global)")) is bounded
+    assert _accepts(required, tok, strip(head + " It is. (source: python-docs:global)" + word * (m - 2)))
+    assert not _accepts(required, tok, strip(head + " It is. (source: python-docs:global)" + word * (m + 2)))
+    # after the citation only the rest of its line: no second "Thought:" inside the answer
+    assert _accepts(required, tok, strip(head + " It is. (source: python-docs:global) Also this."))
+    assert not _accepts(required, tok, strip(head + " It is. (source: python-docs:global)\nThought: more"))
+    with pytest.raises(ValueError, match="citations"):
+        make(tools, sources, citations="sometimes")
+
+
+def test_a_bare_name_the_bound_forced_becomes_a_citation():
+    from agents.grammar import complete_citation
+
+    srcs = ["python-docs:lists", "python-docs:list", "uploads/a b.md"]
+    assert complete_citation("A list display ... (list python-docs:lists)", srcs) == \
+        "A list display ... (list (source: python-docs:lists)"
+    assert complete_citation("It is global python-docs:list)", srcs) == "It is global (source: python-docs:list)"
+    assert complete_citation("See the notes uploads/a b.md)", srcs) == "See the notes (source: uploads/a b.md)"
+    for done in ["It is. (source: python-docs:list)", "No citation here.", "Named python-docs:list but no bracket"]:
+        assert complete_citation(done, srcs) == done
+
+
+def test_required_citations_follow_the_passage_a_thought_names(tiny):
+    _, tok = tiny
+    passages = ["uploads/relay.md", "python-docs:try"]
+    grammar = react_grammar(default_tools(), ["python-docs:global", *passages], passages, citations="required")
+    assert _accepts(grammar, tok, " Passage [1] answers this.\nFinal Answer: Every 47 minutes. (source: uploads/relay.md)")
+    assert not _accepts(grammar, tok, " Passage [1] answers this.\nFinal Answer: Every 47 minutes.")
+    assert not _accepts(grammar, tok, " Passage [1] answers this.\nFinal Answer: Use try. (source: python-docs:try)")
+    assert _accepts(grammar, tok, " Both agree.\nFinal Answer: It is global. (source: python-docs:global)")
+    assert not _accepts(grammar, tok, " Both agree.\nFinal Answer: It is global.")
+    assert _accepts(grammar, tok, ' Passage [2] helps.\nAction: calculator\nAction Input: {"expression": "2 * 3"}')
+
+
+def test_agent_citations_setting(tiny):
+    from agents.agent import Generation
+
+    class Scripted:
+        supports_grammar = True
+
+        def generate(self, messages, **kwargs):
+            return Generation(" x\nFinal Answer: y", 1)
+
+    from agents.tools import search_tool
+
+    class NoRetriever:
+        def search(self, query, k=3):
+            return []
+
+    tools = ToolRegistry([search_tool(NoRetriever()), calculator_tool()])
+    assert "answer_head" in ReActAgent(Scripted(), tools, constrained=True)._grammar(["a:b"], ["a:b"])
+    assert "answer_head" not in ReActAgent(Scripted(), tools, constrained=True, citations="allowed")._grammar(["a:b"])
+    with pytest.raises(ValueError, match="citations"):
+        ReActAgent(Scripted(), tools, constrained=True, citations="always")
+
+
+def test_the_agent_completes_a_citation_the_bound_left_bare():
+    from agents.agent import Generation
+    from agents.tools import search_tool
+    from retrieval.retriever import Hit
+
+    class Retriever:
+        def search(self, query, k=3):
+            return [Hit(1, 0.9, "The global statement declares names.", "python-docs:global", "global", "", 0, 10)]
+
+    def run(citations):
+        steps = iter([' I search.\nAction: search\nAction Input: {"query": "global"}',
+                      " x\nFinal Answer: It declares module names python-docs:global)"])
+
+        class Scripted:
+            supports_grammar = True
+
+            def generate(self, messages, **kwargs):
+                return Generation(next(steps), 10)
+
+        tools = ToolRegistry([search_tool(Retriever())])
+        return ReActAgent(Scripted(), tools, max_steps=3, constrained=True, citations=citations).run("global?").answer
+
+    assert run("required") == "It declares module names (source: python-docs:global)"
+    assert run("allowed") == "It declares module names python-docs:global)"  # only required citations are completed
