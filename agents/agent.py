@@ -62,6 +62,9 @@ class Trace:
     stopped: str = ""  # final_answer | forced_answer | max_steps | token_budget
     format: str = "text"
     transcript: str = ""  # the text-format scratchpad, for training data
+    # The messages each step continued from (text format: system prompt with the tools, the chat
+    # history, the question), so feedback on this answer can train the agent as it ran (serve.feedback).
+    prompt: list[dict] | None = None
 
     def to_dict(self) -> dict:
         """The trace as plain data (events as dicts), for JSON and the feedback store."""
@@ -368,6 +371,7 @@ class ReActAgent:
     def _text_loop(self, question, history, trace) -> Iterator[Event]:
         system = {"role": "system", "content": react_system_prompt(self.tools, self.system_prompt)}
         base = [system, *history, {"role": "user", "content": question}]
+        trace.prompt = base
         scratch = ""
         sources: list[str] = []
         passages: list[str] = []

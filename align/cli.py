@@ -206,8 +206,12 @@ def _retrain(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--allow-one-source", action="store_true",
                    help="train even if all feedback comes from one session or is about one prompt")
+    p.add_argument("--view", choices=["auto", "answers", "trajectories"], default="auto",
+                   help="train on a rated agent answer's steps (trajectories), on the answer as the chat showed "
+                        "it (answers), or on steps where the app stored them (auto, default)")
     a, overrides = p.parse_known_args(argv)
-    out = retrain(a.from_feedback, a.config, overrides, resume=a.resume, allow_one_source=a.allow_one_source)
+    out = retrain(a.from_feedback, a.config, overrides, resume=a.resume, allow_one_source=a.allow_one_source,
+                  view=a.view)
     print(f"[keel] checkpoint written to {out}\n[keel] serve it: python -m serve --checkpoint {out}")
     return 0
 

@@ -2,7 +2,8 @@
 
 Exports the feedback database (the app's SQLite file) to TRL datasets inside the new run folder,
 then runs the configured preference stage on them: KTO on thumbs up/down (default), DPO on pairs
-from edits and regenerates. The model defaults to the checkpoint that most of the feedback was
+from edits and regenerates; a rated agent answer trains the agent's steps (the ReAct prompt and
+scratchpad the app stored with it), not just the answer text. The model defaults to the checkpoint that most of the feedback was
 given on, so the new checkpoint's manifest names it as parent and the app can switch to it.
 
 Sized for a CPU and a few dozen rows: unless the command line says otherwise, the number of steps
@@ -29,6 +30,7 @@ from align.errors import ConfigError, DataError
 DATASET_FOR_STAGE = {"kto": "kto.jsonl", "dpo": "preference.jsonl"}
 MIN_ROWS = 8
 RETRAIN_EPOCHS = 2
+TRAJECTORY_MAX_LENGTH = 768  # tokens: configs/agent-sft.yaml's, so a trajectory is not cut before its answer
 LORA_LEARNING_RATE = 5e-5
 CPU_MICRO_BATCH = 4
 # Rough CPU throughput for the estimate printed at the start, in FLOP/s per core (fp32, measured
@@ -37,13 +39,14 @@ CPU_FLOPS_PER_CORE = 5.0e10
 
 
 def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False,
-            allow_one_source: bool = False) -> Path:
+            allow_one_source: bool = False, view: str = "auto") -> Path:
     """``python -m align retrain --from-feedback DB``: export the app's feedback database (a SQLite
     path or a postgresql:// URL) to TRL data and train the next checkpoint on it with ``config``
     (default configs/kto.yaml) and ``overrides``; returns the checkpoint folder. Raises ConfigError
     for a missing config file, a stage that cannot train on feedback or an existing output folder,
     DataError for a missing database, too little feedback, or (unless ``allow_one_source``) feedback
-    that all comes from one session or one prompt (``check_sources``).
+    that all comes from one session or one prompt (``check_sources``). ``view``: how a rated agent
+    answer becomes a row (``serve.feedback.build_datasets``: its steps where stored, ``auto``).
     """
     from serve.feedback import FeedbackStore, display_target, export_feedback  # the app owns the database format
 
@@ -67,7 +70,7 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     # Export to a scratch folder first: a refused run must not leave a run folder behind.
     scratch = Path(tempfile.mkdtemp(prefix=".retrain-", dir=out.parent if out.parent.exists() else None))
     try:
-        summary = export_feedback(db, scratch)
+        summary = export_feedback(db, scratch, view)
         rows = summary["unpaired_rows"] if stage == "kto" else summary["pairs"]
         if rows < MIN_ROWS:
             raise DataError(f"{display_target(db)}: only {rows} {'rated answers' if stage == 'kto' else 'preference pairs'} so far; "
@@ -81,6 +84,9 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
             ckpts = Counter(f["checkpoint_id"] for f in store.feedback())
             store.close()
             extra += ["--model", ckpts.most_common(1)[0][0]]
+        if summary.get("trajectory_rows") and "training.max_length" not in given:
+            # an agent's steps: the ReAct system prompt with the tools, then the scratchpad (the agent SFT's length)
+            extra += ["--training.max_length", str(TRAJECTORY_MAX_LENGTH)]
         eval_rows = 0
         if "data.eval_size" not in given and "data.eval_fraction" not in given:
             eval_rows = max(2, rows // 10)

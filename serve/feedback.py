@@ -667,7 +667,35 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[str, Any]]:
+VIEWS = ("auto", "answers", "trajectories")
+FORCED_STEP = "Thought: I must answer now.\nFinal Answer: "  # agents.agent: the step-limit answer's prefix
+
+
+def trajectory(response: dict) -> tuple[list[dict], str] | None:
+    """The agent's own view of a served answer: ``(prompt messages, completion text)`` where the
+    prompt is what every ReAct step continued from (the system prompt with the tools, the history,
+    the question) and the completion the whole scratchpad (``Thought/Action/Action Input/
+    Observation ... Final Answer``), as the tool-SFT data has it (agents.trajectories); None when the
+    answer has no text-format agent trace with its prompt (plain chat, native tool calls, rows
+    stored before traces kept their prompt)."""
+    raw = response.get("trace_json")
+    if not raw:
+        return None
+    try:
+        trace = json.loads(raw)
+    except ValueError:
+        return None
+    prompt, scratch = trace.get("prompt"), (trace.get("transcript") or "").strip()
+    if not prompt or not scratch or trace.get("format") != "text" or not trace.get("answer"):
+        return None
+    if trace.get("stopped") == "forced_answer":
+        scratch += "\n" + FORCED_STEP + trace["answer"].strip()
+    elif trace.get("stopped") != "final_answer":
+        return None
+    return prompt, scratch
+
+
+def build_datasets(store: FeedbackStore, view: str = "auto") -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Feedback -> (unpaired KTO rows, preference pairs, summary), deduplicated.
 
     Unpaired: each answer's latest rating in a session (a user who flips thumbs up to down
@@ -675,9 +703,28 @@ def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[s
     within one conversation prefix of one session, a liked answer > each alternative not liked,
     and each alternative not disliked > a disliked answer. A regenerate alone is no label: it
     may mean "show me another", not "this is bad".
+
+    ``view``: what a rated agent answer trains. ``answers``: the chat as the user saw it (the
+    conversation, then the answer text). ``trajectories``: the agent's steps (``trajectory``: the
+    ReAct prompt and the whole scratchpad), so a retrain teaches the agent the tool calls that led
+    to a liked answer; a pair needs both alternatives' trajectories with the same prompt. ``auto``
+    (default): trajectories where the answer has one, else the answer. Edits are always answer
+    rows (the user wrote an answer, no trajectory produced it). ValueError for another view.
     """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
     feedback = store.feedback()
     responses = store.responses()
+    by_id = {r["id"]: r for r in responses}
+
+    def steps_of(response: dict | None) -> tuple[list[dict], str] | None:
+        if view == "answers" or response is None:
+            return None
+        found = trajectory(response)
+        if found is None and view == "trajectories":
+            missing[0] += 1
+        used[0] += found is not None
+        return found
     # Alternatives of one turn: answers served with the same turn_id (a regenerate inherits it), or,
     # for rows written before schema v2, the same conversation prefix in the same session.
     group_of = {r["id"]: r["turn_id"] or f"ctx:{r['session_id']}:{r['context_hash']}" for r in responses}
@@ -694,10 +741,15 @@ def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[s
             latest[(group(f), f["completion"])] = f
     ratings = list(latest.values())
 
+    missing, used = [0], [0]  # answers without a trajectory (view "trajectories": skipped), and with one
     unpaired: list[dict] = []
     pairs: list[dict] = []
     for f in ratings:
-        unpaired.append({"prompt": f["prompt"], "completion": _assistant(f["completion"]), "label": bool(f["label"])})
+        steps = steps_of(by_id.get(f["response_id"]))
+        if steps is not None:
+            unpaired.append({"prompt": steps[0], "completion": _assistant(steps[1]), "label": bool(f["label"])})
+        elif view != "trajectories":
+            unpaired.append({"prompt": f["prompt"], "completion": _assistant(f["completion"]), "label": bool(f["label"])})
     for f in (x for x in feedback if x["kind"] == "edit"):
         if f["edited"].strip() == f["completion"].strip():
             continue
@@ -716,9 +768,16 @@ def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[s
         for other in sorted(set(served) - {f["completion"]}):
             other_label = label_of.get((key, other))
             if f["label"] and other_label is not True:
-                pairs.append({"prompt": prompt, "chosen": _assistant(f["completion"]), "rejected": _assistant(other)})
+                good, bad = f["completion"], other
             elif not f["label"] and other_label is not False:
-                pairs.append({"prompt": prompt, "chosen": _assistant(other), "rejected": _assistant(f["completion"])})
+                good, bad = other, f["completion"]
+            else:
+                continue
+            a, b = steps_of(served.get(good)), steps_of(served.get(bad))
+            if a is not None and b is not None and a[0] == b[0] and a[1] != b[1]:
+                pairs.append({"prompt": a[0], "chosen": _assistant(a[1]), "rejected": _assistant(b[1])})
+            elif view != "trajectories":
+                pairs.append({"prompt": prompt, "chosen": _assistant(good), "rejected": _assistant(bad)})
 
     unpaired, dup_u = _dedupe(unpaired, ("prompt", "completion", "label"))
     pairs, dup_p = _dedupe(pairs, ("prompt", "chosen", "rejected"))
@@ -736,6 +795,9 @@ def build_datasets(store: FeedbackStore) -> tuple[list[dict], list[dict], dict[s
         "conflicting_labels": sum(len(v) > 1 for v in verdicts.values()),
         "checkpoints": sorted({f["checkpoint_id"] for f in feedback}),
         "sessions": len({f["session_id"] for f in feedback}),
+        "view": view,
+        "trajectory_rows": used[0],  # rated answers and pair sides written as trajectories
+        "skipped_without_trajectory": missing[0],
     }
     return unpaired, pairs, summary
 
@@ -752,11 +814,12 @@ def _dedupe(rows: Iterable[dict], keys: tuple[str, ...]) -> tuple[list[dict], in
     return out, dropped
 
 
-def export_feedback(db_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``kto.jsonl`` (unpaired), ``preference.jsonl`` (pairs, for DPO and RM) and ``summary.json``."""
+def export_feedback(db_path: str | Path, out_dir: str | Path, view: str = "auto") -> dict[str, Any]:
+    """Write ``kto.jsonl`` (unpaired), ``preference.jsonl`` (pairs, for DPO and RM) and ``summary.json``;
+    ``view`` as in ``build_datasets``."""
     store = FeedbackStore(db_path, read_only=True)  # checks the file (quick_check); writes nothing to it
     try:
-        unpaired, pairs, summary = build_datasets(store)
+        unpaired, pairs, summary = build_datasets(store, view)
     finally:
         store.close()
     out = Path(out_dir)

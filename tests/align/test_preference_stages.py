@@ -176,3 +176,41 @@ def test_unmerged_lora_on_top_of_a_lora_adapter_is_refused_before_training(tmp_p
     with pytest.raises(ConfigError, match="lora.merge_on_save"):
         run_dpo(cfg)
     assert not list((tmp_path / "dpo").glob("checkpoint-*"))
+
+
+def test_retrain_trains_rated_agent_answers_as_the_agents_steps(tmp_path, monkeypatch):
+    """A rated agent answer becomes its trajectory (ReAct prompt + scratchpad) and the run's max_length
+    fits it; --view answers keeps the chat's view."""
+    from agents.agent import Generation, ReActAgent
+    from agents.tools import ToolRegistry, calculator_tool
+    from align import retrain as rt
+    from serve.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "feedback.db")
+    for i in range(12):
+        script = iter([f' I calculate.\nAction: calculator\nAction Input: {{"expression": "{i} * 7"}}',
+                       f" Done.\nFinal Answer: {i * 7 + i % 2}"])
+
+        class Scripted:
+            def generate(self, messages, **kwargs):
+                return Generation(next(script), 5)
+
+        q = f"What is {i} times 7?"
+        trace = ReActAgent(Scripted(), ToolRegistry([calculator_tool()]), max_steps=3, constrained=False).run(q)
+        prompt = [{"role": "user", "content": q}]
+        store.add_response(f"s{i}", "smollm2-135m", prompt, trace.answer, trace=trace.to_dict())
+        store.add_feedback("rating", session_id=f"s{i}", checkpoint_id="smollm2-135m", prompt=prompt,
+                           completion=trace.answer, label=i % 2 == 0)
+    store.close()
+    seen = []
+    monkeypatch.setattr("align.kto.run_kto", lambda cfg, resume=False: seen.append(cfg) or tmp_path / "m")
+    rt.retrain(str(tmp_path / "feedback.db"), str(REPO / "configs" / "kto.yaml"), ["--output_dir", str(tmp_path / "a")])
+    rows = [json.loads(x) for x in (tmp_path / "a" / "feedback" / "kto.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["prompt"][0]["role"] == "system" for r in rows)
+    assert all("Action: calculator" in r["completion"][0]["content"] for r in rows)
+    assert seen[0].training.max_length == rt.TRAJECTORY_MAX_LENGTH
+    rt.retrain(str(tmp_path / "feedback.db"), str(REPO / "configs" / "kto.yaml"),
+               ["--output_dir", str(tmp_path / "b")], view="answers")
+    rows = [json.loads(x) for x in (tmp_path / "b" / "feedback" / "kto.jsonl").read_text().splitlines()]
+    assert {r["completion"][0]["content"] for r in rows} == {str(i * 7 + i % 2) for i in range(12)}
+    assert seen[1].training.max_length == 384  # configs/kto.yaml's

@@ -131,3 +131,57 @@ def test_export_names_a_missing_database(tmp_path):
 def test_context_hash_ignores_the_system_prompt_only():
     assert context_hash(Q) == context_hash(Q[1:])
     assert context_hash(Q) != context_hash([{"role": "user", "content": "What is 2+3?"}])
+
+
+def _agent_trace(steps: list[str], question: str = "What is 17 * 23?") -> dict:
+    """A real ReActAgent trace (scripted model, Keel's calculator) as the app stores it."""
+    from agents.agent import Generation, ReActAgent
+    from agents.tools import ToolRegistry, calculator_tool
+
+    script = iter(steps)
+
+    class Scripted:
+        def generate(self, messages, **kwargs):
+            return Generation(next(script), 5)
+
+    return ReActAgent(Scripted(), ToolRegistry([calculator_tool()]), max_steps=2, constrained=False,
+                      force_final_answer=True).run(question).to_dict()
+
+
+def test_a_rated_agent_answer_trains_the_agents_steps(tmp_path):
+    from serve.feedback import trajectory
+
+    call = ' I calculate.\nAction: calculator\nAction Input: {"expression": "17 * 23"}'
+    good = _agent_trace([call, " I know it.\nFinal Answer: 391"])
+    bad = _agent_trace([" I know it.\nFinal Answer: 381"])
+    forced = _agent_trace([call, call, " 391"])  # the step limit, then the forced answer
+    assert good["prompt"][0]["role"] == "system" and "calculator" in good["prompt"][0]["content"]
+    prompt, steps = trajectory({"trace_json": json.dumps(good)})
+    assert prompt == good["prompt"] and steps.startswith("Thought: I calculate.\nAction: calculator")
+    assert "Observation: 391" in steps and steps.endswith("Final Answer: 391")
+    assert trajectory({"trace_json": json.dumps(forced)})[1].endswith("Thought: I must answer now.\nFinal Answer: 391")
+    assert trajectory({"trace_json": None}) is None and trajectory({"trace_json": '{"steps": 1}'}) is None
+
+    store = FeedbackStore(tmp_path / "fb.db")
+    q = [{"role": "user", "content": "What is 17 * 23?"}]
+    store.add_response("s1", "ckpt", q, "381", trace=bad, turn_id="t1")
+    store.add_response("s1", "ckpt", q, "391", trace=good, turn_id="t1")  # a regenerate of the same turn
+    rate(store, "381", False, prompt=q)
+    rate(store, "391", True, prompt=q)
+    q2 = [{"role": "user", "content": "hi"}]
+    store.add_response("s2", "ckpt", q2, "hello")  # plain chat: no trace
+    rate(store, "hello", True, session="s2", prompt=q2)
+
+    unpaired, pairs, summary = build_datasets(store, "auto")
+    rows = {(r["completion"][0]["content"].splitlines()[-1], r["label"], r["prompt"][0]["role"]) for r in unpaired}
+    assert rows == {("Final Answer: 381", False, "system"), ("Final Answer: 391", True, "system"), ("hello", True, "user")}
+    assert len(pairs) == 1 and pairs[0]["prompt"] == good["prompt"]
+    assert pairs[0]["chosen"][0]["content"].endswith("391") and "Action: calculator" in pairs[0]["chosen"][0]["content"]
+    assert summary["view"] == "auto" and summary["skipped_without_trajectory"] == 0
+    only, pairs_only, summary = build_datasets(store, "trajectories")
+    assert len(only) == 2 and len(pairs_only) == 1 and summary["skipped_without_trajectory"] == 1
+    answers, answer_pairs, _ = build_datasets(store, "answers")
+    assert {r["completion"][0]["content"] for r in answers} == {"381", "391", "hello"}
+    assert answer_pairs[0]["chosen"][0]["content"] == "391" and answer_pairs[0]["prompt"] == q
+    with pytest.raises(ValueError, match="view"):
+        build_datasets(store, "steps")
