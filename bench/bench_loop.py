@@ -3,6 +3,10 @@
     # the issue's measurement (not run yet: hours on 2 CPU cores, see docs/loop.md):
     OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
         --keep-best --plot docs/img/loop-rounds.png
+    # the same with the app on vLLM's CPU engine (scripts/setup_vllm_cpu.sh): 8 simulated users at once,
+    # held-out tasks scored 8 at a time on the engine the app serves from
+    OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
+        --engine vllm --concurrency 8 --keep-best --plot docs/img/loop-rounds.png
     # a smoke run of every phase (minutes):
     OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 1 --answers 8 --heldout 8 --checkpoint keel-agent
 
@@ -29,6 +33,13 @@ What one run does:
   5. with ``--gold`` (and ``--stage dpo --proxy``) each retrain runs the over-optimisation monitor
      (``align.monitor``: gold and proxy reward and KL on samples during training); its warnings are
      copied into the round's JSON.
+
+With ``--engine vllm`` the app generates on vLLM (``python -m serve --engine vllm``, which restarts
+the server on each new checkpoint) and the held-out tasks are scored on that same server, through
+``agents.openai_llm.OpenAILLM`` with the checkpoint's chat template and the same grammar, so the
+score is of exactly what the app serves; ``--concurrency N`` runs N simulated users (and N held-out
+tasks) at once, and the app with ``--concurrency N``. The default (transformers) scores in this
+process, one task at a time.
 
 Writes ``OUT/round-<r>.json`` per round (simulation counts, what the app stored, retrain summary,
 held-out scores, KL, wall time per phase), ``OUT/summary.json`` (with a projection of the wall time of
@@ -90,6 +101,47 @@ def evaluate(ref: str, tasks: list[dict], max_steps: int, max_new_tokens: int, r
     return {**summarise(records), "records": records}
 
 
+def engine_of(app_log: Path) -> str:
+    """The OpenAI base URL of the vLLM server an app started (``[keel] starting vLLM on X at URL;`` in its log)."""
+    import re
+
+    found = re.findall(r"starting vLLM on .* at (http://\S+/v1);", app_log.read_text(errors="replace"))
+    if not found:
+        raise SystemExit(f"[loop] {app_log} names no vLLM server: is the app running with --engine vllm?")
+    return found[-1]
+
+
+def evaluate_engine(ref: str, url: str, tasks: list[dict], max_steps: int, max_new_tokens: int, retriever,
+                    concurrency: int) -> dict:
+    """Held-out score of checkpoint ``ref`` as the app's vLLM server at ``url`` serves it: the same
+    agent settings as ``evaluate``, generation on the server (``concurrency`` tasks at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from tqdm.auto import tqdm
+
+    from agents.agent import ReActAgent
+    from agents.openai_llm import OpenAILLM
+    from agents.tools import default_tools
+    from align.models import load_tokenizer, resolve_model
+    from bench_default_agent import score, summarise
+    from serve.engine import _lora_name
+
+    source = resolve_model(ref)
+    names = [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
+    want = source.ref if source.kind in ("embedded", "hub") else _lora_name(source)
+    if want not in names:
+        raise SystemExit(f"[loop] the app's vLLM server at {url} serves {names}, not {ref} ({want})")
+    llm = OpenAILLM(url, want, tokenizer=load_tokenizer(source, padding_side="left"), temperature=0.0, timeout_s=600)
+    agent = ReActAgent(llm, default_tools(retriever), max_steps=max_steps, max_new_tokens=max_new_tokens,
+                       force_final_answer=True, constrained=llm.supports_grammar)
+    with ThreadPoolExecutor(concurrency) as pool:
+        traces = list(tqdm(pool.map(lambda t: agent.run(t["question"]), tasks), total=len(tasks),
+                           desc=f"held-out {Path(ref).name} on vLLM"))
+    records = [score(t, tr) for t, tr in zip(tasks, traces)]
+    return {**summarise(records), "records": records}
+
+
 def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int) -> float:
     """Mean sampled KL(pi || pi_0) in nats per answer on the held-out questions (plain chat prompts)."""
     from align.models import load_policy
@@ -110,7 +162,9 @@ def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, se
 def start_app(checkpoint: str, db: Path, roots: Path, port: int, args, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "serve", "--checkpoint", checkpoint, "--feedback-db", str(db), "--port", str(port),
            "--switch-root", str(roots), "--index", args.index, "--max-steps", str(args.max_steps),
-           "--max-new-tokens", str(args.max_new_tokens)]
+           "--max-new-tokens", str(args.max_new_tokens), "--concurrency", str(args.concurrency)]
+    if args.engine == "vllm":
+        cmd += ["--engine", "vllm"] + (["--vllm-python", args.vllm_python] if args.vllm_python else [])
     return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -179,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--kl-tokens", type=int, default=48, help="sampled tokens per answer for the KL estimate")
+    p.add_argument("--kl-prompts", type=int, default=32, help="held-out prompts for the KL estimate (the first N)")
+    p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                   help="the app generates in process, or on vLLM (then held-out scoring uses the same server)")
+    p.add_argument("--vllm-python", help="the Python of vLLM's venv (default: the app's, .venv-vllm/bin/python)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="simulated users (and held-out tasks) at once; the app's --concurrency")
     p.add_argument("--gold", help="gold reward (RM checkpoint, ensemble or module:function): runs the "
                                   "over-optimisation monitor in each round's retrain (DPO stage; needs --proxy)")
     p.add_argument("--proxy", help="proxy reward for the monitor (the reward the preference data stands for)")
@@ -211,14 +271,24 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    app = start_app(a.checkpoint, db, roots, port, a, out / "app.log")
+    app_log = out / "app.log"
+    app = start_app(a.checkpoint, db, roots, port, a, app_log)
     rounds: list[dict] = []
+    if a.concurrency < 1:
+        raise SystemExit("--concurrency must be at least 1")
+
+    def score_served(ref: str) -> dict:
+        if a.engine == "vllm":
+            return evaluate_engine(ref, engine_of(app_log), held, a.max_steps, a.max_new_tokens, retriever,
+                                   a.concurrency)
+        return evaluate(ref, held, a.max_steps, a.max_new_tokens, retriever)
+
     try:
         sim.wait_for_app(url, timeout=900, proc=app)
         startup_s = time.perf_counter() - t0
         print(f"[loop] app on {url} after {startup_s:.0f} s; run folder {out}", flush=True)
         t = time.perf_counter()
-        ev = evaluate(a.checkpoint, held, a.max_steps, a.max_new_tokens, retriever)
+        ev = score_served(a.checkpoint)
         r0 = {"round": 0, "checkpoint": a.checkpoint, "served": a.checkpoint, "answers": 0,
               "heldout": _heldout(ev), "kl_to_round0": 0.0, "wall_s": {"app_start": round(startup_s, 1),
                                                                        "heldout": round(time.perf_counter() - t, 1)}}
@@ -231,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             wall = {}
             t = time.perf_counter()
             report = sim.run(url, a.tasks, users, a.turns, a.judge, seed=a.seed + r, edit_share=a.edit_share,
-                             regenerate_share=a.regenerate_share, db=str(db), report=str(out / f"simulate-{r}.json"))
+                             regenerate_share=a.regenerate_share, db=str(db), report=str(out / f"simulate-{r}.json"),
+                             concurrency=a.concurrency)
             wall["simulate"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
             ckpt_dir = roots / f"round-{r}"
@@ -250,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             switch(url, f"{roots.name}/round-{r}/model")
             wall["switch"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
-            ev = evaluate(new, held, a.max_steps, a.max_new_tokens, retriever)
+            ev = score_served(new)
             wall["heldout"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
-            kl = kl_to_round0(new, a.checkpoint, held, a.kl_tokens, a.seed)
+            kl = kl_to_round0(new, a.checkpoint, held[:a.kl_prompts], a.kl_tokens, a.seed)
             wall["kl"] = round(time.perf_counter() - t, 1)
             h = _heldout(ev)
             prev = rounds[-1]["heldout"]
@@ -280,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                 if best["round"] == 0:  # not under the switch root: restart the app on it (same database)
                     app.terminate()
                     app.wait(60)
-                    app = start_app(a.checkpoint, db, roots, port, a, out / f"app-{r}.log")
+                    app_log = out / f"app-{r}.log"
+                    app = start_app(a.checkpoint, db, roots, port, a, app_log)
                     sim.wait_for_app(url, timeout=900, proc=app)
                     served = a.checkpoint
                     row["kept"] = "round 0 (app restarted on it)"

@@ -2,7 +2,8 @@
 
 Each simulated user opens its own session (its own Gradio ``session_hash``, so its own
 server-side ``gr.State`` and its own ``session_id`` in the feedback database), asks questions from
-a task set, waits for each streamed answer, and acts on it as a user would, decided by a judge:
+a task set, waits for each streamed answer, and acts on it as a user would, decided by a judge
+(``--concurrency N``: N users at once, as N browser tabs, each one's turns in order):
 
   - ``--judge verifier``: a checkable answer. Arithmetic: ``align.verifiers.is_correct`` against
     the exact number; knowledge-base questions: the answer names the topic's source
@@ -362,81 +363,109 @@ def make_judge(spec: str, threshold: float = 0.0):
 
 # ------------------------------------------------------------------------------------------ simulate
 def simulate(url: str, plan: list[dict], judge: Callable, seed: int = 0, keep_conversation: bool = False,
-             timeout: float = 600.0, progress: bool = True) -> dict:
-    """Run ``plan`` against the app at ``url``. Returns the report (without the stored counts):
-    ``{"sent": [one row per answer], "sessions": [...], "counts_sent": {...}, "wall_s"}``."""
+             timeout: float = 600.0, progress: bool = True, concurrency: int = 1) -> dict:
+    """Run ``plan`` against the app at ``url``; ``concurrency`` users at a time (each in its own
+    thread and session, as that many browser tabs; 1: one user after another). Returns the report
+    (without the stored counts): ``{"sent": [one row per answer, in plan order], "sessions": [...],
+    "counts_sent": {...}, "wall_s", "concurrency"}``. A judge is called from several threads when
+    ``concurrency`` > 1 (the verifier is stateless; a reward model's scorer is serialised by a lock)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
+    if concurrency < 1:
+        raise DataError(f"--concurrency must be at least 1, got {concurrency}")
     config = fetch_config(url)
-    sent: list[dict] = []
-    sessions = []
     counts = {"questions": 0, "answers": 0, "ratings": 0, "likes": 0, "edits": 0, "regenerates": 0}
+    lock = threading.Lock()
     started = time.perf_counter()
     bar = tqdm(total=sum(len(u["turns"]) for u in plan), desc="simulated answers", unit="answer", disable=not progress)
     salt = uuid.uuid4().hex[:6]  # a fresh session per run: a replay must not meet the previous run's state
-    for user in plan:
+
+    def judged(task, answer, steps):
+        with lock:  # a reward model is one torch module; the verifier does not need it, but is cheap
+            verdict = judge(task, answer, steps)
+            return verdict, getattr(judge, "last_score", None)
+
+    def one_user(user: dict) -> tuple[str, list[dict], dict]:
+        mine = dict.fromkeys(counts, 0)
+        rows: list[dict] = []
         tab = BrowserSession(url, session_hash=f"sim{seed}u{user['user']}{salt}", timeout=timeout, config=config)
-        sessions.append(tab.session_hash)
         try:
             for k, turn in enumerate(user["turns"]):
-                task = turn["task"]
-                if k and not keep_conversation:
-                    tab.trigger("chatbot", "clear")
-                row = {"user": user["user"], "session": tab.session_hash, "turn": k, "kind": task.get("kind"),
-                       "question": task["question"]}
-                t0 = time.perf_counter()
-                tab.set_value("message", task["question"])
-                tab.trigger("message", "submit")
-                counts["questions"] += 1
-                history = tab.value("chatbot") or []
-                start, group = last_turn(history)
-                off, answer = final_answer(group)
-                steps = [m for m in group if (m.get("metadata") or {}).get("title")]
-                if off < 0:  # no answer came back (stopped, or an error message only): nothing to rate
-                    row.update(answer=None, judged=None, action="no-answer",
-                               status=_text(tab.value("feedback-status")))
-                    sent.append(row)
-                    bar.update(1)
-                    continue
-                verdict = judge(task, answer, steps)
-                row.update(answer=answer, answer_s=round(time.perf_counter() - t0, 2), judged=verdict,
-                           status=_text(tab.value("feedback-status")))
-                if getattr(judge, "last_score", None) is not None:
-                    row["score"] = judge.last_score
-                counts["answers"] += 1
-                fix = correction(task)
-                if verdict is False and turn["edit_if_wrong"] and fix is not None:
-                    previous = copy.deepcopy(group[off].get("content"))
-                    # as the Chatbot's frontend does: the edited text replaces the message, then the event fires
-                    tab.values[tab.id_of("chatbot")][start + off]["content"] = [{"type": "text", "text": fix}]
-                    tab.trigger("chatbot", "edit", {"index": start + off, "value": fix, "previous_value": previous})
-                    row.update(action="edit", edited=fix)
-                    counts["edits"] += 1
-                elif verdict is not None:
-                    _rate(tab, start, group, verdict, counts)
-                    row["action"] = "like" if verdict else "dislike"
-                    if turn["regenerate"]:
-                        tab.trigger("regenerate", "click")
-                        counts["regenerates"] += 1
-                        counts["answers"] += 1
-                        history = tab.value("chatbot") or []
-                        start, group = last_turn(history)
-                        _, alt = final_answer(group)
-                        alt_steps = [m for m in group if (m.get("metadata") or {}).get("title")]
-                        alt_verdict = judge(task, alt, alt_steps)
-                        row.update(action=row["action"] + "+regenerate", alternative=alt, alternative_judged=alt_verdict)
-                        if alt_verdict is not None:
-                            _rate(tab, start, group, alt_verdict, counts)
-                else:
-                    row["action"] = "none"
-                row["status_after"] = _text(tab.value("feedback-status"))
-                sent.append(row)
+                rows.append(_one_turn(tab, k, user, turn, judged, keep_conversation, mine))
                 bar.update(1)
         finally:
             tab.close()
+        return tab.session_hash, rows, mine
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = list(pool.map(one_user, plan))  # plan order, whatever order they finish in
     bar.close()
+    sessions, sent = [], []
+    for session, rows, mine in done:
+        sessions.append(session)
+        sent.extend(rows)
+        for key, n in mine.items():
+            counts[key] += n
     return {"url": url, "seed": seed, "judge": getattr(judge, "name", str(judge)), "sessions": sessions,
-            "counts_sent": counts, "wall_s": round(time.perf_counter() - started, 1), "sent": sent}
+            "counts_sent": counts, "concurrency": concurrency, "wall_s": round(time.perf_counter() - started, 1),
+            "sent": sent}
+
+
+def _one_turn(tab: BrowserSession, k: int, user: dict, turn: dict, judged: Callable, keep_conversation: bool,
+              counts: dict) -> dict:
+    """One question of one user: ask, wait for the answer, then rate, edit or regenerate as planned."""
+    task = turn["task"]
+    if k and not keep_conversation:
+        tab.trigger("chatbot", "clear")
+    row = {"user": user["user"], "session": tab.session_hash, "turn": k, "kind": task.get("kind"),
+           "question": task["question"]}
+    t0 = time.perf_counter()
+    tab.set_value("message", task["question"])
+    tab.trigger("message", "submit")
+    counts["questions"] += 1
+    history = tab.value("chatbot") or []
+    start, group = last_turn(history)
+    off, answer = final_answer(group)
+    steps = [m for m in group if (m.get("metadata") or {}).get("title")]
+    if off < 0:  # no answer came back (stopped, or an error message only): nothing to rate
+        row.update(answer=None, judged=None, action="no-answer", status=_text(tab.value("feedback-status")))
+        return row
+    verdict, score = judged(task, answer, steps)
+    row.update(answer=answer, answer_s=round(time.perf_counter() - t0, 2), judged=verdict,
+               status=_text(tab.value("feedback-status")))
+    if score is not None:
+        row["score"] = score
+    counts["answers"] += 1
+    fix = correction(task)
+    if verdict is False and turn["edit_if_wrong"] and fix is not None:
+        previous = copy.deepcopy(group[off].get("content"))
+        # as the Chatbot's frontend does: the edited text replaces the message, then the event fires
+        tab.values[tab.id_of("chatbot")][start + off]["content"] = [{"type": "text", "text": fix}]
+        tab.trigger("chatbot", "edit", {"index": start + off, "value": fix, "previous_value": previous})
+        row.update(action="edit", edited=fix)
+        counts["edits"] += 1
+    elif verdict is not None:
+        _rate(tab, start, group, verdict, counts)
+        row["action"] = "like" if verdict else "dislike"
+        if turn["regenerate"]:
+            tab.trigger("regenerate", "click")
+            counts["regenerates"] += 1
+            counts["answers"] += 1
+            history = tab.value("chatbot") or []
+            start, group = last_turn(history)
+            _, alt = final_answer(group)
+            alt_steps = [m for m in group if (m.get("metadata") or {}).get("title")]
+            alt_verdict, _ = judged(task, alt, alt_steps)
+            row.update(action=row["action"] + "+regenerate", alternative=alt, alternative_judged=alt_verdict)
+            if alt_verdict is not None:
+                _rate(tab, start, group, alt_verdict, counts)
+    else:
+        row["action"] = "none"
+    row["status_after"] = _text(tab.value("feedback-status"))
+    return row
 
 
 def _rate(tab: BrowserSession, start: int, group: list[dict], liked: bool, counts: dict) -> None:
@@ -472,14 +501,15 @@ def compare(sent: dict, stored: dict) -> dict:
 
 def run(url: str, tasks: str, users: int, turns: int, judge: str, seed: int = 0, edit_share: float = 0.2,
         regenerate_share: float = 0.2, db: str | None = None, report: str | None = None, rm_threshold: float = 0.0,
-        keep_conversation: bool = False, split: str = "train", timeout: float = 600.0, progress: bool = True) -> dict:
+        keep_conversation: bool = False, split: str = "train", timeout: float = 600.0, progress: bool = True,
+        concurrency: int = 1) -> dict:
     """Plan, simulate, compare with the store; write ``report`` (JSON) if given. Returns the report."""
     pool = load_tasks(tasks, max(users * turns, 1), seed, split)
     plan = make_plan(pool, users, turns, seed, edit_share, regenerate_share)
     judge_fn = make_judge(judge, rm_threshold)
     out = {"tasks": tasks, "split": split, "users": users, "turns": turns, "edit_share": edit_share,
            "regenerate_share": regenerate_share,
-           **simulate(url, plan, judge_fn, seed, keep_conversation, timeout, progress)}
+           **simulate(url, plan, judge_fn, seed, keep_conversation, timeout, progress, concurrency)}
     out["plan"] = [{"user": u["user"], "turns": [{"question": t["task"]["question"], "kind": t["task"].get("kind"),
                                                   "edit_if_wrong": t["edit_if_wrong"], "regenerate": t["regenerate"]}
                                                  for t in u["turns"]]} for u in plan]
@@ -518,9 +548,11 @@ def simulate_main(argv: list[str]) -> int:
     p.add_argument("--db", help="the app's feedback database: compare what it stored with what was sent")
     p.add_argument("--report", help="write the report here (JSON)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one answer")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="users chatting at once, each in its own session (default 1: one after another)")
     a = p.parse_args(argv)
     out = run(a.url, a.tasks, a.users, a.turns, a.judge, a.seed, a.edit_share, a.regenerate_share, a.db, a.report,
-              a.rm_threshold, a.keep_conversation, a.split, a.timeout)
+              a.rm_threshold, a.keep_conversation, a.split, a.timeout, concurrency=a.concurrency)
     print(json.dumps({k: out[k] for k in ("counts_sent", "judge_accept_rate", "wall_s", "stored", "stored_vs_sent")
                       if k in out}, indent=2))
     if "stored_vs_sent" in out and not out["stored_vs_sent"]["match"]:

@@ -26,6 +26,16 @@ def test_a_round_that_falls_beyond_its_noise_is_reported_and_a_tie_keeps_the_ear
     assert not bench_loop.round_verdict(held(0.75, 8), held(0.625, 8), held(0.75, 8))["fell"]
 
 
+def test_the_engine_the_app_started_is_found_in_its_log(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("[keel] starting vLLM on keel-agent at http://127.0.0.1:4001/v1; log: runs/engine/a.log (first start...)\n"
+                   "some line\n[keel] starting vLLM on round-1/model at http://127.0.0.1:4002/v1; log: b.log\n")
+    assert bench_loop.engine_of(log) == "http://127.0.0.1:4002/v1"  # the latest start (a switch restarts it)
+    log.write_text("Running on local URL: http://127.0.0.1:7860\n")
+    with pytest.raises(SystemExit, match="--engine vllm"):
+        bench_loop.engine_of(log)
+
+
 @pytest.mark.slow
 def test_one_round_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     """App start, simulate (stored = sent), retrain, switch the running app, held-out, KL, keep-best

@@ -77,13 +77,15 @@ def test_the_same_seed_gives_the_same_plan_and_another_seed_another():
     assert sim.load_tasks("arith", 5, seed=2) == sim.load_tasks("arith", 5, seed=2)
 
 
-def test_simulated_users_store_what_their_seeded_choices_say(served_app, tmp_path, capsys):
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_simulated_users_store_what_their_seeded_choices_say(served_app, tmp_path, capsys, concurrency):
     url, db = served_app
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps(t) + "\n" for t in TASKS))
     report = tmp_path / "report.json"
     args = ["--url", url, "--tasks", str(tasks), "--users", "3", "--turns", "2", "--seed", "2", "--judge", "verifier",
-            "--edit-share", "0.4", "--regenerate-share", "0.4", "--db", str(db), "--report", str(report)]
+            "--edit-share", "0.4", "--regenerate-share", "0.4", "--db", str(db), "--report", str(report),
+            "--concurrency", str(concurrency)]
     assert sim.simulate_main(args) == 0
     out = json.loads(report.read_text())
     plan = sim.make_plan(TASKS, 3, 2, 2, 0.4, 0.4)
@@ -92,6 +94,8 @@ def test_simulated_users_store_what_their_seeded_choices_say(served_app, tmp_pat
     assert want["edits"] and want["regenerates"] and want["likes"] < want["ratings"]
     assert out["stored"] == want and out["stored_vs_sent"]["match"]
     assert len(set(out["sessions"])) == 3  # one session per simulated user
+    assert out["concurrency"] == concurrency and [(r["user"], r["turn"]) for r in out["sent"]] == [
+        (u["user"], k) for u in plan for k in range(len(u["turns"]))]  # the report in plan order
     # the judge's verdicts follow the oracle; edits write the right answer over the wrong one
     for row, turn in zip(out["sent"], [t for u in plan for t in u["turns"]]):
         assert row["question"] == turn["task"]["question"]
