@@ -334,8 +334,10 @@ class ReActAgent:
         if key not in cache:
             from agents.grammar import native_grammar, react_grammar
 
-            cache[key] = (react_grammar(self.tools, sources, passages, self.citations) if self.format == "text"
-                          else native_grammar(self.tools, sources, self.citations))
+            # the required citation within half the step's tokens, at most a quarter more after it
+            bounds = (max(1, self.max_new_tokens // 2), max(1, self.max_new_tokens // 4))
+            cache[key] = (react_grammar(self.tools, sources, passages, self.citations, bounds) if self.format == "text"
+                          else native_grammar(self.tools, sources, self.citations, bounds))
         return cache[key]
 
     def _cited(self, event: Event, sources: list[str], passages: list[str]) -> None:

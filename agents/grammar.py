@@ -13,12 +13,13 @@ Each agent step is decoded under a context-free grammar built from the registere
 The argument schemas are the tools' pydantic schemas, so a wrong tool name, a missing or extra
 argument or a value of the wrong type has probability zero. Likewise for citations: an answer's
 ``(source: NAME)`` can only name a source that a search observation of the same episode listed
-(no ``(source:`` at all before a search), so an invented source cannot be written; with
-``citations="required"`` (the default) an answer after a search that listed sources must cite one
-of them within its first ``MAX_ANSWER_TOKENS_BEFORE_CITATION`` tokens, and may run on at most
-``MAX_ANSWER_TOKENS_AFTER_CITATION`` tokens after it, on the same line (a small model that copies a passage and loops
-never reaches a citation otherwise; the bounds are llguidance's ``max_tokens``, which ends a lexeme
-after that many tokens, so the citation is then the only continuation). Grammars are written in llguidance's
+(no ``(source:`` at all before a search), so an invented source cannot be written. With
+``citations="required"`` (the agent's default) an answer after a search that listed sources must
+cite one of them within its first ``MAX_ANSWER_TOKENS_BEFORE_CITATION`` tokens, and may run on at
+most ``MAX_ANSWER_TOKENS_AFTER_CITATION`` tokens after it; the agent scales both to its step's
+token limit (half and a quarter of ``max_new_tokens``). The bounds are llguidance's ``max_tokens``,
+which ends a lexeme after that many tokens, so the citation is then the only continuation: a small
+model that copies a passage and loops would otherwise never reach one. Grammars are written in llguidance's
 Lark dialect and enforced token by token by ``GrammarLogitsProcessor`` (a transformers
 ``LogitsProcessor``); the same grammar text is what an OpenAI-compatible server with llguidance
 structured outputs takes. Why llguidance rather than xgrammar, outlines or lm-format-enforcer:
@@ -76,7 +77,9 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
-_LISTING = r"/\s*\[[0-9]+\] \((?s:.*)/ | /(?s:.*)\n\s*\[[0-9]+\] \((?s:.*)/"
+_LISTING = r"/\s*\[[0-9]+\] ?\((?s:.*)/ | /(?s:.*)\n\s*\[[0-9]+\] ?\((?s:.*)/"
+# A line that starts another ReAct step inside an answer (a small model runs on into one).
+_STEP_LABEL = r"/(?s:.*)\n(Thought|Action|Final Answer):(?s:.*)/"
 
 
 def _citation_terminals(sources: list[str] | None, suffix: str = "") -> list[str]:
@@ -96,16 +99,18 @@ def _alternatives(sources: list[str]) -> str:
 
 
 def _answer(sources: list[str] | None, suffix: str = "", required: bool = False,
-            exclude: str | None = None, bound_head: bool = True) -> tuple[str, list[str]]:
+            exclude: str | None = None, bound_head: bool = True,
+            answer_tokens: tuple[int, int] = (MAX_ANSWER_TOKENS_BEFORE_CITATION, MAX_ANSWER_TOKENS_AFTER_CITATION),
+            ) -> tuple[str, list[str]]:
     """The grammar of an answer (what follows ``Final Answer:``, or a native reply's text): the
     expression and its rules. At least one visible character, to the end of the message.
     ``sources``: as ``_citation_terminals``. ``required`` (and ``sources`` not empty): a citation of
-    one of them must come within ``MAX_ANSWER_TOKENS_BEFORE_CITATION`` tokens: the text up to the
+    one of them must come within ``answer_tokens[0]`` tokens: the text up to the
     first ``(source:`` is a lazy lexeme that llguidance ends after that many tokens, and then only
     the cited name may follow (``(source:`` optional there: when the bound ended the text the model
-    may write the bare name, which ``complete_citation`` repairs); after the citation, the rest of
-    that line, at most ``MAX_ANSWER_TOKENS_AFTER_CITATION`` tokens, under the same rule (a new line
-    would let a small model start another ``Thought:`` inside its answer).
+    may write the bare name, which ``complete_citation`` repairs); after the citation at most
+    ``answer_tokens[1]`` more tokens, under the same rule, with no line starting another ReAct step
+    (``Thought:``, ``Action:``, ``Final Answer:``: a small model runs on into one; text format only).
     ``exclude``: a regex no part of the text may match (native replies: ``<tool_call>``).
     ``bound_head`` False: no token bound before the citation (native replies with tools, where the
     text and a tool call's header are both open lexemes and llguidance does not end the text's at
@@ -117,13 +122,15 @@ def _answer(sources: list[str] | None, suffix: str = "", required: bool = False,
         body = " & ".join([r"/\s*[^\s](?s:.*)/", *no, *(f"~{r}" for r in rules)])
         return f"ANSWER{suffix}", [f"ANSWER{suffix}: {body}", *cite]
     head = " & ".join([r"/\s*[^\s](?s:.*)\(source:/", *no, f"~({_LISTING})"])
-    tail = " & ".join([r"/[^\n]*/", *no, f"~MISCITED{suffix}"])
-    bound = f", max_tokens={MAX_ANSWER_TOKENS_BEFORE_CITATION}" if bound_head else ""
+    # (native replies have no ReAct labels, and one more complement there made llguidance's lexer give up)
+    labels = [] if exclude else [f"~{_STEP_LABEL}"]
+    tail = " & ".join([r"/(?s:.*)/", *no, *labels, f"~MISCITED{suffix}"])
+    bound = f", max_tokens={answer_tokens[0]}" if bound_head else ""
     return (f"answer_head{suffix} CITATION{suffix} answer_tail{suffix}",
             [f"answer_head{suffix}[lazy{bound}]: ANSWER_HEAD{suffix}",
              f"ANSWER_HEAD{suffix}: {head}",
              f"CITATION{suffix}: /( ?\\(source:)? ?/ ({_alternatives(sources)}) /\\)/",
-             f"answer_tail{suffix}[max_tokens={MAX_ANSWER_TOKENS_AFTER_CITATION}]: ANSWER_TAIL{suffix}",
+             f"answer_tail{suffix}[max_tokens={answer_tokens[1]}]: ANSWER_TAIL{suffix}",
              f"ANSWER_TAIL{suffix}: {tail}", *cite])
 
 
@@ -142,7 +149,7 @@ def complete_citation(answer: str, sources: list[str]) -> str:
 
 
 def _passage_thoughts(passages: list[str] | None, sources: list[str] | None, action: str,
-                      required: bool = False) -> tuple[list[str], list[str]]:
+                      required: bool = False, answer_tokens: tuple[int, int] | None = None) -> tuple[list[str], list[str]]:
     """Start alternatives and terminals for a thought that begins with ``Passage [i]`` (i a passage of
     the latest search): the answer after it may cite only ``passages[i-1]``; any other thought keeps
     the episode-wide rule. The binding is a literal prefix and one anchored complement: a version with
@@ -154,25 +161,32 @@ def _passage_thoughts(passages: list[str] | None, sources: list[str] | None, act
     starts = ['THOUGHT "\\n" step']
     lines = [free + f" & ~/ ?Passage \\[[1-{n}]\\][^\\n]*/", f"REST: /[^\\n]{{0,{MAX_THOUGHT_CHARS}}}/"]
     for i, source in enumerate(passages, 1):
-        answer, rules = _answer([source], f"_{i}", required)
+        answer, rules = _answer([source], f"_{i}", required, **_tokens(answer_tokens))
         starts.append(f'PASSAGE_{i} REST "\\n" step_{i}')
         lines += [f"PASSAGE_{i}: / ?Passage \\[{i}\\]/", f'step_{i}: "Final Answer:" {answer}' + action, *rules]
     return starts, lines
 
 
+def _tokens(answer_tokens: tuple[int, int] | None) -> dict:
+    return {} if answer_tokens is None else {"answer_tokens": tuple(int(n) for n in answer_tokens)}
+
+
 def react_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None,
-                  passages: list[str] | None = None, citations: str = "allowed") -> str:
+                  passages: list[str] | None = None, citations: str = "allowed",
+                  answer_tokens: tuple[int, int] | None = None) -> str:
     """The Lark grammar of one text-ReAct step, continuing after ``Thought:``. ``sources``: the sources
     the episode's searches returned so far; the answer may cite only these (``None``: no rule).
     ``passages``: the source of each passage of the latest search, in order; a thought that begins
     with ``Passage [i]`` binds the answer's citations to ``passages[i-1]``. ``citations``:
     ``"required"``: when ``sources`` is not empty the answer must cite (``_answer``); ``"allowed"``:
-    it may. Raises ValueError for another value."""
+    it may. Raises ValueError for another value. ``answer_tokens``: the required citation's bounds
+    (tokens before it, tokens after it; default 128 and 64, the agent passes half and a quarter of
+    its step's ``max_new_tokens``)."""
     required = _required(citations)
     tools = list(tools)
     action = ' | "Action:" " "? call' if tools else ""
-    starts, thoughts = _passage_thoughts(passages, sources, action, required)
-    answer, rules = _answer(sources, "", required)
+    starts, thoughts = _passage_thoughts(passages, sources, action, required, answer_tokens)
+    answer, rules = _answer(sources, "", required, **_tokens(answer_tokens))
     lines = ["%llguidance {}",
              "start: " + " | ".join(starts),
              *thoughts,
@@ -193,16 +207,16 @@ def _required(citations: str) -> bool:
 
 
 def native_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None = None,
-                   citations: str = "allowed") -> str:
+                   citations: str = "allowed", answer_tokens: tuple[int, int] | None = None) -> str:
     """The Lark grammar of a native (Hermes ``<tool_call>``) reply: plain text, or text then calls.
     ``sources`` and ``citations``: as in ``react_grammar``, for the plain-text answer."""
     required = _required(citations)
     tools = list(tools)
     if not tools:
-        answer, rules = _answer(sources, "", required)
+        answer, rules = _answer(sources, "", required, **_tokens(answer_tokens))
         return "\n".join(["%llguidance {}", f"start: {answer}", *rules])
     # Plain text never contains "<tool_call>"; a call's header is the (lazy) text up to it.
-    answer, rules = _answer(sources, "", required, exclude="<tool_call>", bound_head=False)
+    answer, rules = _answer(sources, "", required, exclude="<tool_call>", bound_head=False, **_tokens(answer_tokens))
     call_schema = {"anyOf": [{
         "type": "object",
         "properties": {"name": {"const": t.name}, "arguments": _json_schema(t)},

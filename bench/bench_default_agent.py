@@ -76,7 +76,8 @@ def make_agent(name: str, batch: int, retriever, cite_any: bool = False, unbound
 
 
 def rescore(paths: list[str]) -> None:
-    """Score stored KB records again with ``agents.tasks.cites`` (the records keep each answer), in place."""
+    """Score stored KB records again with ``agents.tasks.cites`` (the records keep each answer), and
+    add ``citation_quality``, in place."""
     for path in paths:
         report = json.loads(Path(path).read_text())
         if report["set"] != "kb":
@@ -85,7 +86,10 @@ def rescore(paths: list[str]) -> None:
         before = report["success"]
         for task, record in zip(tasks, report["records"]):
             record["ok"] = cites(record["answer"], task["source"])
+        from align.models import load_tokenizer
+
         report.update({k: v for k, v in summarise(report["records"]).items()})
+        report.update(citation_quality(report["records"], load_tokenizer(report["checkpoint"])))
         report["scoring"] = "cites: (source: NAME) only"
         Path(path).write_text(json.dumps(report, indent=2))
         print(f"{path}: success {before:.2f} -> {report['success']:.2f}")
@@ -118,6 +122,26 @@ def score(task: dict, trace) -> dict:
             "format_errors": sum(1 for e in trace.events if e.type == "error"), "unnecessary_calls": unnecessary,
             "stopped": trace.stopped, "tools": [c.tool for c in calls],
             **({"gold_among_sources_shown": shown} if kind == "kb" else {})}
+
+
+def citation_quality(records: list[dict], tokenizer, bound: int = 120) -> dict:
+    """KB answers in two kinds: ``at_bound``: the text before the first ``(source:`` (or the whole
+    answer when it cites nothing) is ``bound`` tokens or more (the required-citation bound, 128 of
+    the default 256, ended it: in practice a copied grammar production repeating itself), and
+    ``clean_success``: successes that are neither at the bound nor carry a copied passage line
+    (``[2] (source § ...)``). Makes the citation rate honest about what the citations are attached to."""
+    import re
+
+    def head(answer: str) -> int:
+        at = answer.find("(source:")
+        return len(tokenizer.encode(answer if at < 0 else answer[:at], add_special_tokens=False))
+
+    searched = [r for r in records if r["tool_calls"] and r["answer"]]
+    at_bound = [r for r in searched if head(r["answer"]) >= bound]
+    clean = [r for r in records if r["ok"] and head(r["answer"]) < bound
+             and not re.search(r"\[[0-9]+\] ?\(", r["answer"])]
+    return {"answers_at_bound": len(at_bound), "successes_at_bound": sum(r["ok"] for r in at_bound),
+            "clean_success": len(clean) / len(records) if records else None}
 
 
 def summarise(records: list[dict]) -> dict:
@@ -162,11 +186,12 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
             traces = list(tqdm(pool.map(lambda t: agent.run(t["question"], t.get("history")), tasks), total=len(tasks),
                                desc=f"{name} {kind}"))
         records = [score(t, tr) for t, tr in zip(tasks, traces)]
+        extra = citation_quality(records, agent.llm.tokenizer) if kind == "kb" else {}
         report = {"model": name, "checkpoint": MODELS[name][0], "constrained": MODELS[name][1], "set": kind,
                   "search_mode": mode or "default", "citation_rule": "none" if cite_any or not MODELS[name][1] else
                   ("retrieved sources" if unbound else "retrieved sources, bound to a thought's Passage [i]")
                   + (", required after a search" if citations == "required" and not cite_any else ""),
-                  **summarise(records), "wall_s": round(time.perf_counter() - started, 1), "records": records}
+                  **summarise(records), **extra, "wall_s": round(time.perf_counter() - started, 1), "records": records}
         OUT.mkdir(parents=True, exist_ok=True)
         suffix = ((f"-{mode}" if mode else "") + ("-cite-any" if cite_any else "-unbound" if unbound else "")
                   + ("-cite-allowed" if citations == "allowed" and not cite_any else ""))

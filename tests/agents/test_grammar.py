@@ -339,9 +339,17 @@ def test_required_citations_make_an_answer_after_a_search_cite_a_listed_source(t
     assert _accepts(required, tok, strip(head + word * n + " python-docs:global)")) is bounded
     assert _accepts(required, tok, strip(head + " It is. (source: python-docs:global)" + word * (m - 2)))
     assert not _accepts(required, tok, strip(head + " It is. (source: python-docs:global)" + word * (m + 2)))
-    # after the citation only the rest of its line: no second "Thought:" inside the answer
-    assert _accepts(required, tok, strip(head + " It is. (source: python-docs:global) Also this."))
-    assert not _accepts(required, tok, strip(head + " It is. (source: python-docs:global)\nThought: more"))
+    # after the citation more text, but no line that starts another ReAct step inside the answer
+    assert _accepts(required, tok, strip(head + " It is. (source: python-docs:global) Also this.\n\n```python\nx = 1\n```"))
+    for label in ("Thought: more", "Final Answer: again"):  # (native replies have no such labels)
+        assert _accepts(required, tok, strip(head + " It is. (source: python-docs:global)\n" + label)) is not bounded
+    # a passage line copied without its space is still a copied passage line
+    assert not _accepts(required, tok, strip(head + " It is.\n[4](python-docs:global § x) y (source: python-docs:global)"))
+    # the bounds scale (the agent passes half and a quarter of its step's max_new_tokens)
+    small = make(tools, sources, citations="required", answer_tokens=(20, 8))
+    assert _accepts(small, tok, strip(head + word * 30 + " (source: python-docs:global)")) is not bounded
+    assert _accepts(small, tok, strip(head + " It is. (source: python-docs:global)" + word * 6))
+    assert not _accepts(small, tok, strip(head + " It is. (source: python-docs:global)" + word * 12))
     with pytest.raises(ValueError, match="citations"):
         make(tools, sources, citations="sometimes")
 
