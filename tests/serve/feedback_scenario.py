@@ -45,9 +45,13 @@ def write_scenario(store) -> None:
 
 
 def export_digest(out: Path) -> dict[str, str]:
-    """sha256 of kto.jsonl, preference.jsonl and summary.json without its output paths."""
+    """sha256 of kto.jsonl, preference.jsonl and summary.json without its output paths and without the
+    keys added after the golden digest was taken (the export view; the scenario has no agent steps,
+    so its rows are the same bytes in every view): checked separately."""
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("files")
+    added = {k: summary.pop(k) for k in ("view", "trajectory_rows", "skipped_without_trajectory")}
+    assert added == {"view": "auto", "trajectory_rows": 0, "skipped_without_trajectory": 0}, added
     return {"kto.jsonl": hashlib.sha256((out / "kto.jsonl").read_bytes()).hexdigest(),
             "preference.jsonl": hashlib.sha256((out / "preference.jsonl").read_bytes()).hexdigest(),
             "summary": hashlib.sha256(json.dumps(summary, indent=2).encode()).hexdigest()}

@@ -213,7 +213,13 @@ def test_browser_walks_the_whole_feedback_loop(tiny_model_dir, tmp_path):
             pairs = {(p["chosen"][0]["content"], p["rejected"][0]["content"])
                      for p in map(json.loads, (tmp_path / "export" / "preference.jsonl").read_text().splitlines())}
             assert ("Marseille is the second city of France.", "Lyon.") in pairs  # edit > original
-            assert ("Water boils at 50 C.", "Water boils at 100 C at sea level.") in pairs  # not disliked > disliked
+            # not disliked > disliked, as the agent's steps (the ReAct scratchpad the app stored with each answer)
+            assert ("Thought: ok\nFinal Answer: Water boils at 50 C.",
+                    "Thought: ok\nFinal Answer: Water boils at 100 C at sea level.") in pairs
+            answers = export_feedback(db, tmp_path / "export-answers", view="answers")  # the chat's view
+            assert answers["pairs"] == summary["pairs"] and ("Water boils at 50 C.", "Water boils at 100 C at sea level.") in {
+                (p["chosen"][0]["content"], p["rejected"][0]["content"])
+                for p in map(json.loads, (tmp_path / "export-answers" / "preference.jsonl").read_text().splitlines())}
             assert summary["unpaired_rows"] == 8 and summary["comments"] == 1
 
             # retrain on CPU from the app's database, into the folder the operator allowed

@@ -9,9 +9,12 @@ from serve.feedback import LIMITS, FeedbackStore, export_feedback
 from tests.serve.app_driver import AppDriver
 
 
-def export(tmp_path):
-    out = tmp_path / "export"
-    summary = export_feedback(tmp_path / "fb.db", out)
+def export(tmp_path, view="answers"):
+    """The export's pairs and rows as (question, chosen/completion, ...) tuples. The pairing rules are
+    about which answer beats which, so they are read in the chat's view (``answers``); the default
+    view writes the same pairs as the agent's steps (test below)."""
+    out = tmp_path / f"export-{view}"
+    summary = export_feedback(tmp_path / "fb.db", out, view)
     pairs = {(p["prompt"][-1]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"])
              for p in map(json.loads, (out / "preference.jsonl").read_text().splitlines())}
     kto = {(r["prompt"][-1]["content"], r["completion"][0]["content"], r["label"])
@@ -54,6 +57,24 @@ def test_each_pairing_rule_through_the_app_handlers(app, tmp_path, first, second
     assert pairs == expected
     want_kto = {("Q", t, r == "like") for t, r in (("A", first), ("B", second)) if r}
     assert kto == want_kto and summary["regenerates"] == 1
+
+
+def test_the_default_export_writes_the_same_pairs_as_the_agents_steps(app, tmp_path):
+    """View ``auto`` (default): an agent answer's pair and rating are its ReAct scratchpads, with the
+    ReAct prompt (system prompt with the tools, then the question)."""
+    drv = app(["A", "B"])
+    drv.ask("Q")
+    drv.rate(0, True)
+    drv.regenerate()
+    drv.rate(0, False)
+    answers, _, _ = export(tmp_path)
+    steps, kto, summary = export(tmp_path, "auto")
+    assert answers == {("Q", "A", "B")}
+    assert [(q, c.splitlines()[-1], r.splitlines()[-1]) for q, c, r in steps] == [("Q", "Final Answer: A", "Final Answer: B")]
+    assert all(c.startswith("Thought:") for _, c, _ in kto) and summary["trajectory_rows"] >= 2
+    out = tmp_path / "export-auto"
+    prompt = json.loads((out / "preference.jsonl").read_text().splitlines()[0])["prompt"]
+    assert prompt[0]["role"] == "system" and "Final Answer:" in prompt[0]["content"]
 
 
 def test_regenerate_after_an_earlier_answer_was_edited_still_pairs(app, tmp_path):

@@ -336,7 +336,7 @@ def test_postgres_through_the_app_handlers_records_the_serving_model(tiny_model_
     assert [r["label"] for r in rows] == [1, 0]
     assert {r["checkpoint_id"] for r in rows} == {a.chat.checkpoint_id}
     assert all(r["checkpoint_id"] == a.chat.checkpoint_id for r in a.store.responses())
-    export_feedback(pg_url, tmp_path / "out")
+    export_feedback(pg_url, tmp_path / "out", view="answers")  # the chat view; auto writes the agent steps
     pairs = [json.loads(x) for x in (tmp_path / "out" / "preference.jsonl").read_text().splitlines()]
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("A", "B")]
 
