@@ -340,6 +340,15 @@ class ReActAgent:
                           else native_grammar(self.tools, sources, self.citations, bounds))
         return cache[key]
 
+    def _answer_grammar(self, sources: list[str], max_new_tokens: int) -> str | None:
+        """The forced answer's grammar (text format, constrained): the answer's citation rules alone."""
+        if not self.constrained or self.format != "text":
+            return None
+        from agents.grammar import answer_grammar
+
+        cited = sources if any(t.sources_of for t in self.tools) else None
+        return answer_grammar(cited, self.citations, (max(1, max_new_tokens // 2), max(1, max_new_tokens // 4)))
+
     def _cited(self, event: Event, sources: list[str], passages: list[str]) -> None:
         """After a successful retrieval observation: add the sources it lists to ``sources`` and make
         ``passages`` its passages' sources in order (both in place)."""
@@ -407,11 +416,18 @@ class ReActAgent:
                 return
         if self.force_final_answer and self._budget(trace) > 0:
             messages = base + [{"role": "assistant", "content": scratch + "Thought: I must answer now.\nFinal Answer:"}]
-            gen = yield from self._generate(messages, self.max_steps, stop=STOP_SEQUENCES + ["\nThought:"],
-                                            max_new_tokens=min(128, self._budget(trace)), continue_final=True)
+            limit = min(128, self._budget(trace))
+            gen = yield from self._generate(messages, self.max_steps, stop=STOP_SEQUENCES + ["\nThought:", "\nAction:"],
+                                            max_new_tokens=limit, continue_final=True,
+                                            grammar=self._answer_grammar(sources, limit))
             trace.tokens += gen.tokens
-            if gen.text.strip():
-                yield Event("final_answer", gen.text.strip(), self.max_steps, tool="forced")
+            answer = gen.text.strip()
+            if answer and self.constrained and self.citations == "required" and sources:
+                from agents.grammar import complete_citation
+
+                answer = complete_citation(answer, sources)
+            if answer:
+                yield Event("final_answer", answer, self.max_steps, tool="forced")
 
     def _native_loop(self, question, history, trace) -> Iterator[Event]:
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])

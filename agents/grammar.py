@@ -233,6 +233,14 @@ def native_grammar(tools: ToolRegistry | list[Tool], sources: list[str] | None =
     ])
 
 
+def answer_grammar(sources: list[str] | None = None, citations: str = "allowed",
+                   answer_tokens: tuple[int, int] | None = None) -> str:
+    """The grammar of an answer alone, with ``react_grammar``'s citation rules: the agent's forced
+    answer at the step limit, written after ``Final Answer:``. Raises ValueError for a bad ``citations``."""
+    answer, rules = _answer(sources, "", _required(citations), **_tokens(answer_tokens))
+    return "\n".join(["%llguidance {}", f"start: {answer}", *rules])
+
+
 def free_text_grammar() -> str:
     """Any text: for the unconstrained rows of a batch whose other rows have a grammar."""
     return "%llguidance {}\nstart: TEXT\nTEXT: /(?s:.*)/"

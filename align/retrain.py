@@ -72,6 +72,10 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     try:
         summary = export_feedback(db, scratch, view)
         rows = summary["unpaired_rows"] if stage == "kto" else summary["pairs"]
+        if rows < MIN_ROWS and view == "trajectories" and summary.get("skipped_without_trajectory"):
+            raise DataError(f"{display_target(db)}: only {rows} rows with the agent's steps: "
+                            f"{summary['skipped_without_trajectory']} rated answers have no stored steps (plain chat, "
+                            "native tool calls, or answers stored by an older Keel); use --view auto or answers")
         if rows < MIN_ROWS:
             raise DataError(f"{display_target(db)}: only {rows} {'rated answers' if stage == 'kto' else 'preference pairs'} so far; "
                             f"{stage} needs at least {MIN_ROWS}. Collect more feedback in the app "

@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="run folder (default runs/loop-<time>)")
     p.add_argument("--plot", help="also copy the curve here (e.g. docs/img/loop-rounds.png)")
     a = p.parse_args(argv)
+    for flag, value in (("--rounds", a.rounds), ("--answers", a.answers), ("--turns", a.turns),
+                        ("--heldout", a.heldout), ("--concurrency", a.concurrency), ("--kl-prompts", a.kl_prompts)):
+        if value < 1:  # before the app starts or a run folder is made
+            p.error(f"{flag} must be at least 1, got {value}")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -274,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     app_log = out / "app.log"
     app = start_app(a.checkpoint, db, roots, port, a, app_log)
     rounds: list[dict] = []
-    if a.concurrency < 1:
-        raise SystemExit("--concurrency must be at least 1")
 
     def score_served(ref: str) -> dict:
         if a.engine == "vllm":

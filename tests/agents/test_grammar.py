@@ -424,3 +424,37 @@ def test_the_agent_completes_a_citation_the_bound_left_bare():
 
     assert run("required") == "It declares module names (source: python-docs:global)"
     assert run("allowed") == "It declares module names python-docs:global)"  # only required citations are completed
+
+
+def test_the_forced_answer_at_the_step_limit_keeps_the_citation_rules(tiny):
+    """At the step limit the agent asks once more for the answer; that generation is constrained too:
+    after a search it must cite a listed source (and a bare name the bound forced is completed)."""
+    from agents.agent import Generation
+    from agents.grammar import answer_grammar
+    from agents.tools import search_tool
+    from retrieval.retriever import Hit
+
+    class Retriever:
+        def search(self, query, k=3):
+            return [Hit(1, 0.9, "The global statement declares names.", "python-docs:global", "global", "", 0, 10)]
+
+    grammars = []
+    steps = iter([' I search.\nAction: search\nAction Input: {"query": "global"}', " It declares names python-docs:global)"])
+
+    class Scripted:
+        supports_grammar = True
+
+        def generate(self, messages, **kwargs):
+            grammars.append(kwargs.get("grammar"))
+            return Generation(next(steps), 10)
+
+    agent = ReActAgent(Scripted(), ToolRegistry([search_tool(Retriever())]), max_steps=1, constrained=True,
+                       force_final_answer=True)
+    trace = agent.run("global?")
+    assert trace.stopped == "forced_answer" and trace.answer == "It declares names (source: python-docs:global)"
+    forced = grammars[-1]
+    assert forced == answer_grammar(["python-docs:global"], "required", (64, 32))
+    _, tok = tiny
+    assert _accepts(forced, tok, " It declares names. (source: python-docs:global)")
+    assert not _accepts(forced, tok, " It declares names.")
+    assert not _accepts(forced, tok, " It declares names. (source: python-docs:nonlocal)")

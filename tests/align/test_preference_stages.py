@@ -214,3 +214,13 @@ def test_retrain_trains_rated_agent_answers_as_the_agents_steps(tmp_path, monkey
     rows = [json.loads(x) for x in (tmp_path / "b" / "feedback" / "kto.jsonl").read_text().splitlines()]
     assert {r["completion"][0]["content"] for r in rows} == {str(i * 7 + i % 2) for i in range(12)}
     assert seen[1].training.max_length == 384  # configs/kto.yaml's
+
+
+
+def test_retrain_on_trajectories_says_when_the_answers_have_no_stored_steps(tmp_path):
+    from align import retrain as rt
+    from align.errors import DataError
+
+    db = _feedback_db(tmp_path / "feedback.db", "smollm2-135m")  # plain answers: no agent steps
+    with pytest.raises(DataError, match="no stored steps.*--view auto"):
+        rt.retrain(str(db), str(REPO / "configs" / "kto.yaml"), ["--output_dir", str(tmp_path / "o")], view="trajectories")

@@ -51,3 +51,11 @@ def test_one_round_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert (out / "loop-rounds.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_round"] == 0 and summary["projection"]["total_hours"] > 0
+
+
+@pytest.mark.parametrize("flag", ["--turns", "--concurrency", "--answers", "--kl-prompts"])
+def test_a_count_below_one_is_refused_before_the_app_starts(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_loop.main([flag, "0", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing started, no run folder
