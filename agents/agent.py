@@ -25,6 +25,8 @@ from agents.tools import ToolRegistry
 EventType = Literal["thought", "tool_call", "observation", "final_answer", "error", "token"]
 # An invented observation starts a line; "Observation:" mid-sentence is part of the text.
 STOP_SEQUENCES = ["\nObservation:"]
+# What the agent writes before the answer it asks for at the step limit (force_final_answer).
+FORCED_ANSWER_PREFIX = "Thought: I must answer now.\nFinal Answer:"
 # The default system prompt of the agent and of the chat app (serve): defined here only.
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and harmless assistant."
 _LABEL_START = re.compile(r"^\s*(?:\*\*)?(Action|Action Input|Final Answer)\s*(?:\*\*)?\s*:", re.I)
@@ -415,7 +417,7 @@ class ReActAgent:
                 yield Event("final_answer", answer, step)
                 return
         if self.force_final_answer and self._budget(trace) > 0:
-            messages = base + [{"role": "assistant", "content": scratch + "Thought: I must answer now.\nFinal Answer:"}]
+            messages = base + [{"role": "assistant", "content": scratch + FORCED_ANSWER_PREFIX}]
             limit = min(128, self._budget(trace))
             gen = yield from self._generate(messages, self.max_steps, stop=STOP_SEQUENCES + ["\nThought:", "\nAction:"],
                                             max_new_tokens=limit, continue_final=True,

@@ -668,7 +668,6 @@ def _assistant(text: str) -> list[dict]:
 
 
 VIEWS = ("auto", "answers", "trajectories")
-FORCED_STEP = "Thought: I must answer now.\nFinal Answer: "  # agents.agent: the step-limit answer's prefix
 
 
 def trajectory(response: dict) -> tuple[list[dict], str] | None:
@@ -689,7 +688,9 @@ def trajectory(response: dict) -> tuple[list[dict], str] | None:
     if not prompt or not scratch or trace.get("format") != "text" or not trace.get("answer"):
         return None
     if trace.get("stopped") == "forced_answer":
-        scratch += "\n" + FORCED_STEP + trace["answer"].strip()
+        from agents.agent import FORCED_ANSWER_PREFIX
+
+        scratch += "\n" + FORCED_ANSWER_PREFIX + " " + trace["answer"].strip()
     elif trace.get("stopped") != "final_answer":
         return None
     return prompt, scratch

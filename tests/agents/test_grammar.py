@@ -232,12 +232,17 @@ MISCITING = [" x\nFinal Answer: It is module-level.\n[2] (python-docs:global § 
              " x\nFinal Answer: See (source: python-docs:global) and (source:python-docs:nonlocal)."]
 
 
+def _citation_case(tiny, make):
+    """The tokenizer, tools and two sources the citation tests share, and how a step's text becomes what
+    ``make`` decodes (a native reply is the answer alone)."""
+    _, tok = tiny
+    strip = (lambda t: t) if make is react_grammar else (lambda t: t.split("Final Answer: ", 1)[1])
+    return tok, default_tools(), ["python-docs:global", "notes/café menu.md"], strip
+
+
 @pytest.mark.parametrize("make", [react_grammar, native_grammar])
 def test_an_answer_can_cite_only_the_sources_the_episode_retrieved(tiny, make):
-    _, tok = tiny
-    tools = default_tools()
-    sources = ["python-docs:global", "notes/café menu.md"]
-    strip = (lambda t: t) if make is react_grammar else (lambda t: t.split("Final Answer: ", 1)[1])
+    tok, tools, sources, strip = _citation_case(tiny, make)
     for text in CITING:
         assert _accepts(make(tools, sources), tok, strip(text)), text
     for text in MISCITING:
@@ -313,10 +318,7 @@ def test_a_thought_beginning_with_a_passage_binds_the_citation_to_that_passage(t
 def test_required_citations_make_an_answer_after_a_search_cite_a_listed_source(tiny, make):
     from agents.grammar import MAX_ANSWER_TOKENS_AFTER_CITATION, MAX_ANSWER_TOKENS_BEFORE_CITATION
 
-    _, tok = tiny
-    tools = default_tools()
-    sources = ["python-docs:global", "notes/café menu.md"]
-    strip = (lambda t: t) if make is react_grammar else (lambda t: t.split("Final Answer: ", 1)[1])
+    tok, tools, sources, strip = _citation_case(tiny, make)
     required = make(tools, sources, citations="required")
     for text in CITING[:2]:
         assert _accepts(required, tok, strip(text)), text
