@@ -22,6 +22,9 @@ and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars
   words        lower-cased, Porter-stemmed by FTS5 (``slots`` matches ``slot``); keywords such as
                ``nonlocal`` are ordinary words and stay searchable.
   URLs         ``http://host/a_b`` -> its words only (``http host a_b a b``): no operator terms
+  hyphens      ``-`` or ``/`` with a letter on both sides joins words (``built-in``, ``f-string``,
+               ``and/or`` -> ``built in`` ...), no operator: "built-in" is in most pages of the Python
+               reference, and its ``op_minus`` matched every question about subtraction
 
 The table has three columns (``lexical_columns``): ``words``, ``exact`` (operator and underscore-name
 terms) and ``title`` (document title and chunk heading); ``bm25()`` weighs them 1, ``EXACT_WEIGHT``
@@ -40,7 +43,9 @@ from __future__ import annotations
 
 import re
 
-LEXICAL_VERSION = 3  # 2: URLs are read as words only, no operator terms; 3: no bare word of a dunder in passages
+# 2: URLs are read as words only, no operator terms; 3: no bare word of a dunder in passages;
+# 4: a hyphen or slash between two letters ("built-in", "and/or") joins words, it is no operator
+LEXICAL_VERSION = 4
 FTS_TABLE = "chunks_fts"
 FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
@@ -75,6 +80,14 @@ _TOKEN = re.compile(f"(?P<url>{_URL})|" + r"[^\W\d_]\w*|_\w*|\d+|"
                     + "|".join(re.escape(op) for op in sorted(OPERATORS, key=len, reverse=True)))
 
 
+_JOINERS = ("-", "/")
+
+
+def _joins_words(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` has a letter right before and right after it."""
+    return 0 < start and end < len(text) and text[start - 1].isalpha() and text[end].isalpha()
+
+
 def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
     """The terms of ``text`` (a passage or a query), in order; see the module docstring.
     ``bare_dunders=False`` (passages) leaves out the bare word of a name with leading underscores."""
@@ -85,6 +98,8 @@ def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
             terms += [t for t in lexical_terms(tok.replace("://", " ").replace("/", " ").replace("@", " ")) if not is_exact(t)]
             continue
         if tok in OPERATORS:
+            if tok in _JOINERS and _joins_words(text, m.start(), m.end()):
+                continue  # "f-string", "and/or": a hyphen or slash between letters joins two words
             terms.append(OPERATORS[tok])
             continue
         tok = tok.lower()

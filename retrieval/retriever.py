@@ -25,7 +25,7 @@ from retrieval.duplicates import MIN_OVERLAP, copies, shingles
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
-from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, rrf
+from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, is_exact, query_terms, rrf
 from retrieval.options import DEFAULT_MODE, HYBRID_CANDIDATES, check_chunking, check_index_params, check_mode, check_search
 from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
 from retrieval.text import BinaryFileError
@@ -173,6 +173,10 @@ class Retriever:
     collapse_duplicates = True
     duplicate_overlap = MIN_OVERLAP
     duplicate_depth = 20
+    # Hybrid: when the query names an exact token (an operator symbol or an underscore name such as
+    # ``__bases__``) that some dense candidates hold, the dense candidates holding none of them are
+    # left out before fusion (``exact_gate``; bench/RESULTS.md, "Hybrid search").
+    exact_gate = True
 
     def __init__(self, folder: Path, manifest: dict, index: VectorIndex, store: DocStore, embedder: Embedder):
         self.folder, self.manifest, self.index, self.store, self.embedder = folder, manifest, index, store, embedder
@@ -567,6 +571,9 @@ class Retriever:
         None is ``default_mode`` (hybrid, measured best: bench/RESULTS.md). ``Hit.score`` is the
         cosine similarity (dense), -bm25 (lexical, higher is better) or the RRF score (hybrid).
 
+        With ``exact_gate`` (the default), hybrid leaves out the dense candidates that hold none of
+        the query's exact tokens (operator symbols, underscore names) when some candidate holds one.
+
         With ``collapse_duplicates`` (the default), a candidate chunk whose passage a smaller
         document among the candidates also holds is left out in every mode, so the more specific
         document is shown for it (retrieval/duplicates.py).
@@ -604,7 +611,7 @@ class Retriever:
             else:
                 lexical_score = dict(self.store.lexical_search(text, depth, self.exact_weight, self.title_weight))
                 lexical = list(lexical_score)  # best first
-                lists = [lexical] if mode == "lexical" else [dense[qi][:want], lexical]
+                lists = [lexical] if mode == "lexical" else [self._gate(text, dense[qi])[:want], lexical]
                 if self.collapse_duplicates:
                     drop = self.copies(lists)
                     lists = [[i for i in r if i not in drop] for r in lists]
@@ -626,6 +633,20 @@ class Retriever:
                 hits = [hits[j] for j in mmr(q[qi], cand, k, mmr_lambda)]
             results.append(hits[:k])
         return results
+
+    def _gate(self, query: str, dense: list[int]) -> list[int]:
+        """``dense`` (chunk ids, best first) less the chunks that hold none of the query's exact
+        tokens, when the query has some and at least one chunk holds one (``exact_gate``).
+
+        Why: the embedding model reads ``__bases__`` as the word pieces of "bases" and ``@=`` as
+        punctuation, so the nearest passages are about the word, not the name the user typed; a
+        passage that never mentions that name is not ranked for it by its vector alone. The lexical
+        ranking already matches only passages holding a query term."""
+        terms = {t for t in query_terms(query) if is_exact(t)} if self.exact_gate else set()
+        if not terms:
+            return dense
+        keep = self.store.with_exact_terms(dense, terms)
+        return [i for i in dense if i in keep] if keep else dense
 
     def copies(self, rankings: list[list[int]]) -> set[int]:
         """The chunk ids in ``rankings`` (lists of chunk ids) whose passage a smaller document among

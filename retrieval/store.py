@@ -203,6 +203,17 @@ class DocStore:
                                        "GROUP BY source", part))
         return out
 
+    def with_exact_terms(self, ids: list[int], terms: set[str]) -> set[int]:
+        """The chunk ids among ``ids`` whose exact-token column (``lexical_columns``: operator and
+        underscore-name terms) holds at least one of ``terms``."""
+        out: set[int] = set()
+        ids = list(dict.fromkeys(ids))
+        for lo in range(0, len(ids), 500):
+            part = ids[lo:lo + 500]
+            rows = self.db.execute(f"SELECT rowid, exact FROM {FTS_TABLE} WHERE rowid IN ({','.join('?' * len(part))})", part)
+            out.update(int(i) for i, exact in rows if terms & set(exact.split()))
+        return out
+
     def _n_lexical(self) -> int:
         """Rows of the lexical index (cached; writes through this store reset it)."""
         if self._n_fts is None:

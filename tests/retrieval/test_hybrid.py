@@ -368,3 +368,43 @@ def test_a_dunder_in_a_passage_is_not_the_bare_word(tmp_path, embedder):
     assert [h.source.rsplit("/", 1)[-1] for h in kb.search("del", k=5, mode="lexical")] == ["statement.md"]
     assert _top(kb, "when does __del__ run", "lexical") == "finalizer.md"
     assert _top(kb, "what is __slots__ for", "lexical") == "memory.md"
+
+
+def test_a_hyphen_or_slash_between_letters_joins_words():
+    """"built-in", "f-string" and "and/or" are words, not the minus and division operators (a question
+    about subtraction matched every page that says "built-in"); spaced or numeric ones stay operators."""
+    assert lexical_terms("an f-string and/or a built-in") == ["an", "f", "string", "and", "or", "a", "built", "in"]
+    assert lexical_terms("x - y, a/2, -7 // 2, 1e-3") == ["x", "op_minus", "y", "a", "op_div", "2", "op_minus", "7",
+                                                         "op_floordiv", "2", "1", "e", "op_minus", "3"]
+    assert "op_minus" not in lexical.query_terms("how do I change a module-level variable")
+
+
+BASES = {"inheritance.md": "# Base classes\n\nA class may list several base classes that it inherits from; "
+                           "the bases are searched in order when an attribute is looked up.",
+         "tuple.md": "# Note 3\n\nThe attribute __bases__ is a tuple of the parents, in the order given.",
+         "colours.md": "# Colours\n\nRed and blue mixed give purple; yellow and blue give green."}
+
+
+def test_dense_candidates_without_the_questions_exact_token_are_left_out_of_the_fusion(tmp_path, embedder):
+    """The embedding reads __bases__ as the word "bases"; the passage that names __bases__ wins in
+    hybrid only when dense candidates lacking it are gated out (``exact_gate``)."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for name, text in BASES.items():
+        (d / name).write_text(text)
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([d])
+    question = "what is __bases__"
+    assert _top(kb, question, "dense") == "inheritance.md"  # what the gate is for
+    assert _top(kb, question, None) == "tuple.md"  # on by default, in the default (hybrid) mode
+    kb.exact_gate = False
+    assert _top(kb, question, "hybrid") == "inheritance.md"
+    kb.exact_gate = True
+    assert _top(kb, question, "hybrid") == "tuple.md"
+    assert {h.source.rsplit("/", 1)[-1] for h in kb.search(question, k=3)} >= {"tuple.md", "inheritance.md"}
+    # no candidate holds the token, or the question has none: the same ranking as without the gate
+    for q in ("what is __mro__ in the bases", "how are base classes searched"):
+        kb.exact_gate = False
+        before = [h.id for h in kb.search(q, k=3)]
+        kb.exact_gate = True
+        assert [h.id for h in kb.search(q, k=3)] == before, q
