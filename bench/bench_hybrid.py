@@ -81,10 +81,12 @@ def quality(a) -> dict:
     sets = {"dev": read_queries(Path(a.queries), "dev"), "test": read_queries(Path(a.queries), "test")}
     sets["kb_tasks test (default agent)"] = [{"query": t["question"], "relevant": [t["source"]]}
                                              for t in kb_tasks(split="test")]
-    if a.fresh and Path(a.fresh).is_file():  # written after every setting was chosen: never tuned on
-        sets["fresh"] = read_queries(Path(a.fresh))
-        for kind in sorted({q.get("kind") for q in sets["fresh"]} - {None}):
-            sets[f"fresh, {kind}"] = [q for q in sets["fresh"] if q.get("kind") == kind]
+    for path in filter(None, a.fresh.split(",")):  # sets written after the settings were chosen
+        if Path(path).is_file():
+            name = Path(path).stem.removeprefix("default_kb_")
+            sets[name] = read_queries(Path(path))
+            for kind in sorted({q.get("kind") for q in sets[name]} - {None}):
+                sets[f"{name}, {kind}"] = [q for q in sets[name] if q.get("kind") == kind]
     rank = {name: _rankings(kb, [q["query"] for q in qs], weights) for name, qs in sets.items()}
     drops: dict = {}  # (set, exact, title, max_df, candidates, overlap) -> per query, the chunks left out as copies
 
@@ -280,8 +282,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=["quality", "speed", "dense"])
     p.add_argument("--queries", default=str(REPO / "bench" / "queries" / "default_kb_hybrid.jsonl"))
-    p.add_argument("--fresh", default=str(REPO / "bench" / "queries" / "default_kb_fresh.jsonl"),
-                   help="a second query set, written after the settings were chosen (skipped when missing)")
+    p.add_argument("--fresh", default=",".join(str(REPO / "bench" / "queries" / f"default_kb_{n}.jsonl")
+                                               for n in ("fresh", "fresh2")),
+                   help="more query sets (comma-separated), written after the settings were chosen; "
+                        "scored per set and per 'kind' (missing files are skipped)")
     p.add_argument("--sizes", default="100000,1000000")
     a = p.parse_args()
     out = {"quality": quality, "speed": speed, "dense": dense}[a.what](a)

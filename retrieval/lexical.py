@@ -22,6 +22,13 @@ and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars
   words        lower-cased, Porter-stemmed by FTS5 (``slots`` matches ``slot``); keywords such as
                ``nonlocal`` are ordinary words and stay searchable.
   URLs         ``http://host/a_b`` -> its words only (``http host a_b a b``): no operator terms
+  roles        what a symbol does in pasted code, read from its neighbours, as one more exact term:
+               ``s[::-1]`` -> ``op_slice``, ``{**a}`` / ``f(*xs)`` -> ``op_unpack_kw`` / ``op_unpack``,
+               ``2 ** -1`` -> ``op_neg``, ``def f(a, /, *, b)`` -> ``op_posonly``, ``op_kwonly``,
+               ``x: int = 5`` -> ``op_annotation``, ``(1,)`` -> ``op_tuple1``, ``@property`` ->
+               ``op_decorator`` (the symbol's own term stays: a question in prose, "what does ** do",
+               still matches every use). Heuristics on characters, not a parser: a passage's prose
+               rarely looks like these patterns, and a wrong role only adds one rare term
   hyphens      ``-`` or ``/`` with a letter on both sides joins words (``built-in``, ``f-string``,
                ``and/or`` -> ``built in`` ...), no operator: "built-in" is in most pages of the Python
                reference, and its ``op_minus`` matched every question about subtraction
@@ -44,8 +51,9 @@ from __future__ import annotations
 import re
 
 # 2: URLs are read as words only, no operator terms; 3: no bare word of a dunder in passages;
-# 4: a hyphen or slash between two letters ("built-in", "and/or") joins words, it is no operator
-LEXICAL_VERSION = 4
+# 4: a hyphen or slash between two letters ("built-in", "and/or") joins words, it is no operator;
+# 5: syntax roles (op_slice, op_unpack, op_neg ...: ``_role``, ``_ROLE_PATTERNS``)
+LEXICAL_VERSION = 5
 FTS_TABLE = "chunks_fts"
 FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
@@ -88,11 +96,85 @@ def _joins_words(text: str, start: int, end: int) -> bool:
     return 0 < start and end < len(text) and text[start - 1].isalpha() and text[end].isalpha()
 
 
+# Syntax roles: what a symbol does in a piece of code, read from its neighbours, indexed as an
+# extra exact term beside the symbol's own ("{**a, **b}" is about unpacking, "2 ** -1" about powers).
+_OPENERS = "([{,=:"  # after one of these (or at the start of a line) an operand begins: unary use
+_OPERAND = re.compile(r"[\w(\[{'\"]")
+_ROLE_PATTERNS = [  # (role, pattern); matched on the whole text
+    ("op_slice", re.compile(r"(?<=[\w)\]])\[[^\[\]\n]*:[^\[\]\n]*\]")),  # xs[1:5:2], s[::-1]
+    ("op_tuple1", re.compile(r"\(\s*[^()\s,][^(),\n]*,\s*\)")),  # (1,)
+    # x: int = 5, def f(a: int) ...: a name, a colon, a type, then "=" or (inside brackets) "," or ")"
+    ("op_annotation", re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*[ \t]*:[ \t]*[A-Za-z_][\w.]*(?:\[[^\]\n]*\])?[ \t]*(?=[=,)])")),
+]
+
+
+ROLES = frozenset({"op_slice", "op_tuple1", "op_annotation", "op_kwonly", "op_posonly", "op_unpack", "op_unpack_kw",
+                   "op_neg", "op_decorator"})
+
+
+def _before(text: str, start: int) -> str:
+    """The nearest character before ``start`` that is not a space or tab ("" at the start)."""
+    j = start - 1
+    while j >= 0 and text[j] in " \t":
+        j -= 1
+    return text[j] if j >= 0 else ""
+
+
+def _role(tok: str, text: str, start: int, end: int) -> str | None:
+    """The syntax role of the operator ``tok`` at ``text[start:end]``, or None (binary use, prose)."""
+    before, after = _before(text, start), text[end:end + 1]
+    after_blank = text[end:].lstrip(" \t")[:1]
+    opens = before in ("", "\n") or before in _OPENERS
+    if tok == "*" and before in "(," and before and after_blank in (",", ")"):
+        return "op_kwonly"  # def f(a, *, b)
+    if tok == "/" and before == "," and after_blank in (",", ")"):
+        return "op_posonly"  # def f(a, /, b)
+    if tok in ("*", "**") and opens and _OPERAND.match(after):
+        return "op_unpack" if tok == "*" else "op_unpack_kw"  # f(*args), {**a}, first, *rest = xs
+    if tok == "-" and _OPERAND.match(after) and text[start - 1:start] != "-" and (
+            opens or before in "*/%+-<>&|^~@" or (start and text[start - 1] in " \t" and after.isdigit())):
+        return "op_neg"  # -2**2, 2 ** -1, x = -y
+    if tok == "@" and (after.isalpha() or after == "_") and (start == 0 or text[start - 1] in " \t\n("):
+        return "op_decorator"  # @property
+    return None
+
+
+def _inside(text: str, start: int, bracket: str) -> bool:
+    """Whether the innermost bracket still open at ``start`` is ``bracket`` (one line back at most)."""
+    depth = 0
+    for c in reversed(text[max(0, text.rfind("\n", 0, start)):start]):
+        if c in ")]}":
+            depth += 1
+        elif c in "([{":
+            if depth == 0:
+                return c == bracket
+            depth -= 1
+    return False
+
+
+def _roles(text: str) -> list[tuple[int, str]]:
+    """The pattern roles of ``text`` (see ``_ROLE_PATTERNS``), by position."""
+    found = []
+    for role, pattern in _ROLE_PATTERNS:
+        for m in pattern.finditer(text):
+            if role == "op_annotation":
+                follows = text[m.end()]
+                if _inside(text, m.start(), "{") or re.search(r"\blambda\b[^:\n]*$", text[max(0, m.start() - 80):m.start() + 1 + m.group().index(":")]):
+                    continue  # a dict display {a: b}, or a lambda's parameters
+                if follows != "=" and not _inside(text, m.start(), "("):
+                    continue  # "Note: see," in prose
+            found.append((m.start(), role))
+    return sorted(found)
+
+
 def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
     """The terms of ``text`` (a passage or a query), in order; see the module docstring.
     ``bare_dunders=False`` (passages) leaves out the bare word of a name with leading underscores."""
     terms: list[str] = []
+    roles = _roles(text) if any(c in text for c in ":,") else []
     for m in _TOKEN.finditer(text):
+        while roles and roles[0][0] <= m.start():
+            terms.append(roles.pop(0)[1])
         tok = m.group()
         if m.group("url"):
             terms += [t for t in lexical_terms(tok.replace("://", " ").replace("/", " ").replace("@", " ")) if not is_exact(t)]
@@ -101,6 +183,9 @@ def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
             if tok in _JOINERS and _joins_words(text, m.start(), m.end()):
                 continue  # "f-string", "and/or": a hyphen or slash between letters joins two words
             terms.append(OPERATORS[tok])
+            role = _role(tok, text, m.start(), m.end())
+            if role:
+                terms.append(role)
             continue
         tok = tok.lower()
         if tok.strip("_"):
@@ -110,12 +195,18 @@ def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
                 terms.append(bare)
             if "_" in bare:  # snake_case: its words too ("reverse_order" -> "reverse", "order")
                 terms += [w for w in bare.split("_") if w]
-    return terms
+    return terms + [r for _, r in roles]
 
 
 def is_exact(term: str) -> bool:
-    """An operator symbol's term or a name with leading or trailing underscores (``__slots__``)."""
+    """An operator symbol's term, a syntax role, or a name with leading or trailing underscores (``__slots__``)."""
     return term.startswith("op_") or term.startswith("_") or term.endswith("_")
+
+
+def is_typed(term: str) -> bool:
+    """An exact term that stands for characters the text holds (an operator or an underscore name),
+    not a syntax role read from the neighbours (``ROLES``)."""
+    return is_exact(term) and term not in ROLES
 
 
 def lexical_columns(text: str, title: str | None = None, heading: str | None = None) -> tuple[str, str, str]:

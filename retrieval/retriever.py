@@ -25,7 +25,7 @@ from retrieval.duplicates import MIN_OVERLAP, copies, shingles
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
-from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, is_exact, query_terms, rrf
+from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, is_typed, query_terms, rrf
 from retrieval.options import DEFAULT_MODE, HYBRID_CANDIDATES, check_chunking, check_index_params, check_mode, check_search
 from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
 from retrieval.text import BinaryFileError
@@ -641,8 +641,9 @@ class Retriever:
         Why: the embedding model reads ``__bases__`` as the word pieces of "bases" and ``@=`` as
         punctuation, so the nearest passages are about the word, not the name the user typed; a
         passage that never mentions that name is not ranked for it by its vector alone. The lexical
-        ranking already matches only passages holding a query term."""
-        terms = {t for t in query_terms(query) if is_exact(t)} if self.exact_gate else set()
+        ranking already matches only passages holding a query term. Syntax roles (``op_slice`` ...)
+        are read from context, not typed, and do not gate (measured: bench/RESULTS.md)."""
+        terms = {t for t in query_terms(query) if is_typed(t)} if self.exact_gate else set()
         if not terms:
             return dense
         keep = self.store.with_exact_terms(dense, terms)

@@ -374,8 +374,8 @@ def test_a_hyphen_or_slash_between_letters_joins_words():
     """"built-in", "f-string" and "and/or" are words, not the minus and division operators (a question
     about subtraction matched every page that says "built-in"); spaced or numeric ones stay operators."""
     assert lexical_terms("an f-string and/or a built-in") == ["an", "f", "string", "and", "or", "a", "built", "in"]
-    assert lexical_terms("x - y, a/2, -7 // 2, 1e-3") == ["x", "op_minus", "y", "a", "op_div", "2", "op_minus", "7",
-                                                         "op_floordiv", "2", "1", "e", "op_minus", "3"]
+    assert lexical_terms("x - y, a/2, -7 // 2, 1e-3") == ["x", "op_minus", "y", "a", "op_div", "2", "op_minus", "op_neg",
+                                                         "7", "op_floordiv", "2", "1", "e", "op_minus", "3"]
     assert "op_minus" not in lexical.query_terms("how do I change a module-level variable")
 
 
@@ -408,3 +408,34 @@ def test_dense_candidates_without_the_questions_exact_token_are_left_out_of_the_
         before = [h.id for h in kb.search(q, k=3)]
         kb.exact_gate = True
         assert [h.id for h in kb.search(q, k=3)] == before, q
+
+
+@pytest.mark.parametrize("code,role", [
+    ("s[::-1]", "op_slice"), ("xs[1:5:2]", "op_slice"), ("{**defaults, **overrides}", "op_unpack_kw"),
+    ("f(*args)", "op_unpack"), ("first, *rest = xs", "op_unpack"), ("def f(a, /, b)", "op_posonly"),
+    ("def f(a, *, b)", "op_kwonly"), ("2 ** -1", "op_neg"), ("-2**2", "op_neg"), ("x: int = 5", "op_annotation"),
+    ("def f(a: int, b: str)", "op_annotation"), ("(1,)", "op_tuple1"), ("@property\ndef f(self)", "op_decorator")])
+def test_a_symbol_in_pasted_code_also_gets_its_role(code, role):
+    terms = lexical_terms(code)
+    assert role in terms and lexical.is_exact(role) and not lexical.is_typed(role)
+    # the symbol's own term stays, so a question in prose still matches every use of it
+    symbols = [t for t in terms if lexical.is_typed(t)]
+    assert symbols or role in ("op_slice", "op_tuple1", "op_annotation"), terms
+
+
+@pytest.mark.parametrize("text", [
+    "what does ** do", "3 * 4", "a - b", "x-1", "python -O", "--flag", "a @ b", "user@host", "from x import *",
+    "(a, b)", "{'a': 1, b: c}", "lambda x: x)", "Note: see, this", "Changed in version 3.8: Added, removed"])
+def test_binary_operators_and_prose_get_no_role(text):
+    assert not lexical.ROLES & set(lexical_terms(text)), lexical_terms(text)
+
+
+def test_a_role_finds_the_passage_that_uses_the_syntax(tmp_path, embedder):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "merge.md").write_text("# Note 4\n\nLater keys take precedence: {**base, **extra} keeps extra's value.")
+    (d / "powers.md").write_text("# Note 5\n\nThe ** operator: 2 ** 10 is 1024, and a ** b ** c groups to the right.")
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([d])
+    assert _top(kb, "{**a, **b} what happens", "lexical") == "merge.md"  # powers.md has more ** and a, b
+    assert _top(kb, "what is 3 ** 2", "lexical") == "powers.md"
