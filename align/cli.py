@@ -202,7 +202,8 @@ def _retrain(argv: list[str]) -> int:
                                             "Unknown --key value pairs override config fields.")
     p.add_argument("--from-feedback", required=True, metavar="DB",
                    help="the app's feedback database (runs/feedback.db, or its postgresql:// URL)")
-    p.add_argument("--config", help="a kto or dpo config (default configs/kto.yaml)")
+    p.add_argument("--config", help="a kto, dpo or sft config (default configs/kto.yaml; sft trains on the liked and "
+                                    "edited answers only)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--allow-one-source", action="store_true",
                    help="train even if all feedback comes from one session or is about one prompt")

@@ -1,8 +1,9 @@
 """``python -m align retrain --from-feedback DB``: close the loop from the app's feedback to a new checkpoint.
 
 Exports the feedback database (the app's SQLite file) to TRL datasets inside the new run folder,
-then runs the configured preference stage on them: KTO on thumbs up/down (default), DPO on pairs
-from edits and regenerates; a rated agent answer trains the agent's steps (the ReAct prompt and
+then runs the configured stage on them: KTO on thumbs up/down (default), DPO on pairs from edits
+and regenerates, or SFT on what users liked or wrote (``configs/sft.yaml``: rejection-sampling
+fine-tuning, Dong et al. 2023 "RAFT"; the desirable rows only); a rated agent answer trains the agent's steps (the ReAct prompt and
 scratchpad the app stored with it), not just the answer text. The model defaults to the checkpoint that most of the feedback was
 given on, so the new checkpoint's manifest names it as parent and the app can switch to it.
 
@@ -27,7 +28,11 @@ from pathlib import Path
 from align.config import load_config, read_yaml_file
 from align.errors import ConfigError, DataError
 
-DATASET_FOR_STAGE = {"kto": "kto.jsonl", "dpo": "preference.jsonl"}
+DATASET_FOR_STAGE = {"kto": "kto.jsonl", "dpo": "preference.jsonl", "sft": "sft.jsonl"}
+# what each stage counts in the export's summary, and calls it in messages
+ROWS_FOR_STAGE = {"kto": ("unpaired_rows", "rated answers"), "dpo": ("pairs", "preference pairs"),
+                  "sft": ("unpaired_desirable", "liked or edited answers")}
+HOW_TO_GET = {"kto": "thumbs up and down", "dpo": "edits and regenerates make pairs", "sft": "thumbs up and edits"}
 MIN_ROWS = 8
 RETRAIN_EPOCHS = 2
 TRAJECTORY_MAX_LENGTH = 768  # tokens: configs/agent-sft.yaml's, so a trajectory is not cut before its answer
@@ -71,18 +76,19 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     scratch = Path(tempfile.mkdtemp(prefix=".retrain-", dir=out.parent if out.parent.exists() else None))
     try:
         summary = export_feedback(db, scratch, view)
-        rows = summary["unpaired_rows"] if stage == "kto" else summary["pairs"]
+        rows = summary[ROWS_FOR_STAGE[stage][0]]
         if rows < MIN_ROWS and view == "trajectories" and summary.get("skipped_without_trajectory"):
             raise DataError(f"{display_target(db)}: only {rows} rows with the agent's steps: "
                             f"{summary['skipped_without_trajectory']} rated answers have no stored steps (plain chat, "
                             "native tool calls, or answers stored by an older Keel); use --view auto or answers")
         if rows < MIN_ROWS:
-            raise DataError(f"{display_target(db)}: only {rows} {'rated answers' if stage == 'kto' else 'preference pairs'} so far; "
-                            f"{stage} needs at least {MIN_ROWS}. Collect more feedback in the app "
-                            f"({'edits and regenerates make pairs' if stage == 'dpo' else 'thumbs up and down'}).")
+            raise DataError(f"{display_target(db)}: only {rows} {ROWS_FOR_STAGE[stage][1]} so far; "
+                            f"{stage} needs at least {MIN_ROWS}. Collect more feedback in the app ({HOW_TO_GET[stage]}).")
         if not allow_one_source:
             check_sources(db, scratch / DATASET_FOR_STAGE[stage])
         extra = ["--data.path", str(out / "feedback" / DATASET_FOR_STAGE[stage]), "--output_dir", str(out)]
+        if "data.format" not in given:  # the export's TRL format, whatever the config's dataset was
+            extra += ["--data.format", "auto"]
         if "model" not in given:
             store = FeedbackStore(db, read_only=True)
             ckpts = Counter(f["checkpoint_id"] for f in store.feedback())
@@ -187,7 +193,7 @@ def describe_plan(cfg, db: str, rows: int, data_file: Path) -> str:
 
     t = cfg.training
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
-    lines = [f"[keel] retrain: {rows} {'rows' if cfg.stage == 'kto' else 'pairs'} from {db}",
+    lines = [f"[keel] retrain: {rows} {'pairs' if cfg.stage == 'dpo' else 'rows'} from {db}",
              f"[keel] parent: {cfg.model}",
              f"[keel] writes: {cfg.output_dir} (checkpoint in {cfg.output_dir}/model)",
              f"[keel] {cfg.stage}, {'LoRA r=%d (merged on save)' % cfg.lora.r if cfg.lora.enabled else 'full fine-tune'}, "
@@ -200,9 +206,9 @@ def describe_plan(cfg, db: str, rows: int, data_file: Path) -> str:
         tokens = t.max_length
     if params and t.max_steps > 0:
         # policy forward+backward (LoRA: no weight gradients), plus forward passes for the reference
-        # and (KTO) the KL batch
+        # and (KTO) the KL batch; SFT has no reference
         policy = 4 if cfg.lora.enabled else 6
-        flops = t.max_steps * per_step * tokens * params * (policy + 2 * (2 if cfg.stage == "kto" else 1))
+        flops = t.max_steps * per_step * tokens * params * (policy + 2 * {"kto": 2, "dpo": 1}.get(cfg.stage, 0))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         import torch
 

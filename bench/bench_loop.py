@@ -101,6 +101,24 @@ def evaluate(ref: str, tasks: list[dict], max_steps: int, max_new_tokens: int, r
     return {**summarise(records), "records": records}
 
 
+def user_tasks(a, r: int, users: int, held: list[dict], out: Path) -> str:
+    """What round ``r``'s simulated users ask: ``a.tasks`` (from ``a.user_split``) or, from the test split, a task
+    file ``OUT/users-<r>.jsonl`` of that split's questions less any held-out question (never scored on what a
+    round trained on)."""
+    from serve import simulate as sim
+
+    if a.user_split == "train" or a.tasks not in ("arith", "kb", "hh"):
+        return a.tasks
+    asked = {t["question"] for t in held}
+    pool = sim.load_tasks(a.tasks, 4 * users * a.turns + len(held), a.seed + 100 * r, "test")
+    rows = [t for t in pool if t["question"] not in asked][:users * a.turns]
+    if len(rows) < users * a.turns:
+        raise SystemExit(f"[loop] round {r}: only {len(rows)} test-split questions besides the held-out ones")
+    path = out / f"users-{r}.jsonl"
+    path.write_text("".join(json.dumps(t) + "\n" for t in rows))
+    return str(path)
+
+
 def engine_of(app_log: Path) -> str:
     """The OpenAI base URL of the vLLM server an app started (``[keel] starting vLLM on X at URL;`` in its log)."""
     import re
@@ -223,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="keel-agent", help="round-0 model")
     p.add_argument("--tasks", default="arith", help="arith | kb | hh (the simulated users' and held-out kinds)")
     p.add_argument("--judge", default="verifier", help="verifier | rm:PATH")
-    p.add_argument("--stage", default="kto", choices=["kto", "dpo"], help="retrain on ratings (kto) or pairs (dpo)")
+    p.add_argument("--stage", default="kto", choices=["kto", "dpo", "sft"],
+                   help="retrain on ratings (kto), pairs (dpo), or the liked and edited answers (sft)")
+    p.add_argument("--user-split", default="train", choices=["train", "test"],
+                   help="the split the simulated users ask from: train (the templates the agent was trained on), "
+                        "or test (the held-out tasks' own kinds and templates, other questions: any question "
+                        "equal to a held-out one is left out)")
     p.add_argument("--train-from", default="round0", choices=["round0", "current"])
     p.add_argument("--edit-share", type=float, default=0.2)
     p.add_argument("--regenerate-share", type=float, default=0.2)
@@ -302,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(1, a.rounds + 1):
             wall = {}
             t = time.perf_counter()
-            report = sim.run(url, a.tasks, users, a.turns, a.judge, seed=a.seed + r, edit_share=a.edit_share,
-                             regenerate_share=a.regenerate_share, db=str(db), report=str(out / f"simulate-{r}.json"),
-                             concurrency=a.concurrency)
+            report = sim.run(url, user_tasks(a, r, users, held, out), users, a.turns, a.judge, seed=a.seed + r,
+                             edit_share=a.edit_share, regenerate_share=a.regenerate_share, db=str(db),
+                             report=str(out / f"simulate-{r}.json"), concurrency=a.concurrency, split=a.user_split)
             wall["simulate"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
             ckpt_dir = roots / f"round-{r}"
@@ -376,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             app.kill()
     summary = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-               "checkpoint": a.checkpoint, "tasks": a.tasks, "stage": a.stage, "train_from": a.train_from,
+               "checkpoint": a.checkpoint, "tasks": a.tasks, "user_split": a.user_split, "stage": a.stage,
+               "train_from": a.train_from,
                "best_round": best["round"], "rounds": rounds, "projection": project(rounds, a.heldout)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if len(rounds) > 1:

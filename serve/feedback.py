@@ -816,7 +816,9 @@ def _dedupe(rows: Iterable[dict], keys: tuple[str, ...]) -> tuple[list[dict], in
 
 
 def export_feedback(db_path: str | Path, out_dir: str | Path, view: str = "auto") -> dict[str, Any]:
-    """Write ``kto.jsonl`` (unpaired), ``preference.jsonl`` (pairs, for DPO and RM) and ``summary.json``;
+    """Write ``kto.jsonl`` (unpaired), ``preference.jsonl`` (pairs, for DPO and RM), ``sft.jsonl``
+    (the desirable unpaired rows without their label: liked answers or trajectories and users'
+    edits, for SFT on what users approved, i.e. rejection-sampling fine-tuning) and ``summary.json``;
     ``view`` as in ``build_datasets``."""
     store = FeedbackStore(db_path, read_only=True)  # checks the file (quick_check); writes nothing to it
     try:
@@ -825,10 +827,12 @@ def export_feedback(db_path: str | Path, out_dir: str | Path, view: str = "auto"
         store.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("kto.jsonl", unpaired), ("preference.jsonl", pairs)):
+    liked = [{"prompt": r["prompt"], "completion": r["completion"]} for r in unpaired if r["label"]]
+    for name, rows in (("kto.jsonl", unpaired), ("preference.jsonl", pairs), ("sft.jsonl", liked)):
         tmp = out / (name + ".tmp")
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         tmp.replace(out / name)
-    summary["files"] = {"kto": str(out / "kto.jsonl"), "preference": str(out / "preference.jsonl")}
+    summary["files"] = {"kto": str(out / "kto.jsonl"), "preference": str(out / "preference.jsonl"),
+                        "sft": str(out / "sft.jsonl")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -97,7 +97,7 @@ def _feedback_db(path, checkpoint):
     return path
 
 
-@pytest.mark.parametrize("stage", ["kto", "dpo"])
+@pytest.mark.parametrize("stage", ["kto", "dpo", "sft"])
 def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_path, tiny_model_dir, stage, capsys):
     db = _feedback_db(tmp_path / "feedback.db", str(tiny_model_dir))
     out = tmp_path / "new"
@@ -106,8 +106,13 @@ def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_
     manifest = json.loads((out / "model" / "keel.json").read_text())
     assert manifest["stage"] == stage and manifest["base_model"] == str(tiny_model_dir)
     assert manifest["parents"] == [str(tiny_model_dir)]  # the lineage is named (issue #16 item 4)
-    assert manifest["data"][0]["path"].endswith("kto.jsonl" if stage == "kto" else "preference.jsonl")
+    assert manifest["data"][0]["path"].endswith({"kto": "kto.jsonl", "dpo": "preference.jsonl", "sft": "sft.jsonl"}[stage])
     assert json.loads((out / "feedback" / "summary.json").read_text())["pairs"] == 12
+    liked = [json.loads(line) for line in (out / "feedback" / "sft.jsonl").read_text().splitlines()]
+    # SFT's rows: the 12 liked answers only (no label, none of the disliked ones)
+    assert len(liked) == 12 and all(set(r) == {"prompt", "completion"} for r in liked)
+    assert {(r["prompt"][-1]["content"], r["completion"][-1]["content"]) for r in liked} == {
+        (f"Is {i} even?", "yes" if i % 2 == 0 else "no") for i in range(12)}
     printed = capsys.readouterr().out
     assert "python -m serve --checkpoint" in printed
     card = (out / "model" / "README.md").read_text()
