@@ -29,10 +29,15 @@ and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars
                ``op_decorator`` (the symbol's own term stays: a question in prose, "what does ** do",
                still matches every use). Heuristics on characters, not a parser: a passage's prose
                rarely looks like these patterns, and a wrong role only adds one rare term
+  layout       removed first (``strip_layout``): a title's ``*****`` underline, ``+---+`` and ``|`` table
+               borders, ``>>>``/``...`` REPL prompts, Markdown bullets, headings, quotes and
+               ``**bold**`` markers would otherwise be read as ``**``, ``-``, ``|``, ``>>`` operators
+               (every topic of the Python reference has a starred underline)
   hyphens      ``-`` or ``/`` with a letter on both sides joins words (``built-in``, ``f-string``,
                ``and/or`` -> ``built in`` ...), no operator: "built-in" is in most pages of the Python
                reference, and its ``op_minus`` matched every question about subtraction
 
+A word spelled like one of these terms (a user's identifier ``op_pow``) is indexed as ``wop_pow``.
 The table has three columns (``lexical_columns``): ``words``, ``exact`` (operator and underscore-name
 terms) and ``title`` (document title and chunk heading); ``bm25()`` weighs them 1, ``EXACT_WEIGHT``
 and ``TITLE_WEIGHT``. It stores its own copy of these terms (about the size of the chunk texts).
@@ -52,15 +57,16 @@ import re
 
 # 2: URLs are read as words only, no operator terms; 3: no bare word of a dunder in passages;
 # 4: a hyphen or slash between two letters ("built-in", "and/or") joins words, it is no operator;
-# 5: syntax roles (op_slice, op_unpack, op_neg ...: ``_role``, ``_ROLE_PATTERNS``)
-LEXICAL_VERSION = 5
+# 5: syntax roles (op_slice, op_unpack, op_neg ...: ``_role``, ``_ROLE_PATTERNS``); 6, 7: layout (rules,
+# table borders, REPL prompts, Markdown bullets and emphasis) is no operator (``strip_layout``)
+LEXICAL_VERSION = 7
 FTS_TABLE = "chunks_fts"
 FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
 # (bench/RESULTS.md, "Hybrid search"): the paper's k = 60 ranked 5 points lower at recall@1 there.
 RRF_K = 5
 EXACT_WEIGHT = 4.0  # bm25() column weight of the exact-token column against the words column
-TITLE_WEIGHT = 2.0  # bm25() column weight of the title-and-heading column (chosen on dev: see RESULTS)
+TITLE_WEIGHT = 4.0  # bm25() column weight of the title-and-heading column (chosen on dev: see RESULTS; 2 before LEXICAL_VERSION 7)
 # Query terms found in more than this many chunks are left out of the search (the rarest term is
 # kept when all are that common). FTS5 scores every chunk an OR query matches (about 3 us each on
 # these CPUs), so a term in most chunks ("not", "in") made one search take 0.37 s at 100k chunks.
@@ -139,17 +145,23 @@ def _role(tok: str, text: str, start: int, end: int) -> str | None:
     return None
 
 
-def _inside(text: str, start: int, bracket: str) -> bool:
-    """Whether the innermost bracket still open at ``start`` is ``bracket`` (one line back at most)."""
+def _open_bracket(text: str, start: int) -> int:
+    """The position of the innermost bracket still open at ``start``, looking back within its line
+    and at most ``_BACK`` characters (-1: none)."""
     depth = 0
-    for c in reversed(text[max(0, text.rfind("\n", 0, start)):start]):
+    lo = max(text.rfind("\n", 0, start), start - _BACK, 0)
+    for j in range(start - 1, lo - 1, -1):
+        c = text[j]
         if c in ")]}":
             depth += 1
         elif c in "([{":
             if depth == 0:
-                return c == bracket
+                return j
             depth -= 1
-    return False
+    return -1
+
+
+_BACK = 200  # characters: a long pasted line is not scanned back to its start for every match
 
 
 def _roles(text: str) -> list[tuple[int, str]]:
@@ -159,18 +171,42 @@ def _roles(text: str) -> list[tuple[int, str]]:
         for m in pattern.finditer(text):
             if role == "op_annotation":
                 follows = text[m.end()]
-                if _inside(text, m.start(), "{") or re.search(r"\blambda\b[^:\n]*$", text[max(0, m.start() - 80):m.start() + 1 + m.group().index(":")]):
+                j = _open_bracket(text, m.start())
+                if (j >= 0 and text[j] == "{") or re.search(r"\blambda\b[^:\n]*$", text[max(0, m.start() - 80):m.start() + 1 + m.group().index(":")]):
                     continue  # a dict display {a: b}, or a lambda's parameters
-                if follows != "=" and not _inside(text, m.start(), "("):
-                    continue  # "Note: see," in prose
+                in_signature = j > 0 and text[j] == "(" and (text[j - 1].isalnum() or text[j - 1] == "_")
+                if follows != "=" and not in_signature:
+                    continue  # "Note: see," and "(default: none)" in prose; f(a: int) is a signature
             found.append((m.start(), role))
     return sorted(found)
+
+
+# Layout that is not code: rules and table borders (a title's "*****" underline read as eleven
+# ``**``), the cell borders of a table row, a REPL's ">>>" and "..." prompts, and Markdown's
+# bullets, headings, quotes and **bold** / *italic* markers. Removed from passages and queries alike.
+_LAYOUT = [
+    (re.compile(r"^[ \t]*(?:([*=~^#-])\1{2,}|[+|][-=+|: ]*[+|])[ \t]*$", re.M), ""),  # ****, ====, +----+----+
+    (re.compile(r"(?:(?<=^)|(?<=[ \t]))\|(?=[ \t]|$)", re.M), " "),  # | cell | borders | ("|" quoted stays)
+    (re.compile(r"^([ \t]*)(?:>>>|\.\.\.)(?=[ \t]|$)", re.M), r"\1"),  # >>> x = 1, ... continued
+    (re.compile(r"^([ \t]*)(?:[-*+]|#{1,6}|>+)[ \t]+", re.M), r"\1"),  # - item, # Heading, > quote
+    # **bold**, *italic*: after a space or "(", a few words without quotes or stars ("*expression"
+    # in quotes is code, as is f(*args, *rest))
+    (re.compile(r"(?:(?<=^)|(?<=[\s(]))(\*\*?)(?=[^\s*])([^*\n\"'`]{1,80}?)(?<=[^\s*])\1(?![\w*\"'`])", re.M), r"\2"),
+]
+
+
+def strip_layout(text: str) -> str:
+    """``text`` less the layout characters that are no operators (``_LAYOUT``)."""
+    for pattern, repl in _LAYOUT:
+        text = pattern.sub(repl, text)
+    return text
 
 
 def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
     """The terms of ``text`` (a passage or a query), in order; see the module docstring.
     ``bare_dunders=False`` (passages) leaves out the bare word of a name with leading underscores."""
     terms: list[str] = []
+    text = strip_layout(text)
     roles = _roles(text) if any(c in text for c in ":,") else []
     for m in _TOKEN.finditer(text):
         while roles and roles[0][0] <= m.start():
@@ -188,6 +224,8 @@ def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
                 terms.append(role)
             continue
         tok = tok.lower()
+        if tok in _RESERVED:  # a word spelled like an operator's term ("op_pow") is no operator
+            tok = "w" + tok
         if tok.strip("_"):
             terms.append(tok)
             bare = tok.strip("_")
@@ -198,15 +236,18 @@ def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
     return terms + [r for _, r in roles]
 
 
+_RESERVED = frozenset(OPERATORS.values()) | ROLES
+
+
 def is_exact(term: str) -> bool:
     """An operator symbol's term, a syntax role, or a name with leading or trailing underscores (``__slots__``)."""
-    return term.startswith("op_") or term.startswith("_") or term.endswith("_")
+    return term in _RESERVED or term.startswith("_") or term.endswith("_")
 
 
-def is_typed(term: str) -> bool:
-    """An exact term that stands for characters the text holds (an operator or an underscore name),
-    not a syntax role read from the neighbours (``ROLES``)."""
-    return is_exact(term) and term not in ROLES
+def is_name(term: str) -> bool:
+    """An exact term that is a name the text holds (``__bases__``, ``_private``), not an operator
+    symbol nor a syntax role: the exact-token gate's terms (``Retriever._gate``)."""
+    return is_exact(term) and term not in _RESERVED
 
 
 def lexical_columns(text: str, title: str | None = None, heading: str | None = None) -> tuple[str, str, str]:

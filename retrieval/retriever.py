@@ -25,7 +25,7 @@ from retrieval.duplicates import MIN_OVERLAP, copies, shingles
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
-from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, is_typed, query_terms, rrf
+from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, is_name, query_terms, rrf
 from retrieval.options import DEFAULT_MODE, HYBRID_CANDIDATES, check_chunking, check_index_params, check_mode, check_search
 from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
 from retrieval.text import BinaryFileError
@@ -173,9 +173,9 @@ class Retriever:
     collapse_duplicates = True
     duplicate_overlap = MIN_OVERLAP
     duplicate_depth = 20
-    # Hybrid: when the query names an exact token (an operator symbol or an underscore name such as
-    # ``__bases__``) that some dense candidates hold, the dense candidates holding none of them are
-    # left out before fusion (``exact_gate``; bench/RESULTS.md, "Hybrid search").
+    # Hybrid: when the query names an underscore name such as ``__bases__`` that some dense
+    # candidates hold, the dense candidates holding none of its names are left out before fusion
+    # (``exact_gate``; bench/RESULTS.md, "Hybrid search").
     exact_gate = True
 
     def __init__(self, folder: Path, manifest: dict, index: VectorIndex, store: DocStore, embedder: Embedder):
@@ -572,7 +572,7 @@ class Retriever:
         cosine similarity (dense), -bm25 (lexical, higher is better) or the RRF score (hybrid).
 
         With ``exact_gate`` (the default), hybrid leaves out the dense candidates that hold none of
-        the query's exact tokens (operator symbols, underscore names) when some candidate holds one.
+        the query's underscore names (``__bases__``) when some candidate holds one.
 
         With ``collapse_duplicates`` (the default), a candidate chunk whose passage a smaller
         document among the candidates also holds is left out in every mode, so the more specific
@@ -581,10 +581,13 @@ class Retriever:
         ``mmr_lambda`` in [0, 1] diversifies with MMR (relevance = cosine similarity to the query)
         over the mode's best ``fetch_k`` candidates; ``min_score`` (cosine similarity, -1..1) drops
         hits less similar to the query, in every mode; ``fetch_k`` >= k candidates are fetched
-        first. Out-of-range values raise ``RetrievalError`` naming the option.
+        first. Out-of-range values raise ``RetrievalError`` naming the option; so does an empty
+        query. A query without a word, number or operator symbol ("???") finds nothing in every mode.
         """
         if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
             raise RetrievalError("queries must be a list of strings")
+        if any(not q.strip() for q in queries):
+            raise RetrievalError("query is empty: give the words (or code) to search for")
         check_search(k, mmr_lambda, min_score, fetch_k)
         mode = check_mode(self.default_mode if mode is None else mode)
         if self.index is None or not queries:
@@ -602,6 +605,9 @@ class Retriever:
             dense = [[int(i) for i in row if i >= 0] for row in fetched]
         results = []
         for qi, text in enumerate(queries):
+            if not query_terms(text):  # "???": no word, number or operator; a vector of it ranks at random
+                results.append([])
+                continue
             if mode == "dense":
                 hits = dense[qi]
                 if self.collapse_duplicates:
@@ -635,15 +641,17 @@ class Retriever:
         return results
 
     def _gate(self, query: str, dense: list[int]) -> list[int]:
-        """``dense`` (chunk ids, best first) less the chunks that hold none of the query's exact
-        tokens, when the query has some and at least one chunk holds one (``exact_gate``).
+        """``dense`` (chunk ids, best first) less the chunks that hold none of the query's underscore
+        names (``__bases__``, ``_private``), when the query has some and at least one chunk holds
+        one (``exact_gate``).
 
-        Why: the embedding model reads ``__bases__`` as the word pieces of "bases" and ``@=`` as
-        punctuation, so the nearest passages are about the word, not the name the user typed; a
-        passage that never mentions that name is not ranked for it by its vector alone. The lexical
-        ranking already matches only passages holding a query term. Syntax roles (``op_slice`` ...)
-        are read from context, not typed, and do not gate (measured: bench/RESULTS.md)."""
-        terms = {t for t in query_terms(query) if is_typed(t)} if self.exact_gate else set()
+        Why: the embedding model reads ``__bases__`` as the word pieces of "bases", so the nearest
+        passages are about the word, not the name the user typed; a passage that never mentions
+        that name is not ranked for it by its vector alone. Operator symbols do not gate: users
+        type them in prose ("raise vs raise from -> which", "e.g. x > 0", "Python 3.10+"), where one
+        passage holding the symbol by chance would push out the right ones; syntax roles
+        (``op_slice`` ...) are read from context. Both still count in the lexical ranking."""
+        terms = {t for t in query_terms(query) if is_name(t)} if self.exact_gate else set()
         if not terms:
             return dense
         keep = self.store.with_exact_terms(dense, terms)

@@ -417,15 +417,16 @@ def test_dense_candidates_without_the_questions_exact_token_are_left_out_of_the_
     ("def f(a: int, b: str)", "op_annotation"), ("(1,)", "op_tuple1"), ("@property\ndef f(self)", "op_decorator")])
 def test_a_symbol_in_pasted_code_also_gets_its_role(code, role):
     terms = lexical_terms(code)
-    assert role in terms and lexical.is_exact(role) and not lexical.is_typed(role)
+    assert role in terms and lexical.is_exact(role) and not lexical.is_name(role)
     # the symbol's own term stays, so a question in prose still matches every use of it
-    symbols = [t for t in terms if lexical.is_typed(t)]
+    symbols = [t for t in terms if lexical.is_exact(t) and t not in lexical.ROLES]
     assert symbols or role in ("op_slice", "op_tuple1", "op_annotation"), terms
 
 
 @pytest.mark.parametrize("text", [
     "what does ** do", "3 * 4", "a - b", "x-1", "python -O", "--flag", "a @ b", "user@host", "from x import *",
-    "(a, b)", "{'a': 1, b: c}", "lambda x: x)", "Note: see, this", "Changed in version 3.8: Added, removed"])
+    "(a, b)", "{'a': 1, b: c}", "lambda x: x)", "Note: see, this", "Changed in version 3.8: Added, removed",
+    "(default: none)", "(see: the table)", "key: value", "at 10:30, or 1:2"])
 def test_binary_operators_and_prose_get_no_role(text):
     assert not lexical.ROLES & set(lexical_terms(text)), lexical_terms(text)
 
@@ -439,3 +440,66 @@ def test_a_role_finds_the_passage_that_uses_the_syntax(tmp_path, embedder):
     kb.add([d])
     assert _top(kb, "{**a, **b} what happens", "lexical") == "merge.md"  # powers.md has more ** and a, b
     assert _top(kb, "what is 3 ** 2", "lexical") == "powers.md"
+
+
+@pytest.mark.parametrize("text,terms", [
+    ("**bold** and *italic* text", ["bold", "and", "italic", "text"]),
+    ("- first item\n* second\n# Heading\n> quoted", ["first", "item", "second", "heading", "quoted"]),
+    ("Operator precedence\n*******************\n", ["operator", "precedence"]),  # every pydoc topic's title
+    ("+-----+-----+\n| x   | y   |\n|=====|=====|\n", ["x", "y"]),
+    ("| `a|b` | bitwise or |", ["a", "op_pipe", "b", "bitwise", "or"]),  # a cell's own | stays
+    (">>> x = 1\n... y", ["x", "op_assign", "1", "y"]),
+    ("2 ** 3 ** 2, a**b", ["2", "op_pow", "3", "op_pow", "2", "a", "op_pow", "b"]),  # code keeps its operators
+])
+def test_layout_is_no_operator(text, terms):
+    """Rules, table borders, REPL prompts and Markdown marks are not ** - | >> (a title's underline
+    was read as eleven **, and bold text outranked the power operator's page)."""
+    assert lexical_terms(text) == terms
+
+
+def test_a_word_spelled_like_an_operator_term_is_no_operator():
+    assert "op_pow" not in lexical_terms("set op_pow = 3") and not lexical.is_exact("wop_pow")
+    assert lexical.is_exact("op_pow") and lexical.is_name("__bases__") and not lexical.is_name("op_pow")
+
+
+def test_a_long_pasted_line_is_tokenised_in_linear_time():
+    import time
+
+    t = time.perf_counter()
+    lexical_terms("def f(" + "a: int, " * 8000 + "): pass")  # 64 KB on one line
+    assert time.perf_counter() - t < 3.0
+
+
+def test_operators_typed_in_prose_do_not_gate(tmp_path, embedder):
+    """Only underscore names gate: a prose arrow, an "e.g. x = 5" or a "3.10+" must not push the
+    right passage out because one other passage holds the symbol."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "global.md").write_text("# The global statement\n\nA function that assigns to a module-level "
+                                 "variable declares it global first; otherwise the assignment makes a local.")
+    (d / "arrows.md").write_text("# Notes\n\nx = 5 -> y = 6 and 3.10+ or a > b.")
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([d])
+    for q in ("x = 5 ; how do global variables work inside a function",
+              "how do global variables work inside a function (Python 3.10+) -> assign"):
+        assert _top(kb, q, "dense") == "global.md", q  # what the gate must not undo
+        assert _top(kb, q, None) == "global.md", q
+
+
+def test_an_empty_query_is_an_error_and_a_query_without_terms_finds_nothing(kb):
+    for q in ("", "   "):
+        with pytest.raises(RetrievalError, match="query is empty"):
+            kb.search(q)
+    for mode in ("dense", "lexical", "hybrid"):
+        assert kb.search("???", mode=mode) == []
+        assert kb.search("@", mode=mode) != []  # a symbol alone is a query
+
+
+def test_eval_refuses_an_empty_query_or_relevant_list(kb, tmp_path):
+    from retrieval.evaluate import read_queries
+
+    for row, field in (({"query": " ", "relevant": ["a.md"]}, "query"), ({"query": "q", "relevant": []}, "relevant")):
+        f = tmp_path / "q.jsonl"
+        f.write_text(json.dumps({"query": "ok", "relevant": ["a.md"]}) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(RetrievalError, match=f"line 2: '{field}' is empty"):
+            read_queries(f)
