@@ -215,6 +215,8 @@ def passage_sources(observation: str) -> list[str]:
 def search_tool(retriever, max_chars: int = 300) -> Tool:
     """Passages from a ``retrieval.Retriever``, each with its source, for the model to cite."""
     def run(query: str, k: int = 3) -> str:
+        if not query.strip():
+            raise ToolError("the query is empty: say what to look for")
         hits = retriever.search(query, k=k)
         if not hits:
             return "No passages found."

@@ -122,6 +122,8 @@ def test_search_tool_cites_sources():
 
     out = search_tool(FakeRetriever()).run({"query": "resume"}).text
     assert out == "[1] (README.md § Run folders) Keel resumes with --resume."
+    empty = search_tool(FakeRetriever()).run({"query": "  "})
+    assert not empty.ok and empty.text == "Error: the query is empty: say what to look for"
 
 
 def test_step_limit_can_force_a_final_answer_from_what_the_steps_found():
