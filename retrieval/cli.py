@@ -13,6 +13,8 @@ def _print_hits(hits, as_json: bool) -> None:
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return
+    if not hits:
+        print("no hits (the query has no word, number or symbol the index holds, or the index is empty)")
     for rank, h in enumerate(hits, 1):
         where = f"{h.source} [{h.start}:{h.end}]" + (f" § {h.heading}" if h.heading else "")
         snippet = " ".join(h.text.split())[:200]
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "build" and args.overlap >= args.chunk_tokens:
         p.error(f"--overlap {args.overlap} must be smaller than --chunk-tokens {args.chunk_tokens}")
+    if args.cmd == "search" and not args.query.strip():  # before the embedding model loads
+        p.error("QUERY is empty: give the words (or code) to search for")
 
     from retrieval.default_kb import open_default_index
     from retrieval.retriever import Retriever

@@ -33,9 +33,9 @@ def read_queries(path: Path, split: str | None = None) -> list[dict]:
         if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(row.get("relevant"), list) \
                 or not all(isinstance(r, str) for r in row["relevant"]):
             raise RetrievalError(f"{path} line {lineno}: expected {{'query': str, 'relevant': [source ids]}}")
-        if not row["query"].strip() or not row["relevant"]:
+        if not row["query"].strip() or not row["relevant"] or not all(r.strip() for r in row["relevant"]):
             field = "query" if not row["query"].strip() else "relevant"
-            raise RetrievalError(f"{path} line {lineno}: {field!r} is empty (a query and at least one relevant source)")
+            raise RetrievalError(f"{path} line {lineno}: {field!r} is empty (a query and at least one relevant source, none blank)")
         if split is None or row.get("split") == split:
             out.append(row)
     if not out:

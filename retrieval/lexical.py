@@ -29,10 +29,12 @@ and queries, into space-separated terms that FTS5 (``porter unicode61 tokenchars
                ``op_decorator`` (the symbol's own term stays: a question in prose, "what does ** do",
                still matches every use). Heuristics on characters, not a parser: a passage's prose
                rarely looks like these patterns, and a wrong role only adds one rare term
-  layout       removed first (``strip_layout``): a title's ``*****`` underline, ``+---+`` and ``|`` table
-               borders, ``>>>``/``...`` REPL prompts, Markdown bullets, headings, quotes and
-               ``**bold**`` markers would otherwise be read as ``**``, ``-``, ``|``, ``>>`` operators
-               (every topic of the Python reference has a starred underline)
+  layout       removed from passages first (``strip_layout``): a title's ``*****`` underline, ``+---+``
+               and ``|`` table borders, ``>>>``/``...`` REPL prompts, Markdown bullets, headings,
+               quotes and ``**bold**`` markers would otherwise be read as ``**``, ``-``, ``|``, ``>>``
+               operators (every topic of the Python reference has a starred underline); code keeps
+               its operators (indented lines, ``` fences, ``a | b``). Questions are not re-formatted:
+               "* operator in python" asks about ``*``
   hyphens      ``-`` or ``/`` with a letter on both sides joins words (``built-in``, ``f-string``,
                ``and/or`` -> ``built in`` ...), no operator: "built-in" is in most pages of the Python
                reference, and its ``op_minus`` matched every question about subtraction
@@ -57,9 +59,9 @@ import re
 
 # 2: URLs are read as words only, no operator terms; 3: no bare word of a dunder in passages;
 # 4: a hyphen or slash between two letters ("built-in", "and/or") joins words, it is no operator;
-# 5: syntax roles (op_slice, op_unpack, op_neg ...: ``_role``, ``_ROLE_PATTERNS``); 6, 7: layout (rules,
-# table borders, REPL prompts, Markdown bullets and emphasis) is no operator (``strip_layout``)
-LEXICAL_VERSION = 7
+# 5: syntax roles (op_slice, op_unpack, op_neg ...: ``_role``, ``_ROLE_PATTERNS``); 6-8: a passage's
+# layout (rules, table borders, REPL prompts, Markdown bullets and emphasis) is no operator (``strip_layout``)
+LEXICAL_VERSION = 8
 FTS_TABLE = "chunks_fts"
 FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
@@ -181,32 +183,55 @@ def _roles(text: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-# Layout that is not code: rules and table borders (a title's "*****" underline read as eleven
-# ``**``), the cell borders of a table row, a REPL's ">>>" and "..." prompts, and Markdown's
-# bullets, headings, quotes and **bold** / *italic* markers. Removed from passages and queries alike.
-_LAYOUT = [
-    (re.compile(r"^[ \t]*(?:([*=~^#-])\1{2,}|[+|][-=+|: ]*[+|])[ \t]*$", re.M), ""),  # ****, ====, +----+----+
-    (re.compile(r"(?:(?<=^)|(?<=[ \t]))\|(?=[ \t]|$)", re.M), " "),  # | cell | borders | ("|" quoted stays)
-    (re.compile(r"^([ \t]*)(?:>>>|\.\.\.)(?=[ \t]|$)", re.M), r"\1"),  # >>> x = 1, ... continued
-    (re.compile(r"^([ \t]*)(?:[-*+]|#{1,6}|>+)[ \t]+", re.M), r"\1"),  # - item, # Heading, > quote
-    # **bold**, *italic*: after a space or "(", a few words without quotes or stars ("*expression"
-    # in quotes is code, as is f(*args, *rest))
-    (re.compile(r"(?:(?<=^)|(?<=[\s(]))(\*\*?)(?=[^\s*])([^*\n\"'`]{1,80}?)(?<=[^\s*])\1(?![\w*\"'`])", re.M), r"\2"),
-]
+# Layout that is not code, in a passage (a question is never re-formatted): rules and table
+# borders (a title's "*****" underline read as eleven ``**``), the cell borders of a table row, a
+# REPL's ">>>" prompt and the "..." that continues it, and Markdown's bullets, headings, quotes and
+# **bold** / *italic* markers. Code keeps its operators: the Markdown rules apply to lines indented
+# at most one space and outside ``` fences (an indented "+ b" continues an expression), "..." only
+# right after a prompt line (a stub's body "..." stays), and cell borders only in lines that start
+# or end with "|" (``a | b`` is a union).
+_RULE = re.compile(r"^[ \t]*(?:([*=~^#-])\1{2,}|[+|][-=+|: ]*[+|])[ \t]*$")  # ****, ====, +----+----+
+_CELL_BORDER = re.compile(r"(?:(?<=^)|(?<=[ \t]))\|(?=[ \t]|$)")  # | cell | borders | ("|" quoted stays)
+_PROMPT = re.compile(r"^([ \t]*)(>>>|\.\.\.)(?=[ \t]|$)")
+_MARKDOWN = re.compile(r"^( ?)(?:[-*+]|#{1,6}|>+)[ \t]+")  # - item, # Heading, > quote
+_EMPHASIS = re.compile(r"(?:(?<=^)|(?<=[\s(]))(\*\*?)(?=[A-Za-z])([^*\n\"'`]{1,80}?)(?<=[^\s*])\1(?![\w*\"'`])")
 
 
 def strip_layout(text: str) -> str:
-    """``text`` less the layout characters that are no operators (``_LAYOUT``)."""
-    for pattern, repl in _LAYOUT:
-        text = pattern.sub(repl, text)
-    return text
+    """A passage's ``text`` less the layout characters that are no operators (see above)."""
+    out, fenced, prompt = [], False, False
+    for line in text.split("\n"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            out.append(line)
+            continue
+        if _RULE.match(line):
+            out.append("")
+            prompt = False
+            continue
+        stripped = line.strip()
+        if stripped.startswith("|") or stripped.endswith("|"):
+            line = _CELL_BORDER.sub(" ", line)
+        m = _PROMPT.match(line)
+        if m and (m.group(2) == ">>>" or prompt):
+            line, prompt = m.group(1) + line[m.end():], True
+        else:
+            prompt = False
+            if not fenced:
+                line = _MARKDOWN.sub(r"\1", line)
+        if not fenced:
+            line = _EMPHASIS.sub(r"\2", line)
+        out.append(line)
+    return "\n".join(out)
 
 
-def lexical_terms(text: str, bare_dunders: bool = True) -> list[str]:
+def lexical_terms(text: str, bare_dunders: bool = True, layout: bool = False) -> list[str]:
     """The terms of ``text`` (a passage or a query), in order; see the module docstring.
-    ``bare_dunders=False`` (passages) leaves out the bare word of a name with leading underscores."""
+    ``bare_dunders=False`` (passages) leaves out the bare word of a name with leading underscores;
+    ``layout=True`` (passages) removes layout first (``strip_layout``)."""
     terms: list[str] = []
-    text = strip_layout(text)
+    if layout:
+        text = strip_layout(text)
     roles = _roles(text) if any(c in text for c in ":,") else []
     for m in _TOKEN.finditer(text):
         while roles and roles[0][0] <= m.start():
@@ -254,7 +279,7 @@ def lexical_columns(text: str, title: str | None = None, heading: str | None = N
     """What FTS5 indexes for a passage: ``(words, exact, title)``, each space-separated terms.
     ``exact`` holds the operator and underscore-name terms, ``title`` the document's title and the
     chunk's heading; ``bm25()`` weighs them ``EXACT_WEIGHT`` and ``TITLE_WEIGHT`` times ``words``."""
-    terms = lexical_terms(text, bare_dunders=False)
+    terms = lexical_terms(text, bare_dunders=False, layout=True)
     return (" ".join(t for t in terms if not is_exact(t)), " ".join(t for t in terms if is_exact(t)),
             " ".join(lexical_terms(" ".join(x for x in (title, heading) if x))))
 

@@ -449,12 +449,26 @@ def test_a_role_finds_the_passage_that_uses_the_syntax(tmp_path, embedder):
     ("+-----+-----+\n| x   | y   |\n|=====|=====|\n", ["x", "y"]),
     ("| `a|b` | bitwise or |", ["a", "op_pipe", "b", "bitwise", "or"]),  # a cell's own | stays
     (">>> x = 1\n... y", ["x", "op_assign", "1", "y"]),
-    ("2 ** 3 ** 2, a**b", ["2", "op_pow", "3", "op_pow", "2", "a", "op_pow", "b"]),  # code keeps its operators
+    # code keeps its operators
+    ("2 ** 3 ** 2, a**b", ["2", "op_pow", "3", "op_pow", "2", "a", "op_pow", "b"]),
+    ("a | b, int | None", ["a", "op_pipe", "b", "int", "op_pipe", "none"]),
+    ("total = (a\n    + b\n    - c)", ["total", "op_assign", "a", "op_plus", "b", "op_minus", "c"]),
+    ("def f():\n    ...", ["def", "f", "op_ellipsis"]),
+    ("```python\n# comment\n- x\n```", ["python", "op_hash", "comment", "op_minus", "x"]),
+    ("2 *3* 4", ["2", "op_star", "3", "op_star", "4"]),
 ])
-def test_layout_is_no_operator(text, terms):
+def test_a_passages_layout_is_no_operator(text, terms):
     """Rules, table borders, REPL prompts and Markdown marks are not ** - | >> (a title's underline
-    was read as eleven **, and bold text outranked the power operator's page)."""
-    assert lexical_terms(text) == terms
+    was read as eleven **, and bold text outranked the power operator's page); code keeps them."""
+    assert lexical.lexical_columns(text)[:2] == (" ".join(t for t in terms if not lexical.is_exact(t)),
+                                                 " ".join(t for t in terms if lexical.is_exact(t)))
+
+
+@pytest.mark.parametrize("question,term", [("* operator in python", "op_star"), ("- vs ~", "op_minus"),
+                                           ("# vs docstring", "op_hash"), ("... what does it mean", "op_ellipsis"),
+                                           ("| vs or", "op_pipe"), (">> in python", "op_rshift")])
+def test_a_question_is_not_reformatted(question, term):
+    assert term in lexical.query_terms(question)
 
 
 def test_a_word_spelled_like_an_operator_term_is_no_operator():
@@ -498,8 +512,17 @@ def test_an_empty_query_is_an_error_and_a_query_without_terms_finds_nothing(kb):
 def test_eval_refuses_an_empty_query_or_relevant_list(kb, tmp_path):
     from retrieval.evaluate import read_queries
 
-    for row, field in (({"query": " ", "relevant": ["a.md"]}, "query"), ({"query": "q", "relevant": []}, "relevant")):
+    for row, field in (({"query": " ", "relevant": ["a.md"]}, "query"), ({"query": "q", "relevant": []}, "relevant"),
+                       ({"query": "q", "relevant": [""]}, "relevant")):
         f = tmp_path / "q.jsonl"
         f.write_text(json.dumps({"query": "ok", "relevant": ["a.md"]}) + "\n" + json.dumps(row) + "\n")
         with pytest.raises(RetrievalError, match=f"line 2: '{field}' is empty"):
             read_queries(f)
+
+
+def test_the_cli_says_an_empty_query_is_empty_and_when_nothing_is_found(kb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["search", str(kb.folder), "  "])
+    assert e.value.code == 2 and "QUERY is empty" in capsys.readouterr().err
+    assert main(["search", str(kb.folder), "???"]) == 0
+    assert capsys.readouterr().out.startswith("no hits")
