@@ -14,13 +14,16 @@ What one run does:
   1. starts the app (``python -m serve``) on ``--checkpoint``, on a free port, with its own feedback
      database and ``--switch-root`` on this run's checkpoint folder;
   2. round 0: scores the served checkpoint on held-out tasks (the *test* split of the same kinds;
-     the simulated users ask *train*-split questions, so no round sees a held-out task), scored with
+     the simulated users ask other questions of that split, ``--user-split test``, the default,
+     with every held-out question left out, so no round sees a held-out task; ``--user-split
+     train`` asks the training templates instead, which keel-agent already solves), scored with
      ``bench/bench_default_agent.py``'s ``score``/``summarise`` (success, format errors), agent settings
      as the app's (tools, ``--max-steps``, ``--max-new-tokens``, greedy, forced final answer);
   3. each round: ``python -m serve simulate`` logic (``serve.simulate.run``) sends ``--answers``
      questions from ``--users`` sessions and rates/edits/regenerates as the judge decides;
      ``python -m align retrain --from-feedback DB`` (KTO on the ratings and edits by default,
-     ``--stage dpo`` for the pairs from edits and rated alternatives) trains a new checkpoint, from the
+     ``--stage dpo`` for the pairs from edits and rated alternatives, ``--stage sft`` on the liked and
+     edited answers: rejection-sampling fine-tuning) trains a new checkpoint, from the
      round-0 model on all the feedback so far (``--train-from round0``, default: no compounding of
      repeated data) or from the served one (``current``); the app is switched to it through its own
      switch event (the "Model" accordion's Load button, over HTTP); it is scored on the same held-out
@@ -243,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge", default="verifier", help="verifier | rm:PATH")
     p.add_argument("--stage", default="kto", choices=["kto", "dpo", "sft"],
                    help="retrain on ratings (kto), pairs (dpo), or the liked and edited answers (sft)")
-    p.add_argument("--user-split", default="train", choices=["train", "test"],
-                   help="the split the simulated users ask from: train (the templates the agent was trained on), "
-                        "or test (the held-out tasks' own kinds and templates, other questions: any question "
-                        "equal to a held-out one is left out)")
+    p.add_argument("--user-split", default="test", choices=["train", "test"],
+                   help="the split the simulated users ask from: test (default: the held-out tasks' own kinds and "
+                        "templates, other questions; any question equal to a held-out one is left out) or train "
+                        "(the templates the agent was trained on, which it already solves)")
     p.add_argument("--train-from", default="round0", choices=["round0", "current"])
     p.add_argument("--edit-share", type=float, default=0.2)
     p.add_argument("--regenerate-share", type=float, default=0.2)
