@@ -26,6 +26,24 @@ def test_a_round_that_falls_beyond_its_noise_is_reported_and_a_tie_keeps_the_ear
     assert not bench_loop.round_verdict(held(0.75, 8), held(0.625, 8), held(0.75, 8))["fell"]
 
 
+def test_users_ask_the_held_out_kinds_but_never_a_held_out_question(tmp_path):
+    import types
+
+    from agents.tasks import ARITH_TEMPLATES
+
+    a = types.SimpleNamespace(user_split="test", tasks="arith", seed=0, turns=2)
+    held_out = bench_loop.heldout_tasks("arith", 100, 1000)
+    path = bench_loop.user_tasks(a, 1, 50, held_out, tmp_path)
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert len(rows) == 100 and not {r["question"] for r in rows} & {t["question"] for t in held_out}
+    test_templates = {t.__name__.lstrip("_") for t in ARITH_TEMPLATES["test"]}
+    assert {r["template"] for r in rows} <= test_templates and any(not r["template_trained"] for r in rows)
+    second = [json.loads(line) for line in Path(bench_loop.user_tasks(a, 2, 50, held_out, tmp_path)).read_text().splitlines()]
+    assert [r["question"] for r in second] != [r["question"] for r in rows]  # each round its own questions
+    a.user_split = "train"
+    assert bench_loop.user_tasks(a, 1, 50, held_out, tmp_path) == "arith"  # sim draws the train split itself
+
+
 def test_the_engine_the_app_started_is_found_in_its_log(tmp_path):
     log = tmp_path / "app.log"
     log.write_text("[keel] starting vLLM on keel-agent at http://127.0.0.1:4001/v1; log: runs/engine/a.log (first start...)\n"
