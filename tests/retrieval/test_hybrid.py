@@ -58,6 +58,17 @@ def _top(kb, question, mode):
     return kb.search(question, k=1, mode=mode)[0].source.rsplit("/", 1)[-1]
 
 
+def _kb_of(tmp_path, embedder, files: dict[str, str]) -> Retriever:
+    """A knowledge base of the given Markdown files (name -> text)."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
+    kb.add([d])
+    return kb
+
+
 def test_terms_keep_dunders_operators_and_keywords():
     assert lexical_terms("x.__slots__ = ()") == ["x", "__slots__", "slots", "op_assign"]
     # the longest operator wins; the grammar's ::= is not the walrus operator
@@ -264,13 +275,9 @@ def test_urls_are_read_as_words_not_operators(tmp_path, embedder):
     assert lexical_terms("see https://example.org/a_b?q=1") == ["see", "https", "example", "org", "a_b", "a", "b",
                                                                  "q", "1"]
     assert lexical_terms("7 // 2, http://x/y") == ["7", "op_floordiv", "2", "http", "x", "y"]
-    d = tmp_path / "d"
-    d.mkdir()
-    (d / "links.md").write_text("# Mirrors\n\nDownloads: http://mirror.example.org//pub/ and "
-                                "https://cdn.example.net/a/b/c, also ftp://old.example.com//x.")
-    (d / "ints.md").write_text("# Integers\n\nFor ints, 7 // 2 gives 3.")
-    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
-    kb.add([d])
+    kb = _kb_of(tmp_path, embedder, {"links.md": "# Mirrors\n\nDownloads: http://mirror.example.org//pub/ and "
+                                                 "https://cdn.example.net/a/b/c, also ftp://old.example.com//x.",
+                                     "ints.md": "# Integers\n\nFor ints, 7 // 2 gives 3."})
     found = [h.source.rsplit("/", 1)[-1] for h in kb.search("what does // do", k=5, mode="lexical")]
     assert found == ["ints.md"]
 
@@ -388,12 +395,7 @@ BASES = {"inheritance.md": "# Base classes\n\nA class may list several base clas
 def test_dense_candidates_without_the_questions_exact_token_are_left_out_of_the_fusion(tmp_path, embedder):
     """The embedding reads __bases__ as the word "bases"; the passage that names __bases__ wins in
     hybrid only when dense candidates lacking it are gated out (``exact_gate``)."""
-    d = tmp_path / "d"
-    d.mkdir()
-    for name, text in BASES.items():
-        (d / name).write_text(text)
-    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
-    kb.add([d])
+    kb = _kb_of(tmp_path, embedder, BASES)
     question = "what is __bases__"
     assert _top(kb, question, "dense") == "inheritance.md"  # what the gate is for
     assert _top(kb, question, None) == "tuple.md"  # on by default, in the default (hybrid) mode
@@ -432,12 +434,9 @@ def test_binary_operators_and_prose_get_no_role(text):
 
 
 def test_a_role_finds_the_passage_that_uses_the_syntax(tmp_path, embedder):
-    d = tmp_path / "d"
-    d.mkdir()
-    (d / "merge.md").write_text("# Note 4\n\nLater keys take precedence: {**base, **extra} keeps extra's value.")
-    (d / "powers.md").write_text("# Note 5\n\nThe ** operator: 2 ** 10 is 1024, and a ** b ** c groups to the right.")
-    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
-    kb.add([d])
+    kb = _kb_of(tmp_path, embedder, {
+        "merge.md": "# Note 4\n\nLater keys take precedence: {**base, **extra} keeps extra's value.",
+        "powers.md": "# Note 5\n\nThe ** operator: 2 ** 10 is 1024, and a ** b ** c groups to the right."})
     assert _top(kb, "{**a, **b} what happens", "lexical") == "merge.md"  # powers.md has more ** and a, b
     assert _top(kb, "what is 3 ** 2", "lexical") == "powers.md"
 
@@ -487,13 +486,10 @@ def test_a_long_pasted_line_is_tokenised_in_linear_time():
 def test_operators_typed_in_prose_do_not_gate(tmp_path, embedder):
     """Only underscore names gate: a prose arrow, an "e.g. x = 5" or a "3.10+" must not push the
     right passage out because one other passage holds the symbol."""
-    d = tmp_path / "d"
-    d.mkdir()
-    (d / "global.md").write_text("# The global statement\n\nA function that assigns to a module-level "
-                                 "variable declares it global first; otherwise the assignment makes a local.")
-    (d / "arrows.md").write_text("# Notes\n\nx = 5 -> y = 6 and 3.10+ or a > b.")
-    kb = Retriever.create(tmp_path / "idx", embedder=embedder)
-    kb.add([d])
+    kb = _kb_of(tmp_path, embedder, {
+        "global.md": "# The global statement\n\nA function that assigns to a module-level "
+                     "variable declares it global first; otherwise the assignment makes a local.",
+        "arrows.md": "# Notes\n\nx = 5 -> y = 6 and 3.10+ or a > b."})
     for q in ("x = 5 ; how do global variables work inside a function",
               "how do global variables work inside a function (Python 3.10+) -> assign"):
         assert _top(kb, q, "dense") == "global.md", q  # what the gate must not undo
