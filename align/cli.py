@@ -210,9 +210,12 @@ def _retrain(argv: list[str]) -> int:
     p.add_argument("--view", choices=["auto", "answers", "trajectories"], default="auto",
                    help="train on a rated agent answer's steps (trajectories), on the answer as the chat showed "
                         "it (answers), or on steps where the app stored them (auto, default)")
+    p.add_argument("--anchor", type=float, metavar="SHARE",
+                   help="sft only: anchor rows per feedback row, the parent's own plain-chat answers to the users' "
+                        "questions, which keep the model near its parent off the agent's prompts (default 0.5; 0: off)")
     a, overrides = p.parse_known_args(argv)
     out = retrain(a.from_feedback, a.config, overrides, resume=a.resume, allow_one_source=a.allow_one_source,
-                  view=a.view)
+                  view=a.view, anchor=a.anchor)
     print(f"[keel] checkpoint written to {out}\n[keel] serve it: python -m serve --checkpoint {out}")
     return 0
 

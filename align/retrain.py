@@ -14,6 +14,15 @@ anything heavy, how many rows, which parent, where it writes and a rough time es
 trainer's progress bar then counts steps. A refused run (too few rows, bad config) leaves no folder.
 Guard rail of the loop (``check_sources``): feedback that all comes from one session, or whose rows are
 all about one prompt, is refused unless ``--allow-one-source`` says it is deliberate.
+
+Anchor rows (SFT, ``--anchor SHARE``, default ``ANCHOR_SHARE``): SFT has no KL term, and SFT on agent
+trajectories alone moves the model far on prompts it was not trained on (the loop's first SFT run: the
+users' questions asked in plain chat drew bare numbers, KL about 20 nats per answer to the parent, while
+the agent's own prompts moved 0.4). So the parent's own answers to the users' questions, asked without
+the agent's system prompt and sampled at temperature 1, are mixed into the SFT data: maximum likelihood on
+samples of pi_0 pulls pi towards pi_0 there (pseudo-rehearsal, Robins 1995; the role InstructGPT's
+PPO-ptx pretraining mix plays, Ouyang et al. 2022). Sampled with ``align.logprobs.sample`` on the
+parent; answers cut at ``ANCHOR_MAX_NEW_TOKENS`` without their end are dropped and counted.
 """
 from __future__ import annotations
 
@@ -34,6 +43,9 @@ ROWS_FOR_STAGE = {"kto": ("unpaired_rows", "rated answers"), "dpo": ("pairs", "p
                   "sft": ("unpaired_desirable", "liked or edited answers")}
 HOW_TO_GET = {"kto": "thumbs up and down", "dpo": "edits and regenerates make pairs", "sft": "thumbs up and edits"}
 MIN_ROWS = 8
+ANCHOR_SHARE = 0.5            # anchor rows per SFT row (SFT retrains only; 0 turns them off)
+ANCHOR_MAX_NEW_TOKENS = 320
+ANCHOR_BATCH = 16
 RETRAIN_EPOCHS = 2
 TRAJECTORY_MAX_LENGTH = 768  # tokens: configs/agent-sft.yaml's, so a trajectory is not cut before its answer
 LORA_LEARNING_RATE = 5e-5
@@ -44,7 +56,7 @@ CPU_FLOPS_PER_CORE = 5.0e10
 
 
 def retrain(db: str, config: str | None, overrides: list[str], resume: bool = False,
-            allow_one_source: bool = False, view: str = "auto") -> Path:
+            allow_one_source: bool = False, view: str = "auto", anchor: float | None = None) -> Path:
     """``python -m align retrain --from-feedback DB``: export the app's feedback database (a SQLite
     path or a postgresql:// URL) to TRL data and train the next checkpoint on it with ``config``
     (default configs/kto.yaml) and ``overrides``; returns the checkpoint folder. Raises ConfigError
@@ -52,6 +64,8 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     DataError for a missing database, too little feedback, or (unless ``allow_one_source``) feedback
     that all comes from one session or one prompt (``check_sources``). ``view``: how a rated agent
     answer becomes a row (``serve.feedback.build_datasets``: its steps where stored, ``auto``).
+    ``anchor``: SFT only, anchor rows per feedback row (default ``ANCHOR_SHARE``; see the module
+    docstring); ConfigError for a negative share or a share given to a kto/dpo config.
     """
     from serve.feedback import FeedbackStore, display_target, export_feedback  # the app owns the database format
 
@@ -65,6 +79,10 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     stage = loaded.get("stage") if isinstance(loaded, dict) else None
     if stage not in DATASET_FOR_STAGE:
         raise ConfigError(f"{config}: stage {stage!r} cannot train on feedback; use a {' or '.join(DATASET_FOR_STAGE)} config")
+    if anchor is not None and (anchor < 0 or (anchor > 0 and stage != "sft")):
+        raise ConfigError(f"--anchor {anchor}: anchor rows are a share >= 0 of an sft retrain's rows "
+                          f"({config} is a {stage} config; {stage} keeps pi near its reference through its own loss)")
+    share = (ANCHOR_SHARE if anchor is None else anchor) if stage == "sft" else 0.0
     if "://" not in db and not Path(db).is_file():  # a database URL (postgresql://) is checked when opened
         raise DataError(f"{db}: no feedback database here (the app writes runs/feedback.db by default)")
 
@@ -86,7 +104,8 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
                             f"{stage} needs at least {MIN_ROWS}. Collect more feedback in the app ({HOW_TO_GET[stage]}).")
         if not allow_one_source:
             check_sources(db, scratch / DATASET_FOR_STAGE[stage])
-        extra = ["--data.path", str(out / "feedback" / DATASET_FOR_STAGE[stage]), "--output_dir", str(out)]
+        data_name = DATASET_FOR_STAGE[stage]
+        extra = ["--output_dir", str(out)]
         if "data.format" not in given:  # the export's TRL format, whatever the config's dataset was
             extra += ["--data.format", "auto"]
         if "model" not in given:
@@ -104,8 +123,19 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
         module = __import__(f"align.{stage}", fromlist=["x"])
         cfg_cls = getattr(module, f"{stage.upper()}StageConfig")
         cfg = load_config(cfg_cls, config, [*extra, *overrides])  # the user's flags win
-        cfg = _size_for_data(cfg, rows - eval_rows, given)
-        plan = describe_plan(cfg, display_target(db), rows, scratch / DATASET_FOR_STAGE[stage])
+        n_anchor = 0
+        if share > 0:
+            n_anchor = write_anchor_rows(cfg.model, scratch / data_name, scratch / "anchor.jsonl",
+                                         math.ceil(share * rows), cfg.seed, summary)
+            data_name = "sft_anchored.jsonl"
+            (scratch / data_name).write_text((scratch / "sft.jsonl").read_text() + (scratch / "anchor.jsonl").read_text())
+            (scratch / "summary.json").write_text(json.dumps(summary, indent=2))
+        if "data.path" not in given:
+            cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(out / "feedback" / data_name)})})
+        cfg = _size_for_data(cfg, rows + n_anchor - eval_rows, given)
+        plan = describe_plan(cfg, display_target(db), rows, scratch / data_name)
+        if n_anchor:
+            plan += f"\n[keel] + {n_anchor} anchor rows: the parent's own plain-chat answers to the users' questions"
         print(plan, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         if (out / "feedback").exists():
@@ -114,6 +144,58 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return getattr(module, f"run_{stage}")(cfg, resume=resume)
+
+
+def write_anchor_rows(model_ref: str, data_file: Path, out_file: Path, n: int, seed: int, summary: dict) -> int:
+    """Write up to ``n`` anchor rows to ``out_file`` (TRL conversational prompt/completion): the
+    model ``model_ref``'s own answers, sampled at temperature 1 (no top-k/top-p), to the user turns
+    of ``data_file``'s rows asked in plain chat (system prompt left out: the model's default), the
+    distinct questions taken in a seeded order and repeated if there are fewer than ``n``. Answers
+    without an end within ``ANCHOR_MAX_NEW_TOKENS`` are dropped. Records what it did in
+    ``summary["anchor"]``; returns the number of rows written."""
+    import random
+
+    import torch
+    from tqdm import tqdm
+
+    from align.generate import encode_chats
+    from align.logprobs import sample
+    from align.models import load_policy
+
+    questions, seen = [], set()
+    for line in data_file.read_text().splitlines():
+        if line.strip():
+            turns = [m for m in json.loads(line)["prompt"] if m.get("role") != "system"]
+            key = json.dumps(turns)
+            if turns and key not in seen:
+                seen.add(key)
+                questions.append(turns)
+    rng = random.Random(seed)
+    rng.shuffle(questions)
+    prompts = [questions[i % len(questions)] for i in range(n)] if questions else []
+    policy, tok, _ = load_policy(model_ref, padding_side="left")
+    gen = torch.Generator().manual_seed(seed)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    rows, cut = [], 0
+    try:
+        for i in tqdm(range(0, len(prompts), ANCHOR_BATCH), desc="anchor rows (the parent's plain-chat answers)"):
+            batch = prompts[i:i + ANCHOR_BATCH]
+            s = sample(policy, tok, encode_chats(tok, batch, policy.device), ANCHOR_MAX_NEW_TOKENS, 1.0)
+            for turns, ids, mask in zip(batch, s.responses, s.mask):
+                if not bool((ids[mask.bool()] == tok.eos_token_id).any()):
+                    cut += 1
+                    continue
+                text = tok.decode(ids[mask.bool()], skip_special_tokens=True).strip()
+                if text:
+                    rows.append({"prompt": turns, "completion": [{"role": "assistant", "content": text}]})
+    finally:
+        torch.random.set_rng_state(state)
+    del policy
+    out_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary["anchor"] = {"rows": len(rows), "asked": len(prompts), "questions": len(questions), "cut_dropped": cut,
+                         "model": model_ref, "temperature": 1.0, "max_new_tokens": ANCHOR_MAX_NEW_TOKENS}
+    return len(rows)
 
 
 def check_sources(db: str, data_file: Path) -> None:

@@ -163,21 +163,31 @@ def evaluate_engine(ref: str, url: str, tasks: list[dict], max_steps: int, max_n
     return {**summarise(records), "records": records}
 
 
-def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int) -> float:
-    """Mean sampled KL(pi || pi_0) in nats per answer on the held-out questions (plain chat prompts)."""
+def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int) -> dict:
+    """Mean sampled KL(pi || pi_0) in nats per answer (``max_new_tokens`` sampled tokens at most) on the
+    held-out questions, asked two ways: ``agent``, under the app's ReAct system prompt with its tools
+    (the prompts the app serves and the loop trains on), and ``chat``, as plain chat (the model's
+    default system prompt: drift off the agent's prompts)."""
+    from agents.agent import react_system_prompt
+    from agents.tools import default_tools
     from align.models import load_policy
     from align.monitor import sample_and_kl
 
     if ref == ref0:
-        return 0.0
+        return {"agent": 0.0, "chat": 0.0}
     policy, tok, _ = load_policy(ref, padding_side="left")
     reference, _, _ = load_policy(ref0, padding_side="left")
-    prompts = [[{"role": "user", "content": t["question"]}] for t in tasks]
-    kls = []
-    for i in range(0, len(prompts), 4):
-        _, kl = sample_and_kl(policy, reference, tok, prompts[i:i + 4], max_new_tokens, 1.0, seed=seed + i)
-        kls.append(kl * len(prompts[i:i + 4]))
-    return sum(kls) / len(prompts)
+    system = react_system_prompt(default_tools())
+    ways = {"agent": [[{"role": "system", "content": system}, {"role": "user", "content": t["question"]}] for t in tasks],
+            "chat": [[{"role": "user", "content": t["question"]}] for t in tasks]}
+    out = {}
+    for way, prompts in ways.items():
+        kls = []
+        for i in range(0, len(prompts), 4):
+            _, kl = sample_and_kl(policy, reference, tok, prompts[i:i + 4], max_new_tokens, 1.0, seed=seed + i)
+            kls.append(kl * len(prompts[i:i + 4]))
+        out[way] = sum(kls) / len(prompts)
+    return out
 
 
 def start_app(checkpoint: str, db: Path, roots: Path, port: int, args, log: Path) -> subprocess.Popen:
@@ -222,7 +232,9 @@ def plot(rounds: list[dict], path: Path) -> None:
     ax.set_ylabel("%")
     ax.set_xticks(xs)
     ax2 = ax.twinx()
-    ax2.plot(xs, [r["kl_to_round0"] for r in rounds], color="tab:red", marker="^", label="KL to round 0 (nats)")
+    ax2.plot(xs, [r["kl_to_round0"] for r in rounds], color="tab:red", marker="^", label="KL to round 0, plain chat")
+    ax2.plot(xs, [r.get("kl_to_round0_agent", 0.0) for r in rounds], color="tab:purple", marker="v", ls=":",
+             label="KL to round 0, agent prompt")
     ax2.set_ylabel("KL to round 0 (nats per answer)")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
@@ -260,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--kl-tokens", type=int, default=48, help="sampled tokens per answer for the KL estimate")
     p.add_argument("--kl-prompts", type=int, default=32, help="held-out prompts for the KL estimate (the first N)")
+    p.add_argument("--kl-bound", type=float, default=5.0,
+                   help="the stated bound on KL to round 0, nats per answer, on both ways of asking (reported per round)")
+    p.add_argument("--anchor", type=float, help="--stage sft: anchor rows per feedback row (align retrain --anchor; "
+                                                "default retrain's 0.5, 0: off)")
     p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
                    help="the app generates in process, or on vLLM (then held-out scoring uses the same server)")
     p.add_argument("--vllm-python", help="the Python of vLLM's venv (default: the app's, .venv-vllm/bin/python)")
@@ -284,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from serve import simulate as sim
 
+    if a.anchor is not None:
+        if a.stage != "sft":
+            p.error("--anchor: anchor rows are for --stage sft")
+        a.retrain_arg += ["--anchor", str(a.anchor)]
     if a.gold:
         if a.stage != "dpo" or not a.proxy:
             raise SystemExit("--gold: the over-optimisation monitor runs in DPO retrains (--stage dpo) and needs --proxy")
@@ -318,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         ev = score_served(a.checkpoint)
         r0 = {"round": 0, "checkpoint": a.checkpoint, "served": a.checkpoint, "answers": 0,
-              "heldout": _heldout(ev), "kl_to_round0": 0.0, "wall_s": {"app_start": round(startup_s, 1),
+              "heldout": _heldout(ev), "kl_to_round0": 0.0, "kl_to_round0_agent": 0.0, "wall_s": {"app_start": round(startup_s, 1),
                                                                        "heldout": round(time.perf_counter() - t, 1)}}
         (out / "round-0.json").write_text(json.dumps({**r0, "records": ev["records"]}, indent=2))
         rounds.append(r0)
@@ -352,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             ev = score_served(new)
             wall["heldout"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
-            kl = kl_to_round0(new, a.checkpoint, held[:a.kl_prompts], a.kl_tokens, a.seed)
+            kls = kl_to_round0(new, a.checkpoint, held[:a.kl_prompts], a.kl_tokens, a.seed)
+            kl = kls["chat"]
             wall["kl"] = round(time.perf_counter() - t, 1)
             h = _heldout(ev)
             prev = rounds[-1]["heldout"]
@@ -363,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                    "retrain_summary": _json(ckpt_dir / "feedback" / "summary.json"), "heldout": h,
                    "monitor_warnings": [line for line in (out / f"retrain-{r}.log").read_text().splitlines()
                                         if "[keel] WARNING" in line],
-                   "kl_to_round0": round(kl, 4), "change_vs_previous": round(h["success"] - prev["success"], 4),
+                   "kl_to_round0": round(kl, 4), "kl_to_round0_agent": round(kls["agent"], 4),
+                   "kl_within_bound": kl <= a.kl_bound and kls["agent"] <= a.kl_bound, "change_vs_previous": round(h["success"] - prev["success"], 4),
                    "noise": round(verdict["noise"], 4), "fell": verdict["fell"],
                    "vs_round0": {"difference": round(h["success"] - r0["heldout"]["success"], 4),
                                  "ratio": round(h["success"] / r0["heldout"]["success"], 3)
@@ -394,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(row)
             (out / f"round-{r}.json").write_text(json.dumps({**row, "records": ev["records"]}, indent=2))
             print(f"[loop] round {r}: held-out success {h['success']:.3f} (round 0 {r0['heldout']['success']:.3f}), "
-                  f"KL {kl:.3f}, wall {wall}", flush=True)
+                  f"KL {kl:.3f} plain chat, {kls['agent']:.3f} agent prompt (bound {a.kl_bound:g}), wall {wall}", flush=True)
     finally:
         app.terminate()
         try:
@@ -403,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             app.kill()
     summary = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                "checkpoint": a.checkpoint, "tasks": a.tasks, "user_split": a.user_split, "stage": a.stage,
-               "train_from": a.train_from,
+               "train_from": a.train_from, "kl_bound": a.kl_bound, "anchor": a.anchor,
                "best_round": best["round"], "rounds": rounds, "projection": project(rounds, a.heldout)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if len(rounds) > 1:

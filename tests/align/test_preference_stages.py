@@ -106,7 +106,9 @@ def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_
     manifest = json.loads((out / "model" / "keel.json").read_text())
     assert manifest["stage"] == stage and manifest["base_model"] == str(tiny_model_dir)
     assert manifest["parents"] == [str(tiny_model_dir)]  # the lineage is named (issue #16 item 4)
-    assert manifest["data"][0]["path"].endswith({"kto": "kto.jsonl", "dpo": "preference.jsonl", "sft": "sft.jsonl"}[stage])
+    # sft trains on the liked answers plus anchor rows (the parent's plain-chat answers), in one file
+    assert manifest["data"][0]["path"].endswith({"kto": "kto.jsonl", "dpo": "preference.jsonl",
+                                                 "sft": "sft_anchored.jsonl"}[stage])
     assert json.loads((out / "feedback" / "summary.json").read_text())["pairs"] == 12
     liked = [json.loads(line) for line in (out / "feedback" / "sft.jsonl").read_text().splitlines()]
     # SFT's rows: the 12 liked answers only (no label, none of the disliked ones)
@@ -117,6 +119,79 @@ def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_
     assert "python -m serve --checkpoint" in printed
     card = (out / "model" / "README.md").read_text()
     assert "None" not in card and str(tiny_model_dir) in card and (out / "README.md").read_text() == card
+
+
+def _fake_sample(eos_every):
+    """align.logprobs.sample on the real tokenizer, its answer fixed: "ok <eos>" for every
+    ``eos_every``-th prompt, "ok ok ..." without an end for the others."""
+    from align.logprobs import Samples
+
+    def sample(model, tok, enc, max_new_tokens, temperature, top_p=1.0, stop=None):
+        assert temperature == 1.0 and top_p == 1.0  # pi_0 itself, untruncated
+        ok = tok.encode("ok", add_special_tokens=False)[0]
+        B = enc["input_ids"].shape[0]
+        responses = torch.full((B, 3), ok)
+        for b in range(B):
+            if (sample.seen + b) % eos_every == 0:
+                responses[b, 1], responses[b, 2] = tok.eos_token_id, tok.pad_token_id
+        sample.seen += B
+        from align.logprobs import response_mask
+        return Samples(enc["input_ids"], enc["attention_mask"], responses, response_mask(responses, tok.eos_token_id), None)
+
+    sample.seen = 0
+    return sample
+
+
+def test_anchor_rows_are_the_parents_plain_chat_answers_to_the_users_questions(tmp_path, tiny_model_dir, monkeypatch):
+    from align import logprobs
+    from align import retrain as rt
+
+    system = {"role": "system", "content": "You are an agent. Tools: calculator"}
+    rows = [{"prompt": [system, {"role": "user", "content": f"What is {i} + {i}?"}],
+             "completion": [{"role": "assistant", "content": "Final Answer: x"}]} for i in range(6)]
+    data = write_jsonl(tmp_path / "sft.jsonl", rows + rows[:2])  # a repeated question is asked once per pass
+    monkeypatch.setattr(logprobs, "sample", _fake_sample(eos_every=2))
+    summary = {}
+    n = rt.write_anchor_rows(str(tiny_model_dir), data, tmp_path / "anchor.jsonl", 8, seed=0, summary=summary)
+    written = [json.loads(line) for line in (tmp_path / "anchor.jsonl").read_text().splitlines()]
+    # 8 asked (6 distinct questions, 2 again), every second one without an end: dropped and counted
+    assert n == len(written) == 4 and summary["anchor"] == {
+        "rows": 4, "asked": 8, "questions": 6, "cut_dropped": 4, "model": str(tiny_model_dir), "temperature": 1.0,
+        "max_new_tokens": rt.ANCHOR_MAX_NEW_TOKENS}
+    for r in written:  # plain chat: the user's turn without the agent's system prompt; the answer decoded
+        assert [m["role"] for m in r["prompt"]] == ["user"] and r["prompt"][0]["content"].startswith("What is ")
+        assert r["completion"] == [{"role": "assistant", "content": "ok"}]
+
+
+def test_retrain_sft_mixes_in_anchor_rows_and_anchor_is_refused_for_other_stages(tmp_path, tiny_model_dir,
+                                                                               monkeypatch, capsys):
+    from align import logprobs
+    from align import retrain as rt
+    from align.errors import ConfigError
+    import align.sft
+
+    db = _feedback_db(tmp_path / "feedback.db", str(tiny_model_dir))
+    seen = {}
+    monkeypatch.setattr(align.sft, "run_sft", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(logprobs, "sample", _fake_sample(eos_every=1))
+    rt.retrain(str(db), str(REPO / "configs" / "sft.yaml"), ["--output_dir", str(tmp_path / "a")], anchor=0.5)
+    cfg = seen.pop("cfg")
+    feedback = tmp_path / "a" / "feedback"
+    assert cfg.data.path == str(feedback / "sft_anchored.jsonl")
+    mixed = (feedback / "sft_anchored.jsonl").read_text().splitlines()
+    assert len(mixed) == 12 + 6 and mixed[:12] == (feedback / "sft.jsonl").read_text().splitlines()
+    assert json.loads((feedback / "summary.json").read_text())["anchor"]["rows"] == 6
+    # 18 rows, 2 for eval: 16 x 2 epochs / 8 per step = 4 steps
+    assert cfg.training.max_steps == 4
+    assert "+ 6 anchor rows" in capsys.readouterr().out
+    rt.retrain(str(db), str(REPO / "configs" / "sft.yaml"), ["--output_dir", str(tmp_path / "b")], anchor=0)
+    assert seen.pop("cfg").data.path == str(tmp_path / "b" / "feedback" / "sft.jsonl")
+    assert not (tmp_path / "b" / "feedback" / "anchor.jsonl").exists()
+    for stage, share in (("kto", 0.5), ("sft", -1)):
+        with pytest.raises(ConfigError, match="--anchor"):
+            rt.retrain(str(db), str(REPO / "configs" / f"{stage}.yaml"), ["--output_dir", str(tmp_path / "c")],
+                       anchor=share)
+    assert not (tmp_path / "c").exists()
 
 
 def test_retrain_says_when_there_is_too_little_feedback(tmp_path, capsys):

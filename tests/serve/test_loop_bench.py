@@ -66,6 +66,8 @@ def test_one_round_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert r1["stored_vs_sent"]["match"] and r1["counts_sent"]["answers"] >= 8
     assert (out / "ckpts" / "round-1" / "model" / "keel.json").is_file()
     assert r1["kept"].startswith("round 0") and r1["served_next"] == str(tiny_model_dir)
+    # KL to round 0 both ways of asking: the agent's ReAct prompt and plain chat, against the stated bound
+    assert r1["kl_to_round0_agent"] != r1["kl_to_round0"] and isinstance(r1["kl_within_bound"], bool)
     assert (out / "loop-rounds.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_round"] == 0 and summary["projection"]["total_hours"] > 0
@@ -77,3 +79,10 @@ def test_a_count_below_one_is_refused_before_the_app_starts(flag, tmp_path, caps
         bench_loop.main([flag, "0", "--out", str(tmp_path / "run")])
     assert e.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started, no run folder
+
+
+def test_anchor_rows_are_refused_for_a_stage_other_than_sft(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_loop.main(["--stage", "kto", "--anchor", "0.5", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "anchor rows are for --stage sft" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
