@@ -61,7 +61,7 @@ import re
 # 4: a hyphen or slash between two letters ("built-in", "and/or") joins words, it is no operator;
 # 5: syntax roles (op_slice, op_unpack, op_neg ...: ``_role``, ``_ROLE_PATTERNS``); 6-8: a passage's
 # layout (rules, table borders, REPL prompts, Markdown bullets and emphasis) is no operator (``strip_layout``)
-LEXICAL_VERSION = 8
+LEXICAL_VERSION = 9
 FTS_TABLE = "chunks_fts"
 FTS_TOKENIZER = "porter unicode61 tokenchars '_'"
 # Chosen on the dev half of bench/queries/default_kb_hybrid.jsonl by bench/bench_hybrid.py's grid
@@ -238,7 +238,10 @@ def lexical_terms(text: str, bare_dunders: bool = True, layout: bool = False) ->
             terms.append(roles.pop(0)[1])
         tok = m.group()
         if m.group("url"):
-            terms += [t for t in lexical_terms(tok.replace("://", " ").replace("/", " ").replace("@", " ")) if not is_exact(t)]
+            # a link's words and the names it holds (".../__init__.py#object.__set_name__"), not its
+            # punctuation: its / and . are no division or attribute operators
+            terms += [t for t in lexical_terms(tok.replace("://", " ").replace("/", " ").replace("@", " "))
+                      if t not in _RESERVED]
             continue
         if tok in OPERATORS:
             if tok in _JOINERS and _joins_words(text, m.start(), m.end()):

@@ -282,6 +282,16 @@ def test_urls_are_read_as_words_not_operators(tmp_path, embedder):
     assert found == ["ints.md"]
 
 
+def test_a_link_keeps_the_underscore_names_it_holds(tmp_path, embedder):
+    """A name inside a URL is still an exact name ("https://x/pkg/__init__.py" was read as "init py")."""
+    assert lexical_terms("https://x/pkg/__init__.py#object.__set_name__") == [
+        "https", "x", "pkg", "__init__", "init", "py", "object", "__set_name__", "set_name", "set", "name"]
+    kb = _kb_of(tmp_path, embedder, {"pkgs.md": "# Packages\n\nA package marker: see https://example.org/src/__init__.py",
+                                     "inits.md": "# Starting up\n\nInit the service, then init the py runner."})
+    found = [h.source.rsplit("/", 1)[-1] for h in kb.search("what is __init__.py for", k=5, mode="lexical")]
+    assert found[0] == "pkgs.md"
+
+
 def test_an_older_lexical_index_is_remade_on_open_with_a_message(tmp_path, notes, embedder, capfd):
     Retriever.create(tmp_path / "idx", embedder=embedder).add([notes])
     db = sqlite3.connect(tmp_path / "idx" / "docstore.sqlite")
