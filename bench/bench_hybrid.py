@@ -1,6 +1,7 @@
 """Hybrid search on the default knowledge base: dense vs lexical vs hybrid, same run, same index.
 
-1. quality: recall@1/5/10 and MRR of each mode on bench/queries/default_kb_hybrid.jsonl. Fusion
+1. quality: recall@1/5/10 and MRR of each mode on bench/queries/default_kb_hybrid.jsonl (and the
+   fresh sets written blind after the settings were chosen: default_kb_fresh{,2,3}.jsonl). Fusion
    settings (RRF k, lexical weight in the fusion, candidates per side, bm25 weight of exact tokens)
    are chosen on the lines marked ``"split": "dev"`` by a grid search, and reported on the
    ``test`` lines, beside the paper's settings (k 60, equal weights). Also the knowledge-base test
@@ -283,7 +284,7 @@ def main() -> None:
     p.add_argument("what", choices=["quality", "speed", "dense"])
     p.add_argument("--queries", default=str(REPO / "bench" / "queries" / "default_kb_hybrid.jsonl"))
     p.add_argument("--fresh", default=",".join(str(REPO / "bench" / "queries" / f"default_kb_{n}.jsonl")
-                                               for n in ("fresh", "fresh2")),
+                                               for n in ("fresh", "fresh2", "fresh3")),
                    help="more query sets (comma-separated), written after the settings were chosen; "
                         "scored per set and per 'kind' (missing files are skipped)")
     p.add_argument("--sizes", default="100000,1000000")
