@@ -190,6 +190,26 @@ def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, se
     return out
 
 
+def open_requests(n: int, seed: int) -> list[dict]:
+    """``n`` held-out open requests (``agents.tasks.plain_tasks``, test split): no checkable answer."""
+    from agents.tasks import plain_tasks
+
+    return plain_tasks(n, seed=seed, split="test")
+
+
+def open_scores(rm_path: str, tasks: list[dict], answers: list[str]) -> dict:
+    """Mean (and standard error) of a reward model's scores of each (question, answer); ``scores`` in order."""
+    from align.rewards import RewardModelScorer
+
+    scorer = RewardModelScorer(rm_path, batch_size=4)
+    scores = [float(x) for x in scorer([[{"role": "user", "content": t["question"]}] for t in tasks], answers)]
+    n = len(scores)
+    mean = sum(scores) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in scores) / (n - 1)) if n > 1 else 0.0
+    return {"judge": scorer.name, "n": n, "mean": round(mean, 4), "stderr": round(sd / math.sqrt(n), 4),
+            "scores": [round(x, 4) for x in scores]}
+
+
 def start_app(checkpoint: str, db: Path, roots: Path, port: int, args, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "serve", "--checkpoint", checkpoint, "--feedback-db", str(db), "--port", str(port),
            "--switch-root", str(roots), "--index", args.index, "--max-steps", str(args.max_steps),
@@ -274,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kl-prompts", type=int, default=32, help="held-out prompts for the KL estimate (the first N)")
     p.add_argument("--kl-bound", type=float, default=5.0,
                    help="the stated bound on KL to round 0, nats per answer, on both ways of asking (reported per round)")
+    p.add_argument("--open-judge", metavar="rm:PATH",
+                   help="after each round, score the served model's answers to --open-requests held-out open requests "
+                        "(plain requests, test split) with this reward model; reports the mean")
+    p.add_argument("--open-requests", type=int, default=24)
     p.add_argument("--anchor", type=float, help="--stage sft: anchor rows per feedback row (align retrain --anchor; "
                                                 "default retrain's 0.5, 0: off)")
     p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
@@ -290,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", help="also copy the curve here (e.g. docs/img/loop-rounds.png)")
     a = p.parse_args(argv)
     for flag, value in (("--rounds", a.rounds), ("--answers", a.answers), ("--turns", a.turns),
-                        ("--heldout", a.heldout), ("--concurrency", a.concurrency), ("--kl-prompts", a.kl_prompts)):
+                        ("--heldout", a.heldout), ("--concurrency", a.concurrency), ("--kl-prompts", a.kl_prompts),
+                        ("--open-requests", a.open_requests)):
         if value < 1:  # before the app starts or a run folder is made
             p.error(f"{flag} must be at least 1, got {value}")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -300,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from serve import simulate as sim
 
+    if a.open_judge is not None and (not a.open_judge.startswith("rm:") or len(a.open_judge) < 4):
+        p.error(f"--open-judge {a.open_judge!r}: use rm:PATH (a reward model checkpoint)")
     if a.anchor is not None:
         if a.stage != "sft":
             p.error("--anchor: anchor rows are for --stage sft")
@@ -325,11 +352,21 @@ def main(argv: list[str] | None = None) -> int:
     app = start_app(a.checkpoint, db, roots, port, a, app_log)
     rounds: list[dict] = []
 
-    def score_served(ref: str) -> dict:
+    def score_served(ref: str, tasks: list[dict] | None = None) -> dict:
+        tasks = held if tasks is None else tasks
         if a.engine == "vllm":
-            return evaluate_engine(ref, engine_of(app_log), held, a.max_steps, a.max_new_tokens, retriever,
+            return evaluate_engine(ref, engine_of(app_log), tasks, a.max_steps, a.max_new_tokens, retriever,
                                    a.concurrency)
-        return evaluate(ref, held, a.max_steps, a.max_new_tokens, retriever)
+        return evaluate(ref, tasks, a.max_steps, a.max_new_tokens, retriever)
+
+    open_tasks = open_requests(a.open_requests, a.seed + 2000) if a.open_judge else []
+
+    def judge_open(ref: str) -> dict | None:
+        """The served model's answers to held-out open requests, scored by --open-judge's reward model."""
+        if not a.open_judge:
+            return None
+        ev = score_served(ref, open_tasks)
+        return open_scores(a.open_judge[3:], open_tasks, [r["answer"] for r in ev["records"]])
 
     try:
         sim.wait_for_app(url, timeout=900, proc=app)
@@ -340,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         r0 = {"round": 0, "checkpoint": a.checkpoint, "served": a.checkpoint, "answers": 0,
               "heldout": _heldout(ev), "kl_to_round0": 0.0, "kl_to_round0_agent": 0.0, "wall_s": {"app_start": round(startup_s, 1),
                                                                        "heldout": round(time.perf_counter() - t, 1)}}
+        t = time.perf_counter()
+        r0["open_requests"] = judge_open(a.checkpoint)
+        if a.open_judge:
+            r0["wall_s"]["open"] = round(time.perf_counter() - t, 1)
         (out / "round-0.json").write_text(json.dumps({**r0, "records": ev["records"]}, indent=2))
         rounds.append(r0)
         print(f"[loop] round 0: held-out success {r0['heldout']['success']:.3f}", flush=True)
@@ -375,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             kls = kl_to_round0(new, a.checkpoint, held[:a.kl_prompts], a.kl_tokens, a.seed)
             kl = kls["chat"]
             wall["kl"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            opened = judge_open(new)
+            if a.open_judge:
+                wall["open"] = round(time.perf_counter() - t, 1)
             h = _heldout(ev)
             prev = rounds[-1]["heldout"]
             verdict = round_verdict(prev, h, best["heldout"])
@@ -384,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                    "retrain_summary": _json(ckpt_dir / "feedback" / "summary.json"), "heldout": h,
                    "monitor_warnings": [line for line in (out / f"retrain-{r}.log").read_text().splitlines()
                                         if "[keel] WARNING" in line],
+                   "open_requests": opened,
                    "kl_to_round0": round(kl, 4), "kl_to_round0_agent": round(kls["agent"], 4),
                    "kl_within_bound": kl <= a.kl_bound and kls["agent"] <= a.kl_bound, "change_vs_previous": round(h["success"] - prev["success"], 4),
                    "noise": round(verdict["noise"], 4), "fell": verdict["fell"],
@@ -416,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(row)
             (out / f"round-{r}.json").write_text(json.dumps({**row, "records": ev["records"]}, indent=2))
             print(f"[loop] round {r}: held-out success {h['success']:.3f} (round 0 {r0['heldout']['success']:.3f}), "
-                  f"KL {kl:.3f} plain chat, {kls['agent']:.3f} agent prompt (bound {a.kl_bound:g}), wall {wall}", flush=True)
+                  f"KL {kl:.3f} plain chat, {kls['agent']:.3f} agent prompt (bound {a.kl_bound:g})"
+                  + (f", open requests {opened['judge']} mean {opened['mean']:.3f}" if opened else "")
+                  + f", wall {wall}", flush=True)
     finally:
         app.terminate()
         try:

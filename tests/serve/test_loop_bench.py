@@ -61,24 +61,37 @@ def test_one_round_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     out = tmp_path / "loop"
     assert bench_loop.main(["--rounds", "1", "--answers", "8", "--heldout", "2", "--checkpoint", str(tiny_model_dir),
                             "--max-new-tokens", "8", "--max-steps", "1", "--kl-tokens", "4", "--edit-share", "0.6",
-                            "--keep-best", "--out", str(out), "--retrain-arg=--training.max_length=256"]) == 0
+                            "--keep-best", "--out", str(out), "--retrain-arg=--training.max_length=256",
+                            "--open-judge", f"rm:{tiny_model_dir}", "--open-requests", "2"]) == 0
     r1 = json.loads((out / "round-1.json").read_text())
     assert r1["stored_vs_sent"]["match"] and r1["counts_sent"]["answers"] >= 8
     assert (out / "ckpts" / "round-1" / "model" / "keel.json").is_file()
     assert r1["kept"].startswith("round 0") and r1["served_next"] == str(tiny_model_dir)
     # KL to round 0 both ways of asking: the agent's ReAct prompt and plain chat, against the stated bound
     assert r1["kl_to_round0_agent"] != r1["kl_to_round0"] and isinstance(r1["kl_within_bound"], bool)
+    # open requests scored by the reward model each round, round 0 included (the baseline)
+    r0 = json.loads((out / "round-0.json").read_text())
+    for r in (r0, r1):
+        assert r["open_requests"]["n"] == 2 and len(r["open_requests"]["scores"]) == 2
+        assert r["open_requests"]["judge"].startswith("rm:") and "open" in r["wall_s"]
     assert (out / "loop-rounds.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_round"] == 0 and summary["projection"]["total_hours"] > 0
 
 
-@pytest.mark.parametrize("flag", ["--turns", "--concurrency", "--answers", "--kl-prompts"])
+@pytest.mark.parametrize("flag", ["--turns", "--concurrency", "--answers", "--kl-prompts", "--open-requests"])
 def test_a_count_below_one_is_refused_before_the_app_starts(flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         bench_loop.main([flag, "0", "--out", str(tmp_path / "run")])
     assert e.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started, no run folder
+
+
+def test_an_open_judge_that_is_not_a_reward_model_is_refused_before_the_app_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_loop.main(["--open-judge", "verifier", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "--open-judge 'verifier': use rm:PATH" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_anchor_rows_are_refused_for_a_stage_other_than_sft(tmp_path, capsys):
