@@ -124,7 +124,9 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
         cfg_cls = getattr(module, f"{stage.upper()}StageConfig")
         cfg = load_config(cfg_cls, config, [*extra, *overrides])  # the user's flags win
         n_anchor = 0
-        if share > 0:
+        if share > 0 and "data.path" not in given:  # the user's own data file: trained as given
+            print(f"[keel] sampling {math.ceil(share * rows)} anchor rows from {cfg.model} (--anchor {share:g}; 0: off)",
+                  flush=True)
             n_anchor = write_anchor_rows(cfg.model, scratch / data_name, scratch / "anchor.jsonl",
                                          math.ceil(share * rows), cfg.seed, summary)
             data_name = "sft_anchored.jsonl"
