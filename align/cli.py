@@ -195,7 +195,7 @@ def _eval(argv: list[str]) -> int:
 
 
 def _retrain(argv: list[str]) -> int:
-    from align.retrain import retrain
+    from align.retrain import ANCHOR_SHARE, retrain
 
     p = argparse.ArgumentParser(prog="python -m align retrain",
                                 description="Export the app's feedback and train a new checkpoint on it. "
@@ -212,7 +212,8 @@ def _retrain(argv: list[str]) -> int:
                         "it (answers), or on steps where the app stored them (auto, default)")
     p.add_argument("--anchor", type=float, metavar="SHARE",
                    help="sft only: anchor rows per feedback row, the parent's own plain-chat answers to the users' "
-                        "questions, which keep the model near its parent off the agent's prompts (default 0.5; 0: off)")
+                        f"questions, which keep the model near its parent off the agent's prompts (default "
+                        f"{ANCHOR_SHARE:g}; 0: off)")
     a, overrides = p.parse_known_args(argv)
     out = retrain(a.from_feedback, a.config, overrides, resume=a.resume, allow_one_source=a.allow_one_source,
                   view=a.view, anchor=a.anchor)

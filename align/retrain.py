@@ -10,8 +10,8 @@ given on, so the new checkpoint's manifest names it as parent and the app can sw
 Sized for a CPU and a few dozen rows: unless the command line says otherwise, the number of steps
 follows the data (``RETRAIN_EPOCHS`` passes over it, not the config's fixed ``max_steps``), and
 without a GPU the run trains LoRA adapters (merged on save) at a LoRA learning rate. It prints, before
-anything heavy, how many rows, which parent, where it writes and a rough time estimate; the
-trainer's progress bar then counts steps. A refused run (too few rows, bad config) leaves no folder.
+anything heavy (the anchor rows' sampling, which says so on its own line first), how many rows,
+which parent, where it writes and a rough time estimate; the trainer's progress bar then counts steps. A refused run (too few rows, bad config) leaves no folder.
 Guard rail of the loop (``check_sources``): feedback that all comes from one session, or whose rows are
 all about one prompt, is refused unless ``--allow-one-source`` says it is deliberate.
 
@@ -19,10 +19,15 @@ Anchor rows (SFT, ``--anchor SHARE``, default ``ANCHOR_SHARE``): SFT has no KL t
 trajectories alone moves the model far on prompts it was not trained on (the loop's first SFT run: the
 users' questions asked in plain chat drew bare numbers, KL about 20 nats per answer to the parent, while
 the agent's own prompts moved 0.4). So the parent's own answers to the users' questions, asked without
-the agent's system prompt and sampled at temperature 1, are mixed into the SFT data: maximum likelihood on
+the agent's system prompt (so the chat template's default one applies; Keel's app sends its own
+in plain chat) and sampled at temperature 1, are mixed into the SFT data (split for eval like any
+row, so ``eval_loss`` includes them): maximum likelihood on
 samples of pi_0 pulls pi towards pi_0 there (pseudo-rehearsal, Robins 1995; the role InstructGPT's
-PPO-ptx pretraining mix plays, Ouyang et al. 2022). Sampled with ``align.logprobs.sample`` on the
-parent; answers cut at ``ANCHOR_MAX_NEW_TOKENS`` without their end are dropped and counted.
+PPO-ptx pretraining mix plays, Ouyang et al. 2022). Only agent rows give anchor questions (a
+plain-chat row's prompt is already a training prompt, with the user's answer as its target).
+Sampled with ``generate`` on the parent (``align.logprobs.sampling_kwargs``, no logits kept);
+answers cut at ``ANCHOR_MAX_NEW_TOKENS`` without their end, or empty, are dropped and counted, and
+a run that writes fewer anchor rows than asked says so.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ ROWS_FOR_STAGE = {"kto": ("unpaired_rows", "rated answers"), "dpo": ("pairs", "p
 HOW_TO_GET = {"kto": "thumbs up and down", "dpo": "edits and regenerates make pairs", "sft": "thumbs up and edits"}
 MIN_ROWS = 8
 ANCHOR_SHARE = 0.5            # anchor rows per SFT row (SFT retrains only; 0 turns them off)
+MAX_ANCHOR_SHARE = 10.0
 ANCHOR_MAX_NEW_TOKENS = 320
 ANCHOR_BATCH = 16
 RETRAIN_EPOCHS = 2
@@ -79,9 +85,12 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     stage = loaded.get("stage") if isinstance(loaded, dict) else None
     if stage not in DATASET_FOR_STAGE:
         raise ConfigError(f"{config}: stage {stage!r} cannot train on feedback; use a {' or '.join(DATASET_FOR_STAGE)} config")
-    if anchor is not None and (anchor < 0 or (anchor > 0 and stage != "sft")):
-        raise ConfigError(f"--anchor {anchor}: anchor rows are a share >= 0 of an sft retrain's rows "
-                          f"({config} is a {stage} config; {stage} keeps pi near its reference through its own loss)")
+    if anchor is not None and not (math.isfinite(anchor) and 0 <= anchor <= MAX_ANCHOR_SHARE):
+        raise ConfigError(f"--anchor {anchor}: give a share of the feedback rows from 0 (off) to {MAX_ANCHOR_SHARE:g}, "
+                          f"e.g. 0.5: that many anchor rows per feedback row")
+    if anchor and stage != "sft":
+        raise ConfigError(f"--anchor {anchor}: anchor rows are for sft retrains; {config} is a {stage} config "
+                          f"({stage}'s loss already keeps the model near its reference)")
     share = (ANCHOR_SHARE if anchor is None else anchor) if stage == "sft" else 0.0
     if "://" not in db and not Path(db).is_file():  # a database URL (postgresql://) is checked when opened
         raise DataError(f"{db}: no feedback database here (the app writes runs/feedback.db by default)")
@@ -129,9 +138,15 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
                   flush=True)
             n_anchor = write_anchor_rows(cfg.model, scratch / data_name, scratch / "anchor.jsonl",
                                          math.ceil(share * rows), cfg.seed, summary)
-            data_name = "sft_anchored.jsonl"
-            (scratch / data_name).write_text((scratch / "sft.jsonl").read_text() + (scratch / "anchor.jsonl").read_text())
+            if n_anchor:
+                data_name = "sft_anchored.jsonl"
+                (scratch / data_name).write_text((scratch / "sft.jsonl").read_text() + (scratch / "anchor.jsonl").read_text())
             (scratch / "summary.json").write_text(json.dumps(summary, indent=2))
+            a = summary["anchor"]
+            if n_anchor < math.ceil(share * rows):
+                print(f"[keel] WARNING: {n_anchor} of {math.ceil(share * rows)} anchor rows written ({a['questions']} "
+                      f"questions from agent rows; {a['cut_dropped']} answers cut at {ANCHOR_MAX_NEW_TOKENS} tokens, "
+                      f"{a['empty_dropped']} empty); details in feedback/summary.json", flush=True)
         if "data.path" not in given:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(out / "feedback" / data_name)})})
         cfg = _size_for_data(cfg, rows + n_anchor - eval_rows, given)
@@ -148,54 +163,76 @@ def retrain(db: str, config: str | None, overrides: list[str], resume: bool = Fa
     return getattr(module, f"run_{stage}")(cfg, resume=resume)
 
 
+def anchor_questions(data_file: Path) -> tuple[list[list[dict]], int]:
+    """The anchor prompts of an SFT file: each row's conversation without its system turn, from the
+    rows that have one (an agent's trajectory: its ReAct system prompt), distinct (by role and
+    content), in file order; a conversation that is itself a training row's prompt is left out (the
+    user's liked or edited answer is the target there, not the parent's). Returns (questions, that
+    many left out)."""
+    def key(turns):
+        return json.dumps([[m.get("role"), m.get("content")] for m in turns])
+
+    rows = [json.loads(line)["prompt"] for line in data_file.read_text().splitlines() if line.strip()]
+    trained = {key(p) for p in rows}
+    questions, seen, overlap = [], set(), 0
+    for prompt in rows:
+        turns = [m for m in prompt if m.get("role") != "system"]
+        if len(turns) == len(prompt) or not turns or key(turns) in seen:
+            continue
+        seen.add(key(turns))
+        if key(turns) in trained:
+            overlap += 1
+            continue
+        questions.append(turns)
+    return questions, overlap
+
+
 def write_anchor_rows(model_ref: str, data_file: Path, out_file: Path, n: int, seed: int, summary: dict) -> int:
     """Write up to ``n`` anchor rows to ``out_file`` (TRL conversational prompt/completion): the
-    model ``model_ref``'s own answers, sampled at temperature 1 (no top-k/top-p), to the user turns
-    of ``data_file``'s rows asked in plain chat (system prompt left out: the model's default), the
-    distinct questions taken in a seeded order and repeated if there are fewer than ``n``. Answers
-    without an end within ``ANCHOR_MAX_NEW_TOKENS`` are dropped. Records what it did in
-    ``summary["anchor"]``; returns the number of rows written."""
+    model ``model_ref``'s own answers, sampled at temperature 1 (no top-k/top-p), to the questions of
+    ``data_file``'s agent rows asked without the agent's system prompt (``anchor_questions``; the
+    chat template's default system prompt applies), in a seeded order, repeated if there are fewer
+    than ``n``. Answers without an end within ``ANCHOR_MAX_NEW_TOKENS`` tokens, or empty, are
+    dropped and counted. Sampling is seeded by ``seed`` and leaves torch's RNG states as they were.
+    Records what it did in ``summary["anchor"]``; returns the number of rows written."""
     import random
 
     import torch
     from tqdm import tqdm
 
     from align.generate import encode_chats
-    from align.logprobs import sample
+    from align.logprobs import response_mask, sampling_kwargs
     from align.models import load_policy
 
-    questions, seen = [], set()
-    for line in data_file.read_text().splitlines():
-        if line.strip():
-            turns = [m for m in json.loads(line)["prompt"] if m.get("role") != "system"]
-            key = json.dumps(turns)
-            if turns and key not in seen:
-                seen.add(key)
-                questions.append(turns)
-    rng = random.Random(seed)
-    rng.shuffle(questions)
+    questions, overlap = anchor_questions(data_file)
+    random.Random(seed).shuffle(questions)
     prompts = [questions[i % len(questions)] for i in range(n)] if questions else []
-    policy, tok, _ = load_policy(model_ref, padding_side="left")
-    gen = torch.Generator().manual_seed(seed)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    rows, cut = [], 0
-    try:
-        for i in tqdm(range(0, len(prompts), ANCHOR_BATCH), desc="anchor rows (the parent's plain-chat answers)"):
-            batch = prompts[i:i + ANCHOR_BATCH]
-            s = sample(policy, tok, encode_chats(tok, batch, policy.device), ANCHOR_MAX_NEW_TOKENS, 1.0)
-            for turns, ids, mask in zip(batch, s.responses, s.mask):
-                if not bool((ids[mask.bool()] == tok.eos_token_id).any()):
-                    cut += 1
-                    continue
-                text = tok.decode(ids[mask.bool()], skip_special_tokens=True).strip()
-                if text:
+    rows, cut, empty = [], 0, 0
+    if prompts:
+        policy, tok, _ = load_policy(model_ref, padding_side="left")
+        policy.eval()
+        with torch.random.fork_rng(), torch.inference_mode():  # the caller's RNG states are restored after
+            torch.manual_seed(seed)
+            for i in tqdm(range(0, len(prompts), ANCHOR_BATCH), desc="anchor rows (the parent's plain-chat answers)"):
+                batch = prompts[i:i + ANCHOR_BATCH]
+                enc = encode_chats(tok, batch, policy.device)
+                out = policy.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                      **sampling_kwargs(tok, ANCHOR_MAX_NEW_TOKENS, 1.0))
+                responses = out[:, enc["input_ids"].shape[1]:]  # (B, T)
+                mask = response_mask(responses, tok.eos_token_id).bool()  # up to and including the first EOS
+                for turns, ids, m in zip(batch, responses, mask):
+                    if not bool((ids[m] == tok.eos_token_id).any()):
+                        cut += 1
+                        continue
+                    text = tok.decode(ids[m], skip_special_tokens=True).strip()
+                    if not text:
+                        empty += 1
+                        continue
                     rows.append({"prompt": turns, "completion": [{"role": "assistant", "content": text}]})
-    finally:
-        torch.random.set_rng_state(state)
-    del policy
+        del policy
     out_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary["anchor"] = {"rows": len(rows), "asked": len(prompts), "questions": len(questions), "cut_dropped": cut,
+    summary["anchor"] = {"rows": len(rows), "asked": len(prompts), "questions": len(questions),
+                         "left_out_trained_prompts": overlap, "cut_dropped": cut, "empty_dropped": empty,
                          "model": model_ref, "temperature": 1.0, "max_new_tokens": ANCHOR_MAX_NEW_TOKENS}
     return len(rows)
 

@@ -163,11 +163,12 @@ def evaluate_engine(ref: str, url: str, tasks: list[dict], max_steps: int, max_n
     return {**summarise(records), "records": records}
 
 
-def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int) -> dict:
+def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int, retriever=None) -> dict:
     """Mean sampled KL(pi || pi_0) in nats per answer (``max_new_tokens`` sampled tokens at most) on the
     held-out questions, asked two ways: ``agent``, under the app's ReAct system prompt with its tools
-    (the prompts the app serves and the loop trains on), and ``chat``, as plain chat (the model's
-    default system prompt: drift off the agent's prompts)."""
+    (``retriever``: the app's search tool too; the prompts the app serves and the loop trains on),
+    and ``chat``, the question alone (the chat template's default system prompt: drift off the
+    agent's prompts, where the anchor rows of an SFT retrain are asked)."""
     from agents.agent import react_system_prompt
     from agents.tools import default_tools
     from align.models import load_policy
@@ -177,7 +178,7 @@ def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, se
         return {"agent": 0.0, "chat": 0.0}
     policy, tok, _ = load_policy(ref, padding_side="left")
     reference, _, _ = load_policy(ref0, padding_side="left")
-    system = react_system_prompt(default_tools())
+    system = react_system_prompt(default_tools(retriever))
     ways = {"agent": [[{"role": "system", "content": system}, {"role": "user", "content": t["question"]}] for t in tasks],
             "chat": [[{"role": "user", "content": t["question"]}] for t in tasks]}
     out = {}
@@ -330,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.anchor is not None:
         if a.stage != "sft":
             p.error("--anchor: anchor rows are for --stage sft")
+        if not (math.isfinite(a.anchor) and 0 <= a.anchor <= 10):
+            p.error(f"--anchor {a.anchor}: give a share of the feedback rows from 0 (off) to 10")
         a.retrain_arg += ["--anchor", str(a.anchor)]
     if a.gold:
         if a.stage != "dpo" or not a.proxy:
@@ -413,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             ev = score_served(new)
             wall["heldout"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
-            kls = kl_to_round0(new, a.checkpoint, held[:a.kl_prompts], a.kl_tokens, a.seed)
+            kls = kl_to_round0(new, a.checkpoint, held[:a.kl_prompts], a.kl_tokens, a.seed, retriever)
             kl = kls["chat"]
             wall["kl"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()

@@ -106,9 +106,8 @@ def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_
     manifest = json.loads((out / "model" / "keel.json").read_text())
     assert manifest["stage"] == stage and manifest["base_model"] == str(tiny_model_dir)
     assert manifest["parents"] == [str(tiny_model_dir)]  # the lineage is named (issue #16 item 4)
-    # sft trains on the liked answers plus anchor rows (the parent's plain-chat answers), in one file
-    assert manifest["data"][0]["path"].endswith({"kto": "kto.jsonl", "dpo": "preference.jsonl",
-                                                 "sft": "sft_anchored.jsonl"}[stage])
+    # plain-chat feedback gives no anchor questions (its prompts are the training prompts): sft.jsonl as exported
+    assert manifest["data"][0]["path"].endswith({"kto": "kto.jsonl", "dpo": "preference.jsonl", "sft": "sft.jsonl"}[stage])
     assert json.loads((out / "feedback" / "summary.json").read_text())["pairs"] == 12
     liked = [json.loads(line) for line in (out / "feedback" / "sft.jsonl").read_text().splitlines()]
     # SFT's rows: the 12 liked answers only (no label, none of the disliked ones)
@@ -121,61 +120,117 @@ def test_retrain_from_feedback_trains_the_checkpoint_the_feedback_was_about(tmp_
     assert "None" not in card and str(tiny_model_dir) in card and (out / "README.md").read_text() == card
 
 
-def _fake_sample(eos_every):
-    """align.logprobs.sample on the real tokenizer, its answer fixed: "ok <eos>" for every
-    ``eos_every``-th prompt, "ok ok ..." without an end for the others."""
-    from align.logprobs import Samples
+class _FakeParent:
+    """Stands in for the parent model in write_anchor_rows (loaded through align.models.load_policy):
+    its sampled answer is "ok <eos>" for every ``eos_every``-th prompt (0: none) and "ok ok ok" without
+    an end for the others; it records what it was asked (the decoded prompts and generate's arguments)."""
 
-    def sample(model, tok, enc, max_new_tokens, temperature, top_p=1.0, stop=None):
-        assert temperature == 1.0 and top_p == 1.0  # pi_0 itself, untruncated
-        ok = tok.encode("ok", add_special_tokens=False)[0]
-        B = enc["input_ids"].shape[0]
-        responses = torch.full((B, 3), ok)
-        for b in range(B):
-            if (sample.seen + b) % eos_every == 0:
-                responses[b, 1], responses[b, 2] = tok.eos_token_id, tok.pad_token_id
-        sample.seen += B
-        from align.logprobs import response_mask
-        return Samples(enc["input_ids"], enc["attention_mask"], responses, response_mask(responses, tok.eos_token_id), None)
+    device = torch.device("cpu")
 
-    sample.seen = 0
-    return sample
+    def __init__(self, tok, eos_every):
+        self.tok, self.eos_every, self.seen, self.prompts, self.kwargs = tok, eos_every, 0, [], []
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        self.kwargs.append(kwargs)
+        self.prompts += [self.tok.decode(row[m.bool()]) for row, m in zip(input_ids, attention_mask)]
+        ok = self.tok.encode("ok", add_special_tokens=False)[0]
+        responses = torch.full((input_ids.shape[0], 3), ok)
+        for b in range(input_ids.shape[0]):
+            if self.eos_every and (self.seen + b) % self.eos_every == 0:
+                responses[b, 1], responses[b, 2] = self.tok.eos_token_id, self.tok.pad_token_id
+        self.seen += input_ids.shape[0]
+        return torch.cat([input_ids, responses], 1)
+
+
+def _fake_parent(monkeypatch, model_dir, eos_every):
+    import align.models
+
+    tok = align.models.load_policy(str(model_dir))[1]
+    parent = _FakeParent(tok, eos_every)
+    loaded = []
+    monkeypatch.setattr(align.models, "load_policy", lambda ref, **kw: (loaded.append(ref), (parent, tok, None))[1])
+    parent.loaded = loaded
+    return parent
+
+
+AGENT_SYSTEM = {"role": "system", "content": "You are an agent. Tools: calculator"}
 
 
 def test_anchor_rows_are_the_parents_plain_chat_answers_to_the_users_questions(tmp_path, tiny_model_dir, monkeypatch):
-    from align import logprobs
     from align import retrain as rt
 
-    system = {"role": "system", "content": "You are an agent. Tools: calculator"}
-    rows = [{"prompt": [system, {"role": "user", "content": f"What is {i} + {i}?"}],
+    rows = [{"prompt": [AGENT_SYSTEM, {"role": "user", "content": f"What is {i} + {i}?"}],
              "completion": [{"role": "assistant", "content": "Final Answer: x"}]} for i in range(6)]
-    data = write_jsonl(tmp_path / "sft.jsonl", rows + rows[:2])  # a repeated question is asked once per pass
-    monkeypatch.setattr(logprobs, "sample", _fake_sample(eos_every=2))
+    plain = [{"prompt": [{"role": "user", "content": "What is 0 + 0?"}],  # a user's own plain-chat row
+              "completion": [{"role": "assistant", "content": "0"}]},
+             {"prompt": [{"role": "user", "content": "Say hi"}], "completion": [{"role": "assistant", "content": "hi"}]}]
+    data = write_jsonl(tmp_path / "sft.jsonl", rows + rows[:2] + plain)  # a repeated question is asked once per pass
+    parent = _fake_parent(monkeypatch, tiny_model_dir, eos_every=2)
+    state = torch.random.get_rng_state()
     summary = {}
-    n = rt.write_anchor_rows(str(tiny_model_dir), data, tmp_path / "anchor.jsonl", 8, seed=0, summary=summary)
+    n = rt.write_anchor_rows("the-parent", data, tmp_path / "anchor.jsonl", 8, seed=0, summary=summary)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left as it was
     written = [json.loads(line) for line in (tmp_path / "anchor.jsonl").read_text().splitlines()]
-    # 8 asked (6 distinct questions, 2 again), every second one without an end: dropped and counted
+    # questions from the agent rows only, less "What is 0 + 0?", which is itself a training prompt (the user's
+    # answer is its target): 5 distinct; 8 asked (5, then 3 again); every second answer without an end: dropped
     assert n == len(written) == 4 and summary["anchor"] == {
-        "rows": 4, "asked": 8, "questions": 6, "cut_dropped": 4, "model": str(tiny_model_dir), "temperature": 1.0,
-        "max_new_tokens": rt.ANCHOR_MAX_NEW_TOKENS}
-    for r in written:  # plain chat: the user's turn without the agent's system prompt; the answer decoded
+        "rows": 4, "asked": 8, "questions": 5, "left_out_trained_prompts": 1, "cut_dropped": 4, "empty_dropped": 0,
+        "model": "the-parent", "temperature": 1.0, "max_new_tokens": rt.ANCHOR_MAX_NEW_TOKENS}
+    assert parent.loaded == ["the-parent"]
+    # the parent was asked in plain chat: no agent system prompt in what it read, the user's question in it
+    assert len(parent.prompts) == 8 and not any("Tools: calculator" in x for x in parent.prompts)
+    assert all("What is" in x for x in parent.prompts) and not any("What is 0 + 0?" in x for x in parent.prompts)
+    # pi_0 itself: sampled at temperature 1, untruncated
+    assert all(k["do_sample"] and k["temperature"] == 1.0 and k["top_k"] == 0 and k["top_p"] == 1.0 for k in parent.kwargs)
+    for r in written:
         assert [m["role"] for m in r["prompt"]] == ["user"] and r["prompt"][0]["content"].startswith("What is ")
         assert r["completion"] == [{"role": "assistant", "content": "ok"}]
+    # the same seed asks the same questions in the same order
+    again = _fake_parent(monkeypatch, tiny_model_dir, eos_every=2)
+    rt.write_anchor_rows("the-parent", data, tmp_path / "anchor2.jsonl", 8, seed=0, summary={})
+    assert again.prompts == parent.prompts
 
 
-def test_retrain_sft_mixes_in_anchor_rows_and_anchor_is_refused_for_other_stages(tmp_path, tiny_model_dir,
-                                                                               monkeypatch, capsys):
-    from align import logprobs
+def _agent_feedback_db(path, checkpoint, n=12):
+    """A feedback database of rated agent answers (their ReAct steps stored), all liked."""
+    from agents.agent import Generation, ReActAgent
+    from agents.tools import ToolRegistry, calculator_tool
+    from serve.feedback import FeedbackStore
+
+    store = FeedbackStore(path)
+    for i in range(n):
+        script = iter([f' I calculate.\nAction: calculator\nAction Input: {{"expression": "{i} * 7"}}',
+                       f" Done.\nFinal Answer: {i * 7}"])
+
+        class Scripted:
+            def generate(self, messages, **kwargs):
+                return Generation(next(script), 5)
+
+        q = f"What is {i} times 7?"
+        trace = ReActAgent(Scripted(), ToolRegistry([calculator_tool()]), max_steps=3, constrained=False).run(q)
+        prompt = [{"role": "user", "content": q}]
+        store.add_response(f"s{i}", checkpoint, prompt, trace.answer, trace=trace.to_dict())
+        store.add_feedback("rating", session_id=f"s{i}", checkpoint_id=checkpoint, prompt=prompt,
+                           completion=trace.answer, label=True)
+    store.close()
+    return path
+
+
+def test_retrain_sft_mixes_in_anchor_rows_and_bad_shares_are_refused(tmp_path, tiny_model_dir, monkeypatch, capsys):
     from align import retrain as rt
     from align.errors import ConfigError
     import align.sft
 
-    db = _feedback_db(tmp_path / "feedback.db", str(tiny_model_dir))
+    db = _agent_feedback_db(tmp_path / "feedback.db", str(tiny_model_dir))
     seen = {}
     monkeypatch.setattr(align.sft, "run_sft", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
-    monkeypatch.setattr(logprobs, "sample", _fake_sample(eos_every=1))
+    parent = _fake_parent(monkeypatch, tiny_model_dir, eos_every=1)
     rt.retrain(str(db), str(REPO / "configs" / "sft.yaml"), ["--output_dir", str(tmp_path / "a")], anchor=0.5)
     cfg = seen.pop("cfg")
+    assert parent.loaded == [str(tiny_model_dir)]  # the parent: the checkpoint the feedback was given on
     feedback = tmp_path / "a" / "feedback"
     assert cfg.data.path == str(feedback / "sft_anchored.jsonl")
     mixed = (feedback / "sft_anchored.jsonl").read_text().splitlines()
@@ -183,12 +238,23 @@ def test_retrain_sft_mixes_in_anchor_rows_and_anchor_is_refused_for_other_stages
     assert json.loads((feedback / "summary.json").read_text())["anchor"]["rows"] == 6
     # 18 rows, 2 for eval: 16 x 2 epochs / 8 per step = 4 steps
     assert cfg.training.max_steps == 4
-    assert "+ 6 anchor rows" in capsys.readouterr().out
-    rt.retrain(str(db), str(REPO / "configs" / "sft.yaml"), ["--output_dir", str(tmp_path / "b")], anchor=0)
-    assert seen.pop("cfg").data.path == str(tmp_path / "b" / "feedback" / "sft.jsonl")
-    assert not (tmp_path / "b" / "feedback" / "anchor.jsonl").exists()
-    for stage, share in (("kto", 0.5), ("sft", -1)):
-        with pytest.raises(ConfigError, match="--anchor"):
+    out = capsys.readouterr().out
+    assert "sampling 6 anchor rows from" in out and "+ 6 anchor rows" in out and "WARNING" not in out
+    # fewer than asked (every answer cut): trained on the feedback alone, and it says so
+    _fake_parent(monkeypatch, tiny_model_dir, eos_every=0)
+    rt.retrain(str(db), str(REPO / "configs" / "sft.yaml"), ["--output_dir", str(tmp_path / "w")], anchor=0.5)
+    assert "WARNING: 0 of 6 anchor rows written" in capsys.readouterr().out
+    assert seen.pop("cfg").data.path == str(tmp_path / "w" / "feedback" / "sft.jsonl")
+    # off, and the user's own data file: no anchors sampled
+    for name, share, flags in (("b", 0, []), ("d", 0.5, ["--data.path", str(tmp_path / "a" / "feedback" / "sft.jsonl")])):
+        quiet = _fake_parent(monkeypatch, tiny_model_dir, eos_every=1)
+        rt.retrain(str(db), str(REPO / "configs" / "sft.yaml"), ["--output_dir", str(tmp_path / name), *flags],
+                   anchor=share)
+        assert quiet.loaded == [] and seen.pop("cfg").data.path.endswith("sft.jsonl")
+        assert not (tmp_path / name / "feedback" / "anchor.jsonl").exists()
+    for stage, share, says in (("kto", 0.5, "anchor rows are for sft retrains"), ("sft", -1, r"from 0 \(off\) to"),
+                               ("sft", float("nan"), r"from 0 \(off\) to"), ("sft", float("inf"), r"from 0 \(off\) to")):
+        with pytest.raises(ConfigError, match=says):
             rt.retrain(str(db), str(REPO / "configs" / f"{stage}.yaml"), ["--output_dir", str(tmp_path / "c")],
                        anchor=share)
     assert not (tmp_path / "c").exists()

@@ -94,8 +94,11 @@ def test_an_open_judge_that_is_not_a_reward_model_is_refused_before_the_app_star
     assert not (tmp_path / "run").exists()
 
 
-def test_anchor_rows_are_refused_for_a_stage_other_than_sft(tmp_path, capsys):
+@pytest.mark.parametrize("flags, says", [(["--stage", "kto", "--anchor", "0.5"], "anchor rows are for --stage sft"),
+                                         (["--stage", "sft", "--anchor", "-1"], "from 0 (off) to 10"),
+                                         (["--stage", "sft", "--anchor", "nan"], "from 0 (off) to 10")])
+def test_anchor_rows_are_checked_before_the_app_starts(flags, says, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        bench_loop.main(["--stage", "kto", "--anchor", "0.5", "--out", str(tmp_path / "run")])
-    assert e.value.code == 2 and "anchor rows are for --stage sft" in capsys.readouterr().err
+        bench_loop.main([*flags, "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
