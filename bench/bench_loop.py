@@ -319,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                         ("--open-requests", a.open_requests)):
         if value < 1:  # before the app starts or a run folder is made
             p.error(f"{flag} must be at least 1, got {value}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # MKL's own count follows OpenMP's: MKL_NUM_THREADS=1 beside OMP_NUM_THREADS=2 kept every matmul of
+    # the retrain subprocess on one core (its plan said "1 CPU thread(s)"; round 3 of a run took 47 min)
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
