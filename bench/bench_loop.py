@@ -319,10 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                         ("--open-requests", a.open_requests)):
         if value < 1:  # before the app starts or a run folder is made
             p.error(f"{flag} must be at least 1, got {value}")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # MKL's own count follows OpenMP's: MKL_NUM_THREADS=1 beside OMP_NUM_THREADS=2 kept every matmul of
-    # the retrain subprocess on one core (its plan said "1 CPU thread(s)"; round 3 of a run took 47 min)
-    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -404,8 +402,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "align", "retrain", "--from-feedback", str(db),
                    "--config", str(REPO / "configs" / f"{a.stage}.yaml"), "--output_dir", str(ckpt_dir),
                    "--model", parent, *a.retrain_arg]
+            # the retrain's MKL threads follow OpenMP's: MKL_NUM_THREADS=1 beside OMP_NUM_THREADS=2 kept its
+            # matmuls on one core (its plan said "1 CPU thread(s)"; a round-3 retrain took 47 min)
+            env = {**os.environ, "MKL_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
             with (out / f"retrain-{r}.log").open("w") as log:
-                rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+                rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
             wall["retrain"] = round(time.perf_counter() - t, 1)
             if rc != 0:
                 tail = (out / f"retrain-{r}.log").read_text()[-600:]
