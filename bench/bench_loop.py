@@ -402,11 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "align", "retrain", "--from-feedback", str(db),
                    "--config", str(REPO / "configs" / f"{a.stage}.yaml"), "--output_dir", str(ckpt_dir),
                    "--model", parent, *a.retrain_arg]
-            # the retrain's MKL threads follow OpenMP's: MKL_NUM_THREADS=1 beside OMP_NUM_THREADS=2 kept its
-            # matmuls on one core (its plan said "1 CPU thread(s)"; a round-3 retrain took 47 min)
-            env = {**os.environ, "MKL_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
             with (out / f"retrain-{r}.log").open("w") as log:
-                rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+                rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
             wall["retrain"] = round(time.perf_counter() - t, 1)
             if rc != 0:
                 tail = (out / f"retrain-{r}.log").read_text()[-600:]
