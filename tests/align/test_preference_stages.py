@@ -194,8 +194,9 @@ def test_anchor_rows_are_the_parents_plain_chat_answers_to_the_users_questions(t
     assert again.prompts == parent.prompts
 
 
-def _agent_feedback_db(path, checkpoint, n=12):
-    """A feedback database of rated agent answers (their ReAct steps stored), all liked."""
+def _agent_feedback_db(path, checkpoint, n=12, odd_wrong=False):
+    """A feedback database of n rated agent answers to "What is i times 7?" (their ReAct steps stored),
+    all right and liked; with ``odd_wrong`` the odd ones answer one too many and are disliked."""
     from agents.agent import Generation, ReActAgent
     from agents.tools import ToolRegistry, calculator_tool
     from serve.feedback import FeedbackStore
@@ -203,7 +204,7 @@ def _agent_feedback_db(path, checkpoint, n=12):
     store = FeedbackStore(path)
     for i in range(n):
         script = iter([f' I calculate.\nAction: calculator\nAction Input: {{"expression": "{i} * 7"}}',
-                       f" Done.\nFinal Answer: {i * 7}"])
+                       f" Done.\nFinal Answer: {i * 7 + (i % 2 if odd_wrong else 0)}"])
 
         class Scripted:
             def generate(self, messages, **kwargs):
@@ -214,7 +215,7 @@ def _agent_feedback_db(path, checkpoint, n=12):
         prompt = [{"role": "user", "content": q}]
         store.add_response(f"s{i}", checkpoint, prompt, trace.answer, trace=trace.to_dict())
         store.add_feedback("rating", session_id=f"s{i}", checkpoint_id=checkpoint, prompt=prompt,
-                           completion=trace.answer, label=True)
+                           completion=trace.answer, label=not (odd_wrong and i % 2))
     store.close()
     return path
 
@@ -327,27 +328,9 @@ def test_unmerged_lora_on_top_of_a_lora_adapter_is_refused_before_training(tmp_p
 def test_retrain_trains_rated_agent_answers_as_the_agents_steps(tmp_path, monkeypatch):
     """A rated agent answer becomes its trajectory (ReAct prompt + scratchpad) and the run's max_length
     fits it; --view answers keeps the chat's view."""
-    from agents.agent import Generation, ReActAgent
-    from agents.tools import ToolRegistry, calculator_tool
     from align import retrain as rt
-    from serve.feedback import FeedbackStore
 
-    store = FeedbackStore(tmp_path / "feedback.db")
-    for i in range(12):
-        script = iter([f' I calculate.\nAction: calculator\nAction Input: {{"expression": "{i} * 7"}}',
-                       f" Done.\nFinal Answer: {i * 7 + i % 2}"])
-
-        class Scripted:
-            def generate(self, messages, **kwargs):
-                return Generation(next(script), 5)
-
-        q = f"What is {i} times 7?"
-        trace = ReActAgent(Scripted(), ToolRegistry([calculator_tool()]), max_steps=3, constrained=False).run(q)
-        prompt = [{"role": "user", "content": q}]
-        store.add_response(f"s{i}", "smollm2-135m", prompt, trace.answer, trace=trace.to_dict())
-        store.add_feedback("rating", session_id=f"s{i}", checkpoint_id="smollm2-135m", prompt=prompt,
-                           completion=trace.answer, label=i % 2 == 0)
-    store.close()
+    _agent_feedback_db(tmp_path / "feedback.db", "smollm2-135m", odd_wrong=True)
     seen = []
     monkeypatch.setattr("align.kto.run_kto", lambda cfg, resume=False: seen.append(cfg) or tmp_path / "m")
     rt.retrain(str(tmp_path / "feedback.db"), str(REPO / "configs" / "kto.yaml"), ["--output_dir", str(tmp_path / "a")])
