@@ -53,6 +53,7 @@ checkpoint the loop started from; each round reports its success minus round 0's
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -198,11 +199,17 @@ def open_requests(n: int, seed: int) -> list[dict]:
     return plain_tasks(n, seed=seed, split="test")
 
 
-def open_scores(rm_path: str, tasks: list[dict], answers: list[str]) -> dict:
-    """Mean (and standard error) of a reward model's scores of each (question, answer); ``scores`` in order."""
+@functools.lru_cache(maxsize=1)
+def _scorer(rm_path: str):
+    """The --open-judge reward model, loaded once per run (not once per round)."""
     from align.rewards import RewardModelScorer
 
-    scorer = RewardModelScorer(rm_path, batch_size=4)
+    return RewardModelScorer(rm_path, batch_size=4)
+
+
+def open_scores(rm_path: str, tasks: list[dict], answers: list[str]) -> dict:
+    """Mean (and standard error) of a reward model's scores of each (question, answer); ``scores`` in order."""
+    scorer = _scorer(rm_path)
     scores = [float(x) for x in scorer([[{"role": "user", "content": t["question"]}] for t in tasks], answers)]
     n = len(scores)
     mean = sum(scores) / n
