@@ -51,7 +51,7 @@ class ServeConfig(ChatSettings):
     vllm_python: str | None = None  # default: .venv-vllm/bin/python (scripts/setup_vllm_cpu.sh)
     vllm_args: list[str] = Field(default_factory=list)  # more `vllm serve` flags
     vllm_max_model_len: int = Field(2048, ge=128)
-    engine_start_timeout_s: float = Field(900.0, gt=0)
+    engine_start_timeout_s: float = Field(900.0, gt=0, allow_inf_nan=False)
     engine_log_dir: str = "runs/engine"  # vLLM's log goes here
     # This app's own knowledge base (serve/kb.py): uploads from the chat go here, to a copy of --index
     # made on the first upload; the shipped default is never written. 'none' turns uploads off.
@@ -107,6 +107,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--vllm-python", help="the Python of vLLM's venv (default .venv-vllm/bin/python)")
     p.add_argument("--vllm-arg", action="append", metavar="ARG",
                    help="one more flag for `vllm serve` (repeatable; e.g. --vllm-arg=--gpu-memory-utilization=0.5)")
+    p.add_argument("--engine-start-timeout", dest="engine_start_timeout_s", type=float, metavar="S",
+                   help="seconds to wait for the vLLM server to get healthy (default 900)")
     p.add_argument("--llm-url", help="answer through this running OpenAI-compatible server (http://HOST:PORT/v1)")
     p.add_argument("--llm-model", help="model name on that server (default: the only one it serves)")
     p.add_argument("--llm-api-key-env", metavar="VAR", help="environment variable holding the server's API key")
@@ -128,7 +130,7 @@ def serve_config(argv: list[str] | None) -> ServeConfig:
     overrides = []
     for key in ("checkpoint", "index", "host", "port", "max_new_tokens", "temperature", "concurrency", "auth",
                 "max_steps", "feedback_db", "system_prompt", "regenerate_temperature", "engine", "vllm_python",
-                "llm_url", "llm_model", "llm_api_key_env", "llm_template",
+                "engine_start_timeout_s", "llm_url", "llm_model", "llm_api_key_env", "llm_template",
                 "kb_dir", "upload_max_mb", "stream_interval_ms"):
         value = getattr(a, key)
         if value is not None:

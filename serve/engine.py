@@ -212,7 +212,7 @@ class VLLMEngine:
             if time.monotonic() - started > self.start_timeout_s:
                 self.stop()
                 raise EngineError(f"vLLM did not become healthy within {self.start_timeout_s:g} s "
-                                  f"(--engine-start-timeout); its log: {self.log_path}\n{self.log_tail()}")
+                                  f"(--engine-start-timeout S, or engine_start_timeout_s in the serve config); its log: {self.log_path}\n{self.log_tail()}")
             time.sleep(1.0)
 
     def log_tail(self, lines: int = 15) -> str:

@@ -12,6 +12,9 @@ def test_config_file_then_flags():
     cfg = serve_config(["--config", str(REPO / "configs" / "serve.yaml"), "--port", "9999", "--no-agent"])
     assert cfg.port == 9999 and cfg.agent.enabled is False and cfg.host == "127.0.0.1"
     assert serve_config([]).feedback_db == "runs/feedback.db"
+    # the flag vLLM's start-timeout error names, over the config file's key
+    assert serve_config(["--config", str(REPO / "configs" / "serve.yaml")]).engine_start_timeout_s == 900
+    assert serve_config(["--engine-start-timeout", "1800"]).engine_start_timeout_s == 1800
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -27,7 +30,9 @@ def test_bad_config_names_the_key(tmp_path):
                                               ("--temperature", "nan", "temperature"),
                                               ("--max-steps", "0", "max_steps"), ("--port", "70000", "port"),
                                               ("--stream-interval-ms", "-1", "stream_interval_ms"),
-                                              ("--stream-interval-ms", "inf", "stream_interval_ms")])
+                                              ("--stream-interval-ms", "inf", "stream_interval_ms"),
+                                              ("--engine-start-timeout", "0", "engine_start_timeout_s"),
+                                              ("--engine-start-timeout", "inf", "engine_start_timeout_s")])
 def test_out_of_range_settings_are_refused_naming_the_field(flag, value, field):
     with pytest.raises(ConfigError, match=field):
         serve_config([flag, value])
