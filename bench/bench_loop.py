@@ -1,12 +1,13 @@
 """The feedback loop, measured: rounds of simulated users -> retrain -> switch the running app -> held-out score.
 
-    # the issue's measurement (not run yet: hours on 2 CPU cores, see docs/loop.md):
+    # the issue's measurement as run (bench/RESULTS.md, "The loop, measured"; hours on 2 CPU cores):
+    # the app on vLLM's CPU engine (scripts/setup_vllm_cpu.sh), 8 simulated users at once, held-out
+    # tasks scored 8 at a time on the engine the app serves from, SFT on what users liked
+    OMP_NUM_THREADS=2 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
+        --engine vllm --concurrency 8 --keep-best --kl-prompts 32 --stage sft --plot docs/img/loop-rounds.png
+    # in-process instead of vLLM (one task at a time: about 5 hours for 3 x 200)
     OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
-        --keep-best --plot docs/img/loop-rounds.png
-    # the same with the app on vLLM's CPU engine (scripts/setup_vllm_cpu.sh): 8 simulated users at once,
-    # held-out tasks scored 8 at a time on the engine the app serves from
-    OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
-        --engine vllm --concurrency 8 --keep-best --plot docs/img/loop-rounds.png
+        --stage sft --keep-best
     # a smoke run of every phase (minutes):
     OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 1 --answers 8 --heldout 8 --checkpoint keel-agent
 
@@ -165,23 +166,32 @@ def evaluate_engine(ref: str, url: str, tasks: list[dict], max_steps: int, max_n
 
 
 def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int, retriever=None) -> dict:
-    """Mean sampled KL(pi || pi_0) in nats per answer (``max_new_tokens`` sampled tokens at most) on the
-    held-out questions, asked two ways: ``agent``, under the app's ReAct system prompt with its tools
-    (``retriever``: the app's search tool too; the prompts the app serves and the loop trains on),
-    and ``chat``, the question alone (the chat template's default system prompt: drift off the
-    agent's prompts, where the anchor rows of an SFT retrain are asked)."""
-    from agents.agent import react_system_prompt
+    """Mean sampled KL(pi || pi_0) in nats per answer (``max_new_tokens`` sampled tokens at most),
+    four ways. On the held-out questions: ``agent``, under the app's ReAct system prompt with its
+    tools (``retriever``: the app's search tool too; the prompts the app serves and the loop trains
+    on); ``chat``, the question alone (the chat template's default system prompt: drift off the
+    agent's prompts, where the anchor rows of an SFT retrain are asked); ``app_chat``, under the
+    app's plain-chat system prompt (``agents.agent.DEFAULT_SYSTEM_PROMPT``: the prompt users' edits
+    are stored with, so their targets pull here). And ``plain_requests``: as many held-out open
+    requests (``open_requests``: greetings, writing, translation), under the app's plain-chat
+    prompt: drift on what no user rated. Same prompts and seeds for every checkpoint."""
+    from agents.agent import DEFAULT_SYSTEM_PROMPT, react_system_prompt
     from agents.tools import default_tools
     from align.models import load_policy
     from align.monitor import sample_and_kl
 
     if ref == ref0:
-        return {"agent": 0.0, "chat": 0.0}
+        return {"agent": 0.0, "chat": 0.0, "app_chat": 0.0, "plain_requests": 0.0}
     policy, tok, _ = load_policy(ref, padding_side="left")
     reference, _, _ = load_policy(ref0, padding_side="left")
     system = react_system_prompt(default_tools(retriever))
+    plain = open_requests(len(tasks), seed + 5000)
     ways = {"agent": [[{"role": "system", "content": system}, {"role": "user", "content": t["question"]}] for t in tasks],
-            "chat": [[{"role": "user", "content": t["question"]}] for t in tasks]}
+            "chat": [[{"role": "user", "content": t["question"]}] for t in tasks],
+            "app_chat": [[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": t["question"]}]
+                         for t in tasks],
+            "plain_requests": [[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                                {"role": "user", "content": t["question"]}] for t in plain]}
     out = {}
     for way, prompts in ways.items():
         kls = []
@@ -385,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         ev = score_served(a.checkpoint)
         r0 = {"round": 0, "checkpoint": a.checkpoint, "served": a.checkpoint, "answers": 0,
-              "heldout": _heldout(ev), "kl_to_round0": 0.0, "kl_to_round0_agent": 0.0, "wall_s": {"app_start": round(startup_s, 1),
+              "heldout": _heldout(ev), "kl_to_round0": 0.0, "kl_to_round0_agent": 0.0,
+              "kl_to_round0_app_chat": 0.0, "kl_to_round0_plain_requests": 0.0, "wall_s": {"app_start": round(startup_s, 1),
                                                                        "heldout": round(time.perf_counter() - t, 1)}}
         t = time.perf_counter()
         r0["open_requests"] = judge_open(a.checkpoint)
@@ -445,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                                         if "[keel] WARNING" in line],
                    "open_requests": opened,
                    "kl_to_round0": round(kl, 4), "kl_to_round0_agent": round(kls["agent"], 4),
+                   "kl_to_round0_app_chat": round(kls["app_chat"], 4),
+                   "kl_to_round0_plain_requests": round(kls["plain_requests"], 4),
                    "kl_within_bound": kl <= a.kl_bound and kls["agent"] <= a.kl_bound, "change_vs_previous": round(h["success"] - prev["success"], 4),
                    "noise": round(verdict["noise"], 4), "fell": verdict["fell"],
                    "vs_round0": {"difference": round(h["success"] - r0["heldout"]["success"], 4),
@@ -476,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(row)
             (out / f"round-{r}.json").write_text(json.dumps({**row, "records": ev["records"]}, indent=2))
             print(f"[loop] round {r}: held-out success {h['success']:.3f} (round 0 {r0['heldout']['success']:.3f}), "
-                  f"KL {kl:.3f} plain chat, {kls['agent']:.3f} agent prompt (bound {a.kl_bound:g})"
+                  f"KL {kl:.3f} plain chat, {kls['agent']:.3f} agent prompt (bound {a.kl_bound:g}); "
+                  f"{kls['app_chat']:.3f} app's plain chat, {kls['plain_requests']:.3f} open requests"
                   + (f", open requests {opened['judge']} mean {opened['mean']:.3f}" if opened else "")
                   + f", wall {wall}", flush=True)
     finally:

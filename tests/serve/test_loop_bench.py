@@ -69,6 +69,9 @@ def test_one_round_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert r1["kept"].startswith("round 0") and r1["served_next"] == str(tiny_model_dir)
     # KL to round 0 both ways of asking: the agent's ReAct prompt and plain chat, against the stated bound
     assert r1["kl_to_round0_agent"] != r1["kl_to_round0"] and isinstance(r1["kl_within_bound"], bool)
+    # and two more, reported beside the bound: the app's plain-chat prompt, and open requests no user rated
+    kls = [r1[f"kl_to_round0_{w}"] for w in ("app_chat", "plain_requests")]
+    assert all(isinstance(k, float) for k in kls) and len({r1["kl_to_round0"], *kls}) == 3
     # open requests scored by the reward model each round, round 0 included (the baseline)
     r0 = json.loads((out / "round-0.json").read_text())
     for r in (r0, r1):
