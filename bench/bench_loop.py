@@ -165,7 +165,8 @@ def evaluate_engine(ref: str, url: str, tasks: list[dict], max_steps: int, max_n
     return {**summarise(records), "records": records}
 
 
-def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int, retriever=None) -> dict:
+def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, seed: int, retriever=None,
+                 only: tuple[str, ...] | None = None) -> dict:
     """Mean sampled KL(pi || pi_0) in nats per answer (``max_new_tokens`` sampled tokens at most),
     four ways. On the held-out questions: ``agent``, under the app's ReAct system prompt with its
     tools (``retriever``: the app's search tool too; the prompts the app serves and the loop trains
@@ -174,7 +175,8 @@ def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, se
     app's plain-chat system prompt (``agents.agent.DEFAULT_SYSTEM_PROMPT``: the prompt users' edits
     are stored with, so their targets pull here). And ``plain_requests``: as many held-out open
     requests (``open_requests``: greetings, writing, translation), under the app's plain-chat
-    prompt: drift on what no user rated. Same prompts and seeds for every checkpoint."""
+    prompt: drift on what no user rated. Same prompts and seeds for every checkpoint. ``only``:
+    these ways alone (a later probe of a run's checkpoints)."""
     from agents.agent import DEFAULT_SYSTEM_PROMPT, react_system_prompt
     from agents.tools import default_tools
     from align.models import load_policy
@@ -192,6 +194,8 @@ def kl_to_round0(ref: str, ref0: str, tasks: list[dict], max_new_tokens: int, se
                          for t in tasks],
             "plain_requests": [[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
                                 {"role": "user", "content": t["question"]}] for t in plain]}
+    if only:
+        ways = {w: ways[w] for w in only}
     out = {}
     for way, prompts in ways.items():
         kls = []
