@@ -360,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--gold: the over-optimisation monitor runs in DPO retrains (--stage dpo) and needs --proxy")
         a.retrain_arg += ["--monitor.gold", a.gold, "--monitor.proxy", a.proxy]
     out = Path(a.out or REPO / "runs" / f"loop-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out.exists() and any(out.iterdir()):
+        # An earlier run's feedback.db would be read by every retrain as "all feedback so far", and
+        # its checkpoints and round files mixed with this run's.
+        p.error(f"--out {out}: the folder is not empty (an earlier run's feedback.db, checkpoints or round "
+                "files would mix into this run); give a new or empty folder")
     roots = out / "ckpts"
     roots.mkdir(parents=True, exist_ok=True)
     db = out / "feedback.db"

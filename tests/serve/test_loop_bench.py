@@ -105,3 +105,14 @@ def test_anchor_rows_are_checked_before_the_app_starts(flags, says, tmp_path, ca
         bench_loop.main([*flags, "--out", str(tmp_path / "run")])
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_that_holds_an_earlier_run_is_refused(tmp_path, capsys):
+    """Every retrain reads the run's feedback.db as "all feedback so far": an earlier run's would mix in."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "feedback.db").write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        bench_loop.main(["--out", str(run)])
+    assert e.value.code == 2 and "the folder is not empty" in capsys.readouterr().err
+    assert sorted(x.name for x in run.iterdir()) == ["feedback.db"]  # nothing added
