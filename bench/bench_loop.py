@@ -274,7 +274,7 @@ def plot(rounds: list[dict], path: Path) -> None:
     ax.set_ylabel("%")
     ax.set_xticks(xs)
     ax2 = ax.twinx()
-    ax2.plot(xs, [r["kl_to_round0"] for r in rounds], color="tab:red", marker="^", label="KL to round 0, plain chat")
+    ax2.plot(xs, [r["kl_to_round0"] for r in rounds], color="tab:red", marker="^", label="KL to round 0, question alone")
     ax2.plot(xs, [r.get("kl_to_round0_agent", 0.0) for r in rounds], color="tab:purple", marker="v", ls=":",
              label="KL to round 0, agent prompt")
     ax2.set_ylabel("KL to round 0 (nats per answer)")
