@@ -334,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--proxy", help="proxy reward for the monitor (the reward the preference data stands for)")
     p.add_argument("--retrain-arg", action="append", default=[], help="extra `align retrain` flag (repeatable), "
                                                                          "e.g. --retrain-arg=--training.max_length=512")
-    p.add_argument("--out", help="run folder (default runs/loop-<time>)")
+    p.add_argument("--out", help="run folder (default runs/loop-<time>; a new or empty folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out after its last finished round: the app starts on the checkpoint "
+                        "that round served, an unfinished round's feedback is set aside (the database is copied "
+                        "first) and that round runs again")
     p.add_argument("--plot", help="also copy the curve here (e.g. docs/img/loop-rounds.png)")
     a = p.parse_args(argv)
     for flag, value in (("--rounds", a.rounds), ("--answers", a.answers), ("--turns", a.turns),
@@ -362,7 +366,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--gold: the over-optimisation monitor runs in DPO retrains (--stage dpo) and needs --proxy")
         a.retrain_arg += ["--monitor.gold", a.gold, "--monitor.proxy", a.proxy]
     out = Path(a.out or REPO / "runs" / f"loop-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    if out.exists() and any(out.iterdir()):
+    done: list[dict] = []
+    if a.resume:
+        if not a.out:
+            p.error("--resume: name the run folder to continue with --out")
+        done = finished_rounds(out)
+        if not done:
+            p.error(f"--resume: {out} has no round-0.json, so no finished round to continue from; start a new run")
+        if len(done) > a.rounds:
+            p.error(f"--resume: {out} already has rounds 0-{len(done) - 1}; ask for more with --rounds")
+    elif out.exists() and any(out.iterdir()):
         # An earlier run's feedback.db would be read by every retrain as "all feedback so far", and
         # its checkpoints and round files mixed with this run's.
         p.error(f"--out {out}: the folder is not empty (an earlier run's feedback.db, checkpoints or round "
@@ -370,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     roots = out / "ckpts"
     roots.mkdir(parents=True, exist_ok=True)
     db = out / "feedback.db"
+    if done:
+        set_aside_unfinished(out, db, len(done))
     retriever = None
     if a.index != "none":
         from retrieval.default_kb import open_default_index
@@ -379,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    app_log = out / "app.log"
-    app = start_app(a.checkpoint, db, roots, port, a, app_log)
+    app_log = out / (f"app-resume-{len(done)}.log" if done else "app.log")
+    served = done[-1].get("served_next", a.checkpoint) if done else a.checkpoint
+    app = start_app(served, db, roots, port, a, app_log)
     rounds: list[dict] = []
 
     def score_served(ref: str, tasks: list[dict] | None = None) -> dict:
@@ -402,23 +418,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sim.wait_for_app(url, timeout=900, proc=app)
         startup_s = time.perf_counter() - t0
-        print(f"[loop] app on {url} after {startup_s:.0f} s; run folder {out}", flush=True)
-        t = time.perf_counter()
-        ev = score_served(a.checkpoint)
-        r0 = {"round": 0, "checkpoint": a.checkpoint, "served": a.checkpoint, "answers": 0,
-              "heldout": _heldout(ev), "kl_to_round0": 0.0, "kl_to_round0_agent": 0.0,
-              "kl_to_round0_app_chat": 0.0, "kl_to_round0_plain_requests": 0.0, "wall_s": {"app_start": round(startup_s, 1),
-                                                                       "heldout": round(time.perf_counter() - t, 1)}}
-        t = time.perf_counter()
-        r0["open_requests"] = judge_open(a.checkpoint)
-        if a.open_judge:
-            r0["wall_s"]["open"] = round(time.perf_counter() - t, 1)
-        (out / "round-0.json").write_text(json.dumps({**r0, "records": ev["records"]}, indent=2))
-        rounds.append(r0)
-        print(f"[loop] round 0: held-out success {r0['heldout']['success']:.3f}", flush=True)
-        best, served = r0, a.checkpoint
+        print(f"[loop] app on {url} after {startup_s:.0f} s; run folder {out}"
+              + (f"; resuming after round {len(done) - 1}, serving {served}" if done else ""), flush=True)
+        if done:
+            rounds = list(done)
+            r0 = best = rounds[0]
+            for row in rounds[1:]:  # round_verdict's new_best: strictly better than the best so far
+                if row["heldout"]["success"] > best["heldout"]["success"]:
+                    best = row
+        else:
+            t = time.perf_counter()
+            ev = score_served(a.checkpoint)
+            r0 = {"round": 0, "checkpoint": a.checkpoint, "served": a.checkpoint, "answers": 0,
+                  "heldout": _heldout(ev), "kl_to_round0": 0.0, "kl_to_round0_agent": 0.0,
+                  "kl_to_round0_app_chat": 0.0, "kl_to_round0_plain_requests": 0.0,
+                  "wall_s": {"app_start": round(startup_s, 1), "heldout": round(time.perf_counter() - t, 1)}}
+            t = time.perf_counter()
+            r0["open_requests"] = judge_open(a.checkpoint)
+            if a.open_judge:
+                r0["wall_s"]["open"] = round(time.perf_counter() - t, 1)
+            r0["ended_at"] = time.time()
+            (out / "round-0.json").write_text(json.dumps({**r0, "records": ev["records"]}, indent=2))
+            rounds.append(r0)
+            print(f"[loop] round 0: held-out success {r0['heldout']['success']:.3f}", flush=True)
+            best = r0
         users = max(1, math.ceil(a.answers / a.turns))
-        for r in range(1, a.rounds + 1):
+        for r in range(len(rounds), a.rounds + 1):
             wall = {}
             t = time.perf_counter()
             report = sim.run(url, user_tasks(a, r, users, held, out), users, a.turns, a.judge, seed=a.seed + r,
@@ -497,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                 wall["keep_best_switch"] = round(time.perf_counter() - t, 1)
             row["served_next"] = served
             row["wall_s"] = wall
+            row["ended_at"] = time.time()
             rounds.append(row)
             (out / f"round-{r}.json").write_text(json.dumps({**row, "records": ev["records"]}, indent=2))
             print(f"[loop] round {r}: held-out success {h['success']:.3f} (round 0 {r0['heldout']['success']:.3f}), "
@@ -522,6 +548,41 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(out / "loop-rounds.png", a.plot)
     print(json.dumps({"projection": summary["projection"], "best_round": best["round"]}, indent=2))
     return 0
+
+
+def finished_rounds(out: Path) -> list[dict]:
+    """The rounds a run folder finished: ``round-0.json``, ``round-1.json``, ... while they exist, each without
+    its per-task records, with ``ended_at`` (seconds since the epoch; the file's time for runs before it was
+    recorded)."""
+    rounds = []
+    while (path := out / f"round-{len(rounds)}.json").is_file():
+        row = json.loads(path.read_text())
+        row.pop("records", None)
+        row.setdefault("ended_at", path.stat().st_mtime)
+        rounds.append(row)
+    return rounds
+
+
+def set_aside_unfinished(out: Path, db: Path, r: int) -> None:
+    """Before round ``r`` runs again: copy ``db`` to ``feedback-before-resume-<time>.db``, then delete from it
+    the answers and feedback stored after round ``r - 1`` ended (what an unfinished round's users sent,
+    which its retrain would otherwise read twice), and that round's partial files and checkpoint folder."""
+    import sqlite3
+
+    since = finished_rounds(out)[r - 1]["ended_at"]
+    if db.is_file():
+        keep = out / f"feedback-before-resume-{time.strftime('%Y%m%d-%H%M%S')}.db"
+        with sqlite3.connect(db) as src, sqlite3.connect(keep) as dst:
+            src.backup(dst)  # consistent with the WAL, unlike a file copy
+        with sqlite3.connect(db) as con:
+            fb = con.execute("DELETE FROM feedback WHERE created_at > ?", (since,)).rowcount
+            ans = con.execute("DELETE FROM responses WHERE created_at > ?", (since,)).rowcount
+        print(f"[loop] resume: set aside round {r}'s unfinished feedback ({ans} answers, {fb} ratings, edits and "
+              f"regenerates; the database before: {keep.name})", flush=True)
+    for name in (f"users-{r}.jsonl", f"simulate-{r}.json", f"retrain-{r}.log"):
+        (out / name).unlink(missing_ok=True)
+    for folder in [out / "ckpts" / f"round-{r}", *(out / "ckpts").glob(".retrain-*")]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def round_verdict(prev: dict, new: dict, best: dict) -> dict:
