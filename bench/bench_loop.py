@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     roots.mkdir(parents=True, exist_ok=True)
     db = out / "feedback.db"
     if done:
-        set_aside_unfinished(out, db, len(done))
+        set_aside_unfinished(out, db, len(done), done[-1]["ended_at"])
     retriever = None
     if a.index != "none":
         from retrieval.default_kb import open_default_index
@@ -423,8 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             rounds = list(done)
             r0 = best = rounds[0]
-            for row in rounds[1:]:  # round_verdict's new_best: strictly better than the best so far
-                if row["heldout"]["success"] > best["heldout"]["success"]:
+            for row in rounds[1:]:
+                if round_verdict(row["heldout"], row["heldout"], best["heldout"])["new_best"]:
                     best = row
         else:
             t = time.perf_counter()
@@ -563,22 +563,26 @@ def finished_rounds(out: Path) -> list[dict]:
     return rounds
 
 
-def set_aside_unfinished(out: Path, db: Path, r: int) -> None:
+def set_aside_unfinished(out: Path, db: Path, r: int, since: float) -> None:
     """Before round ``r`` runs again: copy ``db`` to ``feedback-before-resume-<time>.db``, then delete from it
-    the answers and feedback stored after round ``r - 1`` ended (what an unfinished round's users sent,
-    which its retrain would otherwise read twice), and that round's partial files and checkpoint folder."""
+    the answers and feedback stored after ``since`` (when round ``r - 1`` ended: what an unfinished round's
+    users sent, which its retrain would otherwise read twice), and that round's partial files and checkpoint."""
     import sqlite3
+    from contextlib import closing
 
-    since = finished_rounds(out)[r - 1]["ended_at"]
+    from serve.feedback import FeedbackStore
+
     if db.is_file():
         keep = out / f"feedback-before-resume-{time.strftime('%Y%m%d-%H%M%S')}.db"
-        with sqlite3.connect(db) as src, sqlite3.connect(keep) as dst:
+        with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(keep)) as dst:
             src.backup(dst)  # consistent with the WAL, unlike a file copy
-        with sqlite3.connect(db) as con:
-            fb = con.execute("DELETE FROM feedback WHERE created_at > ?", (since,)).rowcount
-            ans = con.execute("DELETE FROM responses WHERE created_at > ?", (since,)).rowcount
-        print(f"[loop] resume: set aside round {r}'s unfinished feedback ({ans} answers, {fb} ratings, edits and "
-              f"regenerates; the database before: {keep.name})", flush=True)
+        store = FeedbackStore(db)
+        try:
+            n = store.remove_after(since)
+        finally:
+            store.close()
+        print(f"[loop] resume: set aside round {r}'s unfinished feedback ({n['responses']} answers, {n['feedback']} "
+              f"ratings, edits and regenerates; the database before: {keep.name})", flush=True)
     for name in (f"users-{r}.jsonl", f"simulate-{r}.json", f"retrain-{r}.log"):
         (out / name).unlink(missing_ok=True)
     for folder in [out / "ckpts" / f"round-{r}", *(out / "ckpts").glob(".retrain-*")]:

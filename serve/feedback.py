@@ -624,6 +624,16 @@ class FeedbackStore:
             if done.rowcount != 1:
                 raise DataError(f"no feedback row {feedback_id}")
 
+    @_sql("writing")
+    def remove_after(self, t: float) -> dict[str, int]:
+        """Delete, in one transaction, the answers and feedback stored after ``t`` (seconds since the
+        epoch, as ``created_at``): a benchmark resuming a run sets aside a round that did not finish
+        (bench/bench_loop.py). Returns ``{"responses": n, "feedback": m}`` removed."""
+        with self._connection(write=True) as db:
+            fb = db.execute(sa.text("DELETE FROM feedback WHERE created_at > :t"), {"t": t}).rowcount
+            ans = db.execute(sa.text("DELETE FROM responses WHERE created_at > :t"), {"t": t}).rowcount
+        return {"responses": ans, "feedback": fb}
+
     # -- reads ---------------------------------------------------------------------------------
     @_sql("reading")
     def feedback(self, kind: str | None = None) -> list[dict[str, Any]]:

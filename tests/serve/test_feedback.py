@@ -185,3 +185,24 @@ def test_a_rated_agent_answer_trains_the_agents_steps(tmp_path):
     assert answer_pairs[0]["chosen"][0]["content"] == "391" and answer_pairs[0]["prompt"] == q
     with pytest.raises(ValueError, match="view"):
         build_datasets(store, "steps")
+
+
+def test_remove_after_deletes_only_what_was_stored_later(tmp_path):
+    """``remove_after(t)``: answers and feedback with created_at > t go, earlier ones stay (bench_loop --resume)."""
+    import time
+
+    store = FeedbackStore(tmp_path / "fb.db")
+    chat = [{"role": "user", "content": "q"}]
+    early = store.add_response("s", "c", chat, "early")
+    store.add_feedback("rating", session_id="s", checkpoint_id="c", prompt=chat, completion="early", label=True,
+                       response_id=early)
+    time.sleep(0.02)
+    t = time.time()
+    time.sleep(0.02)
+    late = store.add_response("s", "c", chat, "late")
+    store.add_feedback("rating", session_id="s", checkpoint_id="c", prompt=chat, completion="late", label=False,
+                       response_id=late)
+    assert store.remove_after(t) == {"responses": 1, "feedback": 1}
+    assert [r["completion"] for r in store.responses()] == ["early"]
+    assert [f["completion"] for f in store.feedback()] == ["early"]
+    store.close()

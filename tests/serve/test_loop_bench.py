@@ -158,7 +158,7 @@ def test_resume_sets_aside_what_an_unfinished_round_stored(tmp_path, capsys):
         (out / name).write_text("x")
     done = bench_loop.finished_rounds(out)
     assert [r["round"] for r in done] == [0, 1] and "records" not in done[0] and done[1]["ended_at"] > 0
-    bench_loop.set_aside_unfinished(out, out / "feedback.db", 2)
+    bench_loop.set_aside_unfinished(out, out / "feedback.db", 2, done[1]["ended_at"])
     with sqlite3.connect(out / "feedback.db") as con:
         assert [c for (c,) in con.execute("SELECT completion FROM feedback")] == ["kept"]
     (copy,) = out.glob("feedback-before-resume-*.db")
