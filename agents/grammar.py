@@ -32,6 +32,7 @@ is slow to warm up on a CPU, so the bitmask is unpacked here with plain tensor o
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any
 
@@ -137,9 +138,14 @@ def _answer(sources: list[str] | None, suffix: str = "", required: bool = False,
 def complete_citation(answer: str, sources: list[str]) -> str:
     """The answer with ``(source: `` written before a cited name that lacks it: under required
     citations, when the token bound ends the answer's text the grammar lets only a listed name and
-    ``)`` follow, and a model may write ``... python-docs:lists)`` bare. Answers that already have a
+    ``)`` follow, and a model may write ``... python-docs:lists)`` bare. And with one ``(source: ``
+    where the model wrote it twice: the answer's text may end in ``(source:`` and the citation may
+    begin with it again (its optional prefix is for the bounded case), so a model can write
+    ``(source: (source: NAME))``; that becomes ``(source: NAME)``. Answers that already have one
     ``(source:`` citation, or name no listed source before a ``)``, are returned unchanged."""
     if "(source:" in answer:
+        for name in sorted(set(sources), key=len, reverse=True):
+            answer = re.sub(r"\(source:\s*\(source:\s*" + re.escape(name) + r"\)\)?", lambda _: f"(source: {name})", answer)
         return answer
     for name in sorted(set(sources), key=len, reverse=True):
         at = answer.rfind(name + ")")

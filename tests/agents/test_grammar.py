@@ -366,6 +366,13 @@ def test_a_bare_name_the_bound_forced_becomes_a_citation():
     assert complete_citation("See the notes uploads/a b.md)", srcs) == "See the notes (source: uploads/a b.md)"
     for done in ["It is. (source: python-docs:list)", "No citation here.", "Named python-docs:list but no bracket"]:
         assert complete_citation(done, srcs) == done
+    # the text may end in "(source:" and the citation begin with it again (seen in the browser test)
+    assert complete_citation("Every 47 minutes. (source: (source: uploads/a b.md))", srcs) == \
+        "Every 47 minutes. (source: uploads/a b.md)"
+    assert complete_citation("See (source:(source: python-docs:list) and more.", srcs) == \
+        "See (source: python-docs:list) and more."
+    assert complete_citation("Two (source: python-docs:lists) (source: python-docs:list)", srcs) == \
+        "Two (source: python-docs:lists) (source: python-docs:list)"
 
 
 def test_required_citations_follow_the_passage_a_thought_names(tiny):
