@@ -15,7 +15,7 @@
 # transformers (`cai`) and on a vLLM engine built from the checkpoint (`cai-vllm`, when installed;
 # seconds per prompt include loading and the engine's start).
 # Environment: PYTHON (default python), MODEL (default: each config's, the embedded SmolLM2-135M),
-# DRY=1: the same commands with tiny batches, bf16 off and 2 steps each, to check them on a CPU.
+# DRY=1: the same commands with tiny batches, bf16 off and 3 steps each, to check them on a CPU.
 set -u
 OUT=${1:-bench/results/gpu}
 BUDGET=${2:-450}
@@ -26,6 +26,7 @@ left() { local s=$(( BUDGET - ($(date +%s) - START) )); echo $(( s > 1 ? s : 1 )
 stamp() { echo "[gpu_check +$(( $(date +%s) - START ))s] $*"; }
 RUNS=$OUT/runs
 rm -rf "$RUNS"; mkdir -p "$RUNS"
+for n in rm sft dpo kto grpo ppo ppo-vllm cai cai-vllm; do rm -f "$OUT/$n.json" "$OUT/$n.log"; done  # no stale rows
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
 HH=../shared/data/hh-rlhf/harmless.jsonl.gz; [ -f "$HH" ] || HH=data/hh-rlhf/harmless.jsonl.gz
@@ -93,7 +94,10 @@ per_step = {}
 for name in ("rm", "sft", "dpo", "kto", "grpo", "ppo", "ppo-vllm", "cai", "cai-vllm"):
     f = out / f"{name}.json"
     if not f.is_file():
-        print(f"{name:<8} no result (timed out or failed before the stage ran: {name}.log)")
+        if (out / f"{name}.log").is_file():
+            print(f"{name:<8} no result (timed out or failed: {name}.log)")
+        else:
+            print(f"{name:<8} skipped (not run here: vLLM not installed, or out of time)")
         continue
     r = json.loads(f.read_text())
     per = r.get("s_per_step", r.get("s_per_prompt"))
