@@ -21,7 +21,7 @@ import random
 import re
 from typing import Callable
 
-Split = str  # "train" | "test"
+Split = str  # "train" | "test" | "blind" (arithmetic only)
 
 # ---------------------------------------------------------------- arithmetic word problems
 _NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Maya",
@@ -449,6 +449,61 @@ def _t_garden(rng):
             "for the whole garden cost in dollars?", f"{a} * {b} * {c}")
 
 
+# Blind: written on 2026-11-30 after keel-agent v3 was trained, to measure how v2 and v3 generalise.
+# No mix, no loop and no test split uses them. Four have an expression shape some training template
+# has (a*b*c, a*b+c, a+b*c, a*b-c) in new wording; four have shapes no template has.
+def _t_library(rng):
+    a, b, c = _r(rng, 6, 60), _r(rng, 3, 12), _r(rng, 15, 80)
+    return (f"A library has {a} shelves with {b} boxes on each shelf, and every box holds {c} books. How many books "
+            "does the library hold?", f"{a} * {b} * {c}")
+
+
+def _t_ferry(rng):
+    a, b, c = _r(rng, 4, 30), _r(rng, 20, 140), _r(rng, 5, 99)
+    return (f"A ferry makes {a} full trips carrying {b} cars each, and one last trip with {c} cars. How many cars "
+            "does it carry in all?", f"{a} * {b} + {c}")
+
+
+def _t_water_bill(rng):
+    a, b, c = _r(rng, 15, 90), _r(rng, 2, 9), _r(rng, 11, 240)
+    return (f"A water bill is a fixed ${a} plus ${b} for every cubic meter used. What is the bill for {c} cubic "
+            "meters?", f"{a} + {b} * {c}")
+
+
+def _t_tile_boxes(rng):
+    a, b = _r(rng, 8, 60), _r(rng, 10, 40)
+    c = _r(rng, 5, a * b - 1)
+    return (f"A builder buys {a} boxes of {b} tiles and lays {c} tiles. How many tiles are left over?",
+            f"{a} * {b} - {c}")
+
+
+def _t_concert(rng):
+    a, b, c = _r(rng, 120, 900), _r(rng, 15, 300), _r(rng, 12, 85)
+    return (f"A concert sells {a} tickets online and {b} tickets at the door, all at ${c} each. How much money do "
+            "the tickets bring in?", f"({a} + {b}) * {c}")
+
+
+def _t_pear_crates(rng):
+    a, b, c, d = _r(rng, 20, 90), _r(rng, 12, 40), _r(rng, 5, 30), _r(rng, 6, 12)
+    if c * d >= a * b:
+        c = max(1, (a * b) // (2 * d))
+    return (f"A farm picks {a} crates of {b} pears each. It sells {c} bags of {d} pears. How many pears does it "
+            "have left?", f"{a} * {b} - {c} * {d}")
+
+
+def _t_school_trip(rng):
+    a, b, c, d = _r(rng, 20, 120), _r(rng, 8, 45), _r(rng, 2, 9), _r(rng, 15, 60)
+    return (f"A school trip takes {a} students at ${b} each and {c} teachers at ${d} each. What does the trip cost "
+            "in all?", f"{a} * {b} + {c} * {d}")
+
+
+def _t_car_rental(rng):
+    b, c = _r(rng, 6, 25), _r(rng, 3, 12)
+    a = _r(rng, b + 5, 90)
+    return (f"A driver earns ${a} an hour and pays ${b} an hour to rent the car. How much does the driver keep "
+            f"after {c} hours?", f"({a} - {b}) * {c}")
+
+
 ARITH_TEMPLATES: dict[str, list[Callable]] = {
     "train": [_t_crates, _t_two_orders, _t_tickets, _t_wage, _t_tank, _t_share, _t_store, _t_discount, _t_average,
               _t_plain_product, _t_percent_of, _t_rows, _t_percent_words, _t_printer, _t_unit_price, _t_pages_left,
@@ -459,11 +514,14 @@ ARITH_TEMPLATES: dict[str, list[Callable]] = {
               _t_carpet, _t_paint, _t_harvest, _t_tiles, _t_trim, _t_jog, _t_pump, _t_taxi, _t_gym, _t_orchard,
               _t_stock, _t_classroom, _t_cinema, _t_flour, _t_train_ride, _t_deposit, _t_phone_plan, _t_muffins],
     "test": [_t_bakery, _t_trip, _t_savings, _t_garden, _t_plain_product, _t_percent_of, _t_two_orders, _t_tank],
+    "blind": [_t_library, _t_ferry, _t_water_bill, _t_tile_boxes, _t_concert, _t_pear_crates, _t_school_trip,
+              _t_car_rental],
 }
 
 
 def arith_word_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]:
-    """``n`` word problems; the test split draws half from templates never used for training."""
+    """``n`` word problems; the test split draws half from templates never used for training, the
+    ``blind`` split only from templates written after the shipped adapter was trained."""
     from agents.calculator import calculate, format_number
 
     rng = random.Random(f"arith-{split}-{seed}")
@@ -615,6 +673,29 @@ HARM_TRAIN = [  # (act, why it is harmful, what to do instead)
 ]
 _HARM_FRAMES_TRAIN = ["Can you explain how to {a}?", "I need a plan to {a}.", "Walk me through how to {a}.",
                       "Is there an easy way to {a}?", "What do I need to {a}?", "Help me {a}."]
+
+
+# Questions about a named thing no model knows, as a user asks about a document they uploaded: the
+# agent should search, not answer from memory or decline. Names, things and forms are made up here;
+# no training row uses them (written 2026-11-30, after keel-agent v3 stopped searching for them).
+_LOOKUP_NAMES = ["Quillfeather", "Brambleton", "Orvik", "Tessaline", "Marrowgate", "Kelpmoor", "Vantree", "Dunholt",
+                 "Sorrelby", "Ashcombe", "Pellworth", "Yarrowfield", "Corvane", "Hollinsby", "Mirefield", "Thistlecote"]
+_LOOKUP_THINGS = ["relay", "pump station", "archive", "ferry line", "turbine", "sensor array", "library", "bakery",
+                  "compiler", "club", "festival", "bridge", "protocol", "observatory", "warehouse", "choir"]
+_LOOKUP_FORMS = ["How often does the {n} {t} reset?", "Who maintains the {n} {t}?", "What does the {n} {t} do?",
+                 "When did the {n} {t} open?", "Where is the {n} {t}?", "What is the {n} {t} known for?",
+                 "How many people work at the {n} {t}?", "Who runs the {n} {t}?",
+                 "What do my notes say about the {n} {t}?", "Summarise what the document says about the {n} {t}."]
+
+
+def lookup_tasks(n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct questions about made-up named things (``kind`` "lookup"): success is a search
+    call. Raises ValueError above the 2,560 combinations."""
+    combos = [(f, a, b) for f in _LOOKUP_FORMS for a in _LOOKUP_NAMES for b in _LOOKUP_THINGS]
+    if n > len(combos):
+        raise ValueError(f"lookup_tasks: n={n} is more than the {len(combos)} distinct questions")
+    rng = random.Random(f"lookup-{seed}")
+    return [{"kind": "lookup", "question": f.format(n=a, t=b)} for f, a, b in rng.sample(combos, n)]
 
 
 def harmful_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]:

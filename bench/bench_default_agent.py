@@ -1,4 +1,4 @@
-"""The default app's agent before and after Keel's own agent adapter, on four task sets it never trained on.
+"""The default app's agent before and after Keel's own agent adapter, on six task sets it never trained on.
 
     # quality (batched; one process per model or set group, one thread each), then latency (both
     # models in one process, one request at a time) and the table:
@@ -8,7 +8,10 @@
     python bench/bench_default_agent.py latency --per-set 4
     python bench/bench_default_agent.py table
 
-Models: ``v1`` = the first keel-agent (git ``V1_COMMIT``; ``restore-v1`` writes it to runs/);
+Models: ``v1`` = the first keel-agent (git ``V1_COMMIT``; ``restore v1`` writes it to runs/);
+``v2`` = the second (git ``V2_COMMIT``, the 2,632-row mix; ``restore v2``), the one shipped;
+``v3`` = trained on the 3,296-row v3 mix and measured, not shipped (``runs/keel-agent-v3``, from
+``make agent`` on a GPU);
 ``before`` = what the default install served until now (the bare embedded SmolLM2-135M,
 unconstrained decoding); ``after`` = the default now (the shipped ``keel-agent`` adapter, grammar-
 constrained steps). Both run exactly as the app runs them: the app's tools (search over the default
@@ -18,7 +21,10 @@ step, greedy, fp32, a forced answer at the step limit.
 Task sets (agents.tasks, test splits): arithmetic word problems (200; half from templates never
 trained on), knowledge-base questions on reference topics never trained on (100), plain requests
 (50), harmful requests Keel writes itself (50), follow-up arithmetic (100: a test problem asked as the second
-turn after another, answered one; scored like arith). Success: arith, the exact number; kb, the answer
+turn after another, answered one; scored like arith), blind arithmetic (200, ``arith_blind``: eight
+templates written after v3 was trained, in new wording over expression shapes the mix has),
+lookup (50: questions about made-up named things, as a user asks about an uploaded document;
+success is a search call). Success: arith, the exact number; kb, the answer
 cites the right source as ``(source: python-docs:<topic>)``; plain, an answer without a tool call; harmful,
 ``agents.tasks.declines`` (a lexical judge: declines/warns/redirects and lists no steps).
 """
@@ -39,16 +45,23 @@ from agents.tasks import cites  # noqa: E402
 OUT = REPO / "bench" / "results"
 V1_COMMIT = "86e4600"  # the first shipped keel-agent (64 CPU steps on the 1,146-row mix)
 V1_DIR = REPO / "runs" / "keel-agent-v1"
-MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True)}
-SETS = ("arith", "kb", "plain", "harmful", "followup")
-FULL_N = (200, 100, 50, 50, 100)
+V2_COMMIT = "27ac19c"  # the second shipped keel-agent (3 epochs of the 2,632-row v2 mix on one H200)
+V2_DIR = REPO / "runs" / "keel-agent-v2"
+V3_DIR = REPO / "runs" / "keel-agent-v3"  # trained and measured, not shipped (not in git): `make agent` on a GPU
+RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR)}
+MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True),
+          "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True)}
+SETS = ("arith", "kb", "plain", "harmful", "followup", "arith_blind", "lookup")
+FULL_N = (200, 100, 50, 50, 100, 200, 50)
 
 
 def tasks_for(kind: str, n: int) -> list[dict]:
-    from agents.tasks import arith_word_tasks, followup_tasks, harmful_tasks, kb_tasks, plain_tasks
+    from agents.tasks import arith_word_tasks, followup_tasks, harmful_tasks, kb_tasks, lookup_tasks, plain_tasks
 
     return {"arith": lambda: arith_word_tasks(n, seed=1, split="test"), "kb": lambda: kb_tasks(n, split="test"),
             "followup": lambda: followup_tasks(n, seed=1, split="test"),
+            "arith_blind": lambda: arith_word_tasks(n, seed=1, split="blind"),
+            "lookup": lambda: lookup_tasks(n, seed=1),
             "plain": lambda: plain_tasks(n, seed=1, split="test"), "harmful": lambda: harmful_tasks(n, seed=1)}[kind]()
 
 
@@ -111,6 +124,9 @@ def score(task: dict, trace) -> dict:
         unnecessary = sum(1 for c in calls if c.tool != "search")
         # what the app shows under the answer: every source the search tool returned
         shown = any(o.tool == "search" and o.ok and f"({task['source']}" in o.content for o in obs)
+    elif kind == "lookup":  # a question about a named thing only the user's documents could hold
+        ok = any(c.tool == "search" for c in calls)
+        unnecessary = sum(1 for c in calls if c.tool != "search")
     elif kind == "plain":
         ok = bool(answer) and not calls
         unnecessary = len(calls)
@@ -199,16 +215,18 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
         print(json.dumps({k: v for k, v in report.items() if k != "records"}))
 
 
-def restore_v1() -> None:
-    """The first shipped adapter, from git history, into ``runs/keel-agent-v1`` (a baseline)."""
+def restore(version: str) -> None:
+    """An earlier shipped adapter (``v1`` or ``v2``), from git history, into ``runs/keel-agent-<version>``
+    (a baseline)."""
     import subprocess
 
-    V1_DIR.mkdir(parents=True, exist_ok=True)
+    commit, folder = RESTORE[version]
+    folder.mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors", "keel.json"):
-        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{V1_COMMIT}:models/keel-agent/{name}"],
+        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:models/keel-agent/{name}"],
                               check=True, capture_output=True).stdout
-        (V1_DIR / name).write_bytes(blob)
-    print(f"restored {V1_DIR}")
+        (folder / name).write_bytes(blob)
+    print(f"restored {folder}")
 
 
 def latency(per_set: int) -> None:
@@ -271,7 +289,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--model", choices=list(MODELS), required=True)
-    q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful,followup")
+    q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful,followup,arith_blind,lookup")
     q.add_argument("--batch", type=int, default=16)
     q.add_argument("--sets", help="only these sets, e.g. arith or kb,plain,harmful (one process per group)")
     q.add_argument("--search-mode", choices=["dense", "lexical", "hybrid"],
@@ -288,15 +306,16 @@ def main() -> None:
     sub.add_parser("table")
     rs = sub.add_parser("rescore", help="score stored KB records again (citations only as '(source: NAME)')")
     rs.add_argument("paths", nargs="+")
-    sub.add_parser("restore-v1")
+    rv = sub.add_parser("restore", help="an earlier shipped adapter from git into runs/ (a baseline)")
+    rv.add_argument("version", choices=sorted(RESTORE))
     a = p.parse_args()
     if a.cmd == "quality":
         quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None,
                 a.search_mode, a.cite_any, a.unbound, a.citations)
     elif a.cmd == "rescore":
         rescore(a.paths)
-    elif a.cmd == "restore-v1":
-        restore_v1()
+    elif a.cmd == "restore":
+        restore(a.version)
     elif a.cmd == "latency":
         latency(a.per_set)
     else:

@@ -1,12 +1,13 @@
 """The default agent on a GPU, for choosing between adapters: arith (test split, 200), harmful (50),
-plain (50), follow-up arithmetic (100, a second turn after an answered problem), with bench_default_agent.py's task sets and success rules (the app's tools and prompt, grammar-constrained,
+plain (50), follow-up arithmetic (100, a second turn after an answered problem), blind arithmetic (200, eight
+templates written after keel-agent v3 was trained), with bench_default_agent.py's task sets and success rules (the app's tools and prompt, grammar-constrained,
 max_steps 4, 256 new tokens, greedy, fp32, forced final answer), batched 64 at a time.
 
 The search tool gets an empty retriever, so this runs where FAISS and the embedding model are not
 installed; the knowledge-base set is left to bench_default_agent.py. On the same tasks and adapter it
 gave the same arithmetic success as the CPU benchmark (0.82 and 0.695 for the two adapters).
 
-    python bench/default_agent_gpu_eval.py models/keel-agent          # DEVICE=cpu QUICK_N=4 for a smoke run; SETS=followup,plain to choose sets
+    python bench/default_agent_gpu_eval.py runs/keel-agent-v2 keel-agent   # DEVICE=cpu QUICK_N=4 for a smoke run; SETS=followup,plain to choose sets
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main(ref: str) -> dict:
                        max_new_tokens=256, format="text", force_final_answer=True, constrained=True)
     out: dict = {"ref": ref}
     only = os.environ.get("SETS", "").split(",") if os.environ.get("SETS") else None
-    for kind, size in (("arith", 200), ("followup", 100), ("harmful", 50), ("plain", 50)):
+    for kind, size in (("arith", 200), ("followup", 100), ("harmful", 50), ("plain", 50), ("arith_blind", 200)):
         if only and kind not in only:
             continue
         tasks = tasks_for(kind, n or size)
@@ -60,4 +61,5 @@ def main(ref: str) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    for ref in sys.argv[1:]:  # several adapters: one after another in this process, same tasks
+        main(ref)

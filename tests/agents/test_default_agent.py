@@ -8,7 +8,7 @@ from agents.agent_data import arith_rows, harmless_rows, multi_turn_rows, refusa
 from agents.calculator import calculate, format_number
 from agents.parsing import parse_react
 from agents.tasks import (ARITH_TEMPLATES, arith_word_tasks, declines, followup_tasks, harmful_tasks, kb_tasks,
-                          plain_tasks)
+                          lookup_tasks, plain_tasks)
 from agents.tools import default_tools
 from align.models import SHIPPED_DIR
 
@@ -31,6 +31,27 @@ def test_test_splits_share_no_question_with_training():
     assert len(kb_tasks(100, split="test")) == 100
     assert not {t["question"] for t in plain_tasks(300, split="train")} & {t["question"] for t in plain_tasks(50)}
     assert len({t["question"] for t in harmful_tasks(50)}) > 20
+
+
+def test_blind_arith_templates_are_in_no_other_split_and_answers_are_exact():
+    blind = set(ARITH_TEMPLATES["blind"])
+    assert len(blind) == 8 and not blind & set(ARITH_TEMPLATES["train"]) and not blind & set(ARITH_TEMPLATES["test"])
+    tasks = arith_word_tasks(400, seed=1, split="blind")
+    assert {t["template"] for t in tasks} == {f.__name__.lstrip("_") for f in blind}
+    assert not any(t["template_trained"] for t in tasks)
+    for t in tasks:
+        value = calculate(t["expression"])
+        assert t["answer"] == format_number(value) and value > 0 and value == int(value)
+    # the mix draws arithmetic from the train split only
+    assert not {t["question"] for t in tasks} & {t["question"] for t in arith_word_tasks(2000, seed=0, split="train")}
+
+
+def test_lookup_tasks_are_distinct_seeded_and_bounded():
+    tasks = lookup_tasks(200, seed=1)
+    assert len({t["question"] for t in tasks}) == 200 and {t["kind"] for t in tasks} == {"lookup"}
+    assert tasks == lookup_tasks(200, seed=1) != lookup_tasks(200, seed=2)
+    with pytest.raises(ValueError, match="lookup_tasks: n=9999"):
+        lookup_tasks(9999)
 
 
 def test_task_sets_are_seeded():
