@@ -450,8 +450,9 @@ def _t_garden(rng):
 
 
 # Blind: written on 2026-11-30 after keel-agent v3 was trained, to measure how v2 and v3 generalise.
-# No mix, no loop and no test split uses them. Four have an expression shape some training template
-# has (a*b*c, a*b+c, a+b*c, a*b-c) in new wording; four have shapes no template has.
+# No mix, no loop and no test split uses them. Every expression shape here has at least one training
+# template (a*b*c has 12, (a-b)*c one); the wording is new. Keep it so: a training template that
+# paraphrases one of these turns this split into a test split.
 def _t_library(rng):
     a, b, c = _r(rng, 6, 60), _r(rng, 3, 12), _r(rng, 15, 80)
     return (f"A library has {a} shelves with {b} boxes on each shelf, and every box holds {c} books. How many books "

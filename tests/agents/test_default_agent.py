@@ -42,6 +42,13 @@ def test_blind_arith_templates_are_in_no_other_split_and_answers_are_exact():
     for t in tasks:
         value = calculate(t["expression"])
         assert t["answer"] == format_number(value) and value > 0 and value == int(value)
+    # new wording over shapes the mix has (docs/agents.md): every blind shape has a training template
+    import re
+
+    def shape(t):
+        return re.sub(r"\d+", "n", t["expression"])
+
+    assert {shape(t) for t in tasks} <= {shape(t) for t in arith_word_tasks(2000, seed=0, split="train")}
     # the mix draws arithmetic from the train split only
     assert not {t["question"] for t in tasks} & {t["question"] for t in arith_word_tasks(2000, seed=0, split="train")}
 
