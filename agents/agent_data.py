@@ -20,6 +20,10 @@ calculator, current_date), so what the adapter learns is exactly what the app as
   - ``tool_error``: arithmetic problems whose first calculator call has a mistake small models make
     (a unit or word in the expression, an unclosed bracket, a variable name); the observation is the
     real calculator's error and the agent writes the expression again, rather than inventing a number;
+  - ``lookup`` (``--n-lookup``, 0 by default: not in the shipped adapter's mix yet): questions about
+    made-up named things, as users ask about documents they uploaded, answered by a search: the
+    real knowledge base's passages for the query, a synthetic note's passage among them (or not),
+    and an answer that quotes and cites the note (or says the knowledge base has nothing on it);
   - ``multi_turn``: rows of the kinds above asked after one or two earlier exchanges (as the app
     sends the chat history), so a follow-up question is answered on its own terms instead of
     repeating the previous answer.
@@ -141,6 +145,116 @@ def kb_rows(system: str, retriever, max_rows: int | None = None) -> tuple[list[d
     return rows, skipped
 
 
+# Lookup rows: a question about a made-up named thing, as users ask about a document they uploaded. The
+# agent searches; the observation is the real search tool's output over the knowledge base's own
+# passages for that query, with (most of the time) a passage of a synthetic uploaded note at a random
+# rank; the answer quotes the note's sentence and cites it, or says the knowledge base has nothing on
+# it. Names are built from syllables, things and question forms are lists of their own: none is one of
+# ``agents.tasks.lookup_tasks``' (the evaluation's), which a test holds.
+_LOOKUP_HEADS = ["Fen", "Gar", "Hal", "Lin", "Mor", "Nes", "Pal", "Rud", "Sel", "Tor", "Wen", "Bry", "Cal", "Dar",
+                 "Eld", "Gil", "Jor", "Kest", "Lom", "Quin"]
+_LOOKUP_TAILS = ["wick", "mere", "stead", "holm", "brook", "ridge", "cott", "ley", "ford", "dale", "haven", "shaw",
+                 "ton", "burn", "garth"]
+_LOOKUP_TRAIN_THINGS = ["water tower", "radio mast", "museum", "orchard", "dataset", "tram depot", "lighthouse",
+                        "garden", "lab", "market", "service", "app", "team", "pipeline", "clinic", "school"]
+_PEOPLE = ["Ada Brenner", "Tomas Okafor", "Lucia Marsh", "Priya Nair", "Owen Castell", "Mina Sato", "Jonas Reiter",
+           "Sara Lindqvist", "Kwame Mensah", "Elena Ruiz", "the city council", "a volunteer group"]
+_PLACES_LOOKUP = ["the north end of the harbour", "the old mill district", "the hill above the station",
+                  "the east side of the river", "the university campus", "the edge of the industrial park"]
+_PURPOSES = ["stores rainwater for the town's gardens", "relays weather readings to the regional office",
+             "keeps the records of local shipping", "trains apprentices in repair work",
+             "collects sensor logs for the research group", "schedules deliveries for the shops nearby"]
+_KNOWN = ["its copper roof", "a yearly open day in June", "never missing a day in forty years",
+          "the mural on its north wall", "its collection of old maps", "running entirely on solar power"]
+# (question forms, the fact each asks for); {n} name, {t} thing
+_LOOKUP_TRAIN_FORMS = [
+    ("In which year did the {n} {t} open?", "opened"), ("What year was the {n} {t} founded?", "opened"),
+    ("Who looks after the {n} {t}?", "maintained"), ("Who is responsible for the {n} {t}?", "maintained"),
+    ("What is the purpose of the {n} {t}?", "purpose"), ("What is the {n} {t} for?", "purpose"),
+    ("Can you tell me where the {n} {t} is located?", "where"), ("Where can I find the {n} {t}?", "where"),
+    ("How many staff does the {n} {t} have?", "staff"), ("How big is the team at the {n} {t}?", "staff"),
+    ("How frequently is the {n} {t} reset?", "reset"), ("What is the reset schedule of the {n} {t}?", "reset"),
+    ("Why is the {n} {t} famous?", "known"), ("According to my documents, what is the {n} {t} best known for?", "known"),
+    ("What did the uploaded file say about the {n} {t}?", "purpose"), ("Tell me about the {n} {t}.", "purpose"),
+]
+LOOKUP_THOUGHT = "I do not know the {thing}, so I will search the knowledge base for it."
+_NOT_FOUND = ("The knowledge base has nothing about the {thing}: none of the passages it returned mention it. "
+              "If you upload a document about it, I can look it up there.")
+
+
+def _lookup_facts(rng: random.Random, name: str, thing: str) -> dict[str, str]:
+    the = f"The {name} {thing}"
+    return {"opened": f"{the} opened in {rng.randint(1890, 2022)}.",
+            "maintained": f"{the} is maintained by {rng.choice(_PEOPLE)}.",
+            "purpose": f"{the} {rng.choice(_PURPOSES)}.",
+            "where": f"{the} is on {rng.choice(_PLACES_LOOKUP)}.",
+            "staff": f"{rng.randint(3, 240)} people work at the {name} {thing}.",
+            "reset": f"{the} is reset every {rng.randint(2, 60)} {rng.choice(['minutes', 'hours', 'days', 'weeks'])}.",
+            "known": f"{the} is best known for {rng.choice(_KNOWN)}."}
+
+
+class _Listed:
+    """A retriever that answers one query with a fixed list of hits (so the search tool formats them)."""
+
+    def __init__(self, hits):
+        self.hits = hits
+
+    def search(self, query: str, k: int = 3):
+        return self.hits[:k]
+
+
+def lookup_rows(system: str, retriever, n: int, seed: int, found_share: float = 0.75) -> list[dict]:
+    """``n`` SFT rows (``kind`` 'lookup') about made-up named things, answered by one search call.
+
+    ``retriever`` gives the knowledge base's passages for the query (``search_batch`` or ``search``);
+    in a ``found_share`` of rows a synthetic note's passage (source ``<name>-<thing>.md``, holding the
+    asked fact and two others) takes a random rank among them and the answer is its sentence with
+    ``(source: NAME)``; in the rest the answer says the knowledge base has nothing about it.
+    Raises ValueError when ``n`` exceeds the distinct (name, thing, form) combinations (19,200)."""
+    from agents.tools import SearchArgs, search_tool
+    from retrieval.retriever import Hit
+
+    names = [h + t for h in _LOOKUP_HEADS for t in _LOOKUP_TAILS]
+    combos = [(nm, th, f) for nm in names for th in _LOOKUP_TRAIN_THINGS for f in _LOOKUP_TRAIN_FORMS]
+    if n > len(combos):
+        raise ValueError(f"lookup_rows: n={n} is more than the {len(combos)} distinct questions")
+    if n <= 0:
+        return []
+    rng = random.Random(f"lookup-rows-{seed}")
+    picked = rng.sample(combos, n)
+    k = SearchArgs.model_fields["k"].default
+    queries = [f"{nm} {th}" for nm, th, _ in picked]
+    if hasattr(retriever, "search_batch"):
+        retriever = _Prefetched(retriever, queries, k)
+    rows = []
+    for (name, thing, (form, fact)), query in zip(picked, queries):
+        facts = _lookup_facts(rng, name, thing)
+        hits = list(retriever.search(query, k=k))
+        found = rng.random() < found_share
+        thought = LOOKUP_THOUGHT.format(thing=f"{name} {thing}")
+        if found:
+            others = rng.sample([f for f in facts if f != fact], 2)
+            order = [fact, *others]
+            rng.shuffle(order)
+            source = f"{name.lower()}-{thing.replace(' ', '-')}.md"
+            note = Hit(id=-1, score=1.0, text=" ".join(facts[f] for f in order), source=source,
+                       title=f"{name} {thing}", heading="", start=0, end=0)
+            rank = rng.randrange(min(len(hits), k - 1) + 1)
+            hits = (hits[:rank] + [note] + hits[rank:])[:k]
+            observation = search_tool(_Listed(hits)).run({"query": query}).text
+            assert facts[fact] in observation, (facts[fact], observation)
+            answer = (f"Thought: Passage [{rank + 1}] is about the {name} {thing}.\n"
+                      f"Final Answer: {facts[fact]} (source: {source})")
+        else:
+            observation = search_tool(_Listed(hits)).run({"query": query}).text
+            answer = (f"Thought: No passage mentions the {name} {thing}.\n"
+                      f"Final Answer: {_NOT_FOUND.format(thing=f'{name} {thing}')}")
+        steps = (f"Thought: {thought}\nAction: search\nAction Input: {json.dumps({'query': query})}\n"
+                 f"Observation: {observation}\n{answer}")
+        rows.append(_row(system, form.format(n=name, t=thing), steps, "lookup"))
+    return rows
+
+
 def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) -> list[dict]:
     """Plain requests answered by the model's own plain-chat reply, in the ReAct answer format."""
     import torch
@@ -256,7 +370,7 @@ def multi_turn_rows(rows: list[dict], n: int, seed: int) -> list[dict]:
     The history is what the app sends: each earlier question and the answer it showed (for a search
     answer, with the sources line the app appends)."""
     rng = random.Random(f"multi-turn-{seed}")
-    targets = [r for r in rows if r["kind"] in ("arith", "kb", "plain", "refusal", "tool_error")]
+    targets = [r for r in rows if r["kind"] in ("arith", "kb", "plain", "refusal", "tool_error", "lookup")]
     out = []
     for _ in range(n):
         row = rng.choice(targets)
@@ -297,13 +411,14 @@ def replay_rows(path: Path, n: int, seed: int) -> list[dict]:
 def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 150, n_kb: int | None = None,
               n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, n_tool_error: int = 200,
               n_multi_turn: int = 500, model: str = "smollm2-135m", retriever=None,
-              replay: Path | None = None, n_replay: int = 0) -> dict:
+              replay: Path | None = None, n_replay: int = 0, n_lookup: int = 0) -> dict:
     """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256.
 
     ``replay``/``n_replay``: also take ``n_replay`` rows answered without a tool (plain requests,
     harmless replies, refusals) from an earlier mix, seeded, so that a run continuing an adapter on
     new rows keeps those answers without generating plain replies again. Raises DataError naming the
-    file when it has fewer such rows."""
+    file when it has fewer such rows. ``n_lookup``: rows about made-up named things answered by a
+    search (``lookup_rows``); 0 keeps the mix the shipped adapter was trained on."""
     if retriever is None:
         from retrieval.default_kb import open_default_index
 
@@ -313,7 +428,8 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 1
     kb, kb_skipped = kb_rows(system, retriever, n_kb)
     rows = (arith_rows(system, n_arith, seed) + gsm8k_rows(system, tools, n_gsm8k) + kb
             + harmless_rows(system, n_harmless, seed) + refusal_rows(system, n_refusal, seed)
-            + tool_error_rows(system, tools, n_tool_error, seed) + plain_rows(system, n_plain, seed, model))
+            + tool_error_rows(system, tools, n_tool_error, seed) + plain_rows(system, n_plain, seed, model)
+            + lookup_rows(system, retriever, n_lookup, seed))
     rows += multi_turn_rows(rows, n_multi_turn, seed)
     if replay is not None and n_replay > 0:
         rows += replay_rows(Path(replay), n_replay, seed)

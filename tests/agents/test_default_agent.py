@@ -4,11 +4,12 @@ import json
 import pytest
 
 from agents.agent import react_system_prompt
-from agents.agent_data import arith_rows, harmless_rows, multi_turn_rows, refusal_rows, replay_rows, tool_error_rows
+from agents.agent_data import (arith_rows, harmless_rows, lookup_rows, multi_turn_rows, refusal_rows, replay_rows,
+                               tool_error_rows)
 from agents.calculator import calculate, format_number
 from agents.parsing import parse_react
-from agents.tasks import (ARITH_TEMPLATES, arith_word_tasks, declines, followup_tasks, harmful_tasks, kb_tasks,
-                          lookup_tasks, plain_tasks)
+from agents.tasks import (ARITH_TEMPLATES, arith_word_tasks, cites, declines, followup_tasks, harmful_tasks,
+                          kb_tasks, lookup_tasks, plain_tasks)
 from agents.tools import default_tools
 from align.models import SHIPPED_DIR
 
@@ -59,6 +60,58 @@ def test_lookup_tasks_are_distinct_seeded_and_bounded():
     assert tasks == lookup_tasks(200, seed=1) != lookup_tasks(200, seed=2)
     with pytest.raises(ValueError, match="lookup_tasks: n=9999"):
         lookup_tasks(9999)
+
+
+class _KB:
+    """Two knowledge-base passages whatever the query (the real index is not needed to shape the rows)."""
+
+    def search(self, query, k=3):
+        from retrieval.retriever import Hit
+
+        return [Hit(id=i, score=0.5, text=f"Passage {i} about the global statement.", source=f"kb-{i}",
+                    title="t", heading="", start=0, end=10) for i in range(2)][:k]
+
+
+def test_lookup_rows_search_then_quote_and_cite_the_note_or_say_nothing_was_found():
+    from agents import agent_data
+
+    tools = default_tools()
+    system = react_system_prompt(tools)
+    rows = lookup_rows(system, _KB(), 200, seed=3)
+    assert rows == lookup_rows(system, _KB(), 200, seed=3) != lookup_rows(system, _KB(), 200, seed=4)
+    assert {r["kind"] for r in rows} == {"lookup"} and len({r["prompt"][-1]["content"] for r in rows}) == 200
+    found = 0
+    for row in rows:
+        text = row["completion"][0]["content"]
+        first = parse_react(text.split("\nObservation: ")[0])
+        assert first.action == "search" and set(first.action_input) == {"query"}
+        observation = text.split("\nObservation: ", 1)[1].split("\nThought: ")[0]
+        answer = text.rsplit("Final Answer: ", 1)[1]
+        thing = first.action_input["query"]
+        assert thing in row["prompt"][-1]["content"]
+        m = __import__("re").search(r"\(source: ([^)]*)\)$", answer)
+        if m:  # the cited note is in the observation at the rank the thought names, with the quoted sentence
+            found += 1
+            rank = int(__import__("re").search(r"Passage \[(\d)\] is about", text).group(1))
+            passage = observation.split("\n")[rank - 1]
+            assert passage.startswith(f"[{rank}] ({m.group(1)}) ") and answer[: m.start()].strip() in passage
+            assert cites(answer, m.group(1)) and thing in answer
+        else:
+            assert "nothing about the " + thing in answer and thing not in observation
+    assert 120 <= found <= 180  # found_share 0.75 of 200
+    # the evaluation's lookup questions stay blind: no name, thing or question form of theirs is used
+    from agents import tasks as T
+
+    train_words = {w for r in rows for w in r["prompt"][-1]["content"].replace("?", " ").split()}
+    assert not set(T._LOOKUP_NAMES) & train_words
+    assert not {t for t in T._LOOKUP_THINGS if any(f" {t}" in r["prompt"][-1]["content"] for r in rows)}
+    eval_questions = {t["question"] for t in lookup_tasks(2560)}
+    assert not eval_questions & {r["prompt"][-1]["content"] for r in rows}
+    forms = {f for f, _ in agent_data._LOOKUP_TRAIN_FORMS}
+    assert not forms & set(T._LOOKUP_FORMS)
+    with pytest.raises(ValueError, match="lookup_rows: n=99999"):
+        lookup_rows(system, _KB(), 99999, seed=0)
+    assert lookup_rows(system, _KB(), 0, seed=0) == []
 
 
 def test_task_sets_are_seeded():
