@@ -24,6 +24,9 @@ MAX_INPUT_CHARS = 500
 MAX_EXPONENT = 1000
 MAX_ABS_RESULT = 1e300
 MAX_INT_DIGITS = 400
+MAX_CALL_ARGS = 64  # min(...)/max(...) over a list of numbers; 500 characters bound it anyway
+_COMMA_HINT = " (inside a function call a comma separates arguments: write 1600, not 1,600)"
+_CALL_WITH_GROUPED = re.compile(r"[A-Za-z_]\w*\s*\([^()]*\d,\d")
 
 
 class CalculatorError(ValueError):
@@ -71,7 +74,9 @@ def _eval(node):
     if isinstance(node, ast.Name) and node.id in _CONSTS:
         return _CONSTS[node.id]
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
-            and not node.keywords and len(node.args) <= 4):
+            and not node.keywords and not any(isinstance(a, ast.Starred) for a in node.args)):
+        if len(node.args) > MAX_CALL_ARGS:
+            raise CalculatorError(f"{node.func.id}: at most {MAX_CALL_ARGS} arguments" + _COMMA_HINT)
         args = [_eval(a) for a in node.args]
         if node.func.id == "round" and len(args) == 2 and abs(args[1]) > 100:
             raise CalculatorError("round: at most 100 digits")
@@ -80,8 +85,7 @@ def _eval(node):
         except ZeroDivisionError:
             raise CalculatorError(f"{node.func.id}: division by zero") from None
         except TypeError as e:
-            raise CalculatorError(f"{node.func.id}: {e} (inside a function call a comma separates "
-                                  "arguments: write 1600, not 1,600)") from None
+            raise CalculatorError(f"{node.func.id}: {e}" + _COMMA_HINT) from None
         except (ValueError, OverflowError) as e:
             raise CalculatorError(f"{node.func.id}: {e}") from None
     if isinstance(node, ast.Tuple):
@@ -162,8 +166,9 @@ def calculate(expression: str):
         raise CalculatorError("empty expression")
     try:
         tree = ast.parse(expr, mode="eval")
-    except SyntaxError:
-        raise CalculatorError(f"cannot parse {expression!r} as arithmetic") from None
+    except SyntaxError:  # e.g. sqrt(1,024): "024" is no Python number once the comma separates arguments
+        hint = _COMMA_HINT if _CALL_WITH_GROUPED.search(expr) else ""
+        raise CalculatorError(f"cannot parse {expression!r} as arithmetic{hint}") from None
     except (ValueError, RecursionError, MemoryError):
         raise CalculatorError("expression too deeply nested") from None
     try:

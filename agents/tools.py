@@ -128,6 +128,16 @@ def tool_from_function(fn: Callable[..., Any], name: str | None = None, descript
     return Tool(name or fn.__name__, desc, schema, fn)
 
 
+def _name_key(name: str) -> str:
+    """``[Current-Date]`` -> ``current_date``: lower case, decorations stripped, runs of spaces and hyphens
+    as one underscore."""
+    return re.sub(r"[\s\-]+", "_", name.strip("`'\"[]<>*(){} .:;_").lower()).strip("_")
+
+
+# A word models put around a tool's name: "use search", "the calculator tool", "call current_date function".
+_FILLER = re.compile(r"^(?:(?:use|call|run|the|a)_)+|(?:_(?:tool|function|api))+$")
+
+
 class ToolRegistry:
     """The tools of an agent, by name, in the order added."""
 
@@ -151,11 +161,20 @@ class ToolRegistry:
         return wrap(fn) if fn is not None else wrap
 
     def get(self, name: str) -> Tool | None:
-        """The tool called ``name``, ignoring case and the brackets, quotes or markup models add."""
+        """The tool called ``name``, as models write a name: any case, in the brackets, quotes or markup
+        they add (``[calculator]``, ``**search**``), with spaces or hyphens for underscores
+        (``Current Date``), and with a word around it (``calculator tool``, ``use search``). None
+        when no tool, or more than one, fits."""
         if name in self.tools:
             return self.tools[name]
-        key = name.strip("`'\"[]<>*(){} .:;_").lower()
-        return next((t for n, t in self.tools.items() if n.lower() == key), None)
+        key = _name_key(name)
+        if not key:
+            return None
+        for k in (key, _FILLER.sub("", key)):
+            hits = [t for n, t in self.tools.items() if _name_key(n) == k]
+            if len(hits) == 1:
+                return hits[0]
+        return None
 
     def __iter__(self):
         return iter(self.tools.values())

@@ -4,7 +4,7 @@ from datetime import date
 import pytest
 
 from agents.agent import STOP_SEQUENCES, Generation, ReActAgent, Trace
-from agents.tools import ToolRegistry, calculator_tool, date_tool, default_tools, search_tool
+from agents.tools import Tool, ToolRegistry, calculator_tool, date_tool, default_tools, search_tool
 
 
 class ScriptedLLM:
@@ -148,12 +148,26 @@ def test_a_tool_without_arguments_is_called_however_it_is_written(written):
 
 
 @pytest.mark.parametrize("name", ["[calculator]", "**calculator**", '"calculator"', "<calculator>", "Calculator",
-                                  "calculator."])
+                                  "calculator.", "calculator tool", "Calculator Tool", "use calculator",
+                                  "the calculator tool", "CALCULATOR", "calculator function"])
 def test_decorated_tool_names_resolve(name):
     llm = ScriptedLLM([f' x\nAction: {name}\nAction Input: {{"expression": "6*7"}}', " y\nFinal Answer: 42"])
     trace = ReActAgent(llm, default_tools()).run("q")
     obs = [e for e in trace.events if e.type == "observation"]
     assert obs[0].ok and obs[0].content == "42" and obs[0].tool == "calculator"
+
+
+def test_tool_names_with_spaces_or_hyphens_resolve_and_ambiguity_resolves_to_none():
+    tools = default_tools()
+    for name in ("Current Date", "current-date", "[Current-Date]", "current date tool", "`current_date()`"):
+        assert tools.get(name) is tools.get("current_date"), name
+    for name in ("", "[]", "tool", "use", "calc", "date", "current"):
+        assert tools.get(name) is None, name
+    from agents.tools import DateArgs
+
+    reg = ToolRegistry([Tool("search", "s", DateArgs, lambda: "a"), Tool("search_tool", "t", DateArgs, lambda: "b")])
+    assert reg.get("search_tool").description == "t" and reg.get("Search Tool").description == "t"
+    assert reg.get("search").description == "s" and reg.get("use search").description == "s"
 
 
 def test_the_system_prompt_lists_tool_names_without_brackets():

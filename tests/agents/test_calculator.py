@@ -11,7 +11,8 @@ from agents.calculator import CalculatorError, calculate, format_number
     ("round(2.567, 2)", "2.57"), ("0.2 * 50", "10"), ("10 / 4", "2.5"), ("12 ÷ 4 × 2", "6"),
     ("(" * 50 + "1" + ")" * 50, "1"),
     # A comma inside a function call separates arguments; outside, 1,500 is fifteen hundred.
-    ("max(1,500, 20)", "500"), ("min(2,345)", "2"), ("max(1, 500)", "500"), ("round(1234.5678, 2)", "1234.57"),
+    ("max(1,500, 20)", "500"), ("min(2,345)", "2"), ("min(1,000, 2,000, 3)", "0"), ("max(1,500.5, 1,499)", "500.5"),
+    ("max(1, 2, 3, 4, 5, 6, 7, 8)", "8"), ("max(1, 500)", "500"), ("round(1234.5678, 2)", "1234.57"),
     ("1,500 + 2,000,000", "2001500"), ("(1,500 * 2)", "3000"), ("max(1,000 * 2, 3)", "3"),
     ("1,234.56 * 2", "2469.12"), ("$1,500.25 + $2", "1502.25"), ("max((1,500), 20)", "1500"),
     ("2 x (1,500)", "3000"), ("1,000x3", "3000"),
@@ -40,6 +41,11 @@ def test_arithmetic(expr, want):
     ("1" * 600, "longer than"),
     ("(" * 240 + "1" + ")" * 240, "cannot parse|nested"),
     ("sqrt(1,600)", "comma separates arguments"),
+    ("sqrt(1,024)", "cannot parse.*comma separates arguments"),  # 024 is no Python number
+    ("abs(-1,250)", "comma separates arguments"),
+    ("round(2,345.678, 2)", "comma separates arguments"),
+    ("max(" + ", ".join(["1"] * 65) + ")", "at most 64 arguments"),
+    ("max(*[1, 2])", "not allowed"),
     ("1, 500", "group digits in threes"),
     ("log(10, 1)", "division by zero"),
     ("round(1, -10**9)", "at most 100 digits"),
