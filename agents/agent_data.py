@@ -24,6 +24,9 @@ calculator, current_date), so what the adapter learns is exactly what the app as
     made-up named things, as users ask about documents they uploaded, answered by a search: the
     real knowledge base's passages for the query, a synthetic note's passage among them (or not),
     and an answer that quotes and cites the note (or says the knowledge base has nothing on it);
+  - ``compose`` (``--n-compose``, 0 by default, as ``lookup``): arithmetic word problems composed
+    from parts (``agents.compose``: quantity phrases, operations, sentence orders and question
+    forms over lists of settings), answered as ``arith`` rows are;
   - ``multi_turn``: rows of the kinds above asked after one or two earlier exchanges (as the app
     sends the chat history), so a follow-up question is answered on its own terms instead of
     repeating the previous answer.
@@ -57,18 +60,26 @@ def _row(system: str, question: str, steps: str, kind: str) -> dict:
             "completion": [{"role": "assistant", "content": steps}], "kind": kind}
 
 
-def arith_rows(system: str, n: int, seed: int) -> list[dict]:
+def arith_rows(system: str, n: int, seed: int, tasks: list[dict] | None = None, kind: str = "arith") -> list[dict]:
     """``n`` SFT rows (prompt/completion chat messages, ``kind`` 'arith'): a word problem answered with one
-    calculator call.
+    calculator call. ``tasks``: these problems instead of ``arith_word_tasks``' train split.
     """
     rows = []
-    for t in arith_word_tasks(n, seed, split="train"):
+    for t in (tasks if tasks is not None else arith_word_tasks(n, seed, split="train")):
         result = format_number(calculate(t["expression"]))
         steps = (f"Thought: I need to calculate {t['expression']}.\nAction: calculator\n"
                  f"Action Input: {json.dumps({'expression': t['expression']})}\nObservation: {result}\n"
                  f"Thought: The calculator gives {result}.\nFinal Answer: {result}")
-        rows.append(_row(system, t["question"], steps, "arith"))
+        rows.append(_row(system, t["question"], steps, kind))
     return rows
+
+
+def compose_rows(system: str, n: int, seed: int) -> list[dict]:
+    """``n`` rows (``kind`` 'compose') like ``arith_rows`` on problems composed from parts
+    (``agents.compose``): many wordings of each expression shape instead of one story per template."""
+    from agents.compose import compose_arith_tasks
+
+    return arith_rows(system, n, seed, tasks=compose_arith_tasks(n, seed), kind="compose")
 
 
 def gsm8k_rows(system: str, tools: ToolRegistry, n: int) -> list[dict]:
@@ -370,7 +381,7 @@ def multi_turn_rows(rows: list[dict], n: int, seed: int) -> list[dict]:
     The history is what the app sends: each earlier question and the answer it showed (for a search
     answer, with the sources line the app appends)."""
     rng = random.Random(f"multi-turn-{seed}")
-    targets = [r for r in rows if r["kind"] in ("arith", "kb", "plain", "refusal", "tool_error", "lookup")]
+    targets = [r for r in rows if r["kind"] in ("arith", "kb", "plain", "refusal", "tool_error", "lookup", "compose")]
     out = []
     for _ in range(n):
         row = rng.choice(targets)
@@ -411,14 +422,15 @@ def replay_rows(path: Path, n: int, seed: int) -> list[dict]:
 def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 150, n_kb: int | None = None,
               n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, n_tool_error: int = 200,
               n_multi_turn: int = 500, model: str = "smollm2-135m", retriever=None,
-              replay: Path | None = None, n_replay: int = 0, n_lookup: int = 0) -> dict:
+              replay: Path | None = None, n_replay: int = 0, n_lookup: int = 0, n_compose: int = 0) -> dict:
     """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256.
 
     ``replay``/``n_replay``: also take ``n_replay`` rows answered without a tool (plain requests,
     harmless replies, refusals) from an earlier mix, seeded, so that a run continuing an adapter on
     new rows keeps those answers without generating plain replies again. Raises DataError naming the
     file when it has fewer such rows. ``n_lookup``: rows about made-up named things answered by a
-    search (``lookup_rows``); 0 keeps the mix the shipped adapter was trained on."""
+    search (``lookup_rows``); ``n_compose``: arithmetic composed from parts (``compose_rows``); 0 and 0
+    keep the mix the shipped adapter was trained on."""
     if retriever is None:
         from retrieval.default_kb import open_default_index
 
@@ -429,7 +441,7 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 1
     rows = (arith_rows(system, n_arith, seed) + gsm8k_rows(system, tools, n_gsm8k) + kb
             + harmless_rows(system, n_harmless, seed) + refusal_rows(system, n_refusal, seed)
             + tool_error_rows(system, tools, n_tool_error, seed) + plain_rows(system, n_plain, seed, model)
-            + lookup_rows(system, retriever, n_lookup, seed))
+            + lookup_rows(system, retriever, n_lookup, seed) + compose_rows(system, n_compose, seed))
     rows += multi_turn_rows(rows, n_multi_turn, seed)
     if replay is not None and n_replay > 0:
         rows += replay_rows(Path(replay), n_replay, seed)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", required=True)
     d.add_argument("--limit", type=int)
     m = sub.add_parser("make-mix", help="the default agent's training mix (arith, gsm8k, kb, plain, harmless, "
-                                        "refusal, tool_error, lookup, multi_turn)")
+                                        "refusal, tool_error, lookup, compose, multi_turn)")
     m.add_argument("--out", required=True)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--n-arith", type=int, default=1500)
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--n-multi-turn", type=int, default=500, help="rows asked after earlier exchanges")
     m.add_argument("--n-lookup", type=int, default=0,
                    help="questions about made-up named things answered by a search (as about uploaded documents)")
+    m.add_argument("--n-compose", type=int, default=0,
+                   help="arithmetic word problems composed from parts (agents/compose.py)")
     m.add_argument("--model", default="smollm2-135m", help="writes the plain replies (self-distillation)")
     m.add_argument("--replay", help="an earlier mix (JSONL) to take answers without a tool from")
     m.add_argument("--n-replay", type=int, default=0, help="rows taken from --replay")
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                                        n_plain=a.n_plain, n_harmless=a.n_harmless,
                                        n_refusal=a.n_refusal, n_tool_error=a.n_tool_error,
                                        n_multi_turn=a.n_multi_turn, model=a.model,
-                                       replay=a.replay, n_replay=a.n_replay, n_lookup=a.n_lookup), indent=2))
+                                       replay=a.replay, n_replay=a.n_replay, n_lookup=a.n_lookup,
+                                       n_compose=a.n_compose), indent=2))
         elif a.cmd == "make-data":
             from agents.trajectories import convert_file
 
