@@ -237,11 +237,22 @@ def write_anchor_rows(model_ref: str, data_file: Path, out_file: Path, n: int, s
     return len(rows)
 
 
+def _prompt_key(content) -> str:
+    """A message as the one-prompt guard compares it: the same question retyped ("What is 2+2?",
+    "what is  2+2 ?", "WHAT IS 2+2") is one prompt. Case, runs of whitespace and trailing punctuation
+    are ignored; Gradio's list of text parts counts as its text."""
+    if isinstance(content, list):
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    text = " ".join(str(content or "").split()).lower()
+    return text.rstrip(" ?!.…")
+
+
 def check_sources(db: str, data_file: Path) -> None:
     """Guard rail of the feedback loop: refuse training data that all comes from one session (one
     user's taste, or one scripted client) or one prompt (the model would learn one answer, not a
     behaviour). Sessions: the ``session_id`` of the ratings and edits in ``db``; prompts: the
-    conversations (system prompt left out) of the rows in ``data_file``. Raises ``DataError``."""
+    conversations (system prompt left out; case, spacing and trailing punctuation ignored) of the
+    rows in ``data_file``. Raises ``DataError``."""
     from serve.feedback import FeedbackStore, display_target
 
     store = FeedbackStore(db, read_only=True)
@@ -253,7 +264,8 @@ def check_sources(db: str, data_file: Path) -> None:
     for line in data_file.read_text().splitlines():
         if line.strip():
             prompt = json.loads(line)["prompt"]
-            prompts.add(json.dumps([[m.get("role"), m.get("content")] for m in prompt if m.get("role") != "system"]))
+            prompts.add(json.dumps([[m.get("role"), _prompt_key(m.get("content"))] for m in prompt
+                                    if m.get("role") != "system"]))
     why = None
     if len(sessions) == 1:
         why = f"all its ratings and edits come from one session ({next(iter(sessions))[:40]})"

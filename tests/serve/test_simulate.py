@@ -122,12 +122,16 @@ def test_a_task_file_with_a_bad_line_is_named(tmp_path):
 
 
 # -- guard rails of `align retrain --from-feedback` ------------------------------------------------------
-def _db(path, sessions, prompts, checkpoint="smollm2-135m"):
+_RETYPED = ["Question 0?", "question 0", "QUESTION  0 ?", " Question 0!", "question\n0...", "Question 0 ?"]
+
+
+def _db(path, sessions, prompts, checkpoint="smollm2-135m", retyped=False):
     from serve.feedback import FeedbackStore
 
     store = FeedbackStore(path)
     for i in range(12):
-        s, prompt = f"s{i % sessions}", [{"role": "user", "content": f"Question {i % prompts}?"}]
+        text = _RETYPED[i % len(_RETYPED)] if retyped else f"Question {i % prompts}?"
+        s, prompt = f"s{i % sessions}", [{"role": "user", "content": text}]
         store.add_response(s, checkpoint, prompt, f"answer {i}")
         store.add_feedback("rating", session_id=s, checkpoint_id=checkpoint, prompt=prompt, completion=f"answer {i}",
                            label=i % 2 == 0)
@@ -135,11 +139,13 @@ def _db(path, sessions, prompts, checkpoint="smollm2-135m"):
     return path
 
 
-@pytest.mark.parametrize("sessions,prompts,message", [(1, 12, "one session"), (12, 1, "one prompt")])
-def test_retrain_refuses_feedback_from_one_session_or_one_prompt(tmp_path, capsys, sessions, prompts, message):
+@pytest.mark.parametrize("sessions,prompts,retyped,message", [(1, 12, False, "one session"), (12, 1, False, "one prompt"),
+                                                             (12, 12, True, "one prompt")])
+def test_retrain_refuses_feedback_from_one_session_or_one_prompt(tmp_path, capsys, sessions, prompts, retyped,
+                                                                   message):
     from align.cli import main
 
-    db = _db(tmp_path / "fb.db", sessions, prompts, checkpoint="no-such-model")  # without the guard: fails fast
+    db = _db(tmp_path / "fb.db", sessions, prompts, checkpoint="no-such-model", retyped=retyped)  # without the guard: fails fast
     assert main(["retrain", "--from-feedback", str(db), "--output_dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and "--allow-one-source" in err
