@@ -532,3 +532,43 @@ def test_the_cli_says_an_empty_query_is_empty_and_when_nothing_is_found(kb, caps
     assert e.value.code == 2 and "QUERY is empty" in capsys.readouterr().err
     assert main(["search", str(kb.folder), "???"]) == 0
     assert capsys.readouterr().out.startswith("no hits")
+
+
+CONSTRUCTS = {  # each note is named for a construct and says nothing in the question's words
+    "augassign.md": "# Augmented assignment statements\n\nAn augmented assignment evaluates the target once and "
+                    "performs the binary operation in place where the object supports it, then binds the result.",
+    "slicings.md": "# Slicings\n\nA slicing selects a range of items in a sequence object, with optional stride.",
+    "conditional.md": "# Conditional expressions\n\nA conditional expression evaluates its condition first and then "
+                      "exactly one of its two alternatives.",
+    # close to the questions' words, about something else
+    "errors.md": "# Common errors\n\nA TypeError is raised when an operation meets an object of the wrong type, "
+                 "for example a tuple where a list was expected.",
+    "lists.md": "# Lists\n\nA list can be reversed in place, and its items changed; each step of a loop sees one item.",
+    "choices.md": "# Choosing a value\n\nTo choose between x and y, compare them and take what you need.",
+}
+
+
+def test_code_in_a_question_is_read_as_the_constructs_it_uses(tmp_path, embedder):
+    """retrieval/code_terms.py: the pasted code's constructs, in the reference's words, join the query."""
+    kb = _kb_of(tmp_path, embedder, CONSTRUCTS)
+    cases = [("t = ([],); t[0] += [1] raises TypeError but the list still changed", "augassign.md"),
+             ("xs[::-2]  why does the -2 step reverse the list", "slicings.md"),
+             ("what does `x if c else y` choose", "conditional.md")]
+    assert Retriever.code_terms == "both"  # the default
+
+    def rank(question, want):
+        names = [h.source.rsplit("/", 1)[-1] for h in kb.search(question, k=len(CONSTRUCTS))]
+        return names.index(want) + 1
+
+    on = [rank(q, w) for q, w in cases]
+    kb.code_terms = "none"
+    off = [rank(q, w) for q, w in cases]
+    assert all(a < b for a, b in zip(on, off)), (on, off)  # each construct's note ranks higher with it
+    assert on[1:] == [1, 1] and on[0] <= 2, on
+    kb.code_terms = "both"
+    # a question without code ranks as with the feature off
+    q = "why does a list in a tuple change"
+    kb.code_terms = "none"
+    before = [h.id for h in kb.search(q, k=3)]
+    kb.code_terms = "both"
+    assert [h.id for h in kb.search(q, k=3)] == before
