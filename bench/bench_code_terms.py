@@ -1,4 +1,6 @@
-"""Code constructs in the query (retrieval/code_terms.py): off vs lexical vs dense vs both, same run.
+"""Code constructs in the query (retrieval/code_terms.py): off vs lexical vs dense vs both, same run;
+and "both+plain": both, with the lexical ranking weighing half in the fusion for questions in
+words only (``Retriever.plain_lexical_weight``; every other row weighs it 1).
 
 Each query set is scored in every search mode with ``Retriever.code_terms`` set to each value, on
 the same index (the default knowledge base), with the figures per set and per ``kind`` (code,
@@ -45,8 +47,9 @@ def _score(kb, queries: list[dict]) -> dict:
 
     texts = [q["query"] for q in queries]
     out = {}
-    for setting in SETTINGS:
-        kb.code_terms = setting
+    for setting in SETTINGS + ["both+plain"]:
+        kb.code_terms = setting.split("+")[0]
+        kb.plain_lexical_weight = 0.5 if setting.endswith("+plain") else 1.0
         try:
             for mode in MODES:
                 started = time.perf_counter()
@@ -64,14 +67,14 @@ def _score(kb, queries: list[dict]) -> dict:
                 r["ranks"] = [pq["rank"] for pq in res["per_query"]]
                 out[f"{setting}/{mode}"] = r
         finally:
-            del kb.code_terms
+            del kb.code_terms, kb.plain_lexical_weight
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--choose", default="default_kb_hybrid@dev,default_kb_hybrid@test,default_kb_fresh,"
-                                        "default_kb_fresh2,default_kb_fresh3,agent_kb_test")
+                                        "default_kb_fresh2,default_kb_fresh3,agent_kb_test,default_kb_fresh4")
     p.add_argument("--blind", default="", help="sets scored after the choice (comma-separated)")
     a = p.parse_args()
     from retrieval.code_terms import code_terms

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from retrieval.duplicates import MIN_OVERLAP, copies, shingles
 from retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from retrieval.errors import RetrievalError
 from retrieval.index import INDEX_TYPES, VectorIndex, choose_index_type, file_sha256
-from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, is_name, query_terms, rrf
+from retrieval.lexical import EXACT_WEIGHT, RRF_K, TITLE_WEIGHT, is_exact, is_name, query_terms, rrf
 from retrieval.options import DEFAULT_MODE, HYBRID_CANDIDATES, check_chunking, check_index_params, check_mode, check_search
 from retrieval.loaders import Document, LoadedFile, expand_named, load, unique_files
 from retrieval.text import BinaryFileError
@@ -35,12 +36,24 @@ FORMAT_VERSION = 1
 MANIFEST, INDEX_FILE, DOCSTORE = "manifest.json", "index.faiss", "docstore.sqlite"
 
 
-def _with_code_terms(query: str) -> str:
+def _with_code_terms(query: str, terms: list[str]) -> str:
     """``query`` and, in brackets, the constructs of the code it holds (retrieval/code_terms.py)."""
-    from retrieval.code_terms import code_terms
-
-    terms = code_terms(query)
     return f"{query} ({'; '.join(terms)})" if terms else query
+
+
+# What makes a word an identifier rather than prose: snake_case (``keel_format``), a dotted name
+# (``keel.json``, ``lora.merge_on_save``), a command-line flag (``--kb-dir``), camelCase, or a
+# Python keyword no English sentence uses.
+_IDENTIFIER = re.compile(r"\b[A-Za-z]\w*_\w+|\b\w+\.\w+|(?<!\S)--?[A-Za-z]|\b[a-z]+[A-Z]\w*|"
+                         r"\b(?:nonlocal|lambda|yield|async|await|assert|def|del|elif|except|finally|raise|"
+                         r"global|import|None|True|False)\b")
+
+
+def is_plain(query: str, constructs: list[str]) -> bool:
+    """A question in words only: no operator symbol, underscore name or syntax role among its
+    lexical terms, no identifier (``_IDENTIFIER``) and no code that parses (``constructs``, from
+    ``code_terms``)."""
+    return not constructs and not _IDENTIFIER.search(query) and not any(is_exact(t) for t in query_terms(query))
 
 
 @dataclass
@@ -171,6 +184,10 @@ class Retriever:
     commit_every = COMMIT_EVERY
     rrf_k = RRF_K  # reciprocal rank fusion constant (Cormack et al. 2009; tuned: retrieval/lexical.py)
     lexical_weight = 1.0  # weight of the lexical ranking in the fusion (the dense one has 1)
+    # ... for a question in words only (``is_plain``): BM25's strength is the exact token, which such
+    # a question does not have, and on those the embedding ranks better (bench/RESULTS.md, "Plain
+    # questions")
+    plain_lexical_weight = 0.5
     exact_weight, title_weight = EXACT_WEIGHT, TITLE_WEIGHT  # bm25 column weights (retrieval/lexical.py)
     candidates = HYBRID_CANDIDATES  # chunks taken from each of dense and lexical before fusion (hybrid)
     default_mode = DEFAULT_MODE  # the mode of ``search(mode=None)``, which the agent's search tool uses
@@ -607,7 +624,11 @@ class Retriever:
         if self.index is None or not queries:
             return [[] for _ in queries]
         needs_vectors = mode != "lexical" or mmr_lambda is not None or min_score is not None
-        expanded = [_with_code_terms(t) for t in queries] if self.code_terms != "none" else list(queries)
+        from retrieval.code_terms import code_terms
+
+        constructs = [code_terms(t) for t in queries]
+        expanded = ([_with_code_terms(t, c) for t, c in zip(queries, constructs)] if self.code_terms != "none"
+                    else list(queries))
         dense_texts = expanded if self.code_terms in ("dense", "both") else list(queries)
         lexical_texts = expanded if self.code_terms in ("lexical", "both") else list(queries)
         q = self.embedder.encode(dense_texts) if needs_vectors else None
@@ -642,7 +663,8 @@ class Retriever:
                 if mode == "lexical":
                     ranked = [(i, lexical_score[i]) for i in lists[0][:want]]
                 else:
-                    ranked = rrf(lists, self.rrf_k, [1.0, self.lexical_weight])
+                    w = self.plain_lexical_weight if is_plain(text, constructs[qi]) else self.lexical_weight
+                    ranked = rrf(lists, self.rrf_k, [1.0, w])
                 # the texts of the hits returned (and room for HNSW tombstones, which drop out
                 # below), or of every candidate that MMR or min_score look at
                 tombstones = self.manifest["counts"].get("tombstones", 0)

@@ -572,3 +572,23 @@ def test_code_in_a_question_is_read_as_the_constructs_it_uses(tmp_path, embedder
     before = [h.id for h in kb.search(q, k=3)]
     kb.code_terms = "both"
     assert [h.id for h in kb.search(q, k=3)] == before
+
+
+def test_a_question_in_words_only_weighs_the_lexical_ranking_less(kb, monkeypatch):
+    import retrieval.retriever as rt
+
+    seen = []
+    real = rt.rrf
+    monkeypatch.setattr(rt, "rrf", lambda lists, k, weights: seen.append(weights[1]) or real(lists, k, weights))
+    for q in ("how do inner functions change a variable of the outer one", "what is __slots__ for",
+              "what does ** do", "xs[::-1] why reversed", "what does `x if c else y` choose"):
+        kb.search(q, k=2)
+    assert seen == [Retriever.plain_lexical_weight, 1.0, 1.0, 1.0, 1.0] and Retriever.plain_lexical_weight == 0.5
+    assert rt.is_plain("how do i stop a loop early", []) and not rt.is_plain("what is @ for", [])
+    assert not rt.is_plain("x = 1", ["assignment"]) and not rt.is_plain("__init__ vs __new__", [])
+    for identifier in ("keel_format in keel.json", "desirable_weight", "what is --kb-dir", "lora.merge_on_save false",
+                       "what does nonlocal do", "getattr vs getAttribute", "why is None falsy"):
+        assert not rt.is_plain(identifier, []), identifier
+    for prose in ("how do i bail out of a loop early", "what happens to a variable after the loop ends. thanks",
+                  "is a well-known trick or not"):
+        assert rt.is_plain(prose, []), prose
