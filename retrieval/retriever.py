@@ -42,18 +42,20 @@ def _with_code_terms(query: str, terms: list[str]) -> str:
 
 
 # What makes a word an identifier rather than prose: snake_case (``keel_format``), a dotted name
-# (``keel.json``, ``lora.merge_on_save``), a command-line flag (``--kb-dir``), camelCase, or a
-# Python keyword no English sentence uses.
-_IDENTIFIER = re.compile(r"\b[A-Za-z]\w*_\w+|\b\w+\.\w+|(?<!\S)--?[A-Za-z]|\b[a-z]+[A-Z]\w*|"
+# (``keel.json``, ``lora.merge_on_save``), a command-line flag (``--kb-dir``), camelCase, a
+# Python keyword no English sentence uses, or a number literal only code writes (``3j``, ``0x1F``).
+_IDENTIFIER = re.compile(r"\b[A-Za-z]\w*_\w+|\b[A-Za-z_]\w+\.[A-Za-z_]\w+|(?<!\S)--?[A-Za-z]|\b[a-z]+[A-Z]\w*|"
                          r"\b(?:nonlocal|lambda|yield|async|await|assert|def|del|elif|except|finally|raise|"
-                         r"global|import|None|True|False)\b")
+                         r"global|import)\b|"
+                         r"\b\d+[jJ]\b|\b0[xXoObB][0-9a-fA-F_]+\b|\b\d+(?:\.\d+)?[eE][+-]?\d+\b|\b\d+_\d+")  # 3j, 0x1F, 1e-9, 1_000
 
 
-def is_plain(query: str, constructs: list[str]) -> bool:
+def is_plain(query: str, constructs: list[str], has_code: bool = False) -> bool:
     """A question in words only: no operator symbol, underscore name or syntax role among its
-    lexical terms, no identifier (``_IDENTIFIER``) and no code that parses (``constructs``, from
-    ``code_terms``)."""
-    return not constructs and not _IDENTIFIER.search(query) and not any(is_exact(t) for t in query_terms(query))
+    lexical terms, no identifier (``_IDENTIFIER``) and no code that parses (``constructs`` and
+    ``has_code``, from ``code_terms.analyse``)."""
+    return (not constructs and not has_code and not _IDENTIFIER.search(query)
+            and not any(is_exact(t) for t in query_terms(query)))
 
 
 @dataclass
@@ -624,10 +626,10 @@ class Retriever:
         if self.index is None or not queries:
             return [[] for _ in queries]
         needs_vectors = mode != "lexical" or mmr_lambda is not None or min_score is not None
-        from retrieval.code_terms import code_terms
+        from retrieval.code_terms import analyse
 
-        constructs = [code_terms(t) for t in queries]
-        expanded = ([_with_code_terms(t, c) for t, c in zip(queries, constructs)] if self.code_terms != "none"
+        analysed = [analyse(t) for t in queries]  # (construct terms, holds code)
+        expanded = ([_with_code_terms(t, c) for t, (c, _) in zip(queries, analysed)] if self.code_terms != "none"
                     else list(queries))
         dense_texts = expanded if self.code_terms in ("dense", "both") else list(queries)
         lexical_texts = expanded if self.code_terms in ("lexical", "both") else list(queries)
@@ -663,7 +665,7 @@ class Retriever:
                 if mode == "lexical":
                     ranked = [(i, lexical_score[i]) for i in lists[0][:want]]
                 else:
-                    w = self.plain_lexical_weight if is_plain(text, constructs[qi]) else self.lexical_weight
+                    w = self.plain_lexical_weight if is_plain(text, *analysed[qi]) else self.lexical_weight
                     ranked = rrf(lists, self.rrf_k, [1.0, w])
                 # the texts of the hits returned (and room for HNSW tombstones, which drop out
                 # below), or of every candidate that MMR or min_score look at

@@ -586,9 +586,13 @@ def test_a_question_in_words_only_weighs_the_lexical_ranking_less(kb, monkeypatc
     assert seen == [Retriever.plain_lexical_weight, 1.0, 1.0, 1.0, 1.0] and Retriever.plain_lexical_weight == 0.5
     assert rt.is_plain("how do i stop a loop early", []) and not rt.is_plain("what is @ for", [])
     assert not rt.is_plain("x = 1", ["assignment"]) and not rt.is_plain("__init__ vs __new__", [])
+    from retrieval.code_terms import analyse
+
+    assert not rt.is_plain("print(x) vs print x", *analyse("print(x) vs print x"))  # code, even without a construct
     for identifier in ("keel_format in keel.json", "desirable_weight", "what is --kb-dir", "lora.merge_on_save false",
-                       "what does nonlocal do", "getattr vs getAttribute", "why is None falsy"):
+                       "what does nonlocal do", "getattr vs getAttribute", "os.path vs pathlib", "what does 3j mean",
+                       "why is 0x1F 31", "1e-9 in a float"):
         assert not rt.is_plain(identifier, []), identifier
     for prose in ("how do i bail out of a loop early", "what happens to a variable after the loop ends. thanks",
-                  "is a well-known trick or not"):
+                  "is a well-known trick or not", "is 3.11 faster than 3.10", "None of my threads finish"):
         assert rt.is_plain(prose, []), prose
