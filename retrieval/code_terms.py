@@ -63,10 +63,6 @@ if hasattr(ast, "TryStar"):
 def _node_terms(node: ast.AST) -> list[str]:
     out = []
     kind = type(node)
-    if isinstance(node, ast.AnnAssign) and node.value is None:
-        return out  # "TypeError: unsupported operand" is an error message, not an annotation
-    if isinstance(node, ast.BoolOp) and all(isinstance(v, ast.Constant) for v in node.values):
-        return out  # "'list' and 'list'" quoted in prose
     if kind in _SIMPLE:
         out.append(_SIMPLE[kind])
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOP:
