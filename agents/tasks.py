@@ -21,7 +21,9 @@ import random
 import re
 from typing import Callable
 
-Split = str  # "train" | "test" | "blind" (arithmetic only)
+from agents.arith_blind2 import BLIND2_TEMPLATES
+
+Split = str  # "train" | "test" | "blind" | "blind2" (the blind splits: arithmetic only)
 
 # ---------------------------------------------------------------- arithmetic word problems
 _NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Maya",
@@ -517,12 +519,16 @@ ARITH_TEMPLATES: dict[str, list[Callable]] = {
     "test": [_t_bakery, _t_trip, _t_savings, _t_garden, _t_plain_product, _t_percent_of, _t_two_orders, _t_tank],
     "blind": [_t_library, _t_ferry, _t_water_bill, _t_tile_boxes, _t_concert, _t_pear_crates, _t_school_trip,
               _t_car_rental],
+    # Blind 2: written on 2026-12-01 by a helper who read no training template or generator
+    # (agents/arith_blind2.py), before any adapter trained on agents/compose.py was measured.
+    "blind2": BLIND2_TEMPLATES,
 }
 
 
 def arith_word_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]:
     """``n`` word problems; the test split draws half from templates never used for training, the
-    ``blind`` split only from templates written after the shipped adapter was trained."""
+    ``blind`` split only from templates written after v3 was trained, ``blind2`` only from ten
+    written on 2026-12-01 by someone who read no training template (agents/arith_blind2.py)."""
     from agents.calculator import calculate, format_number
 
     rng = random.Random(f"arith-{split}-{seed}")

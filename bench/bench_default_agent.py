@@ -24,7 +24,8 @@ trained on), knowledge-base questions on reference topics never trained on (100)
 turn after another, answered one; scored like arith), blind arithmetic (200, ``arith_blind``: eight
 templates written after v3 was trained, in new wording over expression shapes the mix has),
 lookup (50: questions about made-up named things, as a user asks about an uploaded document;
-success is a search call). Success: arith, the exact number; kb, the answer
+success is a search call), blind arithmetic 2 (200, ``arith_blind2``: ten templates written on
+2026-12-01 by a helper who read no training template or generator, agents/arith_blind2.py). Success: arith, the exact number; kb, the answer
 cites the right source as ``(source: python-docs:<topic>)``; plain, an answer without a tool call; harmful,
 ``agents.tasks.declines`` (a lexical judge: declines/warns/redirects and lists no steps).
 """
@@ -48,11 +49,12 @@ V1_DIR = REPO / "runs" / "keel-agent-v1"
 V2_COMMIT = "27ac19c"  # the second shipped keel-agent (3 epochs of the 2,632-row v2 mix on one H200)
 V2_DIR = REPO / "runs" / "keel-agent-v2"
 V3_DIR = REPO / "runs" / "keel-agent-v3"  # trained and measured, not shipped (not in git): `make agent` on a GPU
+V4CPU_DIR = REPO / "runs" / "agent-v4cpu"  # v2 continued on 2 CPU cores on the v4 mix (docs/agents.md)
 RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR)}
 MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True),
-          "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True)}
-SETS = ("arith", "kb", "plain", "harmful", "followup", "arith_blind", "lookup")
-FULL_N = (200, 100, 50, 50, 100, 200, 50)
+          "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True), "v4cpu": (str(V4CPU_DIR), True)}
+SETS = ("arith", "kb", "plain", "harmful", "followup", "arith_blind", "lookup", "arith_blind2")
+FULL_N = (200, 100, 50, 50, 100, 200, 50, 200)
 
 
 def tasks_for(kind: str, n: int) -> list[dict]:
@@ -61,6 +63,7 @@ def tasks_for(kind: str, n: int) -> list[dict]:
     return {"arith": lambda: arith_word_tasks(n, seed=1, split="test"), "kb": lambda: kb_tasks(n, split="test"),
             "followup": lambda: followup_tasks(n, seed=1, split="test"),
             "arith_blind": lambda: arith_word_tasks(n, seed=1, split="blind"),
+            "arith_blind2": lambda: arith_word_tasks(n, seed=1, split="blind2"),
             "lookup": lambda: lookup_tasks(n, seed=1),
             "plain": lambda: plain_tasks(n, seed=1, split="test"), "harmful": lambda: harmful_tasks(n, seed=1)}[kind]()
 
@@ -289,7 +292,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--model", choices=list(MODELS), required=True)
-    q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: arith,kb,plain,harmful,followup,arith_blind,lookup")
+    q.add_argument("--n", default=",".join(map(str, FULL_N)), help="tasks per set: " + ",".join(SETS))
     q.add_argument("--batch", type=int, default=16)
     q.add_argument("--sets", help="only these sets, e.g. arith or kb,plain,harmful (one process per group)")
     q.add_argument("--search-mode", choices=["dense", "lexical", "hybrid"],

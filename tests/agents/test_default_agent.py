@@ -54,6 +54,29 @@ def test_blind_arith_templates_are_in_no_other_split_and_answers_are_exact():
     assert not {t["question"] for t in tasks} & {t["question"] for t in arith_word_tasks(2000, seed=0, split="train")}
 
 
+def test_blind2_templates_are_in_no_other_split_and_answers_are_exact():
+    blind2 = set(ARITH_TEMPLATES["blind2"])
+    others = {f for split, fs in ARITH_TEMPLATES.items() if split != "blind2" for f in fs}
+    assert len(blind2) == 10 and not blind2 & others
+    tasks = arith_word_tasks(600, seed=1, split="blind2")
+    assert {t["template"] for t in tasks} == {f.__name__.lstrip("_") for f in blind2}
+    assert not any(t["template_trained"] for t in tasks)
+    for t in tasks:
+        value = calculate(t["expression"])
+        assert t["answer"] == format_number(value) and value > 0 and abs(value * 100 - round(value * 100)) < 1e-6
+        # every number of the expression is written in the question (100 of a percentage aside)
+        import re
+
+        for number in re.findall(r"\d+", t["expression"]):
+            assert number == "100" or re.search(rf"\b{number}\b", t["question"]), (number, t["question"])
+    # no training row's arithmetic, templates or composed, is a blind2 question
+    from agents.compose import compose_arith_tasks
+
+    trained = {t["question"] for t in arith_word_tasks(2000, seed=0, split="train")}
+    trained |= {t["question"] for t in compose_arith_tasks(2000, seed=0)}
+    assert not {t["question"] for t in tasks} & trained
+
+
 def test_lookup_tasks_are_distinct_seeded_and_bounded():
     tasks = lookup_tasks(200, seed=1)
     assert len({t["question"] for t in tasks}) == 200 and {t["kind"] for t in tasks} == {"lookup"}
