@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -49,7 +50,7 @@ V1_DIR = REPO / "runs" / "keel-agent-v1"
 V2_COMMIT = "27ac19c"  # the second shipped keel-agent (3 epochs of the 2,632-row v2 mix on one H200)
 V2_DIR = REPO / "runs" / "keel-agent-v2"
 V3_DIR = REPO / "runs" / "keel-agent-v3"  # trained and measured, not shipped (not in git): `make agent` on a GPU
-V4CPU_DIR = REPO / "runs" / "agent-v4cpu"  # v2 continued on 2 CPU cores on the v4 mix (docs/agents.md)
+V4CPU_DIR = REPO / "runs" / "agent-v4cpu" / "model"  # v2 continued on 2 CPU cores on the v4 mix (docs/agents.md)
 RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR)}
 MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True),
           "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True), "v4cpu": (str(V4CPU_DIR), True)}
@@ -287,6 +288,37 @@ def table() -> None:
         print(f"median after/before: {lat['median_ratio_after_over_before']:.2f}x")
 
 
+def compare(a: str, b: str) -> None:
+    """Two models' stored records, set by set (success, B/A), and arithmetic split by template."""
+    print(f"| set | tasks | {a} | {b} | {b}/{a} | format errors ({a}, {b}) | step-limit endings ({a}, {b}) |")
+    print("|---|---|---|---|---|---|---|")
+    reports = {}
+    for kind in SETS:
+        paths = [OUT / f"default-agent-{name}-{kind}.json" for name in (a, b)]
+        if not all(p.is_file() for p in paths):
+            continue
+        ra, rb = (json.loads(p.read_text()) for p in paths)
+        reports[kind] = (ra, rb)
+        ratio = f"{rb['success'] / ra['success']:.2f}x" if ra["success"] else "-"
+        print(f"| {kind} | {ra['tasks']} | {ra['success']:.3f} | {rb['success']:.3f} | {ratio} | "
+              f"{ra['format_errors_per_task']:.2f}, {rb['format_errors_per_task']:.2f} | "
+              f"{ra['step_limit_endings']}, {rb['step_limit_endings']} |")
+        if kind == "kb":
+            print(f"| kb: clean successes, answers at the bound | | {ra.get('clean_success')}, "
+                  f"{ra.get('answers_at_bound')} | {rb.get('clean_success')}, {rb.get('answers_at_bound')} | | | |")
+    for kind in ("arith", "arith_blind", "arith_blind2"):
+        if kind not in reports:
+            continue
+        ra, rb = reports[kind]
+        tasks = tasks_for(kind, ra["tasks"])
+        print(f"\n{kind}, per template ({a} -> {b}):")
+        for name in sorted({t["template"] for t in tasks}):
+            idx = [i for i, t in enumerate(tasks) if t["template"] == name]
+            shape = re.sub(r"\d+", "n", tasks[idx[0]]["expression"])
+            print(f"  {name:24s} {shape:28s} {sum(ra['records'][i]['ok'] for i in idx):3d}/{len(idx):<3d} -> "
+                  f"{sum(rb['records'][i]['ok'] for i in idx):3d}/{len(idx)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -311,6 +343,9 @@ def main() -> None:
     rs.add_argument("paths", nargs="+")
     rv = sub.add_parser("restore", help="an earlier shipped adapter from git into runs/ (a baseline)")
     rv.add_argument("version", choices=sorted(RESTORE))
+    cp = sub.add_parser("compare", help="two models' stored records, set by set and template by template")
+    cp.add_argument("a", choices=list(MODELS))
+    cp.add_argument("b", choices=list(MODELS))
     a = p.parse_args()
     if a.cmd == "quality":
         quality(a.model, [int(x) for x in a.n.split(",")], a.batch, a.sets.split(",") if a.sets else None,
@@ -321,6 +356,8 @@ def main() -> None:
         restore(a.version)
     elif a.cmd == "latency":
         latency(a.per_set)
+    elif a.cmd == "compare":
+        compare(a.a, a.b)
     else:
         table()
 
