@@ -22,8 +22,9 @@ chat: setup
 
 # Rebuild Keel's default agent (models/keel-agent) from scratch: the training mix, LoRA SFT, then
 # the adapter copied into the repo. With a GPU: configs/agent-sft-gpu.yaml (3 epochs, ~2.5 min on one
-# H200; what ships). Without: configs/agent-sft.yaml (a fraction of an epoch, ~35 min on 2 cores,
-# a weaker adapter). README "The agent"; AGENT_CONFIG=... picks one.
+# H200; trained v2, the parent of what ships). Without: configs/agent-sft.yaml (a fraction of an
+# epoch, ~35 min on 2 cores, a weaker adapter). The shipped v4cpu is v2 continued on a CPU:
+# configs/agent-sft-continue.yaml has its commands. README "The agent"; AGENT_CONFIG=... picks one.
 AGENT_CONFIG ?= $(shell $(PY) -c "import torch; print('configs/agent-sft-gpu.yaml' if torch.cuda.is_available() else 'configs/agent-sft.yaml')" 2>/dev/null)
 agent: setup
 	$(PY) -m agents make-mix --out runs/data/agent_mix.jsonl

@@ -552,6 +552,19 @@ def followup_tasks(n: int, seed: int = 0, split: Split = "test") -> list[dict]:
             for p, t in zip(first, second)]
 
 
+def switch_tasks(n: int, seed: int = 0) -> list[dict]:
+    """A change of topic: a plain request or a knowledge-base question (test splits, alternating)
+    asked as the second turn after an arithmetic problem already answered, as the app sends the
+    history. Scored as the second task's kind (plain: no tool; kb: cites the source), so an agent
+    that repeats the earlier calculator call fails."""
+    first = arith_word_tasks(n, seed + 300, "test")
+    plain, kb = plain_tasks((n + 1) // 2, seed + 300, "test"), kb_tasks(n // 2, seed + 300, "test")
+    second = [plain[i // 2] if i % 2 == 0 else kb[i // 2] for i in range(n)]
+    return [{**t, "history": [{"role": "user", "content": p["question"]},
+                              {"role": "assistant", "content": p["answer"]}]}
+            for p, t in zip(first, second)]
+
+
 # ---------------------------------------------------------------- knowledge-base questions
 def _topic_split(topic: str) -> Split:
     """A fixed quarter of the reference topics is never used for training."""

@@ -25,7 +25,9 @@ turn after another, answered one; scored like arith), blind arithmetic (200, ``a
 templates written after v3 was trained, in new wording over expression shapes the mix has),
 lookup (50: questions about made-up named things, as a user asks about an uploaded document;
 success is a search call), blind arithmetic 2 (200, ``arith_blind2``: ten templates written on
-2026-12-01 by a helper who read no training template or generator, agents/arith_blind2.py). Success: arith, the exact number; kb, the answer
+2026-12-01 by a helper who read no training template or generator, agents/arith_blind2.py),
+switch (60: a plain request or a KB question asked after an answered arithmetic turn; scored as
+its own kind, so repeating the earlier calculator call fails). Success: arith, the exact number; kb, the answer
 cites the right source as ``(source: python-docs:<topic>)``; plain, an answer without a tool call; harmful,
 ``agents.tasks.declines`` (a lexical judge: declines/warns/redirects and lists no steps).
 """
@@ -54,17 +56,19 @@ V4CPU_DIR = REPO / "runs" / "agent-v4cpu" / "model"  # v2 continued on 2 CPU cor
 RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR)}
 MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True),
           "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True), "v4cpu": (str(V4CPU_DIR), True)}
-SETS = ("arith", "kb", "plain", "harmful", "followup", "arith_blind", "lookup", "arith_blind2")
-FULL_N = (200, 100, 50, 50, 100, 200, 50, 200)
+SETS = ("arith", "kb", "plain", "harmful", "followup", "arith_blind", "lookup", "arith_blind2", "switch")
+FULL_N = (200, 100, 50, 50, 100, 200, 50, 200, 60)
 
 
 def tasks_for(kind: str, n: int) -> list[dict]:
-    from agents.tasks import arith_word_tasks, followup_tasks, harmful_tasks, kb_tasks, lookup_tasks, plain_tasks
+    from agents.tasks import (arith_word_tasks, followup_tasks, harmful_tasks, kb_tasks, lookup_tasks, plain_tasks,
+                              switch_tasks)
 
     return {"arith": lambda: arith_word_tasks(n, seed=1, split="test"), "kb": lambda: kb_tasks(n, split="test"),
             "followup": lambda: followup_tasks(n, seed=1, split="test"),
             "arith_blind": lambda: arith_word_tasks(n, seed=1, split="blind"),
             "arith_blind2": lambda: arith_word_tasks(n, seed=1, split="blind2"),
+            "switch": lambda: switch_tasks(n, seed=1),
             "lookup": lambda: lookup_tasks(n, seed=1),
             "plain": lambda: plain_tasks(n, seed=1, split="test"), "harmful": lambda: harmful_tasks(n, seed=1)}[kind]()
 

@@ -1,6 +1,8 @@
 """Keel's default agent: the task generators, the training mix and the shipped adapter."""
 import json
 
+import re
+
 import pytest
 
 from agents.agent import react_system_prompt
@@ -75,6 +77,21 @@ def test_blind2_templates_are_in_no_other_split_and_answers_are_exact():
     trained = {t["question"] for t in arith_word_tasks(2000, seed=0, split="train")}
     trained |= {t["question"] for t in compose_arith_tasks(2000, seed=0)}
     assert not {t["question"] for t in tasks} & trained
+
+
+def test_switch_tasks_change_topic_after_an_answered_arithmetic_turn():
+    from agents.tasks import switch_tasks
+
+    tasks = switch_tasks(60, seed=1)
+    assert len(tasks) == 60 and tasks == switch_tasks(60, seed=1)
+    assert [t["kind"] for t in tasks[:4]] == ["plain", "kb", "plain", "kb"]
+    for t in tasks:
+        user, answer = t["history"]
+        assert user["role"] == "user" and answer["role"] == "assistant" and answer["content"]
+        assert re.search(r"\d", user["content"]) and re.fullmatch(r"-?[\d.,]+", answer["content"])
+        assert ("source" in t) == (t["kind"] == "kb")
+    # the second turns come from the test splits only
+    assert {t["question"] for t in tasks if t["kind"] == "kb"} <= {t["question"] for t in kb_tasks(split="test")}
 
 
 def test_lookup_tasks_are_distinct_seeded_and_bounded():
@@ -275,9 +292,12 @@ def test_the_shipped_adapter_has_a_valid_manifest_and_is_small():
     from align.checkpoint import load_manifest
 
     manifest = load_manifest(SHIPPED)
+    # v4cpu: the v2 adapter of git 27ac19c, continued; its parent for `align eval` (win rate, KL) is the
+    # embedded model, which any machine resolves; the chain is in "shipped"
     assert manifest.stage == "sft" and manifest.base_model == "smollm2-135m" and manifest.parents == ["smollm2-135m"]
     assert manifest.data and len(manifest.data[0]["sha256"]) == 64
-    assert manifest.config["lora"]["enabled"] is True and manifest.config["data"]["path"].endswith("agent_mix.jsonl")
+    assert manifest.config["lora"]["enabled"] is True and manifest.config["data"]["path"].endswith(".jsonl")
+    assert "27ac19c" in manifest.model_dump().get("shipped", {}).get("parent", "")
     adapter = json.loads((SHIPPED / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "smollm2-135m"
     size = (SHIPPED / "adapter_model.safetensors").stat().st_size
