@@ -744,7 +744,7 @@ def cites(answer: str | None, source: str) -> bool:
     """Whether ``answer`` cites ``source`` as the agent's format does: ``(source: NAME)`` (a ``§ heading``
     after the name allowed). The name elsewhere (a copied passage line "[2] (NAME § ...)") is not a
     citation. The KB tasks' judge in the benchmarks and in simulated users."""
-    return any(c.split(" § ")[0].strip() == source for c in re.findall(r"\(source: ([^)]*)\)", answer or ""))
+    return any(c.split(" § ")[0].strip() == source for c in re.findall(r"\(source: ((?:[^()\n]|\([^()\n]*\))*)\)", answer or ""))
 
 
 def declines(answer: str | None) -> bool:

@@ -21,7 +21,8 @@ from align.generate import stream_reply
 from align.models import ModelSource, load_policy
 from serve.settings import ChatSettings
 
-_SOURCE = re.compile(r"^\[\d+\] \(([^)]*)\)", re.M)
+# "[i] (SOURCE) text", where a file name or heading may hold brackets itself ("notes (1).md § Plan (v2)")
+_SOURCE = re.compile(r"^\[\d+\] \(((?:[^()\n]|\([^()\n]*\))*)\)", re.M)
 
 
 def message_text(content: Any) -> str:

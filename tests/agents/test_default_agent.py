@@ -331,3 +331,8 @@ def test_the_default_agent_answers_with_the_calculator(question, answer):
     assert [e.tool for e in trace.tool_calls] == ["calculator"], trace.events
     assert trace.answer is not None and answer in trace.answer.replace(",", "")
     assert not [e for e in trace.events if e.type == "error"]
+
+
+def test_cites_reads_source_names_that_hold_brackets():
+    assert cites("It lifts 38 t. (source: uploads/notes (1).md § Crane (v4))", "uploads/notes (1).md")
+    assert not cites("It lifts 38 t. (source: uploads/notes (2).md)", "uploads/notes (1).md")

@@ -31,6 +31,22 @@ class FakeRetriever:
         return [FakeHit(), FakeHit()]  # two chunks of the same section: one source
 
 
+class BracketHit:
+    text, source, heading = "The crane lifts 38 tonnes.", "uploads/notes (1).md", "Harbour crane (v4)"
+
+
+class BracketRetriever:
+    def search(self, query, k):
+        return [BracketHit(), FakeHit()]
+
+
+def test_sources_whose_names_hold_brackets_are_listed_whole(tiny_model_dir):
+    llm = ScriptedLLM([' look it up\nAction: search\nAction Input: {"query": "crane"}', " done\nFinal Answer: 38 tonnes."])
+    chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([search_tool(BracketRetriever())]))
+    final = list(chat.respond("crane?", [], None, turn={}))[-1]
+    assert final[-1]["content"].endswith("**Sources:** uploads/notes (1).md § Harbour crane (v4); README.md § Run folders")
+
+
 def test_agent_turn_shows_collapsible_steps_then_the_answer_with_sources(tiny_model_dir):
     llm = ScriptedLLM([' look it up\nAction: search\nAction Input: {"query": "resume"}',
                        ' compute\nAction: calculator\nAction Input: {"expression": "6*7"}',
