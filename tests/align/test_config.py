@@ -50,14 +50,19 @@ def test_print_config_rejects_a_bad_shipped_style_config(tmp_path, capsys):
     assert "ppo.minibatch_size: unknown key" in capsys.readouterr().err
 
 
-def test_shipped_agent_was_trained_with_the_gpu_recipe():
-    """The adapter's keel.json records the config it was trained with."""
+def test_shipped_agent_was_trained_with_its_recorded_recipe():
+    """The adapter's keel.json records the config it was trained with: v4cpu, v2 continued with
+    configs/agent-sft-continue.yaml (v2 itself: configs/agent-sft-gpu.yaml, r=16 on every linear layer)."""
     import json
 
     shipped = json.loads((REPO / "models" / "keel-agent" / "keel.json").read_text())["config"]
+    cont = load_config(SFTStageConfig, REPO / "configs" / "agent-sft-continue.yaml")
+    for key in ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "max_length"):
+        assert shipped["training"][key] == getattr(cont.training, key), key
+    assert shipped["data"]["path"] == cont.data.path and shipped["lora"]["enabled"] is cont.lora.enabled is True
+    adapter = json.loads((REPO / "models" / "keel-agent" / "adapter_config.json").read_text())
     gpu = load_config(SFTStageConfig, REPO / "configs" / "agent-sft-gpu.yaml")
-    assert shipped["training"]["num_train_epochs"] == gpu.training.num_train_epochs
-    assert shipped["lora"] == gpu.lora.model_dump()
+    assert adapter["r"] == gpu.lora.r and adapter["lora_alpha"] == gpu.lora.alpha  # v2's, kept when continued
 
 
 def test_overrides_reach_nested_fields_and_parse_types():
