@@ -59,7 +59,7 @@ def tokenize_masking_observations(example: dict[str, Any], tokenizer) -> dict[st
     inside an observation's text get mask 0. Raises ``DataError`` for a row that is not
     conversational prompt-completion or that the tokenizer cannot map back to characters."""
     from align.errors import DataError
-    from trl.data_utils import is_conversational
+    from trl.data_utils import common_prefix_length, is_conversational
 
     if "prompt" not in example or "completion" not in example or not is_conversational(example):
         raise DataError("mask_observations needs conversational prompt-completion rows (prompt and completion "
@@ -73,9 +73,7 @@ def tokenize_masking_observations(example: dict[str, Any], tokenizer) -> dict[st
     if encoded["input_ids"] != ids:
         raise DataError("mask_observations: the tokenizer does not give the chat template's tokens back from its "
                         "text, so observation spans cannot be found; set mask_observations false")
-    start = 0
-    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
-        start += 1
+    start = common_prefix_length(prompt_ids, ids)  # where TRL starts the completion
     completion_from = encoded["offset_mapping"][start][0] if start < len(ids) else len(text)
     spans = [(a, b) for a, b in observation_spans(text) if a >= completion_from]
     mask = [0] * start
