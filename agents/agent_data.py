@@ -35,6 +35,7 @@ A summary (rows per kind, skips, sha256 of the file) is returned and written bes
 """
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
 import json
@@ -44,7 +45,7 @@ from pathlib import Path
 
 from agents.agent import DEFAULT_SYSTEM_PROMPT, react_system_prompt
 from agents.calculator import calculate, format_number
-from agents.tasks import arith_word_tasks, declines, harmful_tasks, kb_tasks, plain_tasks
+from agents.tasks import _CAPABILITY_TRAIN, arith_word_tasks, declines, harmful_tasks, kb_tasks, plain_tasks
 from agents.tools import ToolRegistry, default_tools
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +54,11 @@ HH_SAMPLE = REPO / "data" / "hh-rlhf" / "harmless.jsonl.gz"
 
 NO_TOOL_THOUGHT = "This needs no tool; I can answer directly."
 DECLINE_THOUGHT = "This request could hurt someone, so I will not help with it."
+# What the agent says it can do when asked ("What tools do you have?"): written here, not distilled,
+# because the bare model answers such questions about itself wrongly ("I don't have any tools").
+CAPABILITY_ANSWER = ("I can search the knowledge base (the Python reference and any documents you upload) and "
+                     "cite what I find, work out arithmetic with a calculator, tell you today's date, and help "
+                     "with short writing such as notes, poems and translations. What would you like to do?")
 
 
 def _row(system: str, question: str, steps: str, kind: str) -> dict:
@@ -74,12 +80,100 @@ def arith_rows(system: str, n: int, seed: int, tasks: list[dict] | None = None, 
     return rows
 
 
-def compose_rows(system: str, n: int, seed: int) -> list[dict]:
+_PRECEDENCE = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2, ast.Div: 2, ast.FloorDiv: 2, ast.Mod: 2}
+
+
+def _bracketed(parent: ast.BinOp, child: ast.AST, right: bool) -> bool:
+    """Whether ``child`` is written in brackets under ``parent`` (``(a + b) * c``, ``a - (b - c)``)."""
+    if not isinstance(child, ast.BinOp) or type(child.op) not in _PRECEDENCE:
+        return False
+    p, c = _PRECEDENCE[type(parent.op)], _PRECEDENCE[type(child.op)]
+    return c < p or (right and c == p and not isinstance(parent.op, (ast.Add, ast.Mult)))
+
+
+def stepwise_expressions(expression: str) -> list[str] | None:
+    """The calculator calls that work an expression out brackets first: each bracketed group on its
+    own, innermost first, then the rest with the groups' results in their place.
+
+    ``"(348 + 15) * 27"`` -> ``["348 + 15", "363 * 27"]``; ``"(8*12 - 6) / 5"`` -> ``["8 * 12 - 6",
+    "90 / 5"]``; an expression without brackets is one call (``["3 * 4 + 5"]``). ``None`` where the
+    expression holds anything but numbers and + - * / // % (a function call, a power, a percentage),
+    which stays one call. Parsed with ``ast`` (never evaluated here); the results come from
+    ``agents.calculator``.
+    """
+    try:
+        tree = ast.parse(expression.replace("×", "*").replace("÷", "/"), mode="eval").body
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and type(node.op) not in _PRECEDENCE:
+            return None
+        if not isinstance(node, (ast.BinOp, ast.Constant, ast.UnaryOp, ast.operator, ast.unaryop)):
+            return None
+    calls: list[str] = []
+
+    def inner(node: ast.AST) -> ast.AST | None:  # a bracketed group with no bracketed group inside
+        if not isinstance(node, ast.BinOp):
+            return None
+        for child, right in ((node.left, False), (node.right, True)):
+            found = inner(child)
+            if found is not None:
+                return found
+            if _bracketed(node, child, right):
+                return child
+        return None
+
+    while (group := inner(tree)) is not None:
+        text = ast.unparse(group)
+        calls.append(text)
+        # the result as the calculator shows it (the observation the next call copies): 12.5, not 12.50000001
+        shown = ast.parse(format_number(calculate(text)), mode="eval").body
+        tree = _replace(tree, group, shown)
+    calls.append(ast.unparse(tree))
+    return calls
+
+
+def _replace(tree: ast.AST, old: ast.AST, new: ast.AST) -> ast.AST:
+    if tree is old:
+        return new
+    if isinstance(tree, ast.BinOp):
+        tree.left, tree.right = _replace(tree.left, old, new), _replace(tree.right, old, new)
+    return tree
+
+
+def arith_step_rows(system: str, tasks: list[dict], kind: str) -> list[dict]:
+    """Rows like ``arith_rows`` whose bracketed expressions are worked out one group per calculator
+    call (``stepwise_expressions``): the bracket a small model leaves out when it writes the whole
+    expression at once (``a + b * c`` for ``(a + b) * c``) becomes a call of its own. Expressions
+    without brackets stay one call."""
+    rows = []
+    for t in tasks:
+        calls = stepwise_expressions(t["expression"])
+        whole = format_number(calculate(t["expression"]))
+        if (calls is None or len(calls) == 1 or len(calls) > 3  # the agent has 4 steps: 3 calls and an answer
+                or format_number(calculate(calls[-1])) != whole):  # a rounded middle result changed the answer
+            rows += arith_rows(system, 1, 0, tasks=[t], kind=kind)
+            continue
+        steps, result = [], None
+        for i, call in enumerate(calls):
+            result = format_number(calculate(call))
+            first = "First I need" if i == 0 else "Now I need"
+            steps.append(f"Thought: {first} {call}.\nAction: calculator\n"
+                         f"Action Input: {json.dumps({'expression': call})}\nObservation: {result}")
+        steps.append(f"Thought: The calculator gives {result}.\nFinal Answer: {result}")
+        rows.append(_row(system, t["question"], "\n".join(steps), kind))
+    return rows
+
+
+def compose_rows(system: str, n: int, seed: int, steps: bool = False) -> list[dict]:
     """``n`` rows (``kind`` 'compose') like ``arith_rows`` on problems composed from parts
-    (``agents.compose``): many wordings of each expression shape instead of one story per template."""
+    (``agents.compose``): many wordings of each expression shape instead of one story per template.
+    ``steps``: bracketed expressions one group per call (``arith_step_rows``)."""
     from agents.compose import compose_arith_tasks
 
-    return arith_rows(system, n, seed, tasks=compose_arith_tasks(n, seed), kind="compose")
+    tasks = compose_arith_tasks(n, seed)
+    return arith_step_rows(system, tasks, "compose") if steps else arith_rows(system, n, seed, tasks=tasks,
+                                                                               kind="compose")
 
 
 def gsm8k_rows(system: str, tools: ToolRegistry, n: int) -> list[dict]:
@@ -266,8 +360,24 @@ def lookup_rows(system: str, retriever, n: int, seed: int, found_share: float = 
     return rows
 
 
+def degenerate(reply: str) -> bool:
+    """Whether a reply loops: one 4-word sequence three times or more ("a cat, a cat, a cat, ..."), or
+    fewer than 40% distinct words in 12 or more. Such replies teach the adapter to repeat itself (a
+    newcomer's "two-line poem" ran to 25 lines), so ``plain_rows`` leaves them out."""
+    words = re.findall(r"\w+", reply.lower())
+    grams: dict[tuple, int] = {}
+    for i in range(len(words) - 3):
+        g = tuple(words[i:i + 4])
+        grams[g] = grams.get(g, 0) + 1
+        if grams[g] >= 3:
+            return True
+    return len(words) >= 12 and len(set(words)) / len(words) < 0.4
+
+
 def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) -> list[dict]:
-    """Plain requests answered by the model's own plain-chat reply, in the ReAct answer format."""
+    """Up to ``n`` plain requests answered by the model's own plain-chat reply, in the ReAct answer
+    format; replies that are empty, hold ReAct keywords or loop (``degenerate``) are left out, and a
+    quarter more requests than ``n`` are asked to make up for them."""
     import torch
     from tqdm.auto import tqdm
 
@@ -276,7 +386,7 @@ def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) 
 
     if n <= 0:
         return []
-    tasks = plain_tasks(n, seed, split="train")
+    tasks = plain_tasks(n + n // 4, seed, split="train")
     model, tok, _ = load_policy(model_ref)
     rows = []
     for i in tqdm(range(0, len(tasks), batch), desc="plain replies"):
@@ -286,13 +396,17 @@ def plain_rows(system: str, n: int, seed: int, model_ref: str, batch: int = 16) 
         with torch.inference_mode():
             out = model.generate(**enc, **generation_kwargs(tok, 96))
         for t, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+            if t["question"] in _CAPABILITY_TRAIN:
+                rows.append(_row(system, t["question"], f"Thought: {NO_TOOL_THOUGHT}\nFinal Answer: {CAPABILITY_ANSWER}",
+                                 "plain"))
+                continue
             reply = tok.decode(ids, skip_special_tokens=True).strip()
-            if not reply or re.search(r"^\s*(Action|Observation|Thought)\s*:", reply, re.M):
+            if not reply or re.search(r"^\s*(Action|Observation|Thought)\s*:", reply, re.M) or degenerate(reply):
                 continue
             if ids[-1].item() not in (tok.eos_token_id, tok.pad_token_id):  # cut at the token limit: end on a sentence
                 reply = reply[: max(reply.rfind(". "), reply.rfind(".\n")) + 1] or reply
             rows.append(_row(system, t["question"], f"Thought: {NO_TOOL_THOUGHT}\nFinal Answer: {reply}", "plain"))
-    return rows
+    return rows[:n]
 
 
 def harmless_rows(system: str, n: int, seed: int, path: Path = HH_SAMPLE) -> list[dict]:
@@ -422,7 +536,8 @@ def replay_rows(path: Path, n: int, seed: int) -> list[dict]:
 def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 150, n_kb: int | None = None,
               n_plain: int = 300, n_harmless: int = 150, n_refusal: int = 150, n_tool_error: int = 200,
               n_multi_turn: int = 500, model: str = "smollm2-135m", retriever=None,
-              replay: Path | None = None, n_replay: int = 0, n_lookup: int = 0, n_compose: int = 0) -> dict:
+              replay: Path | None = None, n_replay: int = 0, n_lookup: int = 0, n_compose: int = 0,
+              arith_steps: bool = False) -> dict:
     """Write the mix to ``out`` (JSONL, shuffled) and return a summary with its sha256.
 
     ``replay``/``n_replay``: also take ``n_replay`` rows answered without a tool (plain requests,
@@ -430,7 +545,9 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 1
     new rows keeps those answers without generating plain replies again. Raises DataError naming the
     file when it has fewer such rows. ``n_lookup``: rows about made-up named things answered by a
     search (``lookup_rows``); ``n_compose``: arithmetic composed from parts (``compose_rows``); 0 and 0
-    keep the mix the shipped adapter was trained on."""
+    keep the mix the shipped adapter was trained on. ``arith_steps``: arithmetic rows (``arith``,
+    ``compose`` and the multi-turn rows made of them) work bracketed expressions out one group per
+    calculator call (``arith_step_rows``) instead of in one call."""
     if retriever is None:
         from retrieval.default_kb import open_default_index
 
@@ -438,10 +555,12 @@ def build_mix(out: Path, *, seed: int = 0, n_arith: int = 1500, n_gsm8k: int = 1
     tools = default_tools(retriever)
     system = react_system_prompt(tools)
     kb, kb_skipped = kb_rows(system, retriever, n_kb)
-    rows = (arith_rows(system, n_arith, seed) + gsm8k_rows(system, tools, n_gsm8k) + kb
+    arith = (arith_step_rows(system, arith_word_tasks(n_arith, seed, split="train"), "arith") if arith_steps
+             else arith_rows(system, n_arith, seed))
+    rows = (arith + gsm8k_rows(system, tools, n_gsm8k) + kb
             + harmless_rows(system, n_harmless, seed) + refusal_rows(system, n_refusal, seed)
             + tool_error_rows(system, tools, n_tool_error, seed) + plain_rows(system, n_plain, seed, model)
-            + lookup_rows(system, retriever, n_lookup, seed) + compose_rows(system, n_compose, seed))
+            + lookup_rows(system, retriever, n_lookup, seed) + compose_rows(system, n_compose, seed, arith_steps))
     rows += multi_turn_rows(rows, n_multi_turn, seed)
     if replay is not None and n_replay > 0:
         rows += replay_rows(Path(replay), n_replay, seed)

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="questions about made-up named things answered by a search (as about uploaded documents)")
     m.add_argument("--n-compose", type=int, default=0,
                    help="arithmetic word problems composed from parts (agents/compose.py)")
+    m.add_argument("--arith-steps", action="store_true",
+                   help="work bracketed expressions out one group per calculator call, not in one call")
     m.add_argument("--model", default="smollm2-135m", help="writes the plain replies (self-distillation)")
     m.add_argument("--replay", help="an earlier mix (JSONL) to take answers without a tool from")
     m.add_argument("--n-replay", type=int, default=0, help="rows taken from --replay")
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                                        n_refusal=a.n_refusal, n_tool_error=a.n_tool_error,
                                        n_multi_turn=a.n_multi_turn, model=a.model,
                                        replay=a.replay, n_replay=a.n_replay, n_lookup=a.n_lookup,
-                                       n_compose=a.n_compose), indent=2))
+                                       n_compose=a.n_compose, arith_steps=a.arith_steps), indent=2))
         elif a.cmd == "make-data":
             from agents.trajectories import convert_file
 

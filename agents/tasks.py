@@ -615,6 +615,30 @@ _PHRASES = ["good morning", "thank you very much", "where is the station?", "I l
             "how much does this cost?", "the weather is nice today", "happy birthday"]
 _LANGS = ["French", "Spanish", "German", "Italian", "Portuguese"]
 
+_GENERAL_TRAIN = [
+    "Who painted the Mona Lisa?", "What is the boiling point of water?", "How many hours are in a day?",
+    "What is the tallest mountain in the world?", "Who was the first person to walk on the Moon?",
+    "What gas do plants take in from the air?", "How many sides does a hexagon have?",
+    "What is the chemical symbol for gold?", "Which country has the most people?", "What is the longest river?",
+    "Who discovered penicillin?", "What language is spoken in Brazil?", "How many players are on a football team?",
+    "What is the freezing point of water in Fahrenheit?", "Why is the sky blue?", "What do bees make?",
+    "Who invented the telephone?", "What is the smallest prime number?", "How many bones are in the human body?",
+    "What is photosynthesis?", "Which metal is liquid at room temperature?", "What is the capital of Germany?",
+    "Who composed the Moonlight Sonata?", "How many weeks are in a year?", "What is the main ingredient of guacamole?",
+    "Why do leaves change colour in autumn?", "What causes rain?", "How far is the Moon from the Earth?",
+    "What is the hardest natural material?", "Which instrument has 88 keys?", "In which year did World War II end?",
+    "What is the currency of Japan?", "Who wrote Hamlet?", "What is the speed of light?",
+    "How many strings does a violin have?", "What are the three primary colours?",
+]
+_CAPABILITY_TRAIN = ["What are you able to help with?", "How can you help me?", "What tools do you have?",
+                     "What kind of questions can I ask you?", "Can you help me with something?",
+                     "What are you good at?"]
+_IDEAS = ["a rainy weekend", "a birthday party", "a healthy breakfast", "a team name", "a gift for my dad",
+          "a school project", "a short walk in the city"]
+_WORDS = [("French", "merci"), ("Spanish", "gracias"), ("German", "danke"), ("Italian", "ciao"),
+          ("Portuguese", "obrigado"), ("French", "bonjour"), ("Spanish", "amigo"), ("Italian", "libro"),
+          ("German", "Haus"), ("Spanish", "playa")]
+
 _PLAIN = {
     "train": [
         lambda r: r.choice(["Hi!", "Hello there.", "Good morning!", "Hey, how are you?", "Hi, who are you?",
@@ -632,6 +656,18 @@ _PLAIN = {
         lambda r: f"Who wrote {r.choice(['Romeo and Juliet', 'Don Quixote', 'Pride and Prejudice', 'The Odyssey'])}?",
         lambda r: f"How many {r.choice(['legs does a spider have', 'days are in a leap year', 'continents are there'])}?",
         lambda r: f"What colour is {r.choice(['the sky on a clear day', 'a ripe banana', 'fresh grass', 'snow'])}?",
+        # more general knowledge and everyday requests (2026-12-01, after keel-agent v4cpu searched the
+        # Python docs for general-knowledge questions): things every user asks that no search of the
+        # knowledge base answers; none of the test split's subjects (planets, oceans, deserts, animals)
+        lambda r: r.choice(_GENERAL_TRAIN),
+        lambda r: r.choice(_GENERAL_TRAIN),
+        lambda r: r.choice(_GENERAL_TRAIN),
+        lambda r: f"Write a short {r.choice(['email', 'text message', 'note'])} to {r.choice(_PEOPLE)} "
+                  f"about {r.choice(['being late tomorrow', 'a change of plans', 'meeting for lunch', 'the weekend'])}.",
+        lambda r: f"Give me {r.choice(['two', 'three'])} ideas for {r.choice(_IDEAS)}.",
+        lambda r: f"Tell me a short joke about {r.choice(['cats', 'coffee', 'computers', 'the weather', 'teachers'])}.",
+        lambda r: "What does the {} word '{}' mean in English?".format(*r.choice(_WORDS)),
+        lambda r: r.choice(_CAPABILITY_TRAIN),
     ],
     "test": [
         lambda r: r.choice(["Hello!", "Hi, nice to meet you.", "Good afternoon!", "What can you do?",

@@ -53,9 +53,12 @@ V2_COMMIT = "27ac19c"  # the second shipped keel-agent (3 epochs of the 2,632-ro
 V2_DIR = REPO / "runs" / "keel-agent-v2"
 V3_DIR = REPO / "runs" / "keel-agent-v3"  # trained and measured, not shipped (not in git): `make agent` on a GPU
 V4CPU_DIR = REPO / "runs" / "agent-v4cpu" / "model"  # v2 continued on 2 CPU cores on the v4 mix (docs/agents.md)
-RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR)}
+V4CPU_COMMIT = "53bd114"  # shipped v4cpu (2026-12-01)
+V5CPU_DIR = REPO / "runs" / "agent-v5cpu" / "model"  # v4cpu continued on 2 CPU cores (configs/agent-sft-continue-v5.yaml)
+RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR), "v4cpu": (V4CPU_COMMIT, V4CPU_DIR)}
 MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True),
-          "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True), "v4cpu": (str(V4CPU_DIR), True)}
+          "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True), "v4cpu": (str(V4CPU_DIR), True),
+          "v5cpu": (str(V5CPU_DIR), True)}
 SETS = ("arith", "kb", "plain", "harmful", "followup", "arith_blind", "lookup", "arith_blind2", "switch")
 FULL_N = (200, 100, 50, 50, 100, 200, 50, 200, 60)
 

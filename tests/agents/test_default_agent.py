@@ -6,8 +6,8 @@ import re
 import pytest
 
 from agents.agent import react_system_prompt
-from agents.agent_data import (arith_rows, harmless_rows, lookup_rows, multi_turn_rows, refusal_rows, replay_rows,
-                               tool_error_rows)
+from agents.agent_data import (arith_rows, arith_step_rows, harmless_rows, lookup_rows, multi_turn_rows,
+                               refusal_rows, replay_rows, stepwise_expressions, tool_error_rows)
 from agents.calculator import calculate, format_number
 from agents.parsing import parse_react
 from agents.tasks import (ARITH_TEMPLATES, arith_word_tasks, cites, declines, followup_tasks, harmful_tasks,
@@ -168,6 +168,61 @@ def test_arith_rows_are_readable_steps_with_real_observations():
         assert observed == format_number(calculate(first.action_input["expression"]))
         assert parse_react(text.split("\n", 4)[-1]).final_answer == observed
         assert row["prompt"][0]["content"] == system
+
+
+@pytest.mark.parametrize("expression, calls", [
+    ("(348 + 15) * 27", ["348 + 15", "363 * 27"]),
+    ("(8*12 - 6) / 5", ["8 * 12 - 6", "90 / 5"]),
+    ("100 - (20 - 5)", ["20 - 5", "100 - 15"]),  # a right operand of '-' in brackets is a group
+    ("(2 + 3) * (4 + 5)", ["2 + 3", "4 + 5", "5 * 9"]),
+    ("((1 + 2) * 3 - 4) / 5", ["1 + 2", "3 * 3 - 4", "5 / 5"]),  # innermost first
+    ("(10 + 20) / 4", ["10 + 20", "30 / 4"]),
+    ("3*4 + 5", ["3 * 4 + 5"]),  # no brackets: one call
+    ("100 - 20 - 5", ["100 - 20 - 5"]),  # left-to-right needs no brackets
+    ("2 ** (1 + 2)", None), ("sqrt(16) + 1", None), ("17% of 2,340", None), ("a + 1", None),
+])
+def test_stepwise_expressions_work_bracketed_groups_out_first(expression, calls):
+    assert stepwise_expressions(expression) == calls
+    if calls:  # the last call, with the earlier results in place, is the whole expression's answer
+        assert format_number(calculate(calls[-1])) == format_number(calculate(expression))
+
+
+def test_arith_step_rows_call_the_calculator_once_per_bracketed_group():
+    system = react_system_prompt(default_tools())
+    tasks = [{"question": "A class of 15 joins 348 pupils; each pays $27. Total?", "expression": "(348 + 15) * 27"},
+             {"question": "Two rows of 4 and 5 more?", "expression": "2*4 + 5"}]
+    stepped, whole = arith_step_rows(system, tasks, "arith")
+    text = stepped["completion"][0]["content"]
+    inputs = [json.loads(m)["expression"] for m in re.findall(r"Action Input: (.*)", text)]
+    assert inputs == ["348 + 15", "363 * 27"]
+    assert re.findall(r"Observation: (.*)", text) == ["363", "9801"]
+    assert text.endswith("Final Answer: 9801")
+    assert whole == arith_rows(system, 1, 0, tasks=[tasks[1]])[0]
+
+
+def test_plain_train_rows_include_general_knowledge_and_what_the_agent_can_do():
+    from agents.agent_data import CAPABILITY_ANSWER
+    from agents.tasks import _CAPABILITY_TRAIN, _GENERAL_TRAIN
+
+    train = [t["question"] for t in plain_tasks(400, seed=0, split="train")]
+    assert sum(q in _GENERAL_TRAIN for q in train) > 40  # a tenth of the rows and more
+    assert any(q in _CAPABILITY_TRAIN for q in train)
+    assert not set(_CAPABILITY_TRAIN) & {t["question"] for t in plain_tasks(200)}
+    assert "calculator" in CAPABILITY_ANSWER and "search" in CAPABILITY_ANSWER
+
+
+@pytest.mark.parametrize("reply, loops", [
+    ("The cat, a gentle soul,\nA cat, a cat, a cat,\nA cat, a cat, a cat,\nA cat, a cat, a cat,", True),
+    ("El Salvador, el Salvador, el Salvador, el Salvador, el Salvador, el Salvador", True),
+    ("die in der Stadt der Stadt der Stadt der Stadt der Stadt der Stadt", True),
+    ("Good morning!", False),
+    ("Dear Sam, thank you so much for watering my plants while I was away. They look wonderful.", False),
+    ("Waves fold into foam,\nsalt wind carries gulls away,\nthe tide keeps its time.", False),
+])
+def test_degenerate_replies_are_the_ones_that_loop(reply, loops):
+    from agents.agent_data import degenerate
+
+    assert degenerate(reply) is loops
 
 
 def test_refusal_rows_decline_requests_the_evaluation_never_uses():
