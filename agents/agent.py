@@ -17,7 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal, Protocol
 
-from agents.parsing import FORMAT_REMINDER, ParseError, has_labels as _has_labels, parse_react, parse_tool_calls
+from agents.parsing import (FORMAT_REMINDER, ParseError, has_labels as _has_labels, parse_react, parse_tool_calls,
+                            run_on_start)
 from agents.tools import ToolRegistry
 
 # "token" events carry the text of the step being generated so far (for live display); they are
@@ -245,8 +246,9 @@ def react_step(generated: str, tools: ToolRegistry, step: int, *,
     try:
         parsed = parse_react(text)
     except ParseError as e:
-        if plain_answer_is_final and not _has_labels(generated) and generated.strip():
-            return StepResult(text.rstrip(), final_answer=generated.strip())
+        plain = generated[:run_on_start(generated)].strip()  # a reply with no label (a run-on "Thought:" cut)
+        if plain_answer_is_final and not _has_labels(generated) and plain:
+            return StepResult(text.rstrip(), final_answer=plain)
         yield Event("error", str(e).replace(FORMAT_REMINDER, "").strip(), step, raw=generated.strip())
         return StepResult(text.rstrip() + f"\nObservation: {e}\n", observation=str(e))
     if parsed.thought:
@@ -423,7 +425,7 @@ class ReActAgent:
                                             max_new_tokens=limit, continue_final=True,
                                             grammar=self._answer_grammar(sources, limit))
             trace.tokens += gen.tokens
-            answer = gen.text.strip()
+            answer = gen.text[:run_on_start(gen.text)].strip()
             if answer and self.constrained and self.citations == "required" and sources:
                 from agents.grammar import complete_citation
 

@@ -53,9 +53,10 @@ _LABEL = re.compile(r"^[^\S\n]*(Thought|Action Input|Action|Final Answer|Observa
 _CALL_FORM = re.compile(r"^\s*([A-Za-z_]\w*)\s*[\(\[](.*)[\)\]]\s*$", re.S)
 # What models wrap a tool name in: [calculator], `search`, **search**, "search", <search>, search.
 _NAME_DECOR = "`'\"[]<>*(){} .:;"
-# Labels the final answer ends at: only an invented observation at the start of a line. A label
-# word elsewhere ("the Observation: field ...") is part of the answer.
-_OBSERVATION_LINE = re.compile(r"\n[^\S\n]*Observation[^\S\n]*:", re.I)
+# Where a final answer ends: a line that starts another ReAct step (a small model runs on from its
+# answer into "Thought: ..." or an invented "Observation: ..."), outside code fences. A label word
+# elsewhere ("the Observation: field ...", print('Action: x')) is part of the answer.
+_STEP_LINE = re.compile(r"\n[^\S\n]*(?:(?i:Observation)|Thought|Action Input|Action|Final Answer)[^\S\n]*:")
 
 
 # **Action:** / __Action__: / **Final Answer**: -> plain labels (markdown around a label, not in answers).
@@ -196,6 +197,20 @@ def _quote_value(m: re.Match) -> str:
     return f': "{value}"{m.group(2)}'
 
 
+def run_on_start(answer: str) -> int:
+    """Where ``answer`` stops being the answer: the index of the first line that starts another
+    ReAct step (``Thought:``, ``Action:``, ``Action Input:``, ``Final Answer:``, ``Observation:``;
+    spaces before the colon allowed) outside a ``` code fence, else ``len(answer)``. Linear."""
+    fenced = False
+    pos = 0
+    for m in _STEP_LINE.finditer(answer):
+        fenced ^= answer.count("```", pos, m.start()) % 2 == 1
+        pos = m.start()
+        if not fenced:
+            return m.start()
+    return len(answer)
+
+
 def has_labels(text: str) -> bool:
     """Whether the text uses any ReAct label other than the Thought we primed it with."""
     return any(m.group(1).lower() != "thought" for m in _LABEL.finditer(text))
@@ -221,14 +236,14 @@ def parse_react(text: str) -> ParsedStep:
         elif label == "final answer":
             rest = text[start:]
             rest = rest[rest.index(":") + 1:]
-            cut = _OBSERVATION_LINE.search(rest)
-            answer = (rest[:cut.start()] if cut else rest).strip()
+            cut = run_on_start(rest)
+            answer = rest[:cut].strip()
             if answer.endswith("```") and answer.count("```") % 2 == 1:
                 answer = answer[:-3].rstrip()  # the closing fence of a step wrapped in a code block
             if not answer:
                 raise ParseError("'Final Answer:' is empty. " + FORMAT_REMINDER)
             step.final_answer = answer
-            step.consumed = text[:len(text) - len(rest) + (cut.start() if cut else len(rest))].rstrip()
+            step.consumed = text[:len(text) - len(rest) + cut].rstrip()
             return step
         elif label == "action":
             first = body.splitlines()[0].strip() if body else ""

@@ -71,6 +71,11 @@ def test_plain_prose_is_an_answer_unless_strict():
     assert trace.events[0].type == "error" and trace.answer == "Paris"
 
 
+def test_plain_prose_ends_where_the_model_runs_on_into_a_thought():
+    run_on = " Van Gogh painted it.\nThought : I answered.\nThought: again"
+    assert ReActAgent(ScriptedLLM([run_on]), default_tools()).run("q").answer == "Van Gogh painted it."
+
+
 def test_trace_round_trips_through_json():
     llm = ScriptedLLM([' x\nAction: calculator\nAction Input: {"expression": "2*3"}', " y\nFinal Answer: 6"])
     trace = ReActAgent(llm, default_tools()).run("q")

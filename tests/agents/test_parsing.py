@@ -212,3 +212,19 @@ def test_mutated_outputs_raise_only_parse_errors(text):
             assert all(isinstance(name, str) for name, _ in result)
         else:
             assert result.action is not None or result.final_answer is not None
+
+
+@pytest.mark.parametrize("text,answer", [
+    # a small model runs on from its answer into another step: the answer ends there
+    ("Thought: t\nFinal Answer: Canberra.\nThought: Passage [1] answers this.\nFinal Answer: x", "Canberra."),
+    ("Thought: t\nFinal Answer: Van Gogh painted it.\nThought : done", "Van Gogh painted it."),
+    ("Thought: t\nFinal Answer: 42\n  Action: calculator\nAction Input: {}", "42"),
+    ("Thought: t\nFinal Answer: 42\nFinal Answer: 42", "42"),
+    ("Thought: t\nFinal Answer: 42\nobservation: made up", "42"),
+    # a label inside a code fence, or not at a line's start, or lower-case prose: kept
+    ("Thought: t\nFinal Answer: Like this:\n```\nThought: plan\nAction: search\n```\ndone", 
+     "Like this:\n```\nThought: plan\nAction: search\n```\ndone"),
+    ("Thought: t\nFinal Answer: Next action: rest.\nthought: a note", "Next action: rest.\nthought: a note"),
+])
+def test_final_answer_ends_at_a_run_on_step(text, answer):
+    assert parse_react(text).final_answer == answer
