@@ -227,8 +227,8 @@ def quality(name: str, sizes: list[int], batch: int, only: list[str] | None = No
 
 
 def restore(version: str) -> None:
-    """An earlier shipped adapter (``v1`` or ``v2``), from git history, into ``runs/keel-agent-<version>``
-    (a baseline)."""
+    """An earlier shipped adapter (a key of ``RESTORE``), from git history, into its folder in ``runs/``
+    (``RESTORE[version][1]``; a baseline)."""
     import subprocess
 
     commit, folder = RESTORE[version]

@@ -51,12 +51,13 @@ def test_print_config_rejects_a_bad_shipped_style_config(tmp_path, capsys):
 
 
 def test_shipped_agent_was_trained_with_its_recorded_recipe():
-    """The adapter's keel.json records the config it was trained with: v4cpu, v2 continued with
-    configs/agent-sft-continue.yaml (v2 itself: configs/agent-sft-gpu.yaml, r=16 on every linear layer)."""
+    """The adapter's keel.json records the config it was trained with: v5cpu, v4cpu continued with
+    configs/agent-sft-continue-v5.yaml (v4cpu: v2 continued with configs/agent-sft-continue.yaml; v2
+    itself: configs/agent-sft-gpu.yaml, r=16 on every linear layer)."""
     import json
 
     shipped = json.loads((REPO / "models" / "keel-agent" / "keel.json").read_text())["config"]
-    cont = load_config(SFTStageConfig, REPO / "configs" / "agent-sft-continue.yaml")
+    cont = load_config(SFTStageConfig, REPO / "configs" / "agent-sft-continue-v5.yaml")
     for key in ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "max_length"):
         assert shipped["training"][key] == getattr(cont.training, key), key
     assert shipped["data"]["path"] == cont.data.path and shipped["lora"]["enabled"] is cont.lora.enabled is True
