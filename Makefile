@@ -26,14 +26,16 @@ chat: setup
 # epoch, ~35 min on 2 cores, a weaker adapter). The shipped v4cpu is v2 continued on a CPU:
 # configs/agent-sft-continue.yaml has its commands. README "The agent"; AGENT_CONFIG=... picks one.
 AGENT_CONFIG ?= $(shell $(PY) -c "import torch; print('configs/agent-sft-gpu.yaml' if torch.cuda.is_available() else 'configs/agent-sft.yaml')" 2>/dev/null)
-# jemalloc, where installed, keeps the large blocks glibc returns to the kernel after every step
-# (docs/stages.md, "Training on a CPU": 0.6x the time per step on 2 cores); outputs are the same.
+# Opt-in: ALLOC="$(JEMALLOC_KEEP)" runs the training under jemalloc told never to return memory:
+# half the time per step on 2 cores, but resident memory grows every step (killed at 24 GB at step
+# 59 of 64 once; resume with --resume). docs/stages.md, "Training on a CPU"; bench/bench_alloc.py.
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 comma := ,
-FAST_ALLOC := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF="dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1",)
+JEMALLOC_KEEP := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF="dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1",)
+ALLOC ?=
 agent: setup
 	$(PY) -m agents make-mix --out runs/data/agent_mix.jsonl
-	$(FAST_ALLOC) $(PY) -m align sft --config $(AGENT_CONFIG)
+	$(ALLOC) $(PY) -m align sft --config $(AGENT_CONFIG)
 	$(PY) -m agents ship $$($(PY) -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" $(AGENT_CONFIG))
 
 test: setup

@@ -55,7 +55,9 @@ V3_DIR = REPO / "runs" / "keel-agent-v3"  # trained and measured, not shipped (n
 V4CPU_DIR = REPO / "runs" / "agent-v4cpu" / "model"  # v2 continued on 2 CPU cores on the v4 mix (docs/agents.md)
 V4CPU_COMMIT = "53bd114"  # shipped v4cpu (2026-12-01)
 V5CPU_DIR = REPO / "runs" / "agent-v5cpu" / "model"  # v4cpu continued on 2 CPU cores (configs/agent-sft-continue-v5.yaml)
-RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR), "v4cpu": (V4CPU_COMMIT, V4CPU_DIR)}
+V5CPU_COMMIT = "4e4580c"  # shipped v5cpu (2026-12-02)
+RESTORE = {"v1": (V1_COMMIT, V1_DIR), "v2": (V2_COMMIT, V2_DIR), "v4cpu": (V4CPU_COMMIT, V4CPU_DIR),
+           "v5cpu": (V5CPU_COMMIT, V5CPU_DIR)}
 MODELS = {"before": ("smollm2-135m", False), "after": ("keel-agent", True), "v1": (str(V1_DIR), True),
           "v2": (str(V2_DIR), True), "v3": (str(V3_DIR), True), "v4cpu": (str(V4CPU_DIR), True),
           "v5cpu": (str(V5CPU_DIR), True)}
