@@ -148,7 +148,7 @@ class ChatModel:
                 yield _snapshot(shown) + [_draft(ev.content)]
                 continue
             if ev.type == "thought":
-                shown.append({"role": "assistant", "content": ev.content, "metadata": {"title": "💭 Thought"}})
+                shown.append({"role": "assistant", "content": literal_markdown(ev.content), "metadata": {"title": "💭 Thought"}})
             elif ev.type == "tool_call":
                 args = json.dumps(ev.args) if not isinstance(ev.args, str) else ev.args
                 shown.append({"role": "assistant", "content": f"`{ev.tool}` {args}",
@@ -225,6 +225,17 @@ def display_shape(shown: list[dict]) -> tuple:
                   bool(message_text(m.get("content")).strip())) for m in shown)
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$])")
+
+
+def literal_markdown(text: str) -> str:
+    """``text`` shown as written by a Markdown renderer: each character Markdown (or the HTML in
+    it) would read as markup is backslash-escaped. For the model's thoughts, which are prose with
+    arithmetic in them ("costs 3*5* = $15" was shown as "costs 35" with the rest in italics);
+    answers keep their Markdown (code fences, lists)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def _one_line(text: str, limit: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -251,7 +262,8 @@ def _draft(text: str) -> dict:
     text = text.split("\nObservation:")[0]
     if "Final Answer:" in text:
         return {"role": "assistant", "content": text.split("Final Answer:", 1)[1].strip()}
-    return {"role": "assistant", "content": text.strip() or "…", "metadata": {"title": "💭 Thinking…", "status": "pending"}}
+    return {"role": "assistant", "content": literal_markdown(text.strip()) or "…",
+            "metadata": {"title": "💭 Thinking…", "status": "pending"}}
 
 
 def strip_sources(text: str) -> str:
