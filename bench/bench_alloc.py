@@ -44,9 +44,10 @@ def run(name: str, conf: str | None, config: str, steps: int) -> dict:
     with open(out / "stderr.log", "w") as err:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN is a max over all)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
     wall = time.time() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        return {"setting": name, "failed": os.waitstatus_to_exitcode(status),
+    if proc.returncode != 0:
+        return {"setting": name, "failed": proc.returncode,
                 "stderr_tail": (out / "stderr.log").read_text()[-2000:]}
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = [r["time"] for r in logged if "loss" in r and "time" in r]

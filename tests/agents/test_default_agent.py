@@ -347,8 +347,8 @@ def test_the_shipped_adapter_has_a_valid_manifest_and_is_small():
     from align.checkpoint import load_manifest
 
     manifest = load_manifest(SHIPPED)
-    # v5cpu: v4cpu (git 53bd114) continued, itself the v2 adapter of git 27ac19c continued; its parent for `align eval` (win rate, KL) is the
-    # embedded model, which any machine resolves; the chain is in "shipped"
+    # v5cpu: v4cpu (git 53bd114) continued, itself the v2 adapter of git 27ac19c continued; its parent
+    # for `align eval` (win rate, KL) is the embedded model, which any machine resolves; the chain is in "shipped"
     assert manifest.stage == "sft" and manifest.base_model == "smollm2-135m" and manifest.parents == ["smollm2-135m"]
     assert manifest.data and len(manifest.data[0]["sha256"]) == 64
     assert manifest.config["lora"]["enabled"] is True and manifest.config["data"]["path"].endswith(".jsonl")

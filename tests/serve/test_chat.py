@@ -1,7 +1,8 @@
+import re
 import urllib.request
 
 from serve.app import build_app
-from serve.chat import ChatModel, ChatSettings, answered_turn, message_text, to_chat_messages
+from serve.chat import ChatModel, ChatSettings, answered_turn, literal_markdown, message_text, to_chat_messages
 from tests.agents.test_agent import ScriptedLLM
 from agents.tools import ToolRegistry, calculator_tool, search_tool
 
@@ -124,13 +125,10 @@ def test_an_unreadable_step_is_one_collapsed_line_with_what_the_model_wrote(tiny
 
 
 def test_thoughts_are_shown_as_written_not_as_markdown(tiny_model_dir):
-    from serve.chat import literal_markdown
-
     llm = ScriptedLLM([" The second group costs 3*5* = $15, then 12*3 _each_ [1]\nFinal Answer: **96**"])
     chat = ChatModel(str(tiny_model_dir), ChatSettings(), llm=llm, tools=ToolRegistry([calculator_tool()]))
     final = list(chat.respond("how much?", [], None, turn={}))[-1]
     thought = final[0]["content"]
     assert thought == r"The second group costs 3\*5\* = \$15, then 12\*3 \_each\_ \[1\]"
     assert final[-1]["content"] == "**96**"  # the answer keeps its Markdown
-    import re as _re
-    assert _re.sub(r"\\(.)", r"\1", literal_markdown("a*b_c `x` <b> # 1. - !|~")) == "a*b_c `x` <b> # 1. - !|~"
+    assert re.sub(r"\\(.)", r"\1", literal_markdown("a*b_c `x` <b> # 1. - !|~")) == "a*b_c `x` <b> # 1. - !|~"
